@@ -1,0 +1,202 @@
+//! The command line: the fuse-overlayfs compatible mount form. Errors come back as one line.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Parser;
+use fuser::{Config, MountOption, SessionACL};
+use tracing::{info, warn};
+
+use crate::daemon::{self, Ready};
+use crate::error::Error;
+use crate::fuse::StrataFs;
+use crate::options::MountOptions;
+use crate::overlay::Overlay;
+
+/// Mount a stack of read-only layer directories as one merged tree, lazily.
+///
+/// Forms accepted (as fuse-overlayfs users and mount.fuse3 pass them):
+///   stratafs -o lowerdir=TOP:...:BOTTOM MOUNTPOINT
+///   stratafs SOURCE MOUNTPOINT -o lowerdir=...
+#[derive(Debug, Parser)]
+#[command(name = "stratafs", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// Mount options, comma-separated; may be given several times. lowerdir=TOP:...:BOTTOM
+    /// (`\:` is a literal colon), allow_other, allow_root, fsname=NAME, passthrough=auto|off,
+    /// threads=N, and the kernel flags ro, dev, nodev, suid, nosuid, exec, noexec.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    pub foreground: bool,
+    /// Debug logging to stderr; implies -f.
+    #[arg(short = 'd')]
+    pub debug: bool,
+    /// [SOURCE] MOUNTPOINT
+    #[arg(value_name = "MOUNTPOINT", num_args = 1..=2, required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Whether `path` (canonical) is already a mount point, and of what type.
+fn mounted_at(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    info.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let mp = unescape_mountinfo(fields.get(4)?);
+        let sep = fields.iter().position(|f| *f == "-")?;
+        (mp == want).then(|| fields.get(sep + 1).unwrap_or(&"?").to_string())
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| c.is_ascii_digit()) {
+            let v = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("0"), 8);
+            if let Ok(v) = v {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn check_mountpoint(p: &Path) -> Result<PathBuf, Error> {
+    let canon = std::fs::canonicalize(p).map_err(|e| Error::Mountpoint {
+        path: p.into(),
+        source: e,
+    })?;
+    if !canon.is_dir() {
+        return Err(Error::MountpointNotDir { path: p.into() });
+    }
+    if let Some(fstype) = mounted_at(&canon) {
+        return Err(Error::MountpointBusy {
+            path: p.into(),
+            fstype,
+        });
+    }
+    Ok(canon)
+}
+
+/// Raise the soft descriptor limit to the hard one and size the read cache from it.
+fn open_file_budget() -> usize {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let hard = lim.maximum.unwrap_or(1 << 20);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: lim.maximum,
+        },
+    );
+    ((hard / 4) as usize).clamp(64, 4096)
+}
+
+fn fuser_config(opts: &MountOptions, source: &str) -> Config {
+    let mut mo = vec![
+        MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| source.to_string())),
+        MountOption::Subtype("stratafs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::RO,
+    ];
+    for f in &opts.flags {
+        mo.push(match f.as_str() {
+            "dev" => MountOption::Dev,
+            "nodev" => MountOption::NoDev,
+            "suid" => MountOption::Suid,
+            "nosuid" => MountOption::NoSuid,
+            "exec" => MountOption::Exec,
+            "noexec" => MountOption::NoExec,
+            "atime" => MountOption::Atime,
+            "noatime" => MountOption::NoAtime,
+            "dirsync" => MountOption::DirSync,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            // ro is implied, rw is refused below, relatime is the default.
+            _ => continue,
+        });
+    }
+    mo.dedup();
+    let root = rustix::process::geteuid().is_root();
+    let mut cfg = Config::default();
+    cfg.mount_options = mo;
+    cfg.acl = if opts.allow_other || (root && !opts.allow_root) {
+        // As root the mount serves containers whose processes run as other users.
+        SessionACL::All
+    } else if opts.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cfg.n_threads = Some(opts.threads.unwrap_or((cores * 2).clamp(2, 8)));
+    cfg.clone_fd = true;
+    cfg
+}
+
+/// Run the mount form. Returns only in the foreground or on error.
+pub fn run_mount(cli: &Cli) -> Result<(), Error> {
+    let opts = MountOptions::parse(&cli.options)?;
+    for o in &opts.ignored {
+        warn!(option = %o, "unknown option ignored");
+    }
+    if opts.upperdir.is_some() || opts.workdir.is_some() {
+        return Err(Error::BadOption {
+            option: "upperdir".into(),
+            reason: "a writable upper layer is not supported by this version".into(),
+        });
+    }
+    if opts.flags.iter().any(|f| f == "rw") {
+        return Err(Error::BadOption {
+            option: "rw".into(),
+            reason: "a mount without upperdir is read-only".into(),
+        });
+    }
+    let mountpoint = check_mountpoint(cli.paths.last().expect("clap requires one path"))?;
+    let source = if cli.paths.len() == 2 {
+        cli.paths[0].to_string_lossy().into_owned()
+    } else {
+        "stratafs".to_string()
+    };
+    // Layer roots are opened before mounting: the mountpoint may be the last lowerdir.
+    let overlay = Arc::new(Overlay::new(&opts.lowerdirs)?);
+    overlay.set_open_file_limit(open_file_budget());
+    let config = fuser_config(&opts, &source);
+
+    let mut ready = if cli.foreground || cli.debug {
+        Ready::foreground()
+    } else {
+        daemon::fork()?
+    };
+    let fs = StrataFs::new(Arc::clone(&overlay), opts.passthrough);
+    let session = match fuser::Session::new(fs, &mountpoint, &config) {
+        Ok(s) => s,
+        Err(e) => {
+            let e = Error::Mount {
+                path: mountpoint,
+                source: e,
+            };
+            ready.fail(&e.to_string());
+            return Err(e);
+        }
+    };
+    info!(mountpoint = %mountpoint.display(), layers = opts.lowerdirs.len(), "mounted");
+    let daemonized = ready.is_daemon();
+    ready.ok();
+    if daemonized {
+        daemon::detach_stdio();
+    }
+    session.run().map_err(|e| Error::Mount {
+        path: mountpoint.clone(),
+        source: e,
+    })?;
+    info!(mountpoint = %mountpoint.display(), "unmounted");
+    Ok(())
+}

@@ -1,0 +1,448 @@
+//! The thin FUSE adapter: maps fuser requests onto [`Overlay`] and tells the kernel how much it
+//! may cache. Lower layers never change while mounted, so entries, attributes, pages and
+//! directory listings are cached by the kernel for as long as it likes.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use fuser::{
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
+};
+use tracing::{debug, info, warn};
+
+use crate::inode::{Attr, ROOT_INO};
+use crate::overlay::Overlay;
+
+/// How long the kernel may trust what we told it: the lower layers are immutable.
+pub const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Whether to hand reads to the kernel through FUSE passthrough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    /// Use it when the kernel offers it and we may (root); otherwise serve reads ourselves.
+    Auto,
+    Off,
+}
+
+struct Handle {
+    fd: Arc<OwnedFd>,
+    /// Keeps the kernel's backing file registered until release.
+    _backing: Option<BackingId>,
+}
+
+pub struct StrataFs {
+    ov: Arc<Overlay>,
+    passthrough: Passthrough,
+    /// Set in init: OPEN is answered (for passthrough) instead of declined.
+    handle_opens: AtomicBool,
+    handles: DashMap<u64, Handle>,
+    next_fh: AtomicU64,
+}
+
+impl StrataFs {
+    pub fn new(ov: Arc<Overlay>, passthrough: Passthrough) -> StrataFs {
+        StrataFs {
+            ov,
+            passthrough,
+            handle_opens: AtomicBool::new(false),
+            handles: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+}
+
+fn err(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn time(t: (i64, u32)) -> SystemTime {
+    if t.0 >= 0 {
+        UNIX_EPOCH + Duration::new(t.0 as u64, t.1)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.0.unsigned_abs()) + Duration::from_nanos(t.1 as u64)
+    }
+}
+
+pub fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn to_fuse(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: time(a.ctime),
+        kind: file_type(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink.min(u32::MAX as u64) as u32,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let caps = config.capabilities();
+        let mut want = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_NO_OPENDIR_SUPPORT
+            | InitFlags::FUSE_NO_OPEN_SUPPORT;
+        let root = rustix::process::geteuid().is_root();
+        if self.passthrough == Passthrough::Auto
+            && root
+            && caps.contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            want |= InitFlags::FUSE_PASSTHROUGH;
+            self.handle_opens.store(true, Ordering::Relaxed);
+        }
+        let _ = config.add_capabilities(want & caps);
+        let _ = config.set_max_readahead(1 << 20);
+        info!(
+            passthrough = self.handle_opens.load(Ordering::Relaxed),
+            "mount is live"
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.ov.lookup(parent.0, name.as_bytes()) {
+            Ok(Some(node)) => reply.entry(&TTL, &to_fuse(&node.attr()), Generation(0)),
+            // A negative entry the kernel may cache as long as a positive one.
+            Ok(None) => reply.entry(&TTL, &negative(), Generation(0)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ov.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.ov.getattr(ino.0) {
+            Ok(mut a) => {
+                if ino.0 == ROOT_INO {
+                    a.ino = ROOT_INO;
+                }
+                reply.attr(&TTL, &to_fuse(&a))
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.ov.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if !self.handle_opens.load(Ordering::Relaxed) {
+            // Zero-message opens: the kernel keeps the page cache and never asks again.
+            return reply.error(Errno::ENOSYS);
+        }
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::from_i32(libc::EROFS));
+        }
+        let node = match self.ov.node(ino.0) {
+            Ok(n) => n,
+            Err(e) => return reply.error(err(e)),
+        };
+        let fd = match self.ov.open_file(&node) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => return reply.error(err(e)),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        match reply.open_backing(&*fd) {
+            Ok(backing) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+                self.handles.insert(
+                    fh,
+                    Handle {
+                        fd,
+                        _backing: Some(backing),
+                    },
+                );
+            }
+            Err(e) => {
+                // e.g. a layer on a stacked filesystem: serve this file's reads ourselves.
+                debug!(ino = ino.0, error = %e, "passthrough refused");
+                self.handles.insert(fh, Handle { fd, _backing: None });
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fd = match self.handles.get(&fh.0) {
+            Some(h) => Ok(Arc::clone(&h.fd)),
+            None => self.ov.cached_file(ino.0),
+        };
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(e) => return reply.error(err(e)),
+        };
+        READ_BUF.with_borrow_mut(|buf| {
+            buf.resize(size as usize, 0);
+            match Overlay::read_at(&fd, &mut buf[..size as usize], offset) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Zero-message opendir: the kernel then caches listings (FOPEN_CACHE_DIR).
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let node = match self.ov.node(ino.0) {
+            Ok(n) => n,
+            Err(e) => return reply.error(err(e)),
+        };
+        let listing = match self.ov.listing(&node) {
+            Ok(l) => l,
+            Err(e) => return reply.error(err(e)),
+        };
+        // Offsets: 1 = ".", 2 = "..", 3 + i = entry i. Fixed for the life of the listing.
+        let mut off = offset;
+        if off == 0 {
+            if reply.add(INodeNo(ino.0), 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            off = 1;
+        }
+        if off == 1 {
+            let parent = node.parent().map_or(ROOT_INO, |p| p.ino);
+            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            off = 2;
+        }
+        for (i, e) in listing
+            .entries()
+            .iter()
+            .enumerate()
+            .skip((off - 2) as usize)
+        {
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(INodeNo(e.ino), i as u64 + 3, file_type(e.kind), name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let node = match self.ov.node(ino.0) {
+            Ok(n) => n,
+            Err(e) => return reply.error(err(e)),
+        };
+        let listing = match self.ov.listing(&node) {
+            Ok(l) => l,
+            Err(e) => return reply.error(err(e)),
+        };
+        let mut off = offset;
+        let dot = to_fuse(&node.attr());
+        // "." and ".." carry no entry (nodeid 0), so the kernel takes no reference on them.
+        let mut noentry = dot;
+        noentry.ino = INodeNo(0);
+        if off == 0 {
+            if reply.add(INodeNo(0), 1, ".", &Duration::ZERO, &noentry, Generation(0)) {
+                return reply.ok();
+            }
+            off = 1;
+        }
+        if off == 1 {
+            if reply.add(
+                INodeNo(0),
+                2,
+                "..",
+                &Duration::ZERO,
+                &noentry,
+                Generation(0),
+            ) {
+                return reply.ok();
+            }
+            off = 2;
+        }
+        for (i, e) in listing
+            .entries()
+            .iter()
+            .enumerate()
+            .skip((off - 2) as usize)
+        {
+            let child = match self.ov.lookup_in(&node, &e.name) {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(error = %e, "readdirplus lookup");
+                    continue;
+                }
+            };
+            let attr = to_fuse(&child.attr());
+            if reply.add(
+                attr.ino,
+                i as u64 + 3,
+                OsStr::from_bytes(&e.name),
+                &TTL,
+                &attr,
+                Generation(0),
+            ) {
+                // Not sent: give back the reference the lookup took.
+                self.ov.forget(child.ino, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.ov.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.ov.get_xattr(ino.0, name.as_bytes()) {
+            Ok(Some(v)) => reply_xattr(reply, size, &v),
+            Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.ov.list_xattrs(ino.0) {
+            Ok(v) => reply_xattr(reply, size, &v),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.ov.access(ino.0, mask.bits(), req.uid(), req.gid()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+}
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn negative() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}

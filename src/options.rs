@@ -1,0 +1,231 @@
+//! Mount options in the fuse-overlayfs form: `-o lowerdir=TOP:…:BOTTOM,…`, several `-o` allowed.
+
+use std::path::PathBuf;
+
+use crate::error::Error;
+use crate::fuse::Passthrough;
+
+/// Everything a mount needs, parsed from the `-o` strings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountOptions {
+    pub lowerdirs: Vec<PathBuf>,
+    pub upperdir: Option<PathBuf>,
+    pub workdir: Option<PathBuf>,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    /// Kernel mount flags passed through (`dev`, `nosuid`, `ro` …).
+    pub flags: Vec<String>,
+    pub fsname: Option<String>,
+    pub passthrough: Passthrough,
+    pub threads: Option<usize>,
+    /// Options we accept and ignore, with a warning.
+    pub ignored: Vec<String>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            lowerdirs: Vec::new(),
+            upperdir: None,
+            workdir: None,
+            allow_other: false,
+            allow_root: false,
+            flags: Vec::new(),
+            fsname: None,
+            passthrough: Passthrough::Auto,
+            threads: None,
+            ignored: Vec::new(),
+        }
+    }
+}
+
+/// Split one `-o` string at commas outside double quotes; quotes are removed, `\,` is a comma.
+pub fn split_options(s: &str) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' => match chars.next() {
+                Some(',') => cur.push(','),
+                Some(n) => {
+                    cur.push('\\');
+                    cur.push(n);
+                }
+                None => cur.push('\\'),
+            },
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if quoted {
+        return Err(Error::BadOption {
+            option: s.into(),
+            reason: "unterminated quote".into(),
+        });
+    }
+    out.push(cur);
+    Ok(out.into_iter().filter(|o| !o.is_empty()).collect())
+}
+
+/// Split a lowerdir value at `:`; `\:` is a literal colon.
+pub fn split_lowerdir(v: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(':') => cur.push(':'),
+                Some(n) => {
+                    cur.push('\\');
+                    cur.push(n);
+                }
+                None => cur.push('\\'),
+            },
+            ':' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn nonempty(key: &str, v: Option<&str>) -> Result<String, Error> {
+    match v {
+        Some(v) if !v.is_empty() => Ok(v.to_string()),
+        _ => Err(Error::BadOption {
+            option: key.into(),
+            reason: "needs a value".into(),
+        }),
+    }
+}
+
+impl MountOptions {
+    /// Parse every `-o` string given, in order (later values win).
+    pub fn parse<S: AsRef<str>>(opts: &[S]) -> Result<MountOptions, Error> {
+        let mut m = MountOptions::default();
+        for s in opts {
+            for opt in split_options(s.as_ref())? {
+                m.apply(&opt)?;
+            }
+        }
+        if m.lowerdirs.is_empty() {
+            return Err(Error::BadOption {
+                option: "lowerdir".into(),
+                reason: "missing: give -o lowerdir=TOP:...:BOTTOM".into(),
+            });
+        }
+        Ok(m)
+    }
+
+    fn apply(&mut self, opt: &str) -> Result<(), Error> {
+        let (key, val) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match key {
+            "lowerdir" => {
+                let dirs = split_lowerdir(&nonempty(key, val)?);
+                if dirs.is_empty() {
+                    return Err(Error::BadOption {
+                        option: opt.into(),
+                        reason: "no directory given".into(),
+                    });
+                }
+                self.lowerdirs = dirs;
+            }
+            "upperdir" => self.upperdir = Some(nonempty(key, val)?.into()),
+            "workdir" => self.workdir = Some(nonempty(key, val)?.into()),
+            "allow_other" => self.allow_other = true,
+            "allow_root" => self.allow_root = true,
+            "fsname" => self.fsname = Some(nonempty(key, val)?),
+            "passthrough" => {
+                self.passthrough = match val {
+                    Some("auto") | Some("on") | None => Passthrough::Auto,
+                    Some("off") => Passthrough::Off,
+                    Some(v) => {
+                        return Err(Error::BadOption {
+                            option: opt.into(),
+                            reason: format!("expected auto or off, got '{v}'"),
+                        });
+                    }
+                }
+            }
+            "threads" => {
+                let v = nonempty(key, val)?;
+                let n: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| (1..=256).contains(&n))
+                    .ok_or_else(|| Error::BadOption {
+                        option: opt.into(),
+                        reason: "expected a number of threads from 1 to 256".into(),
+                    })?;
+                self.threads = Some(n);
+            }
+            "ro" | "rw" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
+            | "noatime" | "relatime" | "sync" | "async" | "dirsync" => {
+                self.flags.push(key.to_string())
+            }
+            // Always on: the kernel checks permissions against the merged attributes.
+            "default_permissions" => {}
+            _ => self.ignored.push(opt.to_string()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_and_escapes() {
+        let v = split_options(r#"lowerdir=/a,context="system_u:object_r:c,s0",fsync=0"#).unwrap();
+        assert_eq!(
+            v,
+            vec!["lowerdir=/a", "context=system_u:object_r:c,s0", "fsync=0"]
+        );
+        assert_eq!(split_options(r"a\,b,c").unwrap(), vec!["a,b", "c"]);
+        assert!(split_options(r#"context="x"#).is_err());
+    }
+
+    #[test]
+    fn lowerdir_colons() {
+        assert_eq!(
+            split_lowerdir(r"/top:/with\:colon:/bottom"),
+            vec![
+                PathBuf::from("/top"),
+                PathBuf::from("/with:colon"),
+                PathBuf::from("/bottom")
+            ]
+        );
+    }
+
+    #[test]
+    fn several_o_later_wins_and_unknown_ignored() {
+        let m =
+            MountOptions::parse(&["lowerdir=/a:/b", "lowerdir=/c,fsync=0,volatile,ro"]).unwrap();
+        assert_eq!(m.lowerdirs, vec![PathBuf::from("/c")]);
+        assert_eq!(m.ignored, vec!["fsync=0", "volatile"]);
+        assert_eq!(m.flags, vec!["ro"]);
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let e = MountOptions::parse(&["ro"]).unwrap_err().to_string();
+        assert!(e.contains("lowerdir"), "{e}");
+        let e = MountOptions::parse(&["lowerdir=/a,threads=0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("threads=0"), "{e}");
+        let e = MountOptions::parse(&["lowerdir="]).unwrap_err().to_string();
+        assert!(e.contains("lowerdir"), "{e}");
+    }
+}

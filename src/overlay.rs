@@ -1,0 +1,360 @@
+//! The overlay core: lookup across layers, whiteout rules, merged listings, reads.
+//! Plain Rust; every front end (the FUSE adapter today) drives it through [`Overlay`].
+
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+use smallvec::smallvec;
+
+use crate::dir::Listing;
+use crate::error::Error;
+use crate::inode::{Attr, Ino, InodeTable, LayerList, Node, NodeState, ROOT_INO};
+use crate::layer::{Layer, join};
+use crate::whiteout::{self, Marker};
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// Default bound on layer files kept open for reading.
+pub const DEFAULT_OPEN_FILES: usize = 1024;
+
+pub struct Overlay {
+    layers: Vec<Layer>,
+    /// Per layer: index of its filesystem among the distinct ones of the stack.
+    dev_index: Vec<u64>,
+    single_dev: bool,
+    table: InodeTable,
+    /// Layer files opened for reads, bounded: the kernel does not send OPEN in no-open mode,
+    /// so reads find their descriptor here.
+    files: Mutex<LruCache<Ino, Arc<OwnedFd>>>,
+}
+
+impl std::fmt::Debug for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay")
+            .field("layers", &self.layers)
+            .field("nodes", &self.table.len())
+            .finish()
+    }
+}
+
+impl Overlay {
+    /// Open every layer root (top first). Nothing below the roots is touched.
+    pub fn new(lowerdirs: &[PathBuf]) -> Result<Overlay, Error> {
+        if lowerdirs.is_empty() {
+            return Err(Error::BadOption {
+                option: "lowerdir".into(),
+                reason: "no lower directory given".into(),
+            });
+        }
+        let layers = lowerdirs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Layer::open(i, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut devs: Vec<u64> = Vec::new();
+        let dev_index = layers
+            .iter()
+            .map(|l| match devs.iter().position(|&d| d == l.dev) {
+                Some(i) => i as u64,
+                None => {
+                    devs.push(l.dev);
+                    (devs.len() - 1) as u64
+                }
+            })
+            .collect();
+        let top = &layers[0];
+        let st = top
+            .stat(b"")
+            .and_then(|s| s.ok_or_else(|| errno(libc::ENOENT)))
+            .map_err(|e| Error::LayerOpen {
+                path: top.path.clone(),
+                source: e,
+            })?;
+        let root = Node::new(
+            ROOT_INO,
+            None,
+            NodeState {
+                layers: (0..layers.len() as u16).collect(),
+                attr: Attr::from_stat(ROOT_INO, &st),
+            },
+        );
+        Ok(Overlay {
+            single_dev: devs.len() == 1,
+            layers,
+            dev_index,
+            table: InodeTable::new(root),
+            files: Mutex::new(LruCache::new(
+                NonZeroUsize::new(DEFAULT_OPEN_FILES).expect("nonzero"),
+            )),
+        })
+    }
+
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// Set how many layer files stay open for reads.
+    pub fn set_open_file_limit(&self, n: usize) {
+        self.files
+            .lock()
+            .resize(NonZeroUsize::new(n.max(1)).expect("nonzero"));
+    }
+
+    /// The mount's inode number for a real inode of `layer`, overlayfs "xino" style: with all
+    /// layers on one filesystem the real number itself (so hard links across names agree with
+    /// the kernel's overlay), otherwise the filesystem's index in the high bits.
+    pub fn compose_ino(&self, layer: &Layer, real: u64) -> Ino {
+        const LOW: u32 = 48;
+        let ino = if self.single_dev {
+            real
+        } else if real < (1 << LOW) {
+            (self.dev_index[layer.index] << LOW) | real
+        } else {
+            // Does not fit: a stable hash, kept away from the composed range.
+            let h = real
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(self.dev_index[layer.index]);
+            h | (1 << 63)
+        };
+        match ino {
+            0 | ROOT_INO => (1 << 63) | 0x5eed | ino,
+            i => i,
+        }
+    }
+
+    pub fn node(&self, ino: Ino) -> io::Result<Arc<Node>> {
+        self.table.get(ino).ok_or_else(|| errno(libc::ESTALE))
+    }
+
+    pub fn live_nodes(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn getattr(&self, ino: Ino) -> io::Result<Attr> {
+        Ok(self.node(ino)?.attr())
+    }
+
+    /// Resolve `name` in directory `parent`. `Ok(None)` is a negative entry. A returned node
+    /// carries one more kernel reference.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> io::Result<Option<Arc<Node>>> {
+        let dir = self.node(parent)?;
+        self.lookup_in(&dir, name)
+    }
+
+    pub fn lookup_in(&self, dir: &Arc<Node>, name: &[u8]) -> io::Result<Option<Arc<Node>>> {
+        if !dir.attr().is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        if name.len() > 255 {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        if whiteout::classify(name) != Marker::Entry || name == b"." || name == b".." {
+            return Ok(None);
+        }
+        let Some((layers, st)) = self.resolve(dir, name)? else {
+            return Ok(None);
+        };
+        let top = &self.layers[layers[0] as usize];
+        let ino = self.compose_ino(top, st.st_ino);
+        let node = self.table.lookup_ref(ino, || {
+            let mut attr = Attr::from_stat(ino, &st);
+            // As overlayfs: counting subdirectories of a merged dir is not worth it.
+            if attr.is_dir() && layers.len() > 1 {
+                attr.nlink = 1;
+            }
+            Node::new(
+                ino,
+                Some((Arc::clone(dir), name.into())),
+                NodeState { layers, attr },
+            )
+        });
+        Ok(Some(node))
+    }
+
+    /// The layers holding `name` under `dir` (top first) and the top entry's stat.
+    fn resolve(
+        &self,
+        dir: &Arc<Node>,
+        name: &[u8],
+    ) -> io::Result<Option<(LayerList, rustix::fs::Stat)>> {
+        let dir_layers = dir.layers();
+        let mut start = 0;
+        if let Some(listing) = dir.listing.get() {
+            // The listing already knows which names exist and where the topmost one is.
+            match listing.find(name) {
+                None => return Ok(None),
+                Some(e) => start = dir_layers.iter().position(|&l| l == e.top).unwrap_or(0),
+            }
+        }
+        let dpath = dir.path();
+        let rel = join(&dpath, name);
+        let wh = join(&dpath, &whiteout::whiteout_name(name));
+        let mut found: Option<(LayerList, rustix::fs::Stat)> = None;
+        for &l in &dir_layers[start..] {
+            let layer = &self.layers[l as usize];
+            match layer.stat(&rel)? {
+                Some(st) if whiteout::is_char_whiteout(st.st_mode, st.st_rdev) => break,
+                Some(st) => {
+                    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                    match &mut found {
+                        None => found = Some((smallvec![l], st)),
+                        // A non-directory below a directory ends the merge.
+                        Some(_) if !is_dir => break,
+                        Some((ls, _)) => ls.push(l),
+                    }
+                    let merging = found
+                        .as_ref()
+                        .is_some_and(|(_, top)| top.st_mode & libc::S_IFMT == libc::S_IFDIR);
+                    if !merging || layer.exists(&wh)? || layer.is_opaque_dir(&rel)? {
+                        break;
+                    }
+                }
+                None => {
+                    if layer.exists(&wh)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if self.table.forget(ino, n) {
+            self.evict_file(ino);
+        }
+    }
+
+    /// The merged listing of a directory, built on first use and kept while the node lives.
+    pub fn listing(&self, dir: &Node) -> io::Result<Arc<Listing>> {
+        if let Some(l) = dir.listing.get() {
+            return Ok(Arc::clone(l));
+        }
+        let state = dir.state.read().clone();
+        if !state.attr.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let layers: Vec<&Layer> = state
+            .layers
+            .iter()
+            .map(|&l| &self.layers[l as usize])
+            .collect();
+        let listing = Listing::build(&layers, &dir.path(), |layer, real| {
+            self.compose_ino(layer, real)
+        })?;
+        Ok(Arc::clone(dir.listing.get_or_init(|| Arc::new(listing))))
+    }
+
+    fn top_layer(&self, node: &Node) -> &Layer {
+        &self.layers[node.state.read().layers[0] as usize]
+    }
+
+    pub fn readlink(&self, ino: Ino) -> io::Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.attr().kind() != libc::S_IFLNK {
+            return Err(errno(libc::EINVAL));
+        }
+        self.top_layer(&node).readlink(&node.path())
+    }
+
+    /// Open the file behind a node for reading (the top layer's copy).
+    pub fn open_file(&self, node: &Node) -> io::Result<OwnedFd> {
+        match node.attr().kind() {
+            libc::S_IFREG => self.top_layer(node).open_read(&node.path()),
+            libc::S_IFDIR => Err(errno(libc::EISDIR)),
+            _ => Err(errno(libc::EINVAL)),
+        }
+    }
+
+    /// A descriptor for reading `ino`, from the bounded cache.
+    pub fn cached_file(&self, ino: Ino) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.files.lock().get(&ino) {
+            return Ok(Arc::clone(fd));
+        }
+        let node = self.node(ino)?;
+        let fd = Arc::new(self.open_file(&node)?);
+        self.files.lock().put(ino, Arc::clone(&fd));
+        Ok(fd)
+    }
+
+    /// Drop a cached descriptor (the node was forgotten).
+    pub fn evict_file(&self, ino: Ino) {
+        self.files.lock().pop(&ino);
+    }
+
+    /// Read from `fd` at `offset` until `buf` is full or the file ends.
+    pub fn read_at(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Xattr names of a node, overlay-internal ones removed; NUL-separated.
+    pub fn list_xattrs(&self, ino: Ino) -> io::Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let raw = self.top_layer(&node).list_xattrs(&node.path())?;
+        let mut out = Vec::with_capacity(raw.len());
+        for name in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if !whiteout::is_internal_xattr(name) {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        if whiteout::is_internal_xattr(name) {
+            return Ok(None);
+        }
+        let node = self.node(ino)?;
+        self.top_layer(&node).get_xattr(&node.path(), name)
+    }
+
+    pub fn statfs(&self) -> io::Result<rustix::fs::StatVfs> {
+        self.layers[0].statvfs()
+    }
+
+    /// access(2) against the merged attributes; the mount is read-only.
+    pub fn access(&self, ino: Ino, mask: i32, uid: u32, gid: u32) -> io::Result<()> {
+        let attr = self.getattr(ino)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        if mask & libc::W_OK != 0 {
+            return Err(errno(libc::EROFS));
+        }
+        let mode = attr.mode;
+        let granted = if uid == 0 {
+            let any_x = mode & 0o111 != 0 || attr.is_dir();
+            libc::R_OK | if any_x { libc::X_OK } else { 0 }
+        } else {
+            let bits = if uid == attr.uid {
+                mode >> 6
+            } else if gid == attr.gid {
+                mode >> 3
+            } else {
+                mode
+            } & 0o7;
+            bits as i32
+        };
+        if mask & !granted & (libc::R_OK | libc::X_OK) != 0 {
+            return Err(errno(libc::EACCES));
+        }
+        Ok(())
+    }
+}
