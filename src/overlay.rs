@@ -77,12 +77,16 @@ impl Overlay {
                 path: top.path.clone(),
                 source: e,
             })?;
+        let mut attr = Attr::from_stat(ROOT_INO, &st);
+        if layers.len() > 1 {
+            attr.nlink = 1; // a merged directory, as for every other one
+        }
         let root = Node::new(
             ROOT_INO,
             None,
             NodeState {
                 layers: (0..layers.len() as u16).collect(),
-                attr: Attr::from_stat(ROOT_INO, &st),
+                attr,
             },
         );
         Ok(Overlay {

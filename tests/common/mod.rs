@@ -1,0 +1,294 @@
+//! Shared helpers of the integration tests: real mounts (stratafs and kernel overlayfs) and a
+//! snapshot of a tree that two mounts can be compared by.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stratafs");
+
+/// Fail, naming what is missing, unless the tests run as root (kernel overlayfs is the oracle).
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests mount kernel overlayfs and need root: run scripts/test.sh as root"
+    );
+}
+
+/// Fail, naming the tool, when a program the test needs is not installed.
+pub fn require_tool(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "required tool '{tool}' is not installed: run scripts/setup.sh"
+    );
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    out
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn is_mountpoint(p: &Path) -> bool {
+    let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+}
+
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn lowerdir_opt(layers: &[PathBuf]) -> String {
+    let parts: Vec<String> = layers
+        .iter()
+        .map(|p| p.to_str().unwrap().replace(':', "\\:"))
+        .collect();
+    format!("lowerdir={}", parts.join(":"))
+}
+
+/// A stratafs mount, unmounted on drop.
+pub struct StrataMount {
+    pub path: PathBuf,
+}
+
+impl StrataMount {
+    pub fn new(layers: &[PathBuf], mountpoint: &Path) -> StrataMount {
+        Self::with_opts(layers, mountpoint, &[])
+    }
+
+    pub fn with_opts(layers: &[PathBuf], mountpoint: &Path, extra: &[&str]) -> StrataMount {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-o").arg(lowerdir_opt(layers));
+        for e in extra {
+            cmd.arg("-o").arg(e);
+        }
+        cmd.arg(mountpoint);
+        run_ok(&mut cmd);
+        // The daemonizing parent exits 0 only once the mount is live.
+        assert!(
+            is_mountpoint(mountpoint),
+            "stratafs exited 0 but nothing is mounted"
+        );
+        StrataMount {
+            path: mountpoint.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for StrataMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.path)
+            .status();
+        if is_mountpoint(&self.path) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+/// A kernel overlayfs mount of the same lower layers, the oracle.
+pub struct KernelMount {
+    pub path: PathBuf,
+}
+
+impl KernelMount {
+    pub fn new(layers: &[PathBuf], mountpoint: &Path) -> KernelMount {
+        assert!(
+            layers.len() >= 2,
+            "kernel overlayfs needs two lower layers without upperdir"
+        );
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let lower: Vec<&str> = layers.iter().map(|p| p.to_str().unwrap()).collect();
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o"])
+                .arg(format!("lowerdir={}", lower.join(":")))
+                .arg(mountpoint),
+        );
+        KernelMount {
+            path: mountpoint.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+/// What the tests compare of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub nlink: u64,
+    pub rdev: u64,
+    pub target: Option<Vec<u8>>,
+    pub content: Option<Vec<u8>>,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// For non-directories: the inode number (hard links must share it).
+    pub ino: Option<u64>,
+}
+
+pub fn kind_of(ft: std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "dir"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_char_device() {
+        "char"
+    } else if ft.is_block_device() {
+        "block"
+    } else {
+        "socket"
+    }
+}
+
+pub fn xattrs_of(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut out = BTreeMap::new();
+    let n = rustix::fs::llistxattr_query(&c).unwrap_or(0);
+    if n == 0 {
+        return out;
+    }
+    let mut buf = vec![0u8; n];
+    let n = rustix::fs::llistxattr(&c, &mut buf[..]).unwrap();
+    for name in buf[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cn = std::ffi::CString::new(name).unwrap();
+        let len = rustix::fs::lgetxattr_query(&c, &cn).unwrap();
+        let mut v = vec![0u8; len];
+        let len = rustix::fs::lgetxattr(&c, &cn, &mut v[..]).unwrap();
+        v.truncate(len);
+        out.insert(name.to_vec(), v);
+    }
+    out
+}
+
+/// Walk a tree (never following symlinks) and record every entry by its relative path.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    snapshot_impl(root, false)
+}
+
+/// The same for kernel overlayfs. It passes the listing of a directory that is not merged
+/// with any lower one straight through, so a whiteout with nothing beneath it shows in
+/// readdir while lookup says ENOENT. The contract says marker names never appear, which is
+/// what stratafs does; such names are left out of the oracle.
+pub fn snapshot_oracle(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    snapshot_impl(root, true)
+}
+
+fn snapshot_impl(root: &Path, oracle: bool) -> BTreeMap<PathBuf, Entry> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let full = root.join(&rel);
+        let md = match std::fs::symlink_metadata(&full) {
+            Ok(md) => md,
+            Err(e) if oracle && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{full:?}: {e}"),
+        };
+        let kind = kind_of(md.file_type());
+        let e = Entry {
+            kind,
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            nlink: md.nlink(),
+            rdev: md.rdev(),
+            target: (kind == "symlink").then(|| {
+                std::fs::read_link(&full)
+                    .unwrap()
+                    .into_os_string()
+                    .into_vec()
+            }),
+            content: (kind == "file").then(|| std::fs::read(&full).unwrap()),
+            xattrs: xattrs_of(&full),
+            ino: (kind != "dir").then_some(md.ino()),
+        };
+        if kind == "dir" {
+            for ent in std::fs::read_dir(&full).unwrap() {
+                stack.push(rel.join(ent.unwrap().file_name()));
+            }
+        }
+        out.insert(rel, e);
+    }
+    out
+}
+
+use std::os::unix::ffi::OsStringExt;
+
+/// Compare two snapshots; on mismatch, report the first differing paths.
+pub fn assert_same_tree(ours: &BTreeMap<PathBuf, Entry>, oracle: &BTreeMap<PathBuf, Entry>) {
+    let mut problems = Vec::new();
+    for (p, o) in oracle {
+        match ours.get(p) {
+            None => problems.push(format!("missing in stratafs: {p:?}")),
+            Some(e) if e != o => {
+                problems.push(format!("{p:?}:\n  stratafs {e:?}\n  kernel   {o:?}"))
+            }
+            _ => {}
+        }
+    }
+    for p in ours.keys() {
+        if !oracle.contains_key(p) {
+            problems.push(format!("only in stratafs: {p:?}"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} differences, first ones:\n{}",
+        problems.len(),
+        problems
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+pub fn name(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
