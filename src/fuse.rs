@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::collections::HashMap;
+
 use dashmap::DashMap;
+use parking_lot::Mutex;
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
@@ -34,9 +37,17 @@ pub enum Passthrough {
 }
 
 struct Handle {
+    ino: u64,
     fd: Arc<OwnedFd>,
-    /// Keeps the kernel's backing file registered until release.
-    _backing: Option<BackingId>,
+    passthrough: bool,
+}
+
+/// The kernel's backing file of one inode. Every passthrough open of an inode must name the
+/// same backing file (a second one is refused with EIO), so it is shared and counted.
+struct Backing {
+    id: BackingId,
+    fd: Arc<OwnedFd>,
+    opens: usize,
 }
 
 pub struct StrataFs {
@@ -45,6 +56,7 @@ pub struct StrataFs {
     /// Set in init: OPEN is answered (for passthrough) instead of declined.
     handle_opens: AtomicBool,
     handles: DashMap<u64, Handle>,
+    backings: Mutex<HashMap<u64, Backing>>,
     next_fh: AtomicU64,
 }
 
@@ -55,6 +67,7 @@ impl StrataFs {
             passthrough,
             handle_opens: AtomicBool::new(false),
             handles: DashMap::new(),
+            backings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -181,6 +194,15 @@ impl Filesystem for StrataFs {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::from_i32(libc::EROFS));
         }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let mut backings = self.backings.lock();
+        if let Some(b) = backings.get_mut(&ino.0) {
+            b.opens += 1;
+            let fd = Arc::clone(&b.fd);
+            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b.id);
+            self.handles.insert(fh, Handle { ino: ino.0, fd, passthrough: true });
+            return;
+        }
         let node = match self.ov.node(ino.0) {
             Ok(n) => n,
             Err(e) => return reply.error(err(e)),
@@ -189,22 +211,17 @@ impl Filesystem for StrataFs {
             Ok(fd) => Arc::new(fd),
             Err(e) => return reply.error(err(e)),
         };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         match reply.open_backing(&*fd) {
-            Ok(backing) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
-                self.handles.insert(
-                    fh,
-                    Handle {
-                        fd,
-                        _backing: Some(backing),
-                    },
-                );
+            Ok(id) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                let b = Backing { id, fd: Arc::clone(&fd), opens: 1 };
+                backings.insert(ino.0, b);
+                self.handles.insert(fh, Handle { ino: ino.0, fd, passthrough: true });
             }
             Err(e) => {
                 // e.g. a layer on a stacked filesystem: serve this file's reads ourselves.
                 debug!(ino = ino.0, error = %e, "passthrough refused");
-                self.handles.insert(fh, Handle { fd, _backing: None });
+                self.handles.insert(fh, Handle { ino: ino.0, fd, passthrough: false });
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
         }
@@ -238,6 +255,17 @@ impl Filesystem for StrataFs {
         });
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn release(
         &self,
         _req: &Request,
@@ -248,7 +276,17 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.remove(&fh.0);
+        if let Some((_, h)) = self.handles.remove(&fh.0) {
+            if h.passthrough {
+                let mut backings = self.backings.lock();
+                if let Some(b) = backings.get_mut(&h.ino) {
+                    b.opens -= 1;
+                    if b.opens == 0 {
+                        backings.remove(&h.ino);
+                    }
+                }
+            }
+        }
         reply.ok();
     }
 

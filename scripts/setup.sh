@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Prepare a fresh Debian 12 machine for stratafs: packages, /dev/fuse, fuse.conf, a test user.
+# Idempotent: running it again changes nothing that is already in place.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null; then exec sudo -E bash "$0" "$@"; fi
+  echo "setup.sh: must run as root (installs packages, sets /dev/fuse mode)" >&2
+  exit 1
+fi
+
+packages=(
+  fuse3 attr strace            # fusermount3, getfattr/setfattr, laziness checks
+  podman runc uidmap skopeo umoci busybox-static   # real images for the OCI tests
+  fuse-overlayfs hyperfine bubblewrap              # benchmarks and the demo
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Unprivileged mounts go through fusermount3 and need to open /dev/fuse.
+[ -e /dev/fuse ] || { echo "setup.sh: /dev/fuse does not exist (no FUSE in this kernel?)" >&2; exit 1; }
+chmod 0666 /dev/fuse
+grep -qx 'user_allow_other' /etc/fuse.conf 2>/dev/null || echo 'user_allow_other' >> /etc/fuse.conf
+
+# An ordinary user for the unprivileged tests (useradd -m also gives subuid/subgid ranges).
+id stratafs-test >/dev/null 2>&1 || useradd -m -s /bin/bash stratafs-test
+
+if ! command -v cargo >/dev/null; then
+  [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null || { echo "setup.sh: cargo not found: install a Rust toolchain (rustup)" >&2; exit 1; }
+echo "setup.sh: ready"

@@ -1,0 +1,208 @@
+//! The mount command as callers meet it: invocation forms, daemonizing, unmount, and every
+//! bad-input case giving one line that names the culprit, a non-zero exit and no mount.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn two_layers(dir: &Path) -> Vec<PathBuf> {
+    let top = dir.join("top");
+    let bottom = dir.join("bottom");
+    std::fs::create_dir_all(top.join("d")).unwrap();
+    std::fs::create_dir_all(bottom.join("d")).unwrap();
+    std::fs::write(top.join("d/top.txt"), "top").unwrap();
+    std::fs::write(bottom.join("d/bottom.txt"), "bottom").unwrap();
+    std::fs::write(bottom.join("d/.wh.nothing"), "").unwrap();
+    vec![top, bottom]
+}
+
+/// Run stratafs expecting failure; return its single stderr line.
+fn fails(args: &[&str], mountpoint: &Path) -> String {
+    let out = run(Command::new(BIN).args(args));
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert_eq!(err.lines().count(), 1, "want one line of stderr, got:\n{err}");
+    assert!(!is_mountpoint(mountpoint), "{args:?} left a mount behind");
+    err
+}
+
+#[test]
+fn bad_input_is_one_line_naming_the_culprit() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = two_layers(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = mnt.to_str().unwrap();
+    let top = layers[0].to_str().unwrap();
+
+    let missing = tmp.path().join("no-such-layer");
+    let e = fails(&["-o", &format!("lowerdir={top}:{}", missing.display()), m], &mnt);
+    assert!(e.contains("no-such-layer"), "{e}");
+
+    let file = tmp.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let e = fails(&["-o", &format!("lowerdir={}", file.display()), m], &mnt);
+    assert!(e.contains("plain-file") && e.contains("not a directory"), "{e}");
+
+    let e = fails(&["-o", &format!("lowerdir={top},threads=lots"), m], &mnt);
+    assert!(e.contains("threads=lots"), "{e}");
+
+    let e = fails(&["-o", &format!("lowerdir={top},passthrough=maybe"), m], &mnt);
+    assert!(e.contains("passthrough=maybe"), "{e}");
+
+    let e = fails(&["-o", "ro", m], &mnt);
+    assert!(e.contains("lowerdir"), "{e}");
+
+    let nomnt = tmp.path().join("no-such-mountpoint");
+    let e = fails(&["-o", &format!("lowerdir={top}"), nomnt.to_str().unwrap()], &nomnt);
+    assert!(e.contains("no-such-mountpoint"), "{e}");
+
+    let e = fails(&["-o", &format!("lowerdir={top}"), file.to_str().unwrap()], &file);
+    assert!(e.contains("plain-file"), "{e}");
+
+    // Busy: something is already mounted there.
+    let _first = StrataMount::new(&layers, &mnt);
+    let out = run(Command::new(BIN).args(["-o", &format!("lowerdir={top}"), m]));
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains(m) && e.contains("already a mount point"), "{e}");
+}
+
+#[test]
+fn unreadable_lowerdir_is_refused_for_an_ordinary_user() {
+    require_root();
+    require_tool("runuser");
+    assert!(
+        run(Command::new("id").arg("stratafs-test")).status.success(),
+        "test user stratafs-test missing: run scripts/setup.sh"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = tmp.path().join("secret-layer");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    std::os::unix::fs::chown(&mnt, Some(uid_of("stratafs-test")), None).unwrap();
+    let bin = tmp.path().join("stratafs");
+    std::fs::copy(BIN, &bin).unwrap();
+    let out = run(Command::new("runuser")
+        .args(["-u", "stratafs-test", "--"])
+        .arg(&bin)
+        .arg("-o")
+        .arg(format!("lowerdir={}", secret.display()))
+        .arg(&mnt));
+    let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!out.status.success());
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("secret-layer") && e.contains("readable"), "{e}");
+    assert!(!is_mountpoint(&mnt));
+}
+
+fn uid_of(user: &str) -> u32 {
+    let out = run_ok(Command::new("id").args(["-u", user]));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn foreground_daemon_exits_zero_on_unmount() {
+    require_root();
+    require_tool("fusermount3");
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = two_layers(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("-f")
+        .arg("-o")
+        .arg(lowerdir_opt(&layers))
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    wait_until("foreground mount", || is_mountpoint(&mnt));
+    assert_eq!(std::fs::read_to_string(mnt.join("d/bottom.txt")).unwrap(), "bottom");
+    run_ok(Command::new("fusermount3").arg("-u").arg(&mnt));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "daemon exited with {status}");
+}
+
+fn daemon_pids(mountpoint: &Path) -> Vec<u32> {
+    let want = mountpoint.to_str().unwrap().as_bytes().to_vec();
+    let mut pids = Vec::new();
+    for ent in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = ent.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(ent.path().join("cmdline")) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(ent.path().join("stat")) else {
+            continue;
+        };
+        let zombie = stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'));
+        if !zombie && cmd.split(|&b| b == 0).any(|a| a == want.as_slice()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn daemon_mode_returns_once_live_and_exits_on_umount() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = two_layers(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    let m = StrataMount::new(&layers, &mnt);
+    // Exit 0 came only once the mount was live: the tree is there at once.
+    assert_eq!(std::fs::read_to_string(mnt.join("d/top.txt")).unwrap(), "top");
+    let pids = daemon_pids(&mnt);
+    assert_eq!(pids.len(), 1, "expected one daemon, found {pids:?}");
+    run_ok(Command::new("umount").arg(&mnt));
+    wait_until("daemon exit after umount", || daemon_pids(&mnt).is_empty());
+    drop(m);
+}
+
+#[test]
+fn mount_fuse3_form_and_mountpoint_as_last_lowerdir() {
+    require_root();
+    require_tool("mount.fuse3");
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = two_layers(tmp.path());
+    // mount.fuse3 runs "stratafs SOURCE MOUNTPOINT -o OPTS" through the PATH.
+    let bindir = tmp.path().join("bin");
+    std::fs::create_dir(&bindir).unwrap();
+    std::os::unix::fs::symlink(BIN, bindir.join("stratafs")).unwrap();
+    let path = format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap());
+    // apptainer style: mount over the bottom layer itself.
+    let mnt = layers[1].clone();
+    run_ok(Command::new("mount.fuse3")
+        .env("PATH", path)
+        .arg("overlay")
+        .arg(&mnt)
+        .args(["-t", "stratafs", "-o"])
+        .arg(format!("ro,dev,suid,{}", lowerdir_opt(&layers))));
+    let _guard = StrataMountGuard(mnt.clone());
+    assert!(is_mountpoint(&mnt));
+    let names: Vec<String> = std::fs::read_dir(mnt.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, vec!["bottom.txt", "top.txt"]);
+    assert_eq!(std::fs::read_to_string(mnt.join("d/bottom.txt")).unwrap(), "bottom");
+}
+
+struct StrataMountGuard(PathBuf);
+impl Drop for StrataMountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+    }
+}
