@@ -13,13 +13,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::collections::HashMap;
 
 use dashmap::DashMap;
-use parking_lot::Mutex;
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
     Request,
 };
+use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::inode::{Attr, ROOT_INO};
@@ -200,7 +200,14 @@ impl Filesystem for StrataFs {
             b.opens += 1;
             let fd = Arc::clone(&b.fd);
             reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b.id);
-            self.handles.insert(fh, Handle { ino: ino.0, fd, passthrough: true });
+            self.handles.insert(
+                fh,
+                Handle {
+                    ino: ino.0,
+                    fd,
+                    passthrough: true,
+                },
+            );
             return;
         }
         let node = match self.ov.node(ino.0) {
@@ -214,14 +221,32 @@ impl Filesystem for StrataFs {
         match reply.open_backing(&*fd) {
             Ok(id) => {
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                let b = Backing { id, fd: Arc::clone(&fd), opens: 1 };
+                let b = Backing {
+                    id,
+                    fd: Arc::clone(&fd),
+                    opens: 1,
+                };
                 backings.insert(ino.0, b);
-                self.handles.insert(fh, Handle { ino: ino.0, fd, passthrough: true });
+                self.handles.insert(
+                    fh,
+                    Handle {
+                        ino: ino.0,
+                        fd,
+                        passthrough: true,
+                    },
+                );
             }
             Err(e) => {
                 // e.g. a layer on a stacked filesystem: serve this file's reads ourselves.
                 debug!(ino = ino.0, error = %e, "passthrough refused");
-                self.handles.insert(fh, Handle { ino: ino.0, fd, passthrough: false });
+                self.handles.insert(
+                    fh,
+                    Handle {
+                        ino: ino.0,
+                        fd,
+                        passthrough: false,
+                    },
+                );
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
         }

@@ -4,7 +4,11 @@ use tracing_subscriber::EnvFilter;
 fn main() {
     let cli = stratafs::cli::Cli::parse();
     // fuser warns when it retries an unmount the kernel already did: keep that out.
-    let default = if cli.debug { "debug" } else { "warn,fuser=error" };
+    let default = if cli.debug {
+        "debug"
+    } else {
+        "warn,fuser=error"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("STRATAFS_LOG").unwrap_or_else(|_| EnvFilter::new(default)),

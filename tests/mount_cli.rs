@@ -25,7 +25,11 @@ fn fails(args: &[&str], mountpoint: &Path) -> String {
     let out = run(Command::new(BIN).args(args));
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert!(!out.status.success(), "{args:?} succeeded");
-    assert_eq!(err.lines().count(), 1, "want one line of stderr, got:\n{err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "want one line of stderr, got:\n{err}"
+    );
     assert!(!is_mountpoint(mountpoint), "{args:?} left a mount behind");
     err
 }
@@ -41,28 +45,43 @@ fn bad_input_is_one_line_naming_the_culprit() {
     let top = layers[0].to_str().unwrap();
 
     let missing = tmp.path().join("no-such-layer");
-    let e = fails(&["-o", &format!("lowerdir={top}:{}", missing.display()), m], &mnt);
+    let e = fails(
+        &["-o", &format!("lowerdir={top}:{}", missing.display()), m],
+        &mnt,
+    );
     assert!(e.contains("no-such-layer"), "{e}");
 
     let file = tmp.path().join("plain-file");
     std::fs::write(&file, "x").unwrap();
     let e = fails(&["-o", &format!("lowerdir={}", file.display()), m], &mnt);
-    assert!(e.contains("plain-file") && e.contains("not a directory"), "{e}");
+    assert!(
+        e.contains("plain-file") && e.contains("not a directory"),
+        "{e}"
+    );
 
     let e = fails(&["-o", &format!("lowerdir={top},threads=lots"), m], &mnt);
     assert!(e.contains("threads=lots"), "{e}");
 
-    let e = fails(&["-o", &format!("lowerdir={top},passthrough=maybe"), m], &mnt);
+    let e = fails(
+        &["-o", &format!("lowerdir={top},passthrough=maybe"), m],
+        &mnt,
+    );
     assert!(e.contains("passthrough=maybe"), "{e}");
 
     let e = fails(&["-o", "ro", m], &mnt);
     assert!(e.contains("lowerdir"), "{e}");
 
     let nomnt = tmp.path().join("no-such-mountpoint");
-    let e = fails(&["-o", &format!("lowerdir={top}"), nomnt.to_str().unwrap()], &nomnt);
+    let e = fails(
+        &["-o", &format!("lowerdir={top}"), nomnt.to_str().unwrap()],
+        &nomnt,
+    );
     assert!(e.contains("no-such-mountpoint"), "{e}");
 
-    let e = fails(&["-o", &format!("lowerdir={top}"), file.to_str().unwrap()], &file);
+    let e = fails(
+        &["-o", &format!("lowerdir={top}"), file.to_str().unwrap()],
+        &file,
+    );
     assert!(e.contains("plain-file"), "{e}");
 
     // Busy: something is already mounted there.
@@ -79,7 +98,9 @@ fn unreadable_lowerdir_is_refused_for_an_ordinary_user() {
     require_root();
     require_tool("runuser");
     assert!(
-        run(Command::new("id").arg("stratafs-test")).status.success(),
+        run(Command::new("id").arg("stratafs-test"))
+            .status
+            .success(),
         "test user stratafs-test missing: run scripts/setup.sh"
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -126,7 +147,10 @@ fn foreground_daemon_exits_zero_on_unmount() {
         .spawn()
         .unwrap();
     wait_until("foreground mount", || is_mountpoint(&mnt));
-    assert_eq!(std::fs::read_to_string(mnt.join("d/bottom.txt")).unwrap(), "bottom");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("d/bottom.txt")).unwrap(),
+        "bottom"
+    );
     run_ok(Command::new("fusermount3").arg("-u").arg(&mnt));
     let status = child.wait().unwrap();
     assert!(status.success(), "daemon exited with {status}");
@@ -161,7 +185,10 @@ fn daemon_mode_returns_once_live_and_exits_on_umount() {
     let mnt = tmp.path().join("mnt");
     let m = StrataMount::new(&layers, &mnt);
     // Exit 0 came only once the mount was live: the tree is there at once.
-    assert_eq!(std::fs::read_to_string(mnt.join("d/top.txt")).unwrap(), "top");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("d/top.txt")).unwrap(),
+        "top"
+    );
     let pids = daemon_pids(&mnt);
     assert_eq!(pids.len(), 1, "expected one daemon, found {pids:?}");
     run_ok(Command::new("umount").arg(&mnt));
@@ -182,12 +209,14 @@ fn mount_fuse3_form_and_mountpoint_as_last_lowerdir() {
     let path = format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap());
     // apptainer style: mount over the bottom layer itself.
     let mnt = layers[1].clone();
-    run_ok(Command::new("mount.fuse3")
-        .env("PATH", path)
-        .arg("overlay")
-        .arg(&mnt)
-        .args(["-t", "stratafs", "-o"])
-        .arg(format!("ro,dev,suid,{}", lowerdir_opt(&layers))));
+    run_ok(
+        Command::new("mount.fuse3")
+            .env("PATH", path)
+            .arg("overlay")
+            .arg(&mnt)
+            .args(["-t", "stratafs", "-o"])
+            .arg(format!("ro,dev,suid,{}", lowerdir_opt(&layers))),
+    );
     let _guard = StrataMountGuard(mnt.clone());
     assert!(is_mountpoint(&mnt));
     let names: Vec<String> = std::fs::read_dir(mnt.join("d"))
@@ -197,7 +226,10 @@ fn mount_fuse3_form_and_mountpoint_as_last_lowerdir() {
     let mut names = names;
     names.sort();
     assert_eq!(names, vec!["bottom.txt", "top.txt"]);
-    assert_eq!(std::fs::read_to_string(mnt.join("d/bottom.txt")).unwrap(), "bottom");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("d/bottom.txt")).unwrap(),
+        "bottom"
+    );
 }
 
 struct StrataMountGuard(PathBuf);

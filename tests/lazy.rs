@@ -1,0 +1,75 @@
+//! Laziness, observed with strace on the daemon: mounting reads no directory, and using one
+//! file touches only the directories on its path and opens only that file.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn mount_walks_nothing_and_a_read_opens_one_file() {
+    require_root();
+    require_tool("strace");
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big");
+    let small = tmp.path().join("small");
+    for d in 0..100 {
+        let dir = big.join(format!("pkg{d:03}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(dir.join(format!("mod{f:03}.py")), "x").unwrap();
+        }
+    }
+    std::fs::create_dir_all(small.join("pkg042")).unwrap();
+    std::fs::write(small.join("pkg042/wanted.txt"), "wanted").unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let log = tmp.path().join("trace");
+    let mut child = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=getdents64,openat,openat2,open",
+            "-o",
+        ])
+        .arg(&log)
+        .arg(BIN)
+        .args(["-f", "-o"])
+        .arg(lowerdir_opt(&[small.clone(), big.clone()]))
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    wait_until("mount under strace", || is_mountpoint(&mnt));
+    let after_mount = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("pkg042/wanted.txt")).unwrap(),
+        "wanted"
+    );
+    let md = std::fs::metadata(mnt.join("pkg007/mod005.py")).unwrap();
+    assert_eq!(md.len(), 1);
+    run_ok(Command::new("fusermount3").arg("-u").arg(&mnt));
+    assert!(child.wait().unwrap().success());
+    let trace = std::fs::read_to_string(&log).unwrap();
+
+    assert!(
+        !after_mount.contains("getdents64"),
+        "the mount listed a directory:\n{after_mount}"
+    );
+    assert!(
+        !trace.contains("getdents64"),
+        "a directory was listed:\n{trace}"
+    );
+    let opened: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("openat2(") && !l.contains("= -1"))
+        .collect();
+    assert_eq!(
+        opened.len(),
+        1,
+        "expected one file opened in a layer, got:\n{}",
+        opened.join("\n")
+    );
+    assert!(opened[0].contains("pkg042/wanted.txt"), "{}", opened[0]);
+}
