@@ -78,7 +78,7 @@ fn same_file_open_many_times_at_once() {
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(layer.join("big"), &data).unwrap();
     for opts in [&[][..], &["passthrough=off"][..]] {
-        let m = StrataMount::with_opts(&[layer.clone()], &tmp.path().join("m"), opts);
+        let m = StrataMount::with_opts(std::slice::from_ref(&layer), &tmp.path().join("m"), opts);
         let mut files: Vec<_> = (0..8)
             .map(|_| std::fs::File::open(m.path.join("big")).unwrap())
             .collect();

@@ -32,10 +32,8 @@ pub fn require_tool(tool: &str) {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    out
+    cmd.output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {
@@ -288,6 +286,8 @@ pub fn assert_same_tree(ours: &BTreeMap<PathBuf, Entry>, oracle: &BTreeMap<PathB
             .join("\n")
     );
 }
+
+pub mod image;
 
 pub fn name(s: &str) -> &OsStr {
     OsStr::new(s)
