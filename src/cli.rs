@@ -22,7 +22,7 @@ use crate::overlay::Overlay;
 #[command(name = "stratafs", version, verbatim_doc_comment)]
 pub struct Cli {
     /// Mount options, comma-separated; may be given several times. lowerdir=TOP:...:BOTTOM
-    /// (`\:` is a literal colon), allow_other, allow_root, fsname=NAME, passthrough=auto|off,
+    /// (`\:` is a literal colon), allow_other, allow_root, fsname=NAME, passthrough[=on|off],
     /// threads=N, and the kernel flags ro, dev, nodev, suid, nosuid, exec, noexec.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,

@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::collections::HashMap;
 
+use std::num::NonZeroUsize;
+
 use dashmap::DashMap;
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -19,6 +21,7 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
     Request,
 };
+use lru::LruCache;
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
@@ -29,10 +32,14 @@ use crate::overlay::Overlay;
 pub const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Whether to hand reads to the kernel through FUSE passthrough.
+///
+/// Off by default, as measured (benches/RESULTS.md): passthrough needs an OPEN round trip per
+/// open(2), and registering the backing file made a warm pass over 100,000 small files 8x
+/// slower than zero-message opens, which serve warm opens from the kernel with no round trip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Passthrough {
-    /// Use it when the kernel offers it and we may (root); otherwise serve reads ourselves.
-    Auto,
+    /// Use it when the kernel offers it and we may (root); otherwise fall back silently.
+    On,
     Off,
 }
 
@@ -50,13 +57,40 @@ struct Backing {
     opens: usize,
 }
 
+/// Backing files by inode: those open, and recently closed ones kept so that the next open
+/// of the same file costs no open(2) and no registration.
+struct Backings {
+    live: HashMap<u64, Backing>,
+    /// Inodes in `live` with no open handle, least recently used first out.
+    idle: LruCache<u64, ()>,
+}
+
+/// How many closed files keep their backing registration.
+const IDLE_BACKINGS: usize = 1024;
+
+impl Backings {
+    fn release(&mut self, ino: u64) {
+        let Some(b) = self.live.get_mut(&ino) else {
+            return;
+        };
+        b.opens -= 1;
+        if b.opens == 0 {
+            if let Some((old, ())) = self.idle.push(ino, ()) {
+                if old != ino {
+                    self.live.remove(&old);
+                }
+            }
+        }
+    }
+}
+
 pub struct StrataFs {
     ov: Arc<Overlay>,
     passthrough: Passthrough,
     /// Set in init: OPEN is answered (for passthrough) instead of declined.
     handle_opens: AtomicBool,
     handles: DashMap<u64, Handle>,
-    backings: Mutex<HashMap<u64, Backing>>,
+    backings: Mutex<Backings>,
     next_fh: AtomicU64,
 }
 
@@ -67,7 +101,10 @@ impl StrataFs {
             passthrough,
             handle_opens: AtomicBool::new(false),
             handles: DashMap::new(),
-            backings: Mutex::new(HashMap::new()),
+            backings: Mutex::new(Backings {
+                live: HashMap::new(),
+                idle: LruCache::new(NonZeroUsize::new(IDLE_BACKINGS).expect("nonzero")),
+            }),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -130,14 +167,14 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let caps = config.capabilities();
-        let mut want = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_CACHE_SYMLINKS
+        let mut want = InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_NO_OPENDIR_SUPPORT
             | InitFlags::FUSE_NO_OPEN_SUPPORT;
+        // Readdirplus (the kernel picks when): a listing also answers the lookups that follow.
+        want |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         let root = rustix::process::geteuid().is_root();
-        if self.passthrough == Passthrough::Auto
+        if self.passthrough == Passthrough::On
             && root
             && caps.contains(InitFlags::FUSE_PASSTHROUGH)
             && config.set_max_stack_depth(1).is_ok()
@@ -165,6 +202,10 @@ impl Filesystem for StrataFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.ov.forget(ino.0, nlookup);
+    }
+
+    fn destroy(&mut self) {
+        debug!(live_nodes = self.ov.live_nodes(), "unmounting");
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -196,7 +237,11 @@ impl Filesystem for StrataFs {
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let mut backings = self.backings.lock();
-        if let Some(b) = backings.get_mut(&ino.0) {
+        if let Some(b) = backings.live.get_mut(&ino.0) {
+            if b.opens == 0 {
+                backings.idle.pop(&ino.0);
+            }
+            let b = backings.live.get_mut(&ino.0).expect("present");
             b.opens += 1;
             let fd = Arc::clone(&b.fd);
             reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b.id);
@@ -226,7 +271,7 @@ impl Filesystem for StrataFs {
                     fd: Arc::clone(&fd),
                     opens: 1,
                 };
-                backings.insert(ino.0, b);
+                backings.live.insert(ino.0, b);
                 self.handles.insert(
                     fh,
                     Handle {
@@ -288,7 +333,9 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush on a read-only mount; ENOSYS makes the kernel stop sending FLUSH
+        // on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -303,13 +350,7 @@ impl Filesystem for StrataFs {
     ) {
         if let Some((_, h)) = self.handles.remove(&fh.0) {
             if h.passthrough {
-                let mut backings = self.backings.lock();
-                if let Some(b) = backings.get_mut(&h.ino) {
-                    b.opens -= 1;
-                    if b.opens == 0 {
-                        backings.remove(&h.ino);
-                    }
-                }
+                self.backings.lock().release(h.ino);
             }
         }
         reply.ok();

@@ -32,7 +32,7 @@ impl Default for MountOptions {
             allow_root: false,
             flags: Vec::new(),
             fsname: None,
-            passthrough: Passthrough::Auto,
+            passthrough: Passthrough::Off,
             threads: None,
             ignored: Vec::new(),
         }
@@ -147,12 +147,12 @@ impl MountOptions {
             "fsname" => self.fsname = Some(nonempty(key, val)?),
             "passthrough" => {
                 self.passthrough = match val {
-                    Some("auto") | Some("on") | None => Passthrough::Auto,
+                    Some("on") | None => Passthrough::On,
                     Some("off") => Passthrough::Off,
                     Some(v) => {
                         return Err(Error::BadOption {
                             option: opt.into(),
-                            reason: format!("expected auto or off, got '{v}'"),
+                            reason: format!("expected on or off, got '{v}'"),
                         });
                     }
                 }

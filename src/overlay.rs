@@ -6,6 +6,7 @@ use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -33,7 +34,11 @@ pub struct Overlay {
     /// Layer files opened for reads, bounded: the kernel does not send OPEN in no-open mode,
     /// so reads find their descriptor here.
     files: Mutex<LruCache<Ino, Arc<OwnedFd>>>,
+    forgotten: AtomicU64,
 }
+
+/// Release freed memory to the system after this many nodes went.
+const TRIM_EVERY: u64 = 16384;
 
 impl std::fmt::Debug for Overlay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,6 +98,7 @@ impl Overlay {
             single_dev: devs.len() == 1,
             layers,
             dev_index,
+            forgotten: AtomicU64::new(0),
             table: InodeTable::new(root),
             files: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DEFAULT_OPEN_FILES).expect("nonzero"),
@@ -233,6 +239,12 @@ impl Overlay {
     pub fn forget(&self, ino: Ino, n: u64) {
         if self.table.forget(ino, n) {
             self.evict_file(ino);
+            // After the kernel drops its caches, give the freed nodes and listings back to the
+            // system instead of keeping them in malloc's free lists.
+            if self.forgotten.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
+                // SAFETY: malloc_trim only releases free heap memory.
+                unsafe { libc::malloc_trim(0) };
+            }
         }
     }
 

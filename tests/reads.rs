@@ -64,9 +64,9 @@ fn sixteen_threads_read_a_cold_mount() {
 }
 
 #[test]
-fn sixteen_threads_read_without_passthrough() {
+fn sixteen_threads_read_with_passthrough() {
     require_root();
-    concurrent_readers(&["passthrough=off"]);
+    concurrent_readers(&["passthrough=on"]);
 }
 
 #[test]
@@ -77,7 +77,7 @@ fn same_file_open_many_times_at_once() {
     std::fs::create_dir(&layer).unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(layer.join("big"), &data).unwrap();
-    for opts in [&[][..], &["passthrough=off"][..]] {
+    for opts in [&[][..], &["passthrough"][..]] {
         let m = StrataMount::with_opts(std::slice::from_ref(&layer), &tmp.path().join("m"), opts);
         let mut files: Vec<_> = (0..8)
             .map(|_| std::fs::File::open(m.path.join("big")).unwrap())
