@@ -423,25 +423,19 @@ impl Filesystem for StrataFs {
             Err(e) => return reply.error(err(e)),
         };
         let mut off = offset;
+        // The kernel never links "." and ".." from READDIRPLUS, so they take no reference;
+        // their d_ino must not be 0 all the same (glibc skips such entries).
         let dot = to_fuse(&node.attr());
-        // "." and ".." carry no entry (nodeid 0), so the kernel takes no reference on them.
-        let mut noentry = dot;
-        noentry.ino = INodeNo(0);
         if off == 0 {
-            if reply.add(INodeNo(0), 1, ".", &Duration::ZERO, &noentry, Generation(0)) {
+            if reply.add(dot.ino, 1, ".", &Duration::ZERO, &dot, Generation(0)) {
                 return reply.ok();
             }
             off = 1;
         }
         if off == 1 {
-            if reply.add(
-                INodeNo(0),
-                2,
-                "..",
-                &Duration::ZERO,
-                &noentry,
-                Generation(0),
-            ) {
+            let mut dotdot = dot;
+            dotdot.ino = INodeNo(node.parent().map_or(ROOT_INO, |p| p.ino));
+            if reply.add(dotdot.ino, 2, "..", &Duration::ZERO, &dotdot, Generation(0)) {
                 return reply.ok();
             }
             off = 2;

@@ -73,3 +73,64 @@ fn mount_walks_nothing_and_a_read_opens_one_file() {
     );
     assert!(opened[0].contains("pkg042/wanted.txt"), "{}", opened[0]);
 }
+
+#[test]
+fn passthrough_reads_bypass_the_daemon() {
+    require_root();
+    require_tool("strace");
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = tmp.path().join("layer");
+    std::fs::create_dir(&layer).unwrap();
+    let data = vec![7u8; 4 << 20];
+    std::fs::write(layer.join("big"), &data).unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let trace_read = |opts: &str| -> String {
+        let log = tmp.path().join(format!("trace-{opts}"));
+        let mut child = Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=pread64,ioctl", "-o"])
+            .arg(&log)
+            .arg(BIN)
+            .args(["-f", "-o"])
+            .arg(format!(
+                "{},{opts}",
+                lowerdir_opt(std::slice::from_ref(&layer))
+            ))
+            .arg(&mnt)
+            .spawn()
+            .unwrap();
+        wait_until("mount under strace", || is_mountpoint(&mnt));
+        assert!(std::fs::read(mnt.join("big")).unwrap() == data);
+        run_ok(Command::new("fusermount3").arg("-u").arg(&mnt));
+        assert!(child.wait().unwrap().success());
+        std::fs::read_to_string(&log).unwrap()
+    };
+    // Data reads of the daemon (the loader's small pread64 of ELF headers do not count).
+    let data_reads = |trace: &str| -> usize {
+        trace
+            .lines()
+            .filter(|l| l.contains("pread64("))
+            .filter(|l| {
+                let args: Vec<&str> = l.rsplitn(3, ", ").collect();
+                args.get(1)
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0)
+                    >= 4096
+            })
+            .count()
+    };
+    let off = trace_read("passthrough=off");
+    assert!(
+        data_reads(&off) > 0,
+        "without passthrough the daemon reads:\n{off}"
+    );
+    let on = trace_read("passthrough=on");
+    assert!(
+        data_reads(&on) == 0,
+        "with passthrough the kernel reads the layer file itself, yet the daemon read:\n{on}"
+    );
+    assert!(
+        on.contains("ioctl("),
+        "no backing file was registered:\n{on}"
+    );
+}
