@@ -141,6 +141,62 @@ fn fuser_config(opts: &MountOptions, source: &str) -> Config {
     cfg
 }
 
+/// Mount with type `fuse.stratafs` ourselves where we may (root, or root in a user
+/// namespace), since fuser's own mount always says plain `fuse`; elsewhere let fuser go
+/// through fusermount3 (which records the subtype itself).
+fn open_session(
+    fs: StrataFs,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    source: &str,
+    config: Config,
+) -> std::io::Result<fuser::Session<StrataFs>> {
+    use rustix::mount::MountFlags;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let st = rustix::fs::stat(mountpoint)?;
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={uid},group_id={gid},default_permissions",
+        std::os::fd::AsRawFd::as_raw_fd(&dev),
+        st.st_mode & libc::S_IFMT
+    );
+    if config.acl != SessionACL::Owner {
+        data.push_str(",allow_other");
+    }
+    let has = |f: &str| opts.flags.iter().any(|x| x == f);
+    let mut flags = MountFlags::RDONLY;
+    if !has("dev") {
+        flags |= MountFlags::NODEV;
+    }
+    if !has("suid") {
+        flags |= MountFlags::NOSUID;
+    }
+    if has("noexec") {
+        flags |= MountFlags::NOEXEC;
+    }
+    if has("noatime") {
+        flags |= MountFlags::NOATIME;
+    }
+    let fsname = opts.fsname.as_deref().unwrap_or(source);
+    let data = std::ffi::CString::new(data).map_err(std::io::Error::other)?;
+    match rustix::mount::mount(fsname, mountpoint, "fuse.stratafs", flags, data.as_c_str()) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::PERM | rustix::io::Errno::ACCESS) => {
+            return fuser::Session::new(fs, mountpoint, &config);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let acl = config.acl;
+    fuser::Session::from_fd(fs, dev.into(), acl, config).inspect_err(|_| {
+        // Nothing is left mounted when the handshake fails.
+        let _ = rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH);
+    })
+}
+
 /// Run the mount form. Returns only in the foreground or on error.
 pub fn run_mount(cli: &Cli) -> Result<(), Error> {
     let opts = MountOptions::parse(&cli.options)?;
@@ -176,7 +232,7 @@ pub fn run_mount(cli: &Cli) -> Result<(), Error> {
         daemon::fork()?
     };
     let fs = StrataFs::new(Arc::clone(&overlay), opts.passthrough);
-    let session = match fuser::Session::new(fs, &mountpoint, &config) {
+    let session = match open_session(fs, &mountpoint, &opts, &source, config) {
         Ok(s) => s,
         Err(e) => {
             let e = Error::Mount {

@@ -238,3 +238,56 @@ impl Drop for StrataMountGuard {
         let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
     }
 }
+
+fn mount_type(p: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&p.to_str().unwrap()))
+            .then(|| f[f.iter().position(|x| *x == "-").unwrap() + 1].to_string())
+    })
+}
+
+#[test]
+fn mounts_show_as_fuse_stratafs() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = two_layers(tmp.path());
+    let m = StrataMount::new(&layers, &tmp.path().join("mnt"));
+    assert_eq!(mount_type(&m.path).as_deref(), Some("fuse.stratafs"));
+}
+
+#[test]
+fn an_ordinary_user_mounts_through_fusermount3() {
+    require_root();
+    require_tool("runuser");
+    require_tool("fusermount3");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let layers = two_layers(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let user = uid_of("stratafs-test");
+    std::os::unix::fs::chown(&mnt, Some(user), None).unwrap();
+    let bin = tmp.path().join("stratafs");
+    std::fs::copy(BIN, &bin).unwrap();
+    let as_user = |args: &[&std::ffi::OsStr]| {
+        run_ok(
+            Command::new("runuser")
+                .args(["-u", "stratafs-test", "--"])
+                .args(args),
+        )
+    };
+    as_user(&[
+        bin.as_os_str(),
+        "-o".as_ref(),
+        lowerdir_opt(&layers).as_ref(),
+        mnt.as_os_str(),
+    ]);
+    let _guard = StrataMountGuard(mnt.clone());
+    assert_eq!(mount_type(&mnt).as_deref(), Some("fuse.stratafs"));
+    let out = as_user(&["cat".as_ref(), mnt.join("d/bottom.txt").as_os_str()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bottom");
+    as_user(&["fusermount3".as_ref(), "-u".as_ref(), mnt.as_os_str()]);
+    assert!(!is_mountpoint(&mnt));
+}
