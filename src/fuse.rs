@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use std::num::NonZeroUsize;
 
@@ -236,65 +237,44 @@ impl Filesystem for StrataFs {
             return reply.error(Errno::from_i32(libc::EROFS));
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let mut backings = self.backings.lock();
-        if let Some(b) = backings.live.get_mut(&ino.0) {
-            if b.opens == 0 {
-                backings.idle.pop(&ino.0);
-            }
-            let b = backings.live.get_mut(&ino.0).expect("present");
-            b.opens += 1;
-            let fd = Arc::clone(&b.fd);
-            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b.id);
-            self.handles.insert(
-                fh,
-                Handle {
-                    ino: ino.0,
-                    fd,
-                    passthrough: true,
-                },
-            );
-            return;
-        }
-        let node = match self.ov.node(ino.0) {
-            Ok(n) => n,
-            Err(e) => return reply.error(err(e)),
-        };
-        let fd = match self.ov.open_file(&node) {
-            Ok(fd) => Arc::new(fd),
-            Err(e) => return reply.error(err(e)),
-        };
-        match reply.open_backing(&*fd) {
-            Ok(id) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                let b = Backing {
-                    id,
-                    fd: Arc::clone(&fd),
-                    opens: 1,
+        let mut guard = self.backings.lock();
+        let Backings { live, idle } = &mut *guard;
+        let b = match live.entry(ino.0) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let node = match self.ov.node(ino.0) {
+                    Ok(n) => n,
+                    Err(e) => return reply.error(err(e)),
                 };
-                backings.live.insert(ino.0, b);
-                self.handles.insert(
-                    fh,
-                    Handle {
-                        ino: ino.0,
-                        fd,
-                        passthrough: true,
-                    },
-                );
+                let fd = match self.ov.open_file(&node) {
+                    Ok(fd) => Arc::new(fd),
+                    Err(e) => return reply.error(err(e)),
+                };
+                match reply.open_backing(&*fd) {
+                    Ok(id) => v.insert(Backing { id, fd, opens: 0 }),
+                    Err(e) => {
+                        // e.g. a layer on a stacked filesystem: serve its reads ourselves.
+                        debug!(ino = ino.0, error = %e, "passthrough refused");
+                        let h = Handle {
+                            ino: ino.0,
+                            fd,
+                            passthrough: false,
+                        };
+                        self.handles.insert(fh, h);
+                        return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                    }
+                }
             }
-            Err(e) => {
-                // e.g. a layer on a stacked filesystem: serve this file's reads ourselves.
-                debug!(ino = ino.0, error = %e, "passthrough refused");
-                self.handles.insert(
-                    fh,
-                    Handle {
-                        ino: ino.0,
-                        fd,
-                        passthrough: false,
-                    },
-                );
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-            }
-        }
+        };
+        idle.pop(&ino.0);
+        b.opens += 1;
+        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b.id);
+        let h = Handle {
+            ino: ino.0,
+            fd: Arc::clone(&b.fd),
+            passthrough: true,
+        };
+        self.handles.insert(fh, h);
     }
 
     fn read(
