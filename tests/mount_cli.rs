@@ -235,6 +235,9 @@ fn mount_fuse3_form_and_mountpoint_as_last_lowerdir() {
 struct StrataMountGuard(PathBuf);
 impl Drop for StrataMountGuard {
     fn drop(&mut self) {
+        if !is_mountpoint(&self.0) {
+            return;
+        }
         let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
     }
 }
