@@ -181,6 +181,12 @@ fn open_session(
     if has("noatime") {
         flags |= MountFlags::NOATIME;
     }
+    if has("sync") {
+        flags |= MountFlags::SYNCHRONOUS;
+    }
+    if has("dirsync") {
+        flags |= MountFlags::DIRSYNC;
+    }
     let fsname = opts.fsname.as_deref().unwrap_or(source);
     let data = std::ffi::CString::new(data).map_err(std::io::Error::other)?;
     match rustix::mount::mount(fsname, mountpoint, "fuse.stratafs", flags, data.as_c_str()) {

@@ -3,9 +3,30 @@
 
 mod common;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command};
 
 use common::*;
+
+/// A foreground stratafs under `strace -e trace=SYSCALLS`, once its mount is live.
+fn traced_mount(syscalls: &str, log: &Path, options: &str, mnt: &Path) -> Child {
+    let child = Command::new("strace")
+        .args(["-f", "-qq", "-e", &format!("trace={syscalls}"), "-o"])
+        .arg(log)
+        .arg(BIN)
+        .args(["-f", "-o", options])
+        .arg(mnt)
+        .spawn()
+        .unwrap();
+    wait_until("mount under strace", || is_mountpoint(mnt));
+    child
+}
+
+/// Unmount and check the daemon exited 0.
+fn unmount(mut child: Child, mnt: &Path) {
+    run_ok(Command::new("fusermount3").arg("-u").arg(mnt));
+    assert!(child.wait().unwrap().success());
+}
 
 #[test]
 fn mount_walks_nothing_and_a_read_opens_one_file() {
@@ -26,22 +47,8 @@ fn mount_walks_nothing_and_a_read_opens_one_file() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let log = tmp.path().join("trace");
-    let mut child = Command::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-e",
-            "trace=getdents64,openat,openat2,open",
-            "-o",
-        ])
-        .arg(&log)
-        .arg(BIN)
-        .args(["-f", "-o"])
-        .arg(lowerdir_opt(&[small.clone(), big.clone()]))
-        .arg(&mnt)
-        .spawn()
-        .unwrap();
-    wait_until("mount under strace", || is_mountpoint(&mnt));
+    let lower = lowerdir_opt(&[small.clone(), big.clone()]);
+    let child = traced_mount("getdents64,openat,openat2,open", &log, &lower, &mnt);
     let after_mount = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
         std::fs::read_to_string(mnt.join("pkg042/wanted.txt")).unwrap(),
@@ -49,8 +56,7 @@ fn mount_walks_nothing_and_a_read_opens_one_file() {
     );
     let md = std::fs::metadata(mnt.join("pkg007/mod005.py")).unwrap();
     assert_eq!(md.len(), 1);
-    run_ok(Command::new("fusermount3").arg("-u").arg(&mnt));
-    assert!(child.wait().unwrap().success());
+    unmount(child, &mnt);
     let trace = std::fs::read_to_string(&log).unwrap();
 
     assert!(
@@ -87,22 +93,10 @@ fn passthrough_reads_bypass_the_daemon() {
     std::fs::create_dir(&mnt).unwrap();
     let trace_read = |opts: &str| -> String {
         let log = tmp.path().join(format!("trace-{opts}"));
-        let mut child = Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=pread64,ioctl", "-o"])
-            .arg(&log)
-            .arg(BIN)
-            .args(["-f", "-o"])
-            .arg(format!(
-                "{},{opts}",
-                lowerdir_opt(std::slice::from_ref(&layer))
-            ))
-            .arg(&mnt)
-            .spawn()
-            .unwrap();
-        wait_until("mount under strace", || is_mountpoint(&mnt));
+        let options = format!("{},{opts}", lowerdir_opt(std::slice::from_ref(&layer)));
+        let child = traced_mount("pread64,ioctl", &log, &options, &mnt);
         assert!(std::fs::read(mnt.join("big")).unwrap() == data);
-        run_ok(Command::new("fusermount3").arg("-u").arg(&mnt));
-        assert!(child.wait().unwrap().success());
+        unmount(child, &mnt);
         std::fs::read_to_string(&log).unwrap()
     };
     // Data reads of the daemon (the loader's small pread64 of ELF headers do not count).

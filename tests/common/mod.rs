@@ -84,6 +84,7 @@ impl StrataMount {
     }
 
     pub fn with_opts(layers: &[PathBuf], mountpoint: &Path, extra: &[&str]) -> StrataMount {
+        require_tool("fusermount3"); // unmounting needs it
         std::fs::create_dir_all(mountpoint).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.arg("-o").arg(lowerdir_opt(layers));
