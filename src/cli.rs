@@ -11,19 +11,24 @@ use crate::daemon::{self, Ready};
 use crate::error::Error;
 use crate::fuse::StrataFs;
 use crate::options::MountOptions;
-use crate::overlay::Overlay;
+use crate::overlay::{Config as OverlayConfig, Overlay};
 
-/// Mount a stack of read-only layer directories as one merged tree, lazily.
+/// Mount a stack of layer directories as one merged tree, lazily; writable with an upper layer.
 ///
-/// Forms accepted (as fuse-overlayfs users and mount.fuse3 pass them):
+/// Forms accepted (as podman, fuse-overlayfs users and mount.fuse3 pass them):
 ///   stratafs -o lowerdir=TOP:...:BOTTOM MOUNTPOINT
+///   stratafs -o lowerdir=...,upperdir=U,workdir=W MOUNTPOINT
 ///   stratafs SOURCE MOUNTPOINT -o lowerdir=...
 #[derive(Debug, Parser)]
 #[command(name = "stratafs", version, verbatim_doc_comment)]
 pub struct Cli {
     /// Mount options, comma-separated; may be given several times. lowerdir=TOP:...:BOTTOM
-    /// (`\:` is a literal colon), allow_other, allow_root, fsname=NAME, passthrough[=on|off],
-    /// threads=N, and the kernel flags ro, dev, nodev, suid, nosuid, exec, noexec.
+    /// (`\:` is a literal colon), upperdir=U, workdir=W (same filesystem as U), fsync=0,
+    /// volatile, uidmapping=:C:H:N[:C:H:N...], gidmapping=..., squash_to_uid=N,
+    /// squash_to_gid=N, squash_to_root, xattr_permissions=0|1|2, allow_other, allow_root,
+    /// fsname=NAME, passthrough[=on|off] (read-only mounts), threads=N, context="..." (accepted),
+    /// and the kernel flags ro, rw, dev, nodev, suid, nosuid, exec, noexec. Unknown options are
+    /// warned about and ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay in the foreground.
@@ -104,8 +109,10 @@ fn fuser_config(opts: &MountOptions, source: &str) -> Config {
         MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| source.to_string())),
         MountOption::Subtype("stratafs".into()),
         MountOption::DefaultPermissions,
-        MountOption::RO,
     ];
+    if opts.upperdir.is_none() {
+        mo.push(MountOption::RO);
+    }
     for f in &opts.flags {
         mo.push(match f.as_str() {
             "dev" => MountOption::Dev,
@@ -119,7 +126,7 @@ fn fuser_config(opts: &MountOptions, source: &str) -> Config {
             "dirsync" => MountOption::DirSync,
             "sync" => MountOption::Sync,
             "async" => MountOption::Async,
-            // ro is implied, rw is refused below, relatime is the default.
+            // ro follows from having no upperdir, relatime is the default.
             _ => continue,
         });
     }
@@ -168,7 +175,11 @@ fn open_session(
         data.push_str(",allow_other");
     }
     let has = |f: &str| opts.flags.iter().any(|x| x == f);
-    let mut flags = MountFlags::RDONLY;
+    let mut flags = if opts.upperdir.is_some() {
+        MountFlags::empty()
+    } else {
+        MountFlags::RDONLY
+    };
     if !has("dev") {
         flags |= MountFlags::NODEV;
     }
@@ -209,13 +220,23 @@ pub fn run_mount(cli: &Cli) -> Result<(), Error> {
     for o in &opts.ignored {
         warn!(option = %o, "unknown option ignored");
     }
-    if opts.upperdir.is_some() || opts.workdir.is_some() {
-        return Err(Error::BadOption {
-            option: "upperdir".into(),
-            reason: "a writable upper layer is not supported by this version".into(),
-        });
-    }
-    if opts.flags.iter().any(|f| f == "rw") {
+    let upper = match (&opts.upperdir, &opts.workdir) {
+        (Some(u), Some(w)) => Some((u.clone(), w.clone())),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(Error::BadOption {
+                option: "upperdir".into(),
+                reason: "needs workdir= on the same filesystem".into(),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(Error::BadOption {
+                option: "workdir".into(),
+                reason: "given without upperdir=".into(),
+            });
+        }
+    };
+    if upper.is_none() && opts.flags.iter().any(|f| f == "rw") {
         return Err(Error::BadOption {
             option: "rw".into(),
             reason: "a mount without upperdir is read-only".into(),
@@ -228,7 +249,12 @@ pub fn run_mount(cli: &Cli) -> Result<(), Error> {
         "stratafs".to_string()
     };
     // Layer roots are opened before mounting: the mountpoint may be the last lowerdir.
-    let overlay = Arc::new(Overlay::new(&opts.lowerdirs)?);
+    let overlay = Arc::new(Overlay::with_config(&OverlayConfig {
+        lowerdirs: opts.lowerdirs.clone(),
+        upper,
+        fsync: opts.fsync,
+        ids: opts.ids.clone(),
+    })?);
     overlay.set_open_file_limit(open_file_budget());
     let config = fuser_config(&opts, &source);
 

@@ -1,8 +1,13 @@
-//! The merged listing of one directory: built once from its layers, then immutable, so that an
-//! entry's offset (its position) never changes and seekdir/telldir neither repeat nor skip.
+//! The merged listing of one directory: built once from its layers, then changed in place by
+//! the writable layer. Offsets are positions and entries are only appended or tombstoned, so an
+//! entry's offset never changes and seekdir/telldir neither repeat nor skip while `rm -rf` or a
+//! create runs beside an open directory stream.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::io;
+
+use hashbrown::HashTable;
 
 use crate::inode::Ino;
 use crate::layer::{Layer, RelPath};
@@ -17,13 +22,17 @@ pub struct DirEntry {
     pub ino: Ino,
     /// Index of the topmost layer holding the entry.
     pub top: u16,
+    /// Removed since the listing was built; kept so later offsets stay put.
+    pub removed: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct Listing {
     entries: Vec<DirEntry>,
-    /// Indices into `entries`, sorted by name, for lookups.
-    by_name: Vec<u32>,
+    /// Live entries by name (indices into `entries`); the table stores no second copy of names.
+    by_name: HashTable<u32>,
+    hasher: RandomState,
+    live: usize,
 }
 
 impl Listing {
@@ -34,7 +43,7 @@ impl Listing {
         rel: &RelPath,
         ino_of: impl Fn(&Layer, u64) -> Ino,
     ) -> io::Result<Listing> {
-        let mut entries: Vec<DirEntry> = Vec::new();
+        let mut l = Listing::default();
         // Names decided by an upper layer: shown, or hidden by a whiteout.
         let mut decided: HashSet<Vec<u8>> = HashSet::new();
         for layer in layers {
@@ -53,12 +62,7 @@ impl Listing {
                         if decided.contains(&e.name) {
                             continue;
                         }
-                        entries.push(DirEntry {
-                            name: e.name.clone().into_boxed_slice(),
-                            kind: e.kind,
-                            ino: ino_of(layer, e.ino),
-                            top: layer.index as u16,
-                        });
+                        l.add(&e.name, e.kind, ino_of(layer, e.ino), layer.index as u16);
                         decided.insert(e.name);
                     }
                 }
@@ -66,27 +70,109 @@ impl Listing {
             // A whiteout hides names of the layers below only, never its own layer's.
             decided.extend(hidden_below);
         }
-        let mut by_name: Vec<u32> = (0..entries.len() as u32).collect();
-        by_name.sort_unstable_by(|&a, &b| entries[a as usize].name.cmp(&entries[b as usize].name));
-        Ok(Listing { entries, by_name })
+        Ok(l)
     }
 
+    fn hash(&self, name: &[u8]) -> u64 {
+        self.hasher.hash_one(name)
+    }
+
+    fn index_of(&self, name: &[u8]) -> Option<u32> {
+        let entries = &self.entries;
+        self.by_name
+            .find(self.hash(name), |&i| *entries[i as usize].name == *name)
+            .copied()
+    }
+
+    /// Every entry ever listed, tombstones included; a position is an offset.
     pub fn entries(&self) -> &[DirEntry] {
         &self.entries
     }
 
     pub fn find(&self, name: &[u8]) -> Option<&DirEntry> {
-        self.by_name
-            .binary_search_by(|&i| (*self.entries[i as usize].name).cmp(name))
-            .ok()
-            .map(|i| &self.entries[self.by_name[i] as usize])
+        self.index_of(name).map(|i| &self.entries[i as usize])
     }
 
+    /// A new name, appended so that open streams past other entries still see it.
+    pub fn add(&mut self, name: &[u8], kind: u32, ino: Ino, top: u16) {
+        self.remove(name);
+        let i = self.entries.len() as u32;
+        self.entries.push(DirEntry {
+            name: name.into(),
+            kind,
+            ino,
+            top,
+            removed: false,
+        });
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        let h = hasher.hash_one(name);
+        self.by_name
+            .insert_unique(h, i, |&j| hasher.hash_one(&*entries[j as usize].name));
+        self.live += 1;
+    }
+
+    /// Tombstone a name. Returns whether it was listed.
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        let h = self.hash(name);
+        let entries = &self.entries;
+        match self
+            .by_name
+            .find_entry(h, |&i| *entries[i as usize].name == *name)
+        {
+            Ok(occ) => {
+                let (i, _) = occ.remove();
+                self.entries[i as usize].removed = true;
+                self.live -= 1;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The entry now lives in layer `top` (copied up) under inode number `ino`.
+    pub fn update(&mut self, name: &[u8], top: u16, ino: Ino) {
+        if let Some(i) = self.index_of(name) {
+            let e = &mut self.entries[i as usize];
+            e.top = top;
+            e.ino = ino;
+        }
+    }
+
+    /// Live entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.live == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_survive_changes() {
+        let mut l = Listing::default();
+        for n in ["a", "b", "c"] {
+            l.add(n.as_bytes(), libc::S_IFREG, 10, 0);
+        }
+        assert!(l.remove(b"b"));
+        assert!(!l.remove(b"b"));
+        l.add(b"b", libc::S_IFDIR, 11, 0);
+        let names: Vec<_> = l
+            .entries()
+            .iter()
+            .map(|e| (String::from_utf8_lossy(&e.name).into_owned(), e.removed))
+            .collect();
+        assert_eq!(
+            names,
+            [("a", false), ("b", true), ("c", false), ("b", false)]
+                .map(|(n, r)| (n.to_string(), r))
+        );
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.find(b"b").unwrap().kind, libc::S_IFDIR);
+        assert!(l.find(b"x").is_none());
     }
 }

@@ -11,6 +11,8 @@ pub enum Error {
     LayerNotDir { path: PathBuf },
     #[error("lowerdir {path}: not readable: {source}")]
     LayerUnreadable { path: PathBuf, source: io::Error },
+    #[error("upperdir {path}: {reason}")]
+    Upper { path: PathBuf, reason: String },
     #[error("mountpoint {path}: {source}")]
     Mountpoint { path: PathBuf, source: io::Error },
     #[error("mountpoint {path}: not a directory")]

@@ -17,19 +17,21 @@ use std::num::NonZeroUsize;
 
 use dashmap::DashMap;
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use lru::LruCache;
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::inode::{Attr, ROOT_INO};
+use crate::inode::{Attr, Node, ROOT_INO};
 use crate::overlay::Overlay;
+use crate::write::{Caller, NewEntry, SetAttr, SetTime};
 
-/// How long the kernel may trust what we told it: the lower layers are immutable.
+/// How long the kernel may trust what we told it: the lower layers are immutable, and every
+/// change of the writable layer goes through us, so the kernel's caches stay exact.
 pub const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Whether to hand reads to the kernel through FUSE passthrough.
@@ -48,6 +50,7 @@ struct Handle {
     ino: u64,
     fd: Arc<OwnedFd>,
     passthrough: bool,
+    writable: bool,
 }
 
 /// The kernel's backing file of one inode. Every passthrough open of an inode must name the
@@ -170,12 +173,19 @@ impl Filesystem for StrataFs {
         let caps = config.capabilities();
         let mut want = InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_NO_OPENDIR_SUPPORT
-            | InitFlags::FUSE_NO_OPEN_SUPPORT;
+            | InitFlags::FUSE_NO_OPENDIR_SUPPORT;
+        if self.ov.writable() {
+            // Opens are answered: writes need a handle, and O_TRUNC comes with the open so
+            // a file about to be emptied is copied up without its content.
+            want |= InitFlags::FUSE_ATOMIC_O_TRUNC;
+        } else {
+            want |= InitFlags::FUSE_NO_OPEN_SUPPORT;
+        }
         // Readdirplus (the kernel picks when): a listing also answers the lookups that follow.
         want |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         let root = rustix::process::geteuid().is_root();
         if self.passthrough == Passthrough::On
+            && !self.ov.writable()
             && root
             && caps.contains(InitFlags::FUSE_PASSTHROUGH)
             && config.set_max_stack_depth(1).is_ok()
@@ -194,7 +204,7 @@ impl Filesystem for StrataFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.ov.lookup(parent.0, name.as_bytes()) {
-            Ok(Some(node)) => reply.entry(&TTL, &to_fuse(&node.attr()), Generation(0)),
+            Ok(Some(node)) => self.reply_entry(&node, reply),
             // A negative entry the kernel may cache as long as a positive one.
             Ok(None) => reply.entry(&TTL, &negative(), Generation(0)),
             Err(e) => reply.error(err(e)),
@@ -229,6 +239,15 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.ov.writable() {
+            return match self.ov.open(ino.0, flags.0) {
+                Ok((fd, writable)) => {
+                    let fh = self.add_handle(ino.0, fd, writable);
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                }
+                Err(e) => reply.error(err(e)),
+            };
+        }
         if !self.handle_opens.load(Ordering::Relaxed) {
             // Zero-message opens: the kernel keeps the page cache and never asks again.
             return reply.error(Errno::ENOSYS);
@@ -259,6 +278,7 @@ impl Filesystem for StrataFs {
                             ino: ino.0,
                             fd,
                             passthrough: false,
+                            writable: false,
                         };
                         self.handles.insert(fh, h);
                         return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
@@ -273,6 +293,7 @@ impl Filesystem for StrataFs {
             ino: ino.0,
             fd: Arc::clone(&b.fd),
             passthrough: true,
+            writable: false,
         };
         self.handles.insert(fh, h);
     }
@@ -313,8 +334,8 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing to flush on a read-only mount; ENOSYS makes the kernel stop sending FLUSH
-        // on every close.
+        // Writes go straight to the layer, so there is nothing to flush; ENOSYS makes the
+        // kernel stop sending FLUSH on every close.
         reply.error(Errno::ENOSYS);
     }
 
@@ -353,10 +374,11 @@ impl Filesystem for StrataFs {
             Ok(n) => n,
             Err(e) => return reply.error(err(e)),
         };
-        let listing = match self.ov.listing(&node) {
-            Ok(l) => l,
-            Err(e) => return reply.error(err(e)),
-        };
+        if let Err(e) = self.ov.ensure_listing(&node) {
+            return reply.error(err(e));
+        }
+        let guard = node.listing.read_recursive();
+        let listing = guard.as_ref().expect("built");
         // Offsets: 1 = ".", 2 = "..", 3 + i = entry i. Fixed for the life of the listing.
         let mut off = offset;
         if off == 0 {
@@ -377,6 +399,7 @@ impl Filesystem for StrataFs {
             .iter()
             .enumerate()
             .skip((off - 2) as usize)
+            .filter(|(_, e)| !e.removed)
         {
             let name = OsStr::from_bytes(&e.name);
             if reply.add(INodeNo(e.ino), i as u64 + 3, file_type(e.kind), name) {
@@ -398,10 +421,9 @@ impl Filesystem for StrataFs {
             Ok(n) => n,
             Err(e) => return reply.error(err(e)),
         };
-        let listing = match self.ov.listing(&node) {
-            Ok(l) => l,
-            Err(e) => return reply.error(err(e)),
-        };
+        if let Err(e) = self.ov.ensure_listing(&node) {
+            return reply.error(err(e));
+        }
         let mut off = offset;
         // The kernel never links "." and ".." from READDIRPLUS, so they take no reference;
         // their d_ino must not be 0 all the same (glibc skips such entries).
@@ -420,33 +442,57 @@ impl Filesystem for StrataFs {
             }
             off = 2;
         }
-        for (i, e) in listing
-            .entries()
-            .iter()
-            .enumerate()
-            .skip((off - 2) as usize)
-        {
-            let child = match self.ov.lookup_in(&node, &e.name) {
-                Ok(Some(c)) => c,
-                Ok(None) => continue,
-                Err(e) => {
-                    warn!(error = %e, "readdirplus lookup");
-                    continue;
-                }
+        // Entries are taken a batch at a time: the lookups below must not run under the
+        // listing's lock, which writers take.
+        let mut pos = (off - 2) as usize;
+        loop {
+            let batch: Vec<(usize, Box<[u8]>)> = {
+                let guard = node.listing.read_recursive();
+                let Some(listing) = guard.as_ref() else { break };
+                listing
+                    .entries()
+                    .iter()
+                    .enumerate()
+                    .skip(pos)
+                    .take(64)
+                    .filter(|(_, e)| !e.removed)
+                    .map(|(i, e)| (i, e.name.clone()))
+                    .collect()
             };
-            let attr = to_fuse(&child.attr());
-            if reply.add(
-                attr.ino,
-                i as u64 + 3,
-                OsStr::from_bytes(&e.name),
-                &TTL,
-                &attr,
-                Generation(0),
-            ) {
-                // Not sent: give back the reference the lookup took.
-                self.ov.forget(child.ino, 1);
+            let more = {
+                let guard = node.listing.read_recursive();
+                guard.as_ref().is_some_and(|l| l.entries().len() > pos + 64)
+            };
+            for (i, name) in batch {
+                let child = match self.ov.lookup_in(&node, &name) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn!(error = %e, "readdirplus lookup");
+                        continue;
+                    }
+                };
+                let attr = match self.ov.attr(&child) {
+                    Ok(a) => to_fuse(&a),
+                    Err(_) => to_fuse(&child.attr()),
+                };
+                if reply.add(
+                    attr.ino,
+                    i as u64 + 3,
+                    OsStr::from_bytes(&name),
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                ) {
+                    // Not sent: give back the reference the lookup took.
+                    self.ov.forget(child.ino, 1);
+                    return reply.ok();
+                }
+            }
+            if !more {
                 break;
             }
+            pos += 64;
         }
         reply.ok();
     }
@@ -498,6 +544,353 @@ impl Filesystem for StrataFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
+    }
+
+    // ---- the writable layer ----
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(fd) = self
+            .handles
+            .get(&fh.0)
+            .filter(|h| h.writable)
+            .map(|h| Arc::clone(&h.fd))
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(&*fd, &data[done..], offset + done as u64) {
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return reply.error(err(e.into())),
+            }
+        }
+        reply.written(done as u32);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(fd) = self.handles.get(&fh.0).map(|h| Arc::clone(&h.fd)) else {
+            return reply.ok();
+        };
+        match self.ov.fsync(&fd, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(fd) = self
+            .handles
+            .get(&fh.0)
+            .filter(|h| h.writable)
+            .map(|h| Arc::clone(&h.fd))
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+        match rustix::fs::fallocate(&*fd, flags, offset, length) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e.into())),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let sa = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        let fd = fh.and_then(|fh| self.handles.get(&fh.0).map(|h| Arc::clone(&h.fd)));
+        match self.ov.setattr(ino.0, &sa, fd.as_deref()) {
+            Ok(a) => reply.attr(&TTL, &to_fuse(&a)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self
+            .ov
+            .create(parent.0, name.as_bytes(), NewEntry::File, mode, caller(req))
+        {
+            Ok((node, Some(fd))) => {
+                let attr = match self.ov.attr(&node) {
+                    Ok(a) => to_fuse(&a),
+                    Err(e) => return reply.error(err(e)),
+                };
+                let fh = self.add_handle(node.ino, fd, true);
+                reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
+            Ok((_, None)) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .ov
+            .create(parent.0, name.as_bytes(), NewEntry::Dir, mode, caller(req));
+        self.reply_new(r.map(|(n, _)| n), reply);
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let what = if mode & libc::S_IFMT == libc::S_IFREG {
+            NewEntry::File
+        } else {
+            NewEntry::Node(rdev as u64)
+        };
+        let r = self
+            .ov
+            .create(parent.0, name.as_bytes(), what, mode, caller(req));
+        self.reply_new(r.map(|(n, _)| n), reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let what = NewEntry::Symlink(target.as_os_str().as_bytes());
+        let r = self.ov.create(
+            parent.0,
+            link_name.as_bytes(),
+            what,
+            libc::S_IFLNK | 0o777,
+            caller(req),
+        );
+        self.reply_new(r.map(|(n, _)| n), reply);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.ov.link(ino.0, newparent.0, newname.as_bytes());
+        self.reply_new(r, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.ov.remove(parent.0, name.as_bytes(), false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.ov.remove(parent.0, name.as_bytes(), true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        match self.ov.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.bits(),
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if !self.ov.writable() {
+            return reply.error(Errno::from_i32(libc::EROFS));
+        }
+        match self.ov.set_xattr(ino.0, name.as_bytes(), value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.ov.writable() {
+            return reply.error(Errno::from_i32(libc::EROFS));
+        }
+        match self.ov.remove_xattr(ino.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+}
+
+impl StrataFs {
+    fn reply_entry(&self, node: &Node, reply: ReplyEntry) {
+        match self.ov.attr(node) {
+            Ok(a) => reply.entry(&TTL, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn reply_new(&self, r: io::Result<Arc<Node>>, reply: ReplyEntry) {
+        match r {
+            Ok(node) => self.reply_entry(&node, reply),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn add_handle(&self, ino: u64, fd: OwnedFd, writable: bool) -> u64 {
+        let fd = Arc::new(fd);
+        if let Ok(node) = self.ov.node(ino) {
+            // An unlinked file's attributes come from an open descriptor.
+            *node.open_fd.lock() = Arc::downgrade(&fd);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(
+            fh,
+            Handle {
+                ino,
+                fd,
+                passthrough: false,
+                writable,
+            },
+        );
+        fh
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos()),
+            Err(e) => {
+                let d = e.duration();
+                let (s, n) = (d.as_secs() as i64, d.subsec_nanos());
+                if n == 0 {
+                    SetTime::At(-s, 0)
+                } else {
+                    SetTime::At(-s - 1, 1_000_000_000 - n)
+                }
+            }
+        },
     }
 }
 

@@ -5,11 +5,12 @@
 //! even across FORGET, and hard links inside a layer share theirs. A node lives from its first
 //! LOOKUP (or READDIRPLUS entry) until the kernel forgets every reference to it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use smallvec::SmallVec;
 
 use crate::dir::Listing;
@@ -65,47 +66,61 @@ impl Attr {
 /// Indexes into the layer stack, top first. Directories list every layer they are merged from.
 pub type LayerList = SmallVec<[u16; 2]>;
 
-/// What a node is made of; behind a lock so that a writable layer can change it later.
+/// What a node is made of; changed by copy-up and by writes to the upper layer.
 #[derive(Debug, Clone)]
 pub struct NodeState {
     pub layers: LayerList,
     pub attr: Attr,
+    /// The composed inode number of the top layer's entry: the node's identity on disk, which
+    /// changes on copy-up while `ino` (the kernel's handle) stays.
+    pub real: Ino,
 }
+
+/// One name of a node: its parent directory and its name there.
+pub type Link = (Arc<Node>, Box<[u8]>);
 
 #[derive(Debug)]
 pub struct Node {
     pub ino: Ino,
-    /// Parent and name in the merged tree; `None` for the root. Holding the parent keeps the
-    /// path computable even if the kernel forgets the parent first.
-    loc: Option<(Arc<Node>, Box<[u8]>)>,
+    /// Names in the merged tree, the first used for layer paths; empty for the root. Hard
+    /// links give a node several. Holding the parent keeps the path computable even if the
+    /// kernel forgets the parent first.
+    names: RwLock<SmallVec<[Link; 1]>>,
     pub state: RwLock<NodeState>,
     lookups: AtomicU64,
-    /// The merged listing, built on the first READDIR (or a lookup that needs it).
-    pub listing: OnceLock<Arc<Listing>>,
+    /// Its last name was removed; it lives on for open descriptors only.
+    detached: AtomicBool,
+    /// The merged listing, built on the first READDIR (or a lookup that needs it) and kept
+    /// current by the writable layer.
+    pub listing: RwLock<Option<Listing>>,
+    /// A descriptor of one open handle: attributes of an unlinked file come from it.
+    pub open_fd: Mutex<Weak<OwnedFd>>,
 }
 
 impl Node {
-    pub fn new(ino: Ino, loc: Option<(Arc<Node>, Box<[u8]>)>, state: NodeState) -> Node {
+    pub fn new(ino: Ino, loc: Option<Link>, state: NodeState) -> Node {
         Node {
             ino,
-            loc,
+            names: RwLock::new(loc.into_iter().collect()),
             state: RwLock::new(state),
             lookups: AtomicU64::new(0),
-            listing: OnceLock::new(),
+            detached: AtomicBool::new(false),
+            listing: RwLock::new(None),
+            open_fd: Mutex::new(Weak::new()),
         }
     }
 
     /// The node's path relative to every layer root (overlays align layers by path).
     pub fn path(&self) -> Vec<u8> {
-        let mut names: SmallVec<[&[u8]; 16]> = SmallVec::new();
-        let mut cur = self;
-        while let Some((parent, name)) = &cur.loc {
-            names.push(name);
-            cur = parent;
+        let mut segs: SmallVec<[Box<[u8]>; 16]> = SmallVec::new();
+        let mut cur = self.first_link();
+        while let Some((parent, name)) = cur {
+            segs.push(name);
+            cur = parent.first_link();
         }
-        let len = names.iter().map(|n| n.len() + 1).sum::<usize>();
+        let len = segs.iter().map(|n| n.len() + 1).sum::<usize>();
         let mut p = Vec::with_capacity(len);
-        for (i, n) in names.iter().rev().enumerate() {
+        for (i, n) in segs.iter().rev().enumerate() {
             if i > 0 {
                 p.push(b'/');
             }
@@ -114,8 +129,72 @@ impl Node {
         p
     }
 
-    pub fn parent(&self) -> Option<&Arc<Node>> {
-        self.loc.as_ref().map(|(p, _)| p)
+    fn first_link(&self) -> Option<Link> {
+        self.names
+            .read()
+            .first()
+            .map(|(p, n)| (Arc::clone(p), n.clone()))
+    }
+
+    pub fn parent(&self) -> Option<Arc<Node>> {
+        self.names.read().first().map(|(p, _)| Arc::clone(p))
+    }
+
+    /// The first name, as (parent, name).
+    pub fn link(&self) -> Option<Link> {
+        self.first_link()
+    }
+
+    /// Record one more name of this node (a hard link seen or made).
+    pub fn add_name(&self, parent: &Arc<Node>, name: &[u8]) {
+        let mut names = self.names.write();
+        if !names
+            .iter()
+            .any(|(p, n)| p.ino == parent.ino && **n == *name)
+        {
+            names.push((Arc::clone(parent), name.into()));
+        }
+        self.detached.store(false, Ordering::Release);
+    }
+
+    /// Forget one name. When it was the last, the node is detached (unlinked) but keeps its
+    /// old location for messages.
+    pub fn remove_name(&self, parent: Ino, name: &[u8]) {
+        let mut names = self.names.write();
+        if let Some(i) = names
+            .iter()
+            .position(|(p, n)| p.ino == parent && **n == *name)
+        {
+            if names.len() > 1 {
+                names.remove(i);
+            } else {
+                self.detached.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Keep only the name (parent, name): the others were hard links of a lower file, which a
+    /// copy-up separates from this one.
+    pub fn keep_only_name(&self, parent: Ino, name: &[u8]) {
+        self.names
+            .write()
+            .retain(|(p, n)| p.ino == parent && **n == *name);
+    }
+
+    /// A rename moved the name `from` to `to`.
+    pub fn rename(&self, from: (Ino, &[u8]), to: (&Arc<Node>, &[u8])) {
+        let mut names = self.names.write();
+        match names
+            .iter_mut()
+            .find(|(p, n)| p.ino == from.0 && **n == *from.1)
+        {
+            Some(l) => *l = (Arc::clone(to.0), to.1.into()),
+            None => names.insert(0, (Arc::clone(to.0), to.1.into())),
+        }
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(Ordering::Acquire)
     }
 
     pub fn attr(&self) -> Attr {
@@ -124,6 +203,10 @@ impl Node {
 
     pub fn layers(&self) -> LayerList {
         self.state.read().layers.clone()
+    }
+
+    pub fn top(&self) -> u16 {
+        self.state.read().layers[0]
     }
 
     pub fn lookups(&self) -> u64 {
@@ -150,11 +233,31 @@ impl InodeTable {
 
     /// Return the live node for `ino`, creating it with `make` if there is none, and count one
     /// more kernel reference to it. The count changes under the shard lock that `forget` takes,
-    /// so a node is never dropped while a lookup is handing it out.
-    pub fn lookup_ref(&self, ino: Ino, make: impl FnOnce() -> Node) -> Arc<Node> {
-        let entry = self.nodes.entry(ino).or_insert_with(|| Arc::new(make()));
+    /// so a node is never dropped while a lookup is handing it out. An existing node that
+    /// `accept` refuses (another file now has its number) is left alone and `None` returned.
+    pub fn lookup_ref(
+        &self,
+        ino: Ino,
+        make: impl FnOnce() -> Node,
+        accept: impl FnOnce(&Node) -> bool,
+    ) -> Option<Arc<Node>> {
+        let mut made = false;
+        let entry = self.nodes.entry(ino).or_insert_with(|| {
+            made = true;
+            Arc::new(make())
+        });
+        if !made && !accept(entry.value()) {
+            return None;
+        }
         entry.lookups.fetch_add(1, Ordering::AcqRel);
-        Arc::clone(entry.value())
+        Some(Arc::clone(entry.value()))
+    }
+
+    /// Count one more kernel reference to a live node (a create or link reply).
+    pub fn add_ref(&self, node: &Node) {
+        if let Some(e) = self.nodes.get(&node.ino) {
+            e.lookups.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Drop `n` kernel references; the node goes when none are left.

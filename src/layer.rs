@@ -29,7 +29,7 @@ pub fn join(parent: &RelPath, name: &[u8]) -> Vec<u8> {
     v
 }
 
-fn cpath(rel: &RelPath) -> io::Result<CString> {
+pub(crate) fn cpath(rel: &RelPath) -> io::Result<CString> {
     let bytes = if rel.is_empty() { b"." as &[u8] } else { rel };
     CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
@@ -129,6 +129,25 @@ impl Layer {
         self.open_beneath(rel, OFlags::RDONLY)
     }
 
+    /// Open a regular file for reading and writing (the writable layer only).
+    pub fn open_rw(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::RDWR)
+    }
+
+    /// Open a directory of the layer, never through a symlink.
+    pub fn open_dir(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// An `O_PATH` descriptor of any entry (symlinks included, not followed).
+    pub fn open_path(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::PATH)
+    }
+
+    pub fn root(&self) -> &OwnedFd {
+        &self.root
+    }
+
     /// Read a whole directory of this layer.
     pub fn read_dir(&self, rel: &RelPath) -> io::Result<Vec<RawEntry>> {
         let fd = self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
@@ -165,12 +184,26 @@ impl Layer {
     /// A path that reaches `rel` through this process's descriptor of the layer root; used for
     /// the xattr calls, which have no `*at` form.
     fn proc_path(&self, rel: &RelPath) -> io::Result<CString> {
-        let mut p = format!("/proc/self/fd/{}", self.root.as_raw_fd()).into_bytes();
-        if !rel.is_empty() {
-            p.push(b'/');
-            p.extend_from_slice(rel);
-        }
-        CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+        proc_path(&self.root, rel)
+    }
+
+    pub fn set_xattr(
+        &self,
+        rel: &RelPath,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> io::Result<()> {
+        let p = self.proc_path(rel)?;
+        let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+        Ok(rustix::fs::lsetxattr(&p, &name, value, flags)?)
+    }
+
+    pub fn remove_xattr(&self, rel: &RelPath, name: &[u8]) -> io::Result<()> {
+        let p = self.proc_path(rel)?;
+        let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok(rustix::fs::lremovexattr(&p, &name)?)
     }
 
     /// All xattr names of an entry (the symlink itself for symlinks), NUL-separated.
@@ -241,6 +274,16 @@ impl Layer {
     pub fn statvfs(&self) -> io::Result<StatVfs> {
         Ok(rustix::fs::fstatvfs(self.root.as_fd())?)
     }
+}
+
+/// `/proc/self/fd/N/rel`: reaches `rel` under an open directory for calls with no `*at` form.
+/// The final component is never followed by the `l*` calls that use it.
+pub fn proc_path(dir: &OwnedFd, rel: &RelPath) -> io::Result<CString> {
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    // "N/." is the directory itself; a bare "N" would be the magic link, which the `l*` calls
+    // do not follow.
+    p.extend_from_slice(if rel.is_empty() { b"." } else { rel });
+    CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 fn filetype_bits(t: rustix::fs::FileType) -> u32 {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::error::Error;
 use crate::fuse::Passthrough;
+use crate::idmap::{IdMap, OverrideXattr, parse_mapping};
 
 /// Everything a mount needs, parsed from the `-o` strings.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +19,10 @@ pub struct MountOptions {
     pub fsname: Option<String>,
     pub passthrough: Passthrough,
     pub threads: Option<usize>,
+    /// fsync copy-ups and fsync(2) (`fsync=0` and `volatile` turn it off).
+    pub fsync: bool,
+    /// Ownership view: id mappings, squashing, override xattr.
+    pub ids: IdMap,
     /// Options we accept and ignore, with a warning.
     pub ignored: Vec<String>,
 }
@@ -34,6 +39,8 @@ impl Default for MountOptions {
             fsname: None,
             passthrough: Passthrough::Off,
             threads: None,
+            fsync: true,
+            ids: IdMap::default(),
             ignored: Vec::new(),
         }
     }
@@ -106,6 +113,14 @@ fn nonempty(key: &str, v: Option<&str>) -> Result<String, Error> {
     }
 }
 
+fn number(opt: &str, v: Option<&str>) -> Result<u32, Error> {
+    v.and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::BadOption {
+            option: opt.into(),
+            reason: "expected a number".into(),
+        })
+}
+
 impl MountOptions {
     /// Parse every `-o` string given, in order (later values win).
     pub fn parse<S: AsRef<str>>(opts: &[S]) -> Result<MountOptions, Error> {
@@ -169,6 +184,42 @@ impl MountOptions {
                     })?;
                 self.threads = Some(n);
             }
+            "fsync" => {
+                self.fsync = match val {
+                    Some("0") => false,
+                    Some("1") | None => true,
+                    Some(v) => {
+                        return Err(Error::BadOption {
+                            option: opt.into(),
+                            reason: format!("expected 0 or 1, got '{v}'"),
+                        });
+                    }
+                }
+            }
+            "volatile" => self.fsync = false,
+            "uidmapping" => self.ids.uids = parse_mapping(key, &nonempty(key, val)?)?,
+            "gidmapping" => self.ids.gids = parse_mapping(key, &nonempty(key, val)?)?,
+            "squash_to_root" => {
+                self.ids.squash_uid = Some(0);
+                self.ids.squash_gid = Some(0);
+            }
+            "squash_to_uid" => self.ids.squash_uid = Some(number(opt, val)?),
+            "squash_to_gid" => self.ids.squash_gid = Some(number(opt, val)?),
+            "xattr_permissions" => {
+                self.ids.override_xattr = match val {
+                    Some("0") => None,
+                    Some("1") => Some(OverrideXattr::Privileged),
+                    Some("2") => Some(OverrideXattr::User),
+                    _ => {
+                        return Err(Error::BadOption {
+                            option: opt.into(),
+                            reason: "expected 0, 1 or 2".into(),
+                        });
+                    }
+                }
+            }
+            // SELinux labels are the kernel's business; FUSE mounts get theirs from policy.
+            "context" | "fscontext" | "defcontext" | "rootcontext" => {}
             "ro" | "rw" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
             | "noatime" | "relatime" | "sync" | "async" | "dirsync" => {
                 self.flags.push(key.to_string())
@@ -215,6 +266,41 @@ mod tests {
         assert_eq!(m.lowerdirs, vec![PathBuf::from("/c")]);
         assert_eq!(m.ignored, vec!["fsync=0", "volatile"]);
         assert_eq!(m.flags, vec!["ro"]);
+    }
+
+    #[test]
+    fn podman_invocation() {
+        // What containers-storage passes to its mount_program.
+        let m = MountOptions::parse(&[concat!(
+            "lowerdir=/s/l/A:/s/l/B,upperdir=/s/o/diff,workdir=/s/o/work,fsync=0,",
+            r#"context="system_u:object_r:container_file_t:s0:c1,c2","#,
+            "uidmapping=:0:100000:65536,gidmapping=:0:100000:1:1:200000:100,",
+            "xattr_permissions=2,volatile,weird_future_option=1"
+        )])
+        .unwrap();
+        assert_eq!(m.lowerdirs.len(), 2);
+        assert_eq!(m.upperdir, Some(PathBuf::from("/s/o/diff")));
+        assert_eq!(m.workdir, Some(PathBuf::from("/s/o/work")));
+        assert!(!m.fsync);
+        assert_eq!(m.ids.uids.len(), 1);
+        assert_eq!(m.ids.gids.len(), 2);
+        assert_eq!(m.ids.override_xattr, Some(OverrideXattr::User));
+        assert_eq!(m.ignored, vec!["weird_future_option=1"]);
+        let m = MountOptions::parse(&["lowerdir=/a,squash_to_uid=7,squash_to_gid=8"]).unwrap();
+        assert_eq!((m.ids.squash_uid, m.ids.squash_gid), (Some(7), Some(8)));
+        let m = MountOptions::parse(&["lowerdir=/a,squash_to_root"]).unwrap();
+        assert_eq!((m.ids.squash_uid, m.ids.squash_gid), (Some(0), Some(0)));
+        for bad in [
+            "uidmapping=:0:1",
+            "squash_to_uid=x",
+            "xattr_permissions=9",
+            "fsync=2",
+        ] {
+            let e = MountOptions::parse(&[format!("lowerdir=/a,{bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
+        }
     }
 
     #[test]

@@ -8,29 +8,54 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use dashmap::DashMap;
 use lru::LruCache;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use smallvec::smallvec;
 
 use crate::dir::Listing;
 use crate::error::Error;
+use crate::idmap::IdMap;
 use crate::inode::{Attr, Ino, InodeTable, LayerList, Node, NodeState, ROOT_INO};
 use crate::layer::{Layer, join};
+use crate::upper::Upper;
 use crate::whiteout::{self, Marker};
 
-fn errno(e: i32) -> io::Error {
+pub(crate) fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
 }
 
 /// Default bound on layer files kept open for reading.
 pub const DEFAULT_OPEN_FILES: usize = 1024;
 
+/// What a mount is made of.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Read-only layers, top first.
+    pub lowerdirs: Vec<PathBuf>,
+    /// The writable layer and its work directory.
+    pub upper: Option<(PathBuf, PathBuf)>,
+    /// fsync copy-ups and fsync(2) calls (off: `fsync=0`, `volatile`).
+    pub fsync: bool,
+    pub ids: IdMap,
+}
+
 pub struct Overlay {
-    layers: Vec<Layer>,
+    /// The stack, top first; with a writable layer it is `layers[0]`.
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) upper: Option<Upper>,
+    pub(crate) ids: IdMap,
+    /// Taken shared by lookups and listings, exclusively by anything that changes the upper
+    /// layer's namespace, so a lookup never sees half of a rename or copy-up.
+    pub(crate) ns: RwLock<()>,
+    /// Inode numbers kept across copy-up, and numbers reassigned because the one derived from
+    /// disk still belongs to an unlinked file: composed real number -> node number.
+    pub(crate) remap: DashMap<Ino, Ino>,
+    alt_seq: AtomicU64,
     /// Per layer: index of its filesystem among the distinct ones of the stack.
     dev_index: Vec<u64>,
     single_dev: bool,
-    table: InodeTable,
+    pub(crate) table: InodeTable,
     /// Layer files opened for reads, bounded: the kernel does not send OPEN in no-open mode,
     /// so reads find their descriptor here.
     files: Mutex<LruCache<Ino, Arc<OwnedFd>>>,
@@ -52,17 +77,34 @@ impl std::fmt::Debug for Overlay {
 impl Overlay {
     /// Open every layer root (top first). Nothing below the roots is touched.
     pub fn new(lowerdirs: &[PathBuf]) -> Result<Overlay, Error> {
-        if lowerdirs.is_empty() {
+        Overlay::with_config(&Config {
+            lowerdirs: lowerdirs.to_vec(),
+            fsync: true,
+            ..Config::default()
+        })
+    }
+
+    /// Open the stack of `cfg`, the writable layer (if any) on top.
+    pub fn with_config(cfg: &Config) -> Result<Overlay, Error> {
+        if cfg.lowerdirs.is_empty() {
             return Err(Error::BadOption {
                 option: "lowerdir".into(),
                 reason: "no lower directory given".into(),
             });
         }
-        let layers = lowerdirs
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Layer::open(i, p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut layers = Vec::with_capacity(cfg.lowerdirs.len() + 1);
+        let mut upper = None;
+        if let Some((u, w)) = &cfg.upper {
+            let l = Layer::open(0, u).map_err(|e| Error::Upper {
+                path: u.clone(),
+                reason: e.to_string(),
+            })?;
+            upper = Some(Upper::open(&l, w, cfg.fsync)?);
+            layers.push(l);
+        }
+        for p in &cfg.lowerdirs {
+            layers.push(Layer::open(layers.len(), p)?);
+        }
         let mut devs: Vec<u64> = Vec::new();
         let dev_index = layers
             .iter()
@@ -86,17 +128,24 @@ impl Overlay {
         if layers.len() > 1 {
             attr.nlink = 1; // a merged directory, as for every other one
         }
+        cfg.ids.present(&mut attr, None);
         let root = Node::new(
             ROOT_INO,
             None,
             NodeState {
                 layers: (0..layers.len() as u16).collect(),
                 attr,
+                real: ROOT_INO,
             },
         );
         Ok(Overlay {
             single_dev: devs.len() == 1,
             layers,
+            upper,
+            ids: cfg.ids.clone(),
+            ns: RwLock::new(()),
+            remap: DashMap::new(),
+            alt_seq: AtomicU64::new(0),
             dev_index,
             forgotten: AtomicU64::new(0),
             table: InodeTable::new(root),
@@ -104,6 +153,11 @@ impl Overlay {
                 NonZeroUsize::new(DEFAULT_OPEN_FILES).expect("nonzero"),
             )),
         })
+    }
+
+    /// Whether the mount has a writable layer.
+    pub fn writable(&self) -> bool {
+        self.upper.is_some()
     }
 
     pub fn layers(&self) -> &[Layer] {
@@ -148,7 +202,53 @@ impl Overlay {
     }
 
     pub fn getattr(&self, ino: Ino) -> io::Result<Attr> {
-        Ok(self.node(ino)?.attr())
+        let node = self.node(ino)?;
+        self.attr(&node)
+    }
+
+    /// Current attributes of a node. Lower layers never change, so theirs are kept; an entry of
+    /// the writable layer is stat'ed again, since writes change it.
+    pub fn attr(&self, node: &Node) -> io::Result<Attr> {
+        let (top, merged, cached) = {
+            let s = node.state.read();
+            (s.layers[0], s.layers.len() > 1, s.attr)
+        };
+        if top != 0 || self.upper.is_none() {
+            return Ok(cached);
+        }
+        let st = if node.is_detached() {
+            match node.open_fd.lock().upgrade() {
+                Some(fd) => rustix::fs::fstat(&*fd)?,
+                None => return Ok(Attr { nlink: 0, ..cached }),
+            }
+        } else {
+            match self.layers[0].stat(&node.path())? {
+                Some(st) => st,
+                None => return Ok(cached),
+            }
+        };
+        let mut a = Attr::from_stat(node.ino, &st);
+        if a.is_dir() && merged {
+            a.nlink = 1;
+        }
+        self.present(&mut a, 0, &node.path());
+        node.state.write().attr = a;
+        Ok(a)
+    }
+
+    /// Apply the mount's ownership view to attributes of `rel` in layer `layer`.
+    pub(crate) fn present(&self, a: &mut Attr, layer: u16, rel: &[u8]) {
+        if self.ids.is_identity() {
+            return;
+        }
+        let ov = match self.ids.override_xattr {
+            Some(x) => self.layers[layer as usize]
+                .get_xattr(rel, x.name())
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        self.ids.present(a, ov.as_deref());
     }
 
     /// Resolve `name` in directory `parent`. `Ok(None)` is a negative entry. A returned node
@@ -168,35 +268,80 @@ impl Overlay {
         if whiteout::classify(name) != Marker::Entry || name == b"." || name == b".." {
             return Ok(None);
         }
-        let Some((layers, st)) = self.resolve(dir, name)? else {
-            return Ok(None);
-        };
-        let top = &self.layers[layers[0] as usize];
-        let ino = self.compose_ino(top, st.st_ino);
-        let node = self.table.lookup_ref(ino, || {
-            let mut attr = Attr::from_stat(ino, &st);
-            // As overlayfs: counting subdirectories of a merged dir is not worth it.
-            if attr.is_dir() && layers.len() > 1 {
-                attr.nlink = 1;
-            }
-            Node::new(
-                ino,
-                Some((Arc::clone(dir), name.into())),
-                NodeState { layers, attr },
-            )
-        });
-        Ok(Some(node))
+        let _ns = self.ns.read_recursive();
+        self.lookup_locked(dir, name)
     }
 
-    /// The layers holding `name` under `dir` (top first) and the top entry's stat.
-    fn resolve(
+    /// `lookup_in` for callers that hold the namespace lock.
+    pub(crate) fn lookup_locked(
         &self,
         dir: &Arc<Node>,
         name: &[u8],
+    ) -> io::Result<Option<Arc<Node>>> {
+        let Some((layers, st)) = self.resolve(dir, name, false)? else {
+            return Ok(None);
+        };
+        let top = &self.layers[layers[0] as usize];
+        let real = self.compose_ino(top, st.st_ino);
+        let mut ino = self.remap.get(&real).map_or(real, |v| *v);
+        loop {
+            let make = || {
+                let mut attr = Attr::from_stat(ino, &st);
+                // As overlayfs: counting subdirectories of a merged dir is not worth it.
+                if attr.is_dir() && layers.len() > 1 {
+                    attr.nlink = 1;
+                }
+                self.present(&mut attr, layers[0], &join(&dir.path(), name));
+                Node::new(
+                    ino,
+                    Some((Arc::clone(dir), name.into())),
+                    NodeState {
+                        layers: layers.clone(),
+                        attr,
+                        real,
+                    },
+                )
+            };
+            let accept = |n: &Node| n.state.read().real == real && !n.is_detached();
+            if let Some(node) = self.table.lookup_ref(ino, make, accept) {
+                if !node.attr().is_dir() {
+                    node.add_name(dir, name); // a hard link seen under another name
+                }
+                return Ok(Some(node));
+            }
+            // The number still belongs to another (unlinked or copied-up) file the kernel
+            // holds: give this one a number of its own, remembered while the mount lives.
+            ino = self.alt_ino(real);
+            self.remap.insert(real, ino);
+        }
+    }
+
+    /// A fresh number outside the range composed from disk.
+    pub(crate) fn alt_ino(&self, real: Ino) -> Ino {
+        let n = self.alt_seq.fetch_add(1, Ordering::Relaxed);
+        (1 << 62) | ((real.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n) & ((1 << 62) - 1)) | 1
+    }
+
+    /// The layers holding `name` under `dir` (top first) and the top entry's stat.
+    /// With `lower_only`, as if the writable layer did not hold `name`: what a removal of the
+    /// upper entry would uncover.
+    pub(crate) fn resolve(
+        &self,
+        dir: &Arc<Node>,
+        name: &[u8],
+        lower_only: bool,
     ) -> io::Result<Option<(LayerList, rustix::fs::Stat)>> {
-        let dir_layers = dir.layers();
+        let mut dir_layers = dir.layers();
+        if lower_only {
+            dir_layers.retain(|l| *l != 0 || self.upper.is_none());
+        }
         let mut start = 0;
-        if let Some(listing) = dir.listing.get() {
+        let listing = if lower_only {
+            None
+        } else {
+            Some(dir.listing.read_recursive())
+        };
+        if let Some(listing) = listing.as_ref().and_then(|l| l.as_ref()) {
             // The listing already knows which names exist and where the topmost one is.
             match listing.find(name) {
                 None => return Ok(None),
@@ -248,10 +393,19 @@ impl Overlay {
         }
     }
 
-    /// The merged listing of a directory, built on first use and kept while the node lives.
-    pub fn listing(&self, dir: &Node) -> io::Result<Arc<Listing>> {
-        if let Some(l) = dir.listing.get() {
-            return Ok(Arc::clone(l));
+    /// Build the merged listing of a directory if it has none yet; it is kept while the node
+    /// lives and changed in place by writes.
+    pub fn ensure_listing(&self, dir: &Node) -> io::Result<()> {
+        if dir.listing.read_recursive().is_some() {
+            return Ok(());
+        }
+        let _ns = self.ns.read_recursive();
+        self.ensure_listing_locked(dir)
+    }
+
+    pub(crate) fn ensure_listing_locked(&self, dir: &Node) -> io::Result<()> {
+        if dir.listing.read_recursive().is_some() {
+            return Ok(());
         }
         let state = dir.state.read().clone();
         if !state.attr.is_dir() {
@@ -263,12 +417,24 @@ impl Overlay {
             .map(|&l| &self.layers[l as usize])
             .collect();
         let listing = Listing::build(&layers, &dir.path(), |layer, real| {
-            self.compose_ino(layer, real)
+            let c = self.compose_ino(layer, real);
+            self.remap.get(&c).map_or(c, |v| *v)
         })?;
-        Ok(Arc::clone(dir.listing.get_or_init(|| Arc::new(listing))))
+        let mut slot = dir.listing.write();
+        if slot.is_none() {
+            *slot = Some(listing);
+        }
+        Ok(())
     }
 
-    fn top_layer(&self, node: &Node) -> &Layer {
+    /// Run `f` on the directory's merged listing.
+    pub fn with_listing<R>(&self, dir: &Node, f: impl FnOnce(&Listing) -> R) -> io::Result<R> {
+        self.ensure_listing(dir)?;
+        let guard = dir.listing.read_recursive();
+        Ok(f(guard.as_ref().expect("just built")))
+    }
+
+    pub(crate) fn top_layer(&self, node: &Node) -> &Layer {
         &self.layers[node.state.read().layers[0] as usize]
     }
 
@@ -325,7 +491,7 @@ impl Overlay {
         let raw = self.top_layer(&node).list_xattrs(&node.path())?;
         let mut out = Vec::with_capacity(raw.len());
         for name in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            if !whiteout::is_internal_xattr(name) {
+            if !self.is_hidden_xattr(name) {
                 out.extend_from_slice(name);
                 out.push(0);
             }
@@ -333,8 +499,14 @@ impl Overlay {
         Ok(out)
     }
 
+    /// Overlay-internal xattrs, and the override xattr where it carries the presented stat.
+    pub(crate) fn is_hidden_xattr(&self, name: &[u8]) -> bool {
+        whiteout::is_internal_xattr(name)
+            || self.ids.override_xattr.is_some_and(|x| x.name() == name)
+    }
+
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        if whiteout::is_internal_xattr(name) {
+        if self.is_hidden_xattr(name) {
             return Ok(None);
         }
         let node = self.node(ino)?;
@@ -345,19 +517,19 @@ impl Overlay {
         self.layers[0].statvfs()
     }
 
-    /// access(2) against the merged attributes; the mount is read-only.
+    /// access(2) against the merged attributes.
     pub fn access(&self, ino: Ino, mask: i32, uid: u32, gid: u32) -> io::Result<()> {
         let attr = self.getattr(ino)?;
         if mask == libc::F_OK {
             return Ok(());
         }
-        if mask & libc::W_OK != 0 {
+        if mask & libc::W_OK != 0 && !self.writable() {
             return Err(errno(libc::EROFS));
         }
         let mode = attr.mode;
         let granted = if uid == 0 {
             let any_x = mode & 0o111 != 0 || attr.is_dir();
-            libc::R_OK | if any_x { libc::X_OK } else { 0 }
+            libc::R_OK | libc::W_OK | if any_x { libc::X_OK } else { 0 }
         } else {
             let bits = if uid == attr.uid {
                 mode >> 6
@@ -368,7 +540,7 @@ impl Overlay {
             } & 0o7;
             bits as i32
         };
-        if mask & !granted & (libc::R_OK | libc::X_OK) != 0 {
+        if mask & !granted & (libc::R_OK | libc::W_OK | libc::X_OK) != 0 {
             return Err(errno(libc::EACCES));
         }
         Ok(())
@@ -401,12 +573,14 @@ mod tests {
 
     fn names(ov: &Overlay, dir: &Arc<Node>) -> Vec<String> {
         let mut v: Vec<String> = ov
-            .listing(dir)
-            .unwrap()
-            .entries()
-            .iter()
-            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
-            .collect();
+            .with_listing(dir, |l| {
+                l.entries()
+                    .iter()
+                    .filter(|e| !e.removed)
+                    .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                    .collect()
+            })
+            .unwrap();
         v.sort();
         v
     }
