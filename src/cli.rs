@@ -263,7 +263,12 @@ pub fn run_mount(cli: &Cli) -> Result<(), Error> {
     } else {
         daemon::fork()?
     };
-    let fs = StrataFs::new(Arc::clone(&overlay), opts.passthrough);
+    let notifier = Arc::new(std::sync::OnceLock::new());
+    let fs = StrataFs::new(
+        Arc::clone(&overlay),
+        opts.passthrough,
+        Arc::clone(&notifier),
+    );
     let session = match open_session(fs, &mountpoint, &opts, &source, config) {
         Ok(s) => s,
         Err(e) => {
@@ -275,6 +280,7 @@ pub fn run_mount(cli: &Cli) -> Result<(), Error> {
             return Err(e);
         }
     };
+    let _ = notifier.set(session.notifier());
     info!(mountpoint = %mountpoint.display(), layers = opts.lowerdirs.len(), "mounted");
     let daemonized = ready.is_daemon();
     ready.ok();

@@ -183,6 +183,9 @@ impl Overlay {
         self.remap.insert(real, node.ino);
         {
             let mut s = node.state.write();
+            if kind == libc::S_IFDIR && s.layers.len() == 1 {
+                self.stale.lock().inodes.push(node.ino);
+            }
             s.layers = if kind == libc::S_IFDIR {
                 let mut l = smallvec![0];
                 l.extend(s.layers.iter().copied());
@@ -192,7 +195,8 @@ impl Overlay {
             };
             s.real = real;
         }
-        node.keep_only_name(parent.ino, &name);
+        let dropped = node.keep_only_name(parent.ino, &name);
+        self.stale.lock().entries.extend(dropped);
         if let Some(l) = parent.listing.write().as_mut() {
             l.update(&name, 0, node.ino);
         }

@@ -6,8 +6,8 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::collections::HashMap;
@@ -90,6 +90,8 @@ impl Backings {
 
 pub struct StrataFs {
     ov: Arc<Overlay>,
+    /// Set once the session exists: tells the kernel what a copy-up made stale.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
     passthrough: Passthrough,
     /// Set in init: OPEN is answered (for passthrough) instead of declined.
     handle_opens: AtomicBool,
@@ -99,9 +101,14 @@ pub struct StrataFs {
 }
 
 impl StrataFs {
-    pub fn new(ov: Arc<Overlay>, passthrough: Passthrough) -> StrataFs {
+    pub fn new(
+        ov: Arc<Overlay>,
+        passthrough: Passthrough,
+        notifier: Arc<OnceLock<fuser::Notifier>>,
+    ) -> StrataFs {
         StrataFs {
             ov,
+            notifier,
             passthrough,
             handle_opens: AtomicBool::new(false),
             handles: DashMap::new(),
@@ -240,13 +247,14 @@ impl Filesystem for StrataFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if self.ov.writable() {
-            return match self.ov.open(ino.0, flags.0) {
+            match self.ov.open(ino.0, flags.0) {
                 Ok((fd, writable)) => {
                     let fh = self.add_handle(ino.0, fd, writable);
                     reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
                 }
                 Err(e) => reply.error(err(e)),
-            };
+            }
+            return self.notify_stale();
         }
         if !self.handle_opens.load(Ordering::Relaxed) {
             // Zero-message opens: the kernel keeps the page cache and never asks again.
@@ -663,6 +671,7 @@ impl Filesystem for StrataFs {
             Ok(a) => reply.attr(&TTL, &to_fuse(&a)),
             Err(e) => reply.error(err(e)),
         }
+        self.notify_stale();
     }
 
     fn create(
@@ -696,6 +705,7 @@ impl Filesystem for StrataFs {
             Ok((_, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(err(e)),
         }
+        self.notify_stale();
     }
 
     fn mkdir(
@@ -711,6 +721,7 @@ impl Filesystem for StrataFs {
             .ov
             .create(parent.0, name.as_bytes(), NewEntry::Dir, mode, caller(req));
         self.reply_new(r.map(|(n, _)| n), reply);
+        self.notify_stale();
     }
 
     fn mknod(
@@ -732,6 +743,7 @@ impl Filesystem for StrataFs {
             .ov
             .create(parent.0, name.as_bytes(), what, mode, caller(req));
         self.reply_new(r.map(|(n, _)| n), reply);
+        self.notify_stale();
     }
 
     fn symlink(
@@ -751,6 +763,7 @@ impl Filesystem for StrataFs {
             caller(req),
         );
         self.reply_new(r.map(|(n, _)| n), reply);
+        self.notify_stale();
     }
 
     fn link(
@@ -763,6 +776,7 @@ impl Filesystem for StrataFs {
     ) {
         let r = self.ov.link(ino.0, newparent.0, newname.as_bytes());
         self.reply_new(r, reply);
+        self.notify_stale();
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -770,6 +784,7 @@ impl Filesystem for StrataFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
+        self.notify_stale();
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -777,6 +792,7 @@ impl Filesystem for StrataFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
+        self.notify_stale();
     }
 
     fn rename(
@@ -802,6 +818,7 @@ impl Filesystem for StrataFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
+        self.notify_stale();
     }
 
     fn setxattr(
@@ -821,6 +838,7 @@ impl Filesystem for StrataFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
+        self.notify_stale();
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -831,10 +849,23 @@ impl Filesystem for StrataFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
+        self.notify_stale();
     }
 }
 
 impl StrataFs {
+    /// After a reply: invalidate what the request made stale in the kernel's caches.
+    fn notify_stale(&self) {
+        let stale = self.ov.take_stale();
+        let Some(n) = self.notifier.get() else { return };
+        for ino in stale.inodes {
+            let _ = n.inval_inode(INodeNo(ino), -1, 0);
+        }
+        for (parent, name) in stale.entries {
+            let _ = n.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+        }
+    }
+
     fn reply_entry(&self, node: &Node, reply: ReplyEntry) {
         match self.ov.attr(node) {
             Ok(a) => reply.entry(&TTL, &to_fuse(&a), Generation(0)),

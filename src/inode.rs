@@ -175,10 +175,16 @@ impl Node {
 
     /// Keep only the name (parent, name): the others were hard links of a lower file, which a
     /// copy-up separates from this one.
-    pub fn keep_only_name(&self, parent: Ino, name: &[u8]) {
-        self.names
-            .write()
-            .retain(|(p, n)| p.ino == parent && **n == *name);
+    /// Returns the names dropped.
+    pub fn keep_only_name(&self, parent: Ino, name: &[u8]) -> Vec<(Ino, Box<[u8]>)> {
+        let mut names = self.names.write();
+        let dropped = names
+            .iter()
+            .filter(|(p, n)| !(p.ino == parent && **n == *name))
+            .map(|(p, n)| (p.ino, n.clone()))
+            .collect();
+        names.retain(|(p, n)| p.ino == parent && **n == *name);
+        dropped
     }
 
     /// A rename moved the name `from` to `to`.

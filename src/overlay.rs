@@ -28,6 +28,13 @@ pub(crate) fn errno(e: i32) -> io::Error {
 /// Default bound on layer files kept open for reading.
 pub const DEFAULT_OPEN_FILES: usize = 1024;
 
+/// Kernel cache entries to invalidate, collected by the core for the front end.
+#[derive(Debug, Default)]
+pub struct Stale {
+    pub inodes: Vec<Ino>,
+    pub entries: Vec<(Ino, Box<[u8]>)>,
+}
+
 /// What a mount is made of.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -52,6 +59,9 @@ pub struct Overlay {
     /// disk still belongs to an unlinked file: composed real number -> node number.
     pub(crate) remap: DashMap<Ino, Ino>,
     alt_seq: AtomicU64,
+    /// Kernel caches a copy-up made stale: attributes of inodes (a directory that became
+    /// merged reports nlink 1) and names that stopped being hard links of a copied-up file.
+    pub(crate) stale: Mutex<Stale>,
     /// Per layer: index of its filesystem among the distinct ones of the stack.
     dev_index: Vec<u64>,
     single_dev: bool,
@@ -146,6 +156,7 @@ impl Overlay {
             ns: RwLock::new(()),
             remap: DashMap::new(),
             alt_seq: AtomicU64::new(0),
+            stale: Mutex::new(Stale::default()),
             dev_index,
             forgotten: AtomicU64::new(0),
             table: InodeTable::new(root),
@@ -153,6 +164,11 @@ impl Overlay {
                 NonZeroUsize::new(DEFAULT_OPEN_FILES).expect("nonzero"),
             )),
         })
+    }
+
+    /// Take what the kernel must forget (see [`Stale`]).
+    pub fn take_stale(&self) -> Stale {
+        std::mem::take(&mut *self.stale.lock())
     }
 
     /// Whether the mount has a writable layer.

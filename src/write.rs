@@ -147,6 +147,22 @@ impl Overlay {
         Ok(self.resolve(dir, name, true)?.is_some())
     }
 
+    /// Whether a lower layer of `dir` holds a whiteout for `name`.
+    fn whiteout_below(&self, dir: &Node, name: &[u8]) -> io::Result<bool> {
+        let rel = join(&dir.path(), name);
+        let wh = join(&dir.path(), &whiteout::whiteout_name(name));
+        for l in dir.layers().into_iter().filter(|&l| l != 0) {
+            let layer = &self.layers[l as usize];
+            if let Some(st) = layer.stat(&rel)? {
+                return Ok(whiteout::is_char_whiteout(st.st_mode, st.st_rdev));
+            }
+            if layer.exists(&wh)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Bring `dir`'s listing and the node table up to date after `name` appeared in the
     /// writable layer, and return its node with one kernel reference.
     fn entered(&self, dir: &Arc<Node>, name: &[u8]) -> io::Result<Arc<Node>> {
@@ -228,6 +244,9 @@ impl Overlay {
         }
         let pdir = self.upper_dir(&dir)?;
         let whited = upper.has_whiteout(&pdir, name)?;
+        // As overlayfs: a new directory where any layer has a whiteout is made opaque.
+        let opaque =
+            matches!(what, NewEntry::Dir) && (whited || self.whiteout_below(&dir, name)?);
         let (uid, gid, sgid) = self.new_owner(caller, &dir)?;
         let work = upper.work();
         let tmp = upper.temp();
@@ -258,7 +277,7 @@ impl Overlay {
                     perm |= libc::S_ISGID;
                 }
                 rustix::fs::mkdirat(work, &*tmp, Mode::from_raw_mode(0o700))?;
-                if whited {
+                if opaque {
                     // A directory over a whiteout must not show what lies below.
                     let d = rustix::fs::openat(
                         work,
@@ -458,8 +477,14 @@ impl Overlay {
         let whiteout_in_way =
             in_way.is_some_and(|s| whiteout::is_char_whiteout(s.st_mode, s.st_rdev));
         let dir_in_way = in_way.is_some_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
-        if src.is_dir() && (dst_lower || whiteout_in_way || upper.has_whiteout(&dpdir, newname)?) {
-            // Lower entries of the new name must stay hidden under the moved directory.
+        if src.is_dir()
+            && (dst_lower
+                || whiteout_in_way
+                || newdir.layers().len() > 1
+                || upper.has_whiteout(&dpdir, newname)?)
+        {
+            // Lower entries of the new name must stay hidden under the moved directory (and,
+            // as overlayfs does, a directory moved into a merged one is marked so anyway).
             let d = self.layers[0].open_dir(&snode.path())?;
             upper.make_opaque(&d)?;
         }
