@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -371,7 +371,7 @@ fn upper_changes(upper: &Path, start: i64) -> BTreeMap<PathBuf, String> {
         }
         let x = xattrs_of(&p);
         let opaque = x
-            .get(&b"trusted.overlay.opaque".to_vec())
+            .get(b"trusted.overlay.opaque".as_slice())
             .map(|v| v == b"y")
             == Some(true)
             || p.join(".wh..wh..opq").exists();
@@ -624,7 +624,7 @@ fn kill_9_leaves_upper_consistent() {
         }
         // The next mount cleans W and shows a consistent tree.
         let mnt = StrataMount::with_opts(
-            &[low.clone()],
+            std::slice::from_ref(&low),
             &m,
             &[&opts.replace(&format!("lowerdir={},", low.display()), "")],
         );
