@@ -244,10 +244,7 @@ fn expected_diff() -> BTreeSet<String> {
 fn rootful_podman_matches_fuse_overlayfs() {
     require_root();
     require_tool("fuse-overlayfs");
-    let tmp = tempfile::Builder::new()
-        .keep(std::env::var_os("KEEP").is_some())
-        .tempdir()
-        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
     let ours = Store::new(&tmp.path().join("strata"), Path::new(BIN), None);
     let diff = exercise(&ours);
     // The same image read again after the other steps (see the ignored test below).
