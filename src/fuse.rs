@@ -568,12 +568,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let Some(fd) = self
-            .handles
-            .get(&fh.0)
-            .filter(|h| h.writable)
-            .map(|h| Arc::clone(&h.fd))
-        else {
+        let Some(fd) = self.writable_fd(fh) else {
             return reply.error(Errno::EBADF);
         };
         let mut done = 0;
@@ -625,12 +620,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let Some(fd) = self
-            .handles
-            .get(&fh.0)
-            .filter(|h| h.writable)
-            .map(|h| Arc::clone(&h.fd))
-        else {
+        let Some(fd) = self.writable_fd(fh) else {
             return reply.error(Errno::EBADF);
         };
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
@@ -878,6 +868,14 @@ impl StrataFs {
             Ok(node) => self.reply_entry(&node, reply),
             Err(e) => reply.error(err(e)),
         }
+    }
+
+    /// The descriptor behind a handle opened for writing.
+    fn writable_fd(&self, fh: FileHandle) -> Option<Arc<OwnedFd>> {
+        self.handles
+            .get(&fh.0)
+            .filter(|h| h.writable)
+            .map(|h| Arc::clone(&h.fd))
     }
 
     fn add_handle(&self, ino: u64, fd: OwnedFd, writable: bool) -> u64 {

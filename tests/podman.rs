@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::image::which;
+use common::image::{busybox_base_tar, which};
 use common::*;
 
 const TEST_USER: &str = "stratafs-test";
@@ -103,26 +103,7 @@ impl Store {
     }
 
     fn import_base(&self) {
-        let root = self.dir.join("base-root");
-        for d in ["bin", "etc", "tmp"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy(which("busybox"), root.join("bin/busybox")).unwrap();
-        for a in [
-            "sh", "ls", "cat", "rm", "mkdir", "echo", "ln", "chmod", "touch", "mv", "true", "find",
-        ] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-        }
-        std::fs::write(root.join("etc/os-release"), "NAME=strata-test\n").unwrap();
-        let tar = self.dir.join("base.tar");
-        run_ok(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&root)
-                .arg("-cf")
-                .arg(&tar)
-                .arg("."),
-        );
+        let tar = busybox_base_tar(&self.dir);
         if let Some(u) = self.user {
             run_ok(Command::new("chown").arg(u).arg(&tar));
         }

@@ -3,6 +3,7 @@
 //! upper dirs that hold the same changes (whiteout and opaque forms normalised).
 
 mod common;
+mod stack;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -16,26 +17,10 @@ use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustix::fs::{AtFlags, CWD, Mode, Timespec, Timestamps};
+use stack::set_time;
 
 fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
-fn set_time(p: &Path, sec: i64, nsec: i64) {
-    let t = Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
-    };
-    rustix::fs::utimensat(
-        CWD,
-        c(p),
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
 }
 
 /// Two lower layers with merged dirs, a whiteout, an opaque dir, xattrs, odd modes and owners,

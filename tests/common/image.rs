@@ -53,26 +53,7 @@ impl Podman {
 
     /// Import a static busybox root as `localhost/strata-base`.
     pub fn import_busybox_base(&self) {
-        let root = self.dir.join("base-root");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::create_dir_all(root.join("tmp")).unwrap();
-        std::fs::copy(which("busybox"), root.join("bin/busybox")).unwrap();
-        for applet in [
-            "sh", "ls", "cat", "rm", "mkdir", "echo", "ln", "chmod", "touch", "mv", "true",
-        ] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-        std::fs::write(root.join("etc/os-release"), "NAME=strata-test\n").unwrap();
-        let tar = self.dir.join("base.tar");
-        run_ok(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&root)
-                .arg("-cf")
-                .arg(&tar)
-                .arg("."),
-        );
+        let tar = busybox_base_tar(&self.dir);
         run_ok(
             self.cmd("podman")
                 .args(["import", "-q"])
@@ -115,6 +96,32 @@ impl Podman {
                 .arg(format!("oci:{}:{tag}", dir.display())),
         );
     }
+}
+
+/// A tar of a minimal root: static busybox with the applets the tests use, /etc/os-release,
+/// /tmp. Written as `dir/base.tar` (the root is built in `dir/base-root`).
+pub fn busybox_base_tar(dir: &Path) -> PathBuf {
+    let root = dir.join("base-root");
+    for d in ["bin", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(which("busybox"), root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "ls", "cat", "rm", "mkdir", "echo", "ln", "chmod", "touch", "mv", "true", "find",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("etc/os-release"), "NAME=strata-test\n").unwrap();
+    let tar = dir.join("base.tar");
+    run_ok(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+    );
+    tar
 }
 
 pub fn which(tool: &str) -> PathBuf {

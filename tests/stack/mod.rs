@@ -29,9 +29,18 @@ fn c(p: &Path) -> CString {
 }
 
 pub fn set_times(p: &Path, rng: &mut StdRng) {
+    set_time(
+        p,
+        rng.random_range(0..2_000_000_000),
+        rng.random_range(0..1_000_000_000),
+    );
+}
+
+/// Set atime and mtime of `p` (not following a symlink) to `sec`.`nsec`.
+pub fn set_time(p: &Path, sec: i64, nsec: i64) {
     let t = Timespec {
-        tv_sec: rng.random_range(0..2_000_000_000),
-        tv_nsec: rng.random_range(0..1_000_000_000),
+        tv_sec: sec,
+        tv_nsec: nsec as _,
     };
     rustix::fs::utimensat(
         CWD,
