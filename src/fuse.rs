@@ -185,6 +185,9 @@ impl Filesystem for StrataFs {
             // Opens are answered: writes need a handle, and O_TRUNC comes with the open so
             // a file about to be emptied is copied up without its content.
             want |= InitFlags::FUSE_ATOMIC_O_TRUNC;
+            // We clear set-ID bits ourselves (see Overlay::kill_suidgid): without this the
+            // kernel sends a GETXATTR security.capability before every write(2).
+            want |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         } else {
             want |= InitFlags::FUSE_NO_OPEN_SUPPORT;
         }
@@ -245,9 +248,9 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if self.ov.writable() {
-            match self.ov.open(ino.0, flags.0) {
+            match self.ov.open(ino.0, flags.0, lacks_fsetid(req)) {
                 Ok((fd, writable)) => {
                     let fh = self.add_handle(ino.0, fd, writable);
                     reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
@@ -558,12 +561,12 @@ impl Filesystem for StrataFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -571,6 +574,15 @@ impl Filesystem for StrataFs {
         let Some(fd) = self.writable_fd(fh) else {
             return reply.error(Errno::EBADF);
         };
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self
+                .ov
+                .node(ino.0)
+                .and_then(|n| self.ov.kill_suidgid(&n, &fd, req.gid()))
+            {
+                return reply.error(err(e));
+            }
+        }
         let mut done = 0;
         while done < data.len() {
             match rustix::io::pwrite(&*fd, &data[done..], offset + done as u64) {
@@ -632,7 +644,7 @@ impl Filesystem for StrataFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -655,6 +667,7 @@ impl Filesystem for StrataFs {
             size,
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
+            kill_suidgid: lacks_fsetid(req),
         };
         let fd = fh.and_then(|fh| self.handles.get(&fh.0).map(|h| Arc::clone(&h.fd)));
         match self.ov.setattr(ino.0, &sa, fd.as_deref()) {
@@ -896,6 +909,12 @@ impl StrataFs {
         );
         fh
     }
+}
+
+/// The caller's group if it would lack CAP_FSETID. FUSE does not pass capabilities; the
+/// mount's root (also root of a rootless user namespace) is taken to hold it, others not.
+fn lacks_fsetid(req: &Request) -> Option<u32> {
+    (req.uid() != 0).then(|| req.gid())
 }
 
 fn caller(req: &Request) -> Caller {

@@ -52,6 +52,9 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// Set to the caller's group when it lacks CAP_FSETID: a truncate then clears
+    /// set-user/group-ID as the VFS would.
+    pub kill_suidgid: Option<u32>,
 }
 
 fn to_ts(t: Option<SetTime>) -> Timespec {
@@ -622,6 +625,9 @@ impl Overlay {
                 None => self.layers[0].open_rw(&node.path())?,
             };
             rustix::fs::ftruncate(&f, size)?;
+            if let Some(gid) = sa.kill_suidgid {
+                self.kill_suidgid(&node, &f, gid)?;
+            }
         }
         if sa.atime.is_some() || sa.mtime.is_some() {
             let t = Timestamps {
@@ -646,6 +652,9 @@ impl Overlay {
         }
         if let Some(size) = sa.size {
             rustix::fs::ftruncate(f, size)?;
+            if let Some(gid) = sa.kill_suidgid {
+                self.kill_suidgid(node, f, gid)?;
+            }
         }
         if sa.atime.is_some() || sa.mtime.is_some() {
             let t = Timestamps {
@@ -747,7 +756,14 @@ impl Overlay {
 
     /// Open a file. Opens for writing (or truncating) copy it up first; the descriptor is the
     /// upper file's, opened read-write whatever the caller asked, so one serves all handles.
-    pub fn open(&self, ino: u64, flags: i32) -> io::Result<(OwnedFd, bool)> {
+    /// `kill_suidgid`: the caller's group when it lacks CAP_FSETID, so O_TRUNC clears
+    /// set-user/group-ID.
+    pub fn open(
+        &self,
+        ino: u64,
+        flags: i32,
+        kill_suidgid: Option<u32>,
+    ) -> io::Result<(OwnedFd, bool)> {
         let node = self.node(ino)?;
         match node.attr().kind() {
             libc::S_IFREG => {}
@@ -767,8 +783,32 @@ impl Overlay {
         let fd = self.layers[0].open_rw(&node.path())?;
         if trunc {
             rustix::fs::ftruncate(&fd, 0)?;
+            if let Some(gid) = kill_suidgid {
+                self.kill_suidgid(&node, &fd, gid)?;
+            }
         }
         Ok((fd, true))
+    }
+
+    /// Clears set-user-ID, and set-group-ID on a group-executable file or one of a group
+    /// the caller (`gid`) is not in, after a write or truncate by a caller without
+    /// CAP_FSETID, as the VFS does. The mount takes this over (FUSE_HANDLE_KILLPRIV_V2) so
+    /// that the kernel stops asking for `security.capability` before every write; the upper
+    /// filesystem drops that xattr itself when we write to it.
+    pub fn kill_suidgid(&self, node: &Node, fd: &OwnedFd, gid: u32) -> io::Result<()> {
+        let attr = self.attr(node)?;
+        let perm = attr.mode & 0o7777;
+        let mut kill = perm & libc::S_ISUID;
+        if perm & libc::S_ISGID != 0 && (perm & libc::S_IXGRP != 0 || attr.gid != gid) {
+            kill |= libc::S_ISGID;
+        }
+        if kill == 0 {
+            return Ok(());
+        }
+        match self.ids.override_xattr {
+            Some(x) => self.update_override(node, x.name(), |o| o.perm = perm & !kill),
+            None => Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(perm & !kill))?),
+        }
     }
 
     /// fsync(2) of an open file, unless the mount was asked not to (`fsync=0`, `volatile`).
