@@ -232,6 +232,52 @@ fn mount_fuse3_form_and_mountpoint_as_last_lowerdir() {
     );
 }
 
+/// The form containerd uses for a FUSE snapshotter's mount:
+/// `mount.fuse3 overlay TARGET -o lowerdir=…,upperdir=…,workdir=… -t stratafs`.
+#[test]
+fn mount_fuse3_form_with_an_upper_layer() {
+    require_root();
+    require_tool("mount.fuse3");
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = two_layers(tmp.path());
+    let bindir = tmp.path().join("bin");
+    std::fs::create_dir(&bindir).unwrap();
+    std::os::unix::fs::symlink(BIN, bindir.join("stratafs")).unwrap();
+    let path = format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap());
+    let (upper, work, mnt) = (
+        tmp.path().join("upper"),
+        tmp.path().join("work"),
+        tmp.path().join("mnt"),
+    );
+    for d in [&upper, &work, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    run_ok(
+        Command::new("mount.fuse3")
+            .env("PATH", path)
+            .arg("overlay")
+            .arg(&mnt)
+            .args(["-t", "stratafs", "-o"])
+            .arg(format!(
+                "rw,{},upperdir={},workdir={}",
+                lowerdir_opt(&layers),
+                upper.display(),
+                work.display()
+            )),
+    );
+    let guard = StrataMountGuard(mnt.clone());
+    std::fs::write(mnt.join("d/new.txt"), "new").unwrap();
+    std::fs::remove_file(mnt.join("d/bottom.txt")).unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.join("d/new.txt")).unwrap(), "new");
+    drop(guard);
+    wait_until("unmount", || !is_mountpoint(&mnt));
+    // The change is in the upper dir; the layers are untouched.
+    assert_eq!(std::fs::read_to_string(upper.join("d/new.txt")).unwrap(), "new");
+    let wh = std::fs::symlink_metadata(upper.join("d/bottom.txt")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()));
+    assert!(layers[1].join("d/bottom.txt").exists());
+}
+
 struct StrataMountGuard(PathBuf);
 impl Drop for StrataMountGuard {
     fn drop(&mut self) {
