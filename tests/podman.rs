@@ -282,9 +282,12 @@ fn rootless_podman() {
 /// Known bug (issue 3 closing note): the first `podman run` right after `podman build` in a
 /// fresh store showed a file the build's last RUN step had deleted (`/data/replace/old`, hidden
 /// by a `.wh.old` in the new layer), and `podman diff` of the image missed its deletion; the
-/// same image read a few seconds later is correct. Not yet understood, so kept visible here.
+/// same image read a few seconds later is correct. Seen in an earlier session; on 2026-11-23
+/// it passed 17 times out of 17 (release and debug builds, the old and the new binary, with
+/// both CPUs loaded), so the cause is still unknown and the test stays opt-in
+/// (`cargo test --test podman -- --ignored`).
 #[test]
-#[ignore = "known bug: first run right after podman build shows a deleted file"]
+#[ignore = "intermittent bug, not reproduced since: first run right after podman build"]
 fn rootful_podman_build_then_run_at_once() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
