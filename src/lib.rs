@@ -21,3 +21,9 @@ pub mod whiteout;
 pub mod write;
 
 pub use error::Error;
+pub mod digest;
+pub mod image;
+pub mod reference;
+pub mod unpack;
+pub mod registry;
+pub mod source;
