@@ -139,7 +139,10 @@ mod tests {
         assert!(Digest::parse("sha256:../../etc").is_err());
         assert!(Digest::parse("md5:abc").is_err());
         let e = d.verify("blob x", b"hellO").unwrap_err().to_string();
-        assert!(e.starts_with("blob x: digest mismatch: expected sha256:2cf2"), "{e}");
+        assert!(
+            e.starts_with("blob x: digest mismatch: expected sha256:2cf2"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -117,18 +117,29 @@ pub enum Fetched {
 
 impl Fetched {
     /// Decides by the declared media type, else by shape (`manifests` vs `layers`).
-    pub fn parse(what: &str, media_type: Option<&str>, bytes: &[u8]) -> Result<Fetched, ConvertError> {
+    pub fn parse(
+        what: &str,
+        media_type: Option<&str>,
+        bytes: &[u8],
+    ) -> Result<Fetched, ConvertError> {
         let v: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| ConvertError::format(what, e))?;
         let declared = media_type
             .filter(|m| !m.is_empty() && *m != "application/json")
             .map(str::to_string)
-            .or_else(|| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string));
+            .or_else(|| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            });
         let is_index = match declared.as_deref() {
             Some(OCI_INDEX | DOCKER_LIST) => true,
             Some(OCI_MANIFEST | DOCKER_MANIFEST) => false,
             Some(m) if v.get("manifests").is_none() && v.get("layers").is_none() => {
-                return Err(ConvertError::format(what, format!("unsupported media type {m}")));
+                return Err(ConvertError::format(
+                    what,
+                    format!("unsupported media type {m}"),
+                ));
             }
             _ => v.get("manifests").is_some(),
         };

@@ -21,9 +21,14 @@ pub mod whiteout;
 pub mod write;
 
 pub use error::Error;
+pub mod commands;
+pub mod convert;
 pub mod digest;
+pub mod flat;
 pub mod image;
+pub mod recipe;
 pub mod reference;
-pub mod unpack;
 pub mod registry;
+pub mod repo;
 pub mod source;
+pub mod unpack;

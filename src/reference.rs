@@ -11,9 +11,15 @@ use crate::error::ConvertError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// An OCI image layout directory; the tag is an `org.opencontainers.image.ref.name`.
-    Oci { dir: PathBuf, tag: Option<String> },
+    Oci {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
     /// A tar of an OCI image layout.
-    OciArchive { file: PathBuf, tag: Option<String> },
+    OciArchive {
+        file: PathBuf,
+        tag: Option<String>,
+    },
     /// `docker save` / `podman save` output; `name` picks one of its RepoTags.
     DockerArchive {
         file: PathBuf,
@@ -61,9 +67,13 @@ impl Source {
         }
         if let Some(rest) = s.strip_prefix("docker-archive:") {
             let (file, name) = match rest.split_once(':') {
-                Some((f, n)) => (f, Some(ImageName::parse_bare(n, false).map_err(|_| {
-                    bad("the part after the file must be NAME:TAG")
-                })?)),
+                Some((f, n)) => (
+                    f,
+                    Some(
+                        ImageName::parse_bare(n, false)
+                            .map_err(|_| bad("the part after the file must be NAME:TAG"))?,
+                    ),
+                ),
                 None => (rest, None),
             };
             if file.is_empty() {
@@ -100,8 +110,7 @@ fn valid_tag(t: &str, wildcard: bool) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && !t.starts_with(['.', '-'])
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || (wildcard && b == b'*'))
 }
 
@@ -125,6 +134,7 @@ impl ImageName {
             None => ("docker.io".to_string(), format!("library/{path}")),
         };
         if registry.is_empty()
+            || registry.starts_with('.')
             || !registry
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
@@ -280,7 +290,10 @@ mod tests {
             (n.registry.as_str(), n.repository.as_str(), n.tag.as_deref()),
             ("registry.hub.docker.com", "library/centos", Some("centos7"))
         );
-        assert_eq!(n.public_path(), "registry.hub.docker.com/library/centos:centos7");
+        assert_eq!(
+            n.public_path(),
+            "registry.hub.docker.com/library/centos:centos7"
+        );
         let Source::Registry(n) = Source::parse("docker://busybox:1").unwrap() else {
             panic!()
         };

@@ -244,10 +244,7 @@ impl ImageSource for Registry {
         let path = format!("/v2/{}/blobs/{}", self.name.repository, d.digest);
         let resp = self.get(&path, "*/*")?;
         Ok(Box::new(
-            resp.into_body()
-                .into_with_config()
-                .limit(u64::MAX)
-                .reader(),
+            resp.into_body().into_with_config().limit(u64::MAX).reader(),
         ))
     }
 }
@@ -314,9 +311,12 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
 fn next_link(h: &str) -> Option<String> {
     h.split(',').find_map(|part| {
         let (url, params) = part.split_once(';')?;
-        params
-            .contains("rel=\"next\"")
-            .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+        params.contains("rel=\"next\"").then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
     })
 }
 
@@ -354,7 +354,13 @@ fn credentials(registry: &str) -> Option<(String, String)> {
         files.push(h.join(".config/containers/auth.json"));
         files.push(h.join(".docker/config.json"));
     }
-    files.push(format!("/run/containers/{}/auth.json", rustix::process::geteuid().as_raw()).into());
+    files.push(
+        format!(
+            "/run/containers/{}/auth.json",
+            rustix::process::geteuid().as_raw()
+        )
+        .into(),
+    );
     files
         .iter()
         .find_map(|f| from_auth_file(&std::fs::read(f).ok()?, registry))
@@ -364,7 +370,9 @@ fn from_auth_file(bytes: &[u8], registry: &str) -> Option<(String, String)> {
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let auths = v.get("auths")?.as_object()?;
     let host = |k: &str| {
-        let k = k.trim_start_matches("https://").trim_start_matches("http://");
+        let k = k
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
         k.split('/').next().unwrap_or("").to_string()
     };
     let want = match registry {
@@ -391,7 +399,10 @@ mod tests {
         let p = parse_params(
             r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
         );
-        assert_eq!(p[0], ("realm".into(), "https://auth.docker.io/token".into()));
+        assert_eq!(
+            p[0],
+            ("realm".into(), "https://auth.docker.io/token".into())
+        );
         assert_eq!(p[2].1, "repository:library/busybox:pull");
         assert_eq!(
             next_link(r#"</v2/a/tags/list?last=x&n=2>; rel="next""#).as_deref(),
@@ -407,7 +418,10 @@ mod tests {
             from_auth_file(f, "127.0.0.1:5000"),
             Some(("alice".into(), "secret".into()))
         );
-        assert_eq!(from_auth_file(f, "docker.io"), Some(("u".into(), "p".into())));
+        assert_eq!(
+            from_auth_file(f, "docker.io"),
+            Some(("u".into(), "p".into()))
+        );
         assert_eq!(from_auth_file(f, "quay.io"), None);
     }
 }

@@ -5,14 +5,18 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::error::ConvertError;
-use crate::image::{Descriptor, Fetched, Manifest, Platform, DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST};
+use crate::image::{
+    DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, Descriptor, Fetched, Manifest, Platform,
+};
 use crate::reference::{ImageName, Source};
 use crate::registry::Registry;
 
@@ -39,13 +43,17 @@ pub fn open(src: &Source, name: Option<&ImageName>) -> Result<Box<dyn ImageSourc
         Source::Oci { dir, tag } => Box::new(OciLayout {
             files: Box::new(DirFiles(dir.clone())),
             tag: tag.clone(),
-            name: name.cloned().unwrap_or_else(|| local_name(dir, tag.as_deref())),
+            name: name
+                .cloned()
+                .unwrap_or_else(|| local_name(dir, tag.as_deref())),
             what: format!("oci:{}", dir.display()),
         }),
         Source::OciArchive { file, tag } => Box::new(OciLayout {
             files: Box::new(TarFiles::open(file)?),
             tag: tag.clone(),
-            name: name.cloned().unwrap_or_else(|| local_name(file, tag.as_deref())),
+            name: name
+                .cloned()
+                .unwrap_or_else(|| local_name(file, tag.as_deref())),
             what: format!("oci-archive:{}", file.display()),
         }),
         Source::DockerArchive { file, name: pick } => {
@@ -63,13 +71,23 @@ fn local_name(path: &Path, tag: Option<&str>) -> ImageName {
         .unwrap_or_default();
     let repo: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let repo = repo.trim_matches(|c| "._-".contains(c)).to_string();
     ImageName {
         plain_http: false,
         registry: "localhost".into(),
-        repository: if repo.is_empty() { "image".into() } else { repo },
+        repository: if repo.is_empty() {
+            "image".into()
+        } else {
+            repo
+        },
         tag: Some(tag.unwrap_or("latest").to_string()),
         digest: None,
     }
@@ -101,7 +119,7 @@ impl Files for DirFiles {
 /// A tar read in place: member offsets are indexed once, blobs are read with positioned reads.
 struct TarFiles {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     members: HashMap<String, (u64, u64)>,
 }
 
@@ -121,7 +139,7 @@ impl TarFiles {
         }
         Ok(TarFiles {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             members,
         })
     }
@@ -130,12 +148,36 @@ impl TarFiles {
 impl Files for TarFiles {
     fn open(&self, rel: &str) -> Result<Box<dyn Read + Send>, ConvertError> {
         let &(off, len) = self.members.get(rel).ok_or_else(|| {
-            ConvertError::format(format!("{}", self.path.display()), format!("no member {rel}"))
+            ConvertError::format(
+                format!("{}", self.path.display()),
+                format!("no member {rel}"),
+            )
         })?;
-        let mut f = self.file.try_clone().map_err(|e| ConvertError::io(&self.path, e))?;
-        f.seek(SeekFrom::Start(off))
-            .map_err(|e| ConvertError::io(&self.path, e))?;
-        Ok(Box::new(f.take(len)))
+        Ok(Box::new(Section {
+            file: Arc::clone(&self.file),
+            pos: off,
+            end: off + len,
+        }))
+    }
+}
+
+/// A byte range of a file, read with pread: several can be read at once (duplicated
+/// descriptors would share one file offset).
+struct Section {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Section {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -152,7 +194,8 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 impl OciLayout {
     fn blob_bytes(&self, d: &Descriptor) -> Result<Vec<u8>, ConvertError> {
         let b = self.files.read(&blob_path(&d.digest))?;
-        d.digest.verify(&format!("{} blob {}", self.what, d.digest), &b)?;
+        d.digest
+            .verify(&format!("{} blob {}", self.what, d.digest), &b)?;
         Ok(b)
     }
 }
@@ -173,7 +216,9 @@ impl ImageSource for OciLayout {
                 .manifests
                 .iter()
                 .find(|d| d.annotations.get(REF_NAME) == Some(t))
-                .ok_or_else(|| ConvertError::format(what.clone(), format!("no image tagged '{t}'")))?,
+                .ok_or_else(|| {
+                    ConvertError::format(what.clone(), format!("no image tagged '{t}'"))
+                })?,
             None if idx.manifests.len() == 1 => &idx.manifests[0],
             None => {
                 return Err(ConvertError::format(
@@ -186,7 +231,11 @@ impl ImageSource for OciLayout {
         let image = self.name.to_string();
         loop {
             let bytes = self.blob_bytes(&desc)?;
-            match Fetched::parse(&format!("{} manifest {}", self.what, desc.digest), Some(&desc.media_type), &bytes)? {
+            match Fetched::parse(
+                &format!("{} manifest {}", self.what, desc.digest),
+                Some(&desc.media_type),
+                &bytes,
+            )? {
                 Fetched::Index(i) => desc = i.select(&image, platform)?.clone(),
                 Fetched::Image(m) => {
                     let config_bytes = self.blob_bytes(&m.config)?;
@@ -317,7 +366,10 @@ impl ImageSource for DockerArchive {
 
     fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ConvertError> {
         let p = self.layer_paths.get(&d.digest).ok_or_else(|| {
-            ConvertError::format(format!("{}", self.files.path.display()), format!("no layer {}", d.digest))
+            ConvertError::format(
+                format!("{}", self.files.path.display()),
+                format!("no layer {}", d.digest),
+            )
         })?;
         self.files.open(p)
     }

@@ -156,8 +156,18 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
             match key {
                 "mtime" => m.mtime = parse_time(v).unwrap_or(m.mtime),
                 "atime" => atime = parse_time(v),
-                "uid" => m.uid = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(m.uid),
-                "gid" => m.gid = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(m.gid),
+                "uid" => {
+                    m.uid = std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(m.uid)
+                }
+                "gid" => {
+                    m.gid = std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(m.gid)
+                }
                 k => {
                     if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
                         m.xattrs.push((name.to_string(), v.to_vec()));
@@ -237,7 +247,15 @@ pub fn unpack(blob: impl Read, dest: &Path, t: &Target<'_>) -> Result<Unpacked, 
             let comps: Vec<&[u8]> = d.comps.iter().map(|c| c.as_slice()).collect();
             let fd = open_beneath(&root, &comps, false)
                 .and_then(|fd| finish_dir(&fd, &d.meta))
-                .map_err(|e| io_err(&format!("directory '{}'", String::from_utf8_lossy(&d.comps.join(&b'/'))), e));
+                .map_err(|e| {
+                    io_err(
+                        &format!(
+                            "directory '{}'",
+                            String::from_utf8_lossy(&d.comps.join(&b'/'))
+                        ),
+                        e,
+                    )
+                });
             fd?;
         }
     }
@@ -277,7 +295,10 @@ fn write_entry<R: Read>(
 ) -> Result<(), EntryError> {
     use tar::EntryType as E;
     let kind = entry.header().entry_type();
-    if matches!(kind, E::XGlobalHeader | E::XHeader | E::GNULongName | E::GNULongLink) {
+    if matches!(
+        kind,
+        E::XGlobalHeader | E::XHeader | E::GNULongName | E::GNULongLink
+    ) {
         return Ok(());
     }
     let comps = components(name).map_err(|r| EntryError::Unsafe(r.into()))?;
@@ -368,9 +389,8 @@ fn write_entry<R: Read>(
                 .link_name_bytes()
                 .ok_or_else(|| EntryError::Unsafe("hard link without a target".into()))?
                 .into_owned();
-            let tcomps = components(&target).map_err(|r| {
-                EntryError::Unsafe(format!("hard link target: {r}"))
-            })?;
+            let tcomps = components(&target)
+                .map_err(|r| EntryError::Unsafe(format!("hard link target: {r}")))?;
             let Some((tlast, tparents)) = tcomps.split_last() else {
                 return Err(EntryError::Unsafe("hard link to the layer root".into()));
             };
@@ -387,7 +407,8 @@ fn write_entry<R: Read>(
                 Ok(()) => {}
                 Err(Some(libc::ENOENT)) => {
                     out.files -= 1;
-                    out.deferred_links.push((comps.join(&b'/'), tcomps.join(&b'/')));
+                    out.deferred_links
+                        .push((comps.join(&b'/'), tcomps.join(&b'/')));
                 }
                 Err(Some(libc::EPERM)) => {
                     return Err(EntryError::Unsafe(format!(
@@ -441,7 +462,11 @@ fn write_entry<R: Read>(
                 let fd = rustix::fs::openat(
                     &dir,
                     &cn,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
                 let o = Override {
@@ -523,7 +548,9 @@ fn set_owner_xattrs(
             warn!(image = t.image, layer = t.layer, xattr = %name, "xattr refused");
             continue;
         }
-        if let Err(e) = rustix::fs::fsetxattr(fd, name.as_str(), value, rustix::fs::XattrFlags::empty()) {
+        if let Err(e) =
+            rustix::fs::fsetxattr(fd, name.as_str(), value, rustix::fs::XattrFlags::empty())
+        {
             if t.privileged || name.starts_with("user.") {
                 return Err(e.into());
             }

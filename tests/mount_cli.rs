@@ -268,13 +268,21 @@ fn mount_fuse3_form_with_an_upper_layer() {
     let guard = StrataMountGuard(mnt.clone());
     std::fs::write(mnt.join("d/new.txt"), "new").unwrap();
     std::fs::remove_file(mnt.join("d/bottom.txt")).unwrap();
-    assert_eq!(std::fs::read_to_string(mnt.join("d/new.txt")).unwrap(), "new");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("d/new.txt")).unwrap(),
+        "new"
+    );
     drop(guard);
     wait_until("unmount", || !is_mountpoint(&mnt));
     // The change is in the upper dir; the layers are untouched.
-    assert_eq!(std::fs::read_to_string(upper.join("d/new.txt")).unwrap(), "new");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("d/new.txt")).unwrap(),
+        "new"
+    );
     let wh = std::fs::symlink_metadata(upper.join("d/bottom.txt")).unwrap();
-    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()));
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &wh.file_type()
+    ));
     assert!(layers[1].join("d/bottom.txt").exists());
 }
 

@@ -1,0 +1,140 @@
+//! The subcommands beside the mount form: `stratafs convert`, `stratafs gc`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tracing::info;
+
+use crate::convert::{self, Options};
+use crate::error::ConvertError;
+use crate::image::Platform;
+use crate::recipe::Recipe;
+use crate::reference::{ImageName, Source};
+use crate::repo::Repo;
+
+/// Names that select a subcommand rather than the mount form.
+pub const SUBCOMMANDS: &[&str] = &["convert", "gc"];
+
+#[derive(Debug, Parser)]
+#[command(name = "stratafs", version)]
+pub struct Commands {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Convert images into a CernVM-FS style repository: one unpacked directory per layer
+    /// (.layers), the merged root (.flat), metadata and a public link per image.
+    ///
+    /// IMAGE is oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG],
+    /// docker://REGISTRY/REPO:TAG, https://REGISTRY/REPO:TAG (DUCC's form) or
+    /// http://REGISTRY/REPO:TAG for a plain-HTTP registry; @sha256:… pins a digest; a `*` in a
+    /// registry tag matches against the registry's tag list.
+    Convert {
+        /// The repository directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// A DUCC wishlist (recipe) file: its `input` list is converted.
+        #[arg(long, value_name = "FILE")]
+        recipe: Option<PathBuf>,
+        /// Platform to pick from an image index.
+        #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
+        platform: String,
+        /// Layers fetched and unpacked in parallel.
+        #[arg(long, short = 'j', default_value_t = 4)]
+        jobs: usize,
+        /// Name a single local image gets in the repository (REGISTRY/REPO:TAG).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Print a JSON summary on stdout (layers fetched/reused, bytes, files, time, disk).
+        #[arg(long)]
+        json: bool,
+        /// Images to convert.
+        #[arg(value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Remove layers and flat roots that no image of the repository uses any more.
+    Gc {
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+pub fn run(c: Commands) -> Result<(), ConvertError> {
+    match c.cmd {
+        Cmd::Convert {
+            repo,
+            recipe,
+            platform,
+            jobs,
+            name,
+            json,
+            images,
+        } => {
+            let platform = Platform::parse(&platform)?;
+            let mut sources: Vec<Source> = images
+                .iter()
+                .map(|i| Source::parse(i))
+                .collect::<Result<_, _>>()?;
+            if let Some(r) = &recipe {
+                sources.extend(Recipe::load(r)?.sources(r)?);
+            }
+            if sources.is_empty() {
+                return Err(ConvertError::BadReference {
+                    reference: String::new(),
+                    reason: "nothing to convert: give IMAGE arguments or --recipe".into(),
+                });
+            }
+            let name = match name {
+                Some(n) => Some(ImageName::parse_bare(&n, false).map_err(|reason| {
+                    ConvertError::BadReference {
+                        reference: n.clone(),
+                        reason: format!("option --name: {reason}"),
+                    }
+                })?),
+                None => None,
+            };
+            if name.is_some() && sources.len() != 1 {
+                return Err(ConvertError::BadReference {
+                    reference: String::new(),
+                    reason: "option --name needs exactly one IMAGE".into(),
+                });
+            }
+            let repo = Repo::open(&repo)?;
+            let sources = convert::expand(sources)?;
+            let opts = Options {
+                platform,
+                jobs,
+                name,
+                measure_disk: json,
+            };
+            let s = convert::convert(&repo, &sources, &opts)?;
+            info!("{}", convert::describe(&s));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).expect("serialisable")
+                );
+            }
+            Ok(())
+        }
+        Cmd::Gc { repo, dry_run } => {
+            let repo = Repo::open(&repo)?;
+            let removed = repo.gc(dry_run)?;
+            for p in &removed {
+                let rel = p.strip_prefix(&repo.root).unwrap_or(p);
+                if dry_run {
+                    println!("would remove {}", rel.display());
+                } else {
+                    info!("removed {}", rel.display());
+                }
+            }
+            info!(count = removed.len(), dry_run, "gc done");
+            Ok(())
+        }
+    }
+}
