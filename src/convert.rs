@@ -303,7 +303,7 @@ fn fetch_one(
             .expect("valid template")
             .progress_chars("=> "),
         );
-        b.set_prefix(format!("{}", &desc.digest.hex()[..12]));
+        b.set_prefix(desc.digest.hex()[..12].to_string());
         b
     });
     let reader = src.blob(desc)?;

@@ -31,8 +31,7 @@ fn open_dir(at: impl AsFd, name: &[u8]) -> io::Result<OwnedFd> {
 
 fn names(dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, bool)>> {
     let mut out = Vec::new();
-    let mut it = rustix::fs::Dir::read_from(dir)?;
-    while let Some(e) = it.next() {
+    for e in rustix::fs::Dir::read_from(dir)? {
         let e = e?;
         let n = e.file_name().to_bytes();
         if n == b"." || n == b".." {

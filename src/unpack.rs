@@ -242,7 +242,7 @@ pub fn unpack(blob: impl Read, dest: &Path, t: &Target<'_>) -> Result<Unpacked, 
         out.diff_id = Some(diff_id);
         out.diff_size = diff_size;
         // Deepest first, so setting a parent's times is the last change to it.
-        pending.sort_by(|a: &PendingDir, b| b.comps.len().cmp(&a.comps.len()));
+        pending.sort_by_key(|d: &PendingDir| std::cmp::Reverse(d.comps.len()));
         for d in &pending {
             let comps: Vec<&[u8]> = d.comps.iter().map(|c| c.as_slice()).collect();
             let fd = open_beneath(&root, &comps, false)

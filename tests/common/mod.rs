@@ -289,6 +289,7 @@ pub fn assert_same_tree(ours: &BTreeMap<PathBuf, Entry>, oracle: &BTreeMap<PathB
 }
 
 pub mod image;
+pub mod layout;
 
 pub fn name(s: &str) -> &OsStr {
     OsStr::new(s)
