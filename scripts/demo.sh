@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on a built-in example: a two-layer image (busybox base, then a layer in the
-# OCI form that deletes a file, replaces a directory and adds files), stacked lazily by
-# stratafs and used as a container root.
+# The main job on a built-in example: a three-layer image (a busybox base, then RUN steps that
+# delete a file and replace a directory) is built with podman, converted by `stratafs convert`
+# into a CernVM-FS style repository (one directory per layer, the merged root, metadata, a
+# public link), and its layer directories are stacked lazily by stratafs as a container root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -11,30 +12,47 @@ bin=$PWD/target/release/stratafs
 
 work=$(mktemp -d /tmp/stratafs-demo.XXXXXX)
 trap 'fusermount3 -u "$work/merged" 2>/dev/null || true; rm -rf "$work"' EXIT
-base=$work/layers/base/layerfs app=$work/layers/app/layerfs
-mkdir -p "$base"/{bin,etc,tmp,usr/share/doc/old} "$app"/{etc,tmp,usr/share/doc}
-cp /bin/busybox "$base/bin/busybox"
-for t in sh ls cat find; do ln -s busybox "$base/bin/$t"; done
-echo "base layer" > "$base/etc/motd"
-echo "scratch" > "$base/tmp/scratch.txt"
-echo "old docs" > "$base/usr/share/doc/old/README"
-# Layer 2, as an OCI tar has it: .wh. whiteouts and an opaque marker stay literal files.
-echo "hello from the app layer" > "$app/etc/motd"
-: > "$app/tmp/.wh.scratch.txt"
-: > "$app/usr/share/doc/.wh..wh..opq"
-echo "new docs" > "$app/usr/share/doc/NEW"
+export CONTAINERS_STORAGE_CONF=$work/storage.conf CONTAINERS_CONF=$work/containers.conf
+printf '[storage]\ndriver = "vfs"\ngraphroot = "%s/graph"\nrunroot = "%s/run"\n' "$work" "$work" > "$CONTAINERS_STORAGE_CONF"
+printf '[containers]\ndefault_ulimits = ["nofile=4096:4096"]\nnetns = "none"\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n' > "$CONTAINERS_CONF"
 
-mkdir "$work/merged"
-echo "\$ stratafs -o lowerdir=app/layerfs:base/layerfs merged"
-"$bin" -o "lowerdir=$app:$base" "$work/merged"
-echo "\$ find merged | sort"
-(cd "$work" && find merged | sort)
+# The example image, made here (nothing is pulled).
+mkdir -p "$work/base/bin" "$work/base/etc" "$work/base/tmp"
+cp "$(command -v busybox)" "$work/base/bin/busybox"
+for t in sh ls cat find rm mkdir echo; do ln -s busybox "$work/base/bin/$t"; done
+echo "base layer" > "$work/base/etc/motd"
+tar -C "$work/base" -cf "$work/base.tar" .
+podman import -q "$work/base.tar" localhost/demo-base >/dev/null
+cat > "$work/Containerfile" <<'EOF'
+FROM localhost/demo-base
+RUN mkdir -p /usr/share/doc/old && echo "old docs" > /usr/share/doc/old/README && echo scratch > /tmp/scratch.txt
+RUN rm /tmp/scratch.txt && rm -rf /usr/share/doc && mkdir -p /usr/share/doc && echo "new docs" > /usr/share/doc/NEW && \
+    echo "hello from the app layer" > /etc/motd
+CMD ["/bin/sh", "-c", "cat /etc/motd"]
+EOF
+podman build -q --network=none -t localhost/demo-app -f "$work/Containerfile" "$work" >/dev/null
+skopeo copy -q containers-storage:localhost/demo-app "oci:$work/oci:demo"
+
+cd "$work"
+echo "\$ stratafs convert --repo repo oci:oci:demo --name example.org/demo/app:1"
+"$bin" convert --repo repo oci:oci:demo --name example.org/demo/app:1 2>&1 | sed 's/^.*INFO //' | grep -v "layer unpacked"
+echo "\$ ls -l repo/example.org/demo/    # the public link to the merged root"
+ls -l repo/example.org/demo/ | sed 1d
+echo "\$ ls repo/.layers/*/              # one unpacked directory per layer"
+ls -d repo/.layers/*/*/layerfs
+# Layers bottom first in the manifest; the first digest there is the config's.
+layers=$(grep -o '"digest":"sha256:[0-9a-f]*"' repo/.metadata/example.org/demo/app:1/manifest.json | sed 1d | sed 's/.*sha256:\([0-9a-f]*\)"/\1/')
+lower=""
+for l in $layers; do lower="repo/.layers/${l:0:2}/$l/layerfs${lower:+:$lower}"; done
+mkdir merged
+echo "\$ stratafs -o lowerdir=<layerfs of each layer, top first> merged"
+"$bin" -o "lowerdir=$lower" merged
 echo "\$ chroot merged /bin/sh -c 'cat /etc/motd; ls /tmp; cat /usr/share/doc/*'"
 if [ "$(id -u)" -eq 0 ]; then
-  chroot "$work/merged" /bin/sh -c 'cat /etc/motd; ls /tmp; cat /usr/share/doc/*'
+  chroot merged /bin/sh -c 'cat /etc/motd; ls /tmp; cat /usr/share/doc/*'
 else
-  bwrap --ro-bind "$work/merged" / --proc /proc --dev /dev /bin/sh -c 'cat /etc/motd; ls /tmp; cat /usr/share/doc/*'
+  bwrap --ro-bind merged / --proc /proc --dev /dev /bin/sh -c 'cat /etc/motd; ls /tmp; cat /usr/share/doc/*'
 fi
 echo "\$ fusermount3 -u merged"
-fusermount3 -u "$work/merged"
+fusermount3 -u merged
 echo "demo: ok"
