@@ -13,7 +13,7 @@ packages=(
   fuse3 attr strace            # fusermount3, getfattr/setfattr, laziness checks
   podman runc uidmap skopeo umoci busybox-static   # real images for the OCI tests
   fuse-overlayfs hyperfine bubblewrap              # benchmarks and the demo
-  docker-registry apache2-utils                    # a real registry (and htpasswd) for convert
+  docker-registry apache2-utils openssl            # a real registry (htpasswd, token signing) for convert
 )
 missing=()
 for p in "${packages[@]}"; do

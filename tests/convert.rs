@@ -989,3 +989,63 @@ fn bad_input_gets_one_line() {
     let e = convert_err(&["--repo", r]);
     assert!(e.contains("nothing to convert"), "{e}");
 }
+
+/// Bearer tokens, as Docker Hub and most registries hand them out: the registry answers 401
+/// with a `Bearer realm=…,service=…,scope=…` challenge, the token service wants credentials.
+#[test]
+fn registry_with_token_auth() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start(&tmp.path().join("token"), "bob", "pw");
+    let reg = TestRegistry::start_with(&tmp.path().join("reg"), &[], Some(&tokens));
+    let layout = tmp.path().join("layout");
+    make_layout(
+        &layout,
+        "t",
+        &[tar_bytes(&[TarEntry::File("hello", b"token\n")])],
+    );
+    reg.push(
+        &format!("oci:{}:t", layout.display()),
+        "lab/tok",
+        "1",
+        Some("bob:pw"),
+        false,
+    );
+    let repo = tmp.path().join("repo");
+    let image = format!("http://{}/lab/tok:1", reg.host());
+    // Credentials from a containers auth.json, as `podman login` writes it.
+    let auth = tmp.path().join("auth.json");
+    std::fs::write(
+        &auth,
+        format!(r#"{{"auths":{{"{}":{{"auth":"Ym9iOnB3"}}}}}}"#, reg.host()),
+    )
+    .unwrap();
+    let before = tokens.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let out = run(Command::new(BIN)
+        .args(["convert", "--repo", repo.to_str().unwrap(), &image])
+        .env("REGISTRY_AUTH_FILE", &auth));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        tokens.requests.load(std::sync::atomic::Ordering::SeqCst) > before,
+        "no token fetched"
+    );
+    let flat = repo.join(format!("{}/lab/tok:1", reg.host()));
+    assert_eq!(
+        std::fs::read_to_string(flat.join("hello")).unwrap(),
+        "token\n"
+    );
+    // Without credentials the token service refuses: one line naming the token URL.
+    let e = convert_err(&[
+        "--repo",
+        repo.to_str().unwrap(),
+        &format!("http://{}/lab/tok:1", reg.host()),
+    ]);
+    assert!(
+        e.contains(&format!("127.0.0.1:{}/token", tokens.port)) && e.contains("401"),
+        "{e}"
+    );
+}

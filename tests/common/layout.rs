@@ -159,6 +159,15 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// `htpasswd`: users for basic auth (`user:password`), none for an open registry.
     pub fn start(dir: &Path, htpasswd: &[(&str, &str)]) -> TestRegistry {
+        Self::start_with(dir, htpasswd, None)
+    }
+
+    /// With `token`: the registry wants bearer tokens from that service.
+    pub fn start_with(
+        dir: &Path,
+        htpasswd: &[(&str, &str)],
+        token: Option<&TokenServer>,
+    ) -> TestRegistry {
         require_tool("docker-registry");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let port = free_port();
@@ -177,6 +186,14 @@ impl TestRegistry {
             auth = format!(
                 "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
                 file.display()
+            );
+        }
+        if let Some(t) = token {
+            auth = format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: stratafs-test-registry\n    \
+                 issuer: stratafs-test-issuer\n    rootcertbundle: {}\n",
+                t.port,
+                t.cert.display()
             );
         }
         std::fs::write(
@@ -240,4 +257,157 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A token service for the registry's `auth: token` mode: it answers every `GET` with a JWT
+/// (RS256, signed by `openssl dgst`, the certificate in `x5c`) granting the scope asked for,
+/// to callers that present `user:password` with basic auth.
+pub struct TokenServer {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TokenServer {
+    pub fn start(dir: &Path, user: &'static str, password: &'static str) -> TokenServer {
+        use base64::Engine;
+        require_tool("openssl");
+        std::fs::create_dir_all(dir).unwrap();
+        let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+        run_ok(
+            Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=stratafs-test-token"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+        );
+        let der = run_ok(
+            Command::new("openssl")
+                .args(["x509", "-outform", "DER", "-in"])
+                .arg(&cert),
+        )
+        .stdout;
+        let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = requests.clone();
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let req = read_request(&mut s);
+                let authorized = req.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:") && l[14..].trim() == want
+                });
+                let resp = if authorized {
+                    let token = sign_token(&key, &x5c, &req);
+                    let body = format!("{{\"token\":\"{token}\",\"access_token\":\"{token}\"}}");
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                };
+                let _ = s.write_all(resp.as_bytes());
+            }
+        });
+        TokenServer {
+            port,
+            cert,
+            requests,
+        }
+    }
+}
+
+fn read_request(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A JWT for the scopes of the request line (`scope=repository:NAME:ACTIONS`, repeated).
+fn sign_token(key: &Path, x5c: &str, req: &str) -> String {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let path = req.split_whitespace().nth(1).unwrap_or("");
+    let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let mut access = Vec::new();
+    for kv in query.split('&') {
+        if let Some(v) = kv.strip_prefix("scope=") {
+            let v = percent_decode(v);
+            let parts: Vec<&str> = v.split(':').collect();
+            if parts.len() >= 3 {
+                let actions: Vec<&str> = parts[parts.len() - 1].split(',').collect();
+                access.push(serde_json::json!({
+                    "type": parts[0], "name": parts[1..parts.len() - 1].join(":"), "actions": actions
+                }));
+            }
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": "stratafs-test-issuer", "sub": "tester", "aud": "stratafs-test-registry",
+        "exp": now + 600, "nbf": now - 60, "iat": now - 60, "jti": format!("{now}-{}", access.len()),
+        "access": access
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64(&serde_json::to_vec(&header).unwrap()),
+        b64(&serde_json::to_vec(&claims).unwrap())
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(signing_input.as_bytes())
+        .unwrap();
+    let sig = child.wait_with_output().unwrap().stdout;
+    format!("{signing_input}.{}", b64(&sig))
 }
