@@ -19,9 +19,12 @@ if [ ! -e $W/layout/.done ]; then
   umoci init --layout $W/layout
   umoci new --image $W/layout:t
   umoci unpack --image $W/layout:t $W/bundle >/dev/null
+  # umoci repack diffs against the bundle's unpack: unpack again after each repack, or the
+  # next layer would hold everything.
   for l in base numpy scipy; do
     cp -a $B/py/$l/. $W/bundle/rootfs/
     umoci repack --image $W/layout:t $W/bundle
+    rm -rf $W/bundle && umoci unpack --image $W/layout:t $W/bundle >/dev/null
   done
   rm -rf $W/bundle/rootfs/usr/share/doc
   echo changed >> $W/bundle/rootfs/etc/hostname
@@ -30,6 +33,8 @@ if [ ! -e $W/layout/.done ]; then
   touch $W/layout/.done
 fi
 files=$(find $B/py/base $B/py/numpy $B/py/scipy | wc -l)
+layers=$(grep -o '"digest"' $W/layout/blobs/sha256/$(grep -o 'sha256:[0-9a-f]*' $W/layout/index.json | head -1 | cut -d: -f2) | wc -l)
+layers=$((layers - 1))
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
 u=$(for i in $(seq $RUNS); do
@@ -43,7 +48,7 @@ done | median)
 disk=$(du -s --block-size=1 $W/repo/.layers $W/repo/.flat | awk '{t+=$1} END {print t}')
 content=$(du -s --apparent-size --block-size=1 $W/repo/.layers | awk '{print $1}')
 umoci_disk=$(du -s --block-size=1 $W/umoci/rootfs | awk '{print $1}')
-echo "image: 4 layers, $files entries in the first three; medians of $RUNS cold runs"
+echo "image: $layers layers, $files entries in the first three; medians of $RUNS cold runs"
 echo
 echo "| | umoci unpack (merged root only) | stratafs convert (layers + merged root) | stratafs / umoci |"
 echo "|---|---|---|---|"

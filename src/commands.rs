@@ -13,7 +13,7 @@ use crate::reference::{ImageName, Source};
 use crate::repo::Repo;
 
 /// Names that select a subcommand rather than the mount form.
-pub const SUBCOMMANDS: &[&str] = &["convert", "gc"];
+pub const SUBCOMMANDS: &[&str] = &["convert", "gc", "images", "mount"];
 
 #[derive(Debug, Parser)]
 #[command(name = "stratafs", version)]
@@ -53,6 +53,33 @@ pub enum Cmd {
         /// Images to convert.
         #[arg(value_name = "IMAGE")]
         images: Vec<String>,
+    },
+    /// List the images of a repository: name, config digest, layers, size.
+    Images {
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+    },
+    /// Mount an image of a repository by name or digest: its layer directories stacked
+    /// lazily (read-only; writable with --upper and --work).
+    Mount {
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// Writable layer (needs --work on the same filesystem).
+        #[arg(long, value_name = "DIR")]
+        upper: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        work: Option<PathBuf>,
+        /// More mount options, as for the mount form (allow_other, xattr_permissions=2, ...).
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Stay in the foreground.
+        #[arg(short = 'f')]
+        foreground: bool,
+        /// IMAGE: REGISTRY/REPO:TAG as `stratafs images` lists it, or a digest (prefix).
+        #[arg(value_name = "IMAGE")]
+        image: String,
+        #[arg(value_name = "MOUNTPOINT")]
+        mountpoint: PathBuf,
     },
     /// Remove layers and flat roots that no image of the repository uses any more.
     Gc {
@@ -122,6 +149,75 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
             }
             Ok(())
         }
+        Cmd::Images { repo } => {
+            let repo = Repo::read(&repo)?;
+            println!(
+                "{:<50} {:<19} {:>6} {:>10}",
+                "IMAGE", "CONFIG", "LAYERS", "SIZE"
+            );
+            for i in repo.images()? {
+                let size: u64 = i
+                    .manifest
+                    .layers
+                    .iter()
+                    .map(|l| repo.layer_size(&l.digest).unwrap_or(l.size))
+                    .sum();
+                println!(
+                    "{:<50} {:<19} {:>6} {:>10}",
+                    i.name,
+                    format!("sha256:{}", &i.manifest.config.digest.hex()[..12]),
+                    i.manifest.layers.len(),
+                    human(size)
+                );
+            }
+            Ok(())
+        }
+        Cmd::Mount {
+            repo,
+            upper,
+            work,
+            mut options,
+            foreground,
+            image,
+            mountpoint,
+        } => {
+            let repo = Repo::read(&repo)?;
+            let (img, _) = repo.find_image(&image)?;
+            let mut lower = Vec::new();
+            for l in img.manifest.layers.iter().rev() {
+                let p = repo.layerfs(&l.digest);
+                if !p.is_dir() {
+                    return Err(ConvertError::Repo {
+                        path: repo.root.clone(),
+                        reason: format!("image {}: layer {} is missing", img.name, l.digest),
+                    });
+                }
+                let s = p.to_string_lossy().into_owned();
+                if s.contains(',') {
+                    return Err(ConvertError::Repo {
+                        path: repo.root.clone(),
+                        reason: "a repository path with ',' cannot be mounted".into(),
+                    });
+                }
+                lower.push(s.replace(':', "\\:"));
+            }
+            let mut opt = format!("lowerdir={}", lower.join(":"));
+            if let Some(u) = upper {
+                opt.push_str(&format!(",upperdir={}", u.display()));
+            }
+            if let Some(w) = work {
+                opt.push_str(&format!(",workdir={}", w.display()));
+            }
+            options.insert(0, opt);
+            info!(image = %img.name, layers = lower.len(), "mounting");
+            let cli = crate::cli::Cli {
+                options,
+                foreground,
+                debug: false,
+                paths: vec![mountpoint],
+            };
+            Ok(crate::cli::run_mount(&cli)?)
+        }
         Cmd::Gc { repo, dry_run } => {
             let repo = Repo::open(&repo)?;
             let removed = repo.gc(dry_run)?;
@@ -136,5 +232,20 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
             info!(count = removed.len(), dry_run, "gc done");
             Ok(())
         }
+    }
+}
+
+fn human(b: u64) -> String {
+    const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < U.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
     }
 }

@@ -82,6 +82,8 @@ pub enum ConvertError {
     Recipe { path: PathBuf, reason: String },
     #[error("repository {path}: {reason}")]
     Repo { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Mount(#[from] Error),
 }
 
 impl ConvertError {

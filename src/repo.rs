@@ -25,7 +25,8 @@ const LOCK: &str = ".stratafs.lock";
 
 pub struct Repo {
     pub root: PathBuf,
-    _lock: File,
+    /// Held by writers (convert, gc); readers (mount, images) take none.
+    _lock: Option<File>,
     seq: AtomicU64,
 }
 
@@ -80,7 +81,7 @@ impl Repo {
         )?;
         let repo = Repo {
             root,
-            _lock: lock,
+            _lock: Some(lock),
             seq: AtomicU64::new(0),
         };
         let tmp = repo.root.join(TMP);
@@ -95,6 +96,73 @@ impl Repo {
             touch(&repo.root.join(m))?;
         }
         Ok(repo)
+    }
+
+    /// Open for reading only: no lock, nothing created or cleaned (it may be a read-only
+    /// CVMFS mount, and a convert may be running).
+    pub fn read(root: &Path) -> Result<Repo, ConvertError> {
+        let root = fs::canonicalize(root).map_err(io_err(root))?;
+        if !root.join(".layers").is_dir() {
+            return Err(ConvertError::Repo {
+                path: root,
+                reason: "not a repository (no .layers directory)".into(),
+            });
+        }
+        Ok(Repo {
+            root,
+            _lock: None,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Find an image by name (`registry/repo:tag`, as `stratafs images` lists it) or by
+    /// digest (`sha256:…` of its config or manifest, or a unique prefix of either).
+    pub fn find_image(&self, want: &str) -> Result<(Image, Vec<u8>), ConvertError> {
+        let images = self.images()?;
+        let hex = want.strip_prefix("sha256:").unwrap_or(want);
+        let by_digest = hex.len() >= 6 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        let mut found: Vec<Image> = Vec::new();
+        for i in images {
+            let name_match = i.name == want
+                || ImageName::parse_bare(want, false).is_ok_and(|n| n.metadata_path() == i.name);
+            let digest_match = by_digest && {
+                let bytes = fs::read(self.manifest_file(&i.name)).unwrap_or_default();
+                i.manifest.config.digest.hex().starts_with(hex)
+                    || Digest::of(&bytes).hex().starts_with(hex)
+            };
+            if name_match || digest_match {
+                found.push(i);
+            }
+        }
+        // Several names of one image (same config: the same root file system) are one.
+        let same = found
+            .windows(2)
+            .all(|w| w[0].manifest.config.digest == w[1].manifest.config.digest);
+        if found.len() > 1 && same {
+            found.truncate(1);
+        }
+        match found.len() {
+            1 => {
+                let i = found.pop().expect("one");
+                let bytes = fs::read(self.manifest_file(&i.name)).map_err(io_err(&self.root))?;
+                Ok((i, bytes))
+            }
+            0 => Err(ConvertError::Repo {
+                path: self.root.clone(),
+                reason: format!("no image '{want}' (see stratafs images --repo)"),
+            }),
+            n => Err(ConvertError::Repo {
+                path: self.root.clone(),
+                reason: format!("'{want}' names {n} images: give more of the digest or the name"),
+            }),
+        }
+    }
+
+    fn manifest_file(&self, metadata_name: &str) -> PathBuf {
+        self.root
+            .join(".metadata")
+            .join(metadata_name)
+            .join("manifest.json")
     }
 
     /// A fresh directory in the temporary area.
@@ -152,6 +220,13 @@ impl Repo {
         o.origin.push(id);
         fs::create_dir_all(p.parent().expect("has parent")).map_err(io_err(&p))?;
         write_atomic(&p, &serde_json::to_vec(&o).expect("serialisable"))
+    }
+
+    /// A layer's uncompressed size from its `layers.json` (DUCC writes it too).
+    pub fn layer_size(&self, l: &Digest) -> Option<u64> {
+        let b = fs::read(self.layer_dir(l).join(".metadata/layers.json")).ok()?;
+        let v: Vec<LayerInfo> = serde_json::from_slice(&b).ok()?;
+        v.first().map(|i| i.diff_size)
     }
 
     pub fn has_flat(&self, cfg: &Digest) -> bool {

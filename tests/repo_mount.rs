@@ -1,0 +1,256 @@
+//! Images straight from a repository: `stratafs images`, `stratafs mount --repo` by name or
+//! digest (its layers stacked lazily must equal the image's `.flat` root), writable with
+//! --upper/--work, DUCC's manifests, and the unprivileged HPC path: an ordinary user mounts an
+//! image by name and runs its command with bwrap, and runs bwrap on `.flat` directly.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::image::busybox_base_tar;
+use common::layout::*;
+use common::*;
+
+/// A runnable two-layer image: busybox, then a layer that whites out a file, makes a
+/// directory opaque and adds a script.
+fn runnable_image(dir: &Path) -> PathBuf {
+    let base = std::fs::read(busybox_base_tar(dir)).unwrap();
+    let app = tar_bytes(&[
+        // Mount points a runtime needs (a real image has them; the base here does not).
+        TarEntry::Dir("proc"),
+        TarEntry::Dir("dev"),
+        TarEntry::Dir("etc"),
+        TarEntry::File("etc/.wh.os-release", b""),
+        TarEntry::Dir("tmp"),
+        TarEntry::File("tmp/.wh..wh..opq", b""),
+        TarEntry::File("tmp/fresh", b"fresh\n"),
+        TarEntry::File("hello.sh", b"echo hello from $(cat /tmp/fresh)\n"),
+    ]);
+    let layout = dir.join("layout");
+    make_layout(&layout, "v1", &[base, app]);
+    layout
+}
+
+fn convert(repo: &Path, layout: &Path, name: &str) {
+    run_ok(Command::new(BIN).args([
+        "convert",
+        "--repo",
+        repo.to_str().unwrap(),
+        &format!("oci:{}:v1", layout.display()),
+        "--name",
+        name,
+    ]));
+}
+
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+    }
+}
+
+/// What the mount and `.flat` must share: `.flat` adds apptainer scaffolding.
+fn without_scaffold(mut s: BTreeMap<PathBuf, Entry>) -> BTreeMap<PathBuf, Entry> {
+    s.retain(|p, _| {
+        ![
+            ".singularity.d",
+            "dev",
+            "proc",
+            "sys",
+            "var",
+            "home",
+            "root",
+        ]
+        .iter()
+        .any(|x| p.starts_with(x))
+    });
+    for e in s.values_mut() {
+        e.nlink = 0;
+        e.ino = None;
+        if e.kind == "dir" {
+            e.size = 0;
+            e.mtime = (0, 0);
+        }
+    }
+    s
+}
+
+#[test]
+fn mount_by_name_equals_the_flat_root() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = runnable_image(tmp.path());
+    let repo = tmp.path().join("repo");
+    convert(&repo, &layout, "example.org/hpc/app:v1");
+    let out = run_ok(Command::new(BIN).args(["images", "--repo", repo.to_str().unwrap()]));
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with("example.org/hpc/app:v1"))
+        .unwrap_or_else(|| panic!("not listed:\n{listing}"));
+    assert_eq!(line.split_whitespace().nth(2), Some("2"), "{line}");
+
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(
+        Command::new(BIN)
+            .args([
+                "mount",
+                "--repo",
+                repo.to_str().unwrap(),
+                "example.org/hpc/app:v1",
+            ])
+            .arg(&mnt),
+    );
+    let guard = Unmount(mnt.clone());
+    assert_eq!(mount_type(&mnt).as_deref(), Some("fuse.stratafs"));
+    let flat = repo.join("example.org/hpc/app:v1");
+    let mut ours = without_scaffold(snapshot(&mnt));
+    let mut theirs = without_scaffold(snapshot(&flat));
+    // The root directory of a stack has no single layer's time.
+    ours.remove(&PathBuf::new());
+    theirs.remove(&PathBuf::new());
+    assert_same_tree(&ours, &theirs);
+    let out = run_ok(
+        Command::new("chroot")
+            .arg(&mnt)
+            .args(["/bin/sh", "/hello.sh"]),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from fresh\n");
+    drop(guard);
+
+    // By a digest prefix of its config, writable.
+    let cfg = std::fs::read_link(&flat).unwrap();
+    let prefix = cfg.file_name().unwrap().to_string_lossy()[..10].to_string();
+    let (upper, work) = (tmp.path().join("upper"), tmp.path().join("work"));
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    run_ok(
+        Command::new(BIN)
+            .args(["mount", "--repo", repo.to_str().unwrap(), "--upper"])
+            .arg(&upper)
+            .arg("--work")
+            .arg(&work)
+            .arg(format!("sha256:{prefix}"))
+            .arg(&mnt),
+    );
+    let guard = Unmount(mnt.clone());
+    std::fs::write(mnt.join("tmp/new"), "written").unwrap();
+    drop(guard);
+    wait_until("unmount", || !is_mountpoint(&mnt));
+    assert_eq!(
+        std::fs::read_to_string(upper.join("tmp/new")).unwrap(),
+        "written"
+    );
+
+    // Unknown names: one line, non-zero.
+    let out = run(Command::new(BIN)
+        .args(["mount", "--repo", repo.to_str().unwrap(), "nope:1"])
+        .arg(&mnt));
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.trim()
+            .ends_with("no image 'nope:1' (see stratafs images --repo)"),
+        "{e}"
+    );
+}
+
+/// DUCC writes its own manifest serialisation with capitalised keys; reading must accept it.
+#[test]
+fn reads_manifests_written_by_ducc() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = runnable_image(tmp.path());
+    let repo = tmp.path().join("repo");
+    convert(&repo, &layout, "reg.io/ducc/img:1");
+    let mpath = repo.join(".metadata/reg.io/ducc/img:1/manifest.json");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    let d = |v: &serde_json::Value| serde_json::json!({"MediaType": v["mediaType"], "Size": v["size"], "Digest": v["digest"]});
+    let ducc = serde_json::json!({
+        "SchemaVersion": 2, "MediaType": m["mediaType"], "Config": d(&m["config"]),
+        "Layers": m["layers"].as_array().unwrap().iter().map(d).collect::<Vec<_>>()
+    });
+    std::fs::write(&mpath, serde_json::to_vec(&ducc).unwrap()).unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(
+        Command::new(BIN)
+            .args([
+                "mount",
+                "--repo",
+                repo.to_str().unwrap(),
+                "reg.io/ducc/img:1",
+            ])
+            .arg(&mnt),
+    );
+    let _g = Unmount(mnt.clone());
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("tmp/fresh")).unwrap(),
+        "fresh\n"
+    );
+    let out = run_ok(Command::new(BIN).args(["images", "--repo", repo.to_str().unwrap()]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reg.io/ducc/img:1"));
+}
+
+/// The HPC node: no root anywhere. An ordinary user converts, mounts the image by name with
+/// fusermount3 and runs its command in it with bwrap (the stand-in for `apptainer exec`), and
+/// runs bwrap on the `.flat` root directly; the results agree.
+#[test]
+fn unprivileged_user_runs_an_image_from_the_repository() {
+    require_root();
+    for t in ["runuser", "bwrap", "fusermount3"] {
+        require_tool(t);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let layout = runnable_image(tmp.path());
+    run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg("stratafs-test")
+            .arg(tmp.path()),
+    );
+    let repo = tmp.path().join("repo");
+    let mnt = tmp.path().join("mnt");
+    let as_user = |script: &str| {
+        run(Command::new("runuser")
+            .args(["-u", "stratafs-test", "--", "sh", "-c", script])
+            .env("BIN", BIN)
+            .env("REPO", &repo)
+            .env("MNT", &mnt)
+            .env("LAYOUT", &layout))
+    };
+    let out = as_user(
+        "set -e; $BIN convert --repo $REPO oci:$LAYOUT:v1 --name example.org/hpc/app:v1 2>/dev/null; \
+         mkdir $MNT; $BIN mount --repo $REPO example.org/hpc/app:v1 $MNT 2>/dev/null; \
+         bwrap --ro-bind $MNT / --proc /proc --dev /dev --unshare-all /bin/sh /hello.sh; \
+         fusermount3 -u $MNT; \
+         bwrap --ro-bind $REPO/example.org/hpc/app:v1 / --proc /proc --dev /dev --unshare-all /bin/sh /hello.sh",
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from fresh\nhello from fresh\n"
+    );
+}
+
+fn mount_type(p: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&p.to_str().unwrap()))
+            .then(|| f[f.iter().position(|x| *x == "-").unwrap() + 1].to_string())
+    })
+}
