@@ -18,10 +18,10 @@ fn pages() -> Vec<(String, Vec<u8>)> {
     )];
     let top = stratafs::commands::Commands::command();
     for sub in top.get_subcommands() {
-        let name = format!("stratafs-{}", sub.get_name());
+        let name: &'static str = Box::leak(format!("stratafs-{}", sub.get_name()).into_boxed_str());
         let cmd = sub
             .clone()
-            .name(name.clone())
+            .name(name)
             .bin_name(format!("stratafs {}", sub.get_name()));
         pages.push((format!("{name}.1"), render(cmd)));
     }
