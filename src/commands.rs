@@ -140,6 +140,8 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
                 measure_disk: json,
             };
             let s = convert::convert(&repo, &sources, &opts)?;
+            let n = crate::podman_store::write(&repo)?;
+            info!(images = n, "podmanStore updated");
             info!("{}", convert::describe(&s));
             if json {
                 println!(
@@ -228,6 +230,9 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
                 } else {
                     info!("removed {}", rel.display());
                 }
+            }
+            if !dry_run {
+                crate::podman_store::write(&repo)?;
             }
             info!(count = removed.len(), dry_run, "gc done");
             Ok(())

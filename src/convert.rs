@@ -136,6 +136,9 @@ fn convert_one(
     let complete = repo.has_flat(cfg) && layers.iter().all(|l| repo.has_layer(&l.digest));
     if old.as_deref() == Some(&r.manifest_bytes[..]) && complete {
         repo.link(&r.name, cfg)?;
+        if repo.config_of(&r.name.metadata_path()).is_none() {
+            repo.write_config(&r.name, &r.config_bytes)?;
+        }
         info!(image, "up to date, nothing to do");
         summary.layers_reused += layers.len();
         return Ok(ImageSummary {
@@ -219,6 +222,7 @@ fn convert_one(
         _ => "converted",
     };
     repo.link(&r.name, cfg)?;
+    repo.write_config(&r.name, &r.config_bytes)?;
     repo.write_manifest(&r.name, &r.manifest_bytes)?;
     summary.layers_fetched += unique.len();
     summary.layers_reused += layers.len() - unique.len();

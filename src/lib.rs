@@ -26,6 +26,7 @@ pub mod convert;
 pub mod digest;
 pub mod flat;
 pub mod image;
+pub mod podman_store;
 pub mod recipe;
 pub mod reference;
 pub mod registry;

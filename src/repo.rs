@@ -252,6 +252,28 @@ impl Repo {
         fs::read(self.manifest_path(name)).ok()
     }
 
+    /// The image config blob, beside the manifest (podman's store needs it; DUCC does not
+    /// write it).
+    pub fn write_config(&self, name: &ImageName, bytes: &[u8]) -> Result<(), ConvertError> {
+        let p = self.manifest_path(name).with_file_name("config.json");
+        fs::create_dir_all(p.parent().expect("has parent")).map_err(io_err(&p))?;
+        write_atomic(&p, bytes)
+    }
+
+    /// The config blob of an image listed by [`Repo::images`], if stratafs converted it.
+    pub fn config_of(&self, metadata_name: &str) -> Option<Vec<u8>> {
+        fs::read(
+            self.manifest_file(metadata_name)
+                .with_file_name("config.json"),
+        )
+        .ok()
+    }
+
+    /// The manifest bytes of an image listed by [`Repo::images`].
+    pub fn manifest_bytes_of(&self, metadata_name: &str) -> Option<Vec<u8>> {
+        fs::read(self.manifest_file(metadata_name)).ok()
+    }
+
     /// Written last: from now on the image counts as converted.
     pub fn write_manifest(&self, name: &ImageName, bytes: &[u8]) -> Result<(), ConvertError> {
         let p = self.manifest_path(name);
