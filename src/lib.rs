@@ -33,3 +33,5 @@ pub mod registry;
 pub mod repo;
 pub mod source;
 pub mod unpack;
+pub mod access;
+pub mod report;
