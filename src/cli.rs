@@ -264,11 +264,34 @@ pub fn run_mount(cli: &Cli) -> Result<(), Error> {
         daemon::fork()?
     };
     let notifier = Arc::new(std::sync::OnceLock::new());
+    let access = match &opts.access_log {
+        Some(f) => {
+            let layers: Vec<PathBuf> = opts
+                .upperdir
+                .iter()
+                .chain(opts.lowerdirs.iter())
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+                .collect();
+            match crate::access::AccessLog::create(f, &mountpoint, layers) {
+                Ok(l) => Some(Arc::new(l)),
+                Err(e) => {
+                    let e = Error::BadOption {
+                        option: "access_log".into(),
+                        reason: format!("{}: {e}", f.display()),
+                    };
+                    ready.fail(&e.to_string());
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
     let fs = StrataFs::new(
         Arc::clone(&overlay),
         opts.passthrough,
         Arc::clone(&notifier),
-    );
+    )
+    .with_access_log(access.clone());
     let session = match open_session(fs, &mountpoint, &opts, &source, config) {
         Ok(s) => s,
         Err(e) => {
@@ -287,10 +310,16 @@ pub fn run_mount(cli: &Cli) -> Result<(), Error> {
     if daemonized {
         daemon::detach_stdio();
     }
-    session.run().map_err(|e| Error::Mount {
+    let ran = session.run().map_err(|e| Error::Mount {
         path: mountpoint.clone(),
         source: e,
-    })?;
+    });
+    if let Some(log) = &access {
+        if let Err(e) = log.write() {
+            warn!("access log: {e}");
+        }
+    }
+    ran?;
     info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::reference::{ImageName, Source};
 use crate::repo::Repo;
 
 /// Names that select a subcommand rather than the mount form.
-pub const SUBCOMMANDS: &[&str] = &["convert", "gc", "images", "mount"];
+pub const SUBCOMMANDS: &[&str] = &["convert", "gc", "images", "mount", "report"];
 
 #[derive(Debug, Parser)]
 #[command(name = "stratafs", version)]
@@ -75,11 +75,20 @@ pub enum Cmd {
         /// Stay in the foreground.
         #[arg(short = 'f')]
         foreground: bool,
+        /// Record each file first read (path, layer, bytes, time since mount) in FILE, written
+        /// at unmount; summarise it with `stratafs report FILE`.
+        #[arg(long, value_name = "FILE")]
+        access_log: Option<PathBuf>,
         /// IMAGE: REGISTRY/REPO:TAG as `stratafs images` lists it, or a digest (prefix).
         #[arg(value_name = "IMAGE")]
         image: String,
         #[arg(value_name = "MOUNTPOINT")]
         mountpoint: PathBuf,
+    },
+    /// Summarise an access log: files and bytes read against the image's totals, per layer.
+    Report {
+        #[arg(value_name = "FILE")]
+        log: PathBuf,
     },
     /// Remove layers and flat roots that no image of the repository uses any more.
     Gc {
@@ -180,6 +189,7 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
             work,
             mut options,
             foreground,
+            access_log,
             image,
             mountpoint,
         } => {
@@ -210,6 +220,16 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
             if let Some(w) = work {
                 opt.push_str(&format!(",workdir={}", w.display()));
             }
+            if let Some(f) = access_log {
+                let f = f.to_string_lossy().into_owned();
+                if f.contains(',') {
+                    return Err(ConvertError::format(
+                        "option --access-log",
+                        "no ',' in the path",
+                    ));
+                }
+                opt.push_str(&format!(",access_log={f}"));
+            }
             options.insert(0, opt);
             info!(image = %img.name, layers = lower.len(), "mounting");
             let cli = crate::cli::Cli {
@@ -219,6 +239,10 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
                 paths: vec![mountpoint],
             };
             Ok(crate::cli::run_mount(&cli)?)
+        }
+        Cmd::Report { log } => {
+            print!("{}", crate::report::report(&log)?);
+            Ok(())
         }
         Cmd::Gc { repo, dry_run } => {
             let repo = Repo::open(&repo)?;

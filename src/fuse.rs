@@ -98,9 +98,17 @@ pub struct StrataFs {
     handles: DashMap<u64, Handle>,
     backings: Mutex<Backings>,
     next_fh: AtomicU64,
+    /// Files read, for `stratafs report`.
+    access: Option<Arc<crate::access::AccessLog>>,
 }
 
 impl StrataFs {
+    /// Record every file read in `log`.
+    pub fn with_access_log(mut self, log: Option<Arc<crate::access::AccessLog>>) -> StrataFs {
+        self.access = log;
+        self
+    }
+
     pub fn new(
         ov: Arc<Overlay>,
         passthrough: Passthrough,
@@ -117,6 +125,7 @@ impl StrataFs {
                 idle: LruCache::new(NonZeroUsize::new(IDLE_BACKINGS).expect("nonzero")),
             }),
             next_fh: AtomicU64::new(1),
+            access: None,
         }
     }
 }
@@ -331,7 +340,16 @@ impl Filesystem for StrataFs {
         READ_BUF.with_borrow_mut(|buf| {
             buf.resize(size as usize, 0);
             match Overlay::read_at(&fd, &mut buf[..size as usize], offset) {
-                Ok(n) => reply.data(&buf[..n]),
+                Ok(n) => {
+                    reply.data(&buf[..n]);
+                    if let Some(log) = &self.access {
+                        log.record(ino.0, n, || {
+                            let node = self.ov.node(ino.0).ok()?;
+                            let layer = node.state.read().layers.first().copied()?;
+                            Some((String::from_utf8_lossy(&node.path()).into_owned(), layer))
+                        });
+                    }
+                }
                 Err(e) => reply.error(err(e)),
             }
         });

@@ -21,6 +21,7 @@ pub mod whiteout;
 pub mod write;
 
 pub use error::Error;
+pub mod access;
 pub mod commands;
 pub mod convert;
 pub mod digest;
@@ -31,7 +32,6 @@ pub mod recipe;
 pub mod reference;
 pub mod registry;
 pub mod repo;
+pub mod report;
 pub mod source;
 pub mod unpack;
-pub mod access;
-pub mod report;

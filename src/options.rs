@@ -23,6 +23,8 @@ pub struct MountOptions {
     pub fsync: bool,
     /// Ownership view: id mappings, squashing, override xattr.
     pub ids: IdMap,
+    /// Record the files read, for `stratafs report`.
+    pub access_log: Option<PathBuf>,
     /// Options we accept and ignore, with a warning.
     pub ignored: Vec<String>,
 }
@@ -41,6 +43,7 @@ impl Default for MountOptions {
             threads: None,
             fsync: true,
             ids: IdMap::default(),
+            access_log: None,
             ignored: Vec::new(),
         }
     }
@@ -171,6 +174,9 @@ impl MountOptions {
                         });
                     }
                 }
+            }
+            "access_log" => {
+                self.access_log = Some(PathBuf::from(nonempty(key, val)?));
             }
             "threads" => {
                 let v = nonempty(key, val)?;

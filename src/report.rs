@@ -75,8 +75,17 @@ pub fn report(log: &Path) -> Result<String, ConvertError> {
         last_ms = last_ms.max(r.first_ms);
     }
     let mut out = String::new();
-    let _ = writeln!(out, "mount {} ({} layers)", header.mount.display(), header.layers.len());
-    let _ = writeln!(out, "{:<40} {:>26} {:>34}", "LAYER", "FILES READ", "BYTES READ");
+    let _ = writeln!(
+        out,
+        "mount {} ({} layers)",
+        header.mount.display(),
+        header.layers.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<40} {:>26} {:>34}",
+        "LAYER", "FILES READ", "BYTES READ"
+    );
     let (mut tr, mut tt) = (Count::default(), Count::default());
     for (i, layer) in header.layers.iter().enumerate() {
         let t = totals(layer).map_err(|e| ConvertError::io(layer, e))?;
@@ -100,6 +109,10 @@ pub fn report(log: &Path) -> Result<String, ConvertError> {
         format!("{} / {} ({})", tr.files, tt.files, pct(tr.files, tt.files)),
         format!("{} / {} ({})", tr.bytes, tt.bytes, pct(tr.bytes, tt.bytes))
     );
-    let _ = writeln!(out, "last first read at {:.1} s after the mount", last_ms / 1000.0);
+    let _ = writeln!(
+        out,
+        "last first read at {:.1} s after the mount",
+        last_ms / 1000.0
+    );
     Ok(out)
 }

@@ -254,3 +254,61 @@ fn mount_type(p: &Path) -> Option<String> {
             .then(|| f[f.iter().position(|x| *x == "-").unwrap() + 1].to_string())
     })
 }
+
+/// `--access-log`: the files a workload read, per layer, and `stratafs report` against the
+/// image's totals.
+#[test]
+fn access_log_and_report() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = runnable_image(tmp.path());
+    let repo = tmp.path().join("repo");
+    convert(&repo, &layout, "example.org/hpc/app:v1");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let log = tmp.path().join("access.log");
+    run_ok(
+        Command::new(BIN)
+            .args(["mount", "--repo", repo.to_str().unwrap(), "--access-log"])
+            .arg(&log)
+            .arg("example.org/hpc/app:v1")
+            .arg(&mnt),
+    );
+    let guard = Unmount(mnt.clone());
+    let out = run_ok(
+        Command::new("chroot")
+            .arg(&mnt)
+            .args(["/bin/sh", "/hello.sh"]),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from fresh\n");
+    drop(guard);
+    wait_until("access log written", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() > 1) && !is_mountpoint(&mnt)
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["layers"].as_array().unwrap().len(), 2);
+    let recs: BTreeMap<String, serde_json::Value> = lines
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["path"].as_str().unwrap().to_string(), v))
+        .collect();
+    let paths: Vec<&str> = recs.keys().map(|s| s.as_str()).collect();
+    assert_eq!(paths, vec!["bin/busybox", "hello.sh", "tmp/fresh"]);
+    // Top layer first: the script and tmp/fresh come from layer 0, busybox from layer 1.
+    assert_eq!(recs["hello.sh"]["layer"], 0);
+    assert_eq!(recs["bin/busybox"]["layer"], 1);
+    assert_eq!(recs["tmp/fresh"]["bytes"], 6);
+    let out = run_ok(Command::new(BIN).arg("report").arg(&log));
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    let image = report
+        .lines()
+        .find(|l| l.starts_with("image"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(image.contains("3 / "), "{report}");
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("sha256:")).count(),
+        2,
+        "{report}"
+    );
+}
