@@ -50,6 +50,14 @@ pub enum Cmd {
         /// Print a JSON summary on stdout (layers fetched/reused, bytes, files, time, disk).
         #[arg(long)]
         json: bool,
+        /// Also write a thin image per image into DIR: a docker archive whose only file is
+        /// thin.json, pointing at the layers by cvmfs:// URL (`podman load -i` takes it).
+        #[arg(long, value_name = "DIR")]
+        thin: Option<PathBuf>,
+        /// The CVMFS repository name in thin images' URLs (default: the recipe's
+        /// cvmfs_repo, else the repository directory's name).
+        #[arg(long, value_name = "NAME")]
+        cvmfs_repo: Option<String>,
         /// Images to convert.
         #[arg(value_name = "IMAGE")]
         images: Vec<String>,
@@ -62,8 +70,15 @@ pub enum Cmd {
     /// Mount an image of a repository by name or digest: its layer directories stacked
     /// lazily (read-only; writable with --upper and --work).
     Mount {
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
+        /// The repository the image is in.
+        #[arg(long, value_name = "DIR", required_unless_present = "thin")]
+        repo: Option<PathBuf>,
+        /// Mount what a thin image's thin.json points to instead (no IMAGE then).
+        #[arg(long, value_name = "FILE", conflicts_with = "repo")]
+        thin: Option<PathBuf>,
+        /// Where cvmfs:// URLs of a thin image resolve: cvmfs://REPO/PATH is ROOT/REPO/PATH.
+        #[arg(long, value_name = "ROOT", default_value = "/cvmfs")]
+        cvmfs_root: PathBuf,
         /// Writable layer (needs --work on the same filesystem).
         #[arg(long, value_name = "DIR")]
         upper: Option<PathBuf>,
@@ -79,11 +94,10 @@ pub enum Cmd {
         /// at unmount; summarise it with `stratafs report FILE`.
         #[arg(long, value_name = "FILE")]
         access_log: Option<PathBuf>,
-        /// IMAGE: REGISTRY/REPO:TAG as `stratafs images` lists it, or a digest (prefix).
-        #[arg(value_name = "IMAGE")]
-        image: String,
-        #[arg(value_name = "MOUNTPOINT")]
-        mountpoint: PathBuf,
+        /// IMAGE (REGISTRY/REPO:TAG as `stratafs images` lists it, or a digest prefix) and
+        /// MOUNTPOINT; with --thin only MOUNTPOINT.
+        #[arg(value_name = "[IMAGE] MOUNTPOINT", num_args = 1..=2, required = true)]
+        paths: Vec<String>,
     },
     /// Summarise an access log: files and bytes read against the image's totals, per layer.
     Report {
@@ -109,6 +123,8 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
             jobs,
             name,
             json,
+            thin,
+            cvmfs_repo,
             images,
         } => {
             let platform = Platform::parse(&platform)?;
@@ -116,8 +132,15 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
                 .iter()
                 .map(|i| Source::parse(i))
                 .collect::<Result<_, _>>()?;
+            let mut format = "$(registry)/$(repository)_thin:$(tag)".to_string();
+            let mut recipe_repo = None;
             if let Some(r) = &recipe {
-                sources.extend(Recipe::load(r)?.sources(r)?);
+                let rec = Recipe::load(r)?;
+                sources.extend(rec.sources(r)?);
+                if let Some(f) = rec.output_format.clone() {
+                    format = f;
+                }
+                recipe_repo = rec.cvmfs_repo.clone();
             }
             if sources.is_empty() {
                 return Err(ConvertError::BadReference {
@@ -142,11 +165,22 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
             }
             let repo = Repo::open(&repo)?;
             let sources = convert::expand(sources)?;
+            let thin = thin.map(|dir| convert::ThinOutput {
+                dir,
+                cvmfs_repo: cvmfs_repo.or(recipe_repo).unwrap_or_else(|| {
+                    repo.root
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                }),
+                format,
+            });
             let opts = Options {
                 platform,
                 jobs,
                 name,
                 measure_disk: json,
+                thin,
             };
             let s = convert::convert(&repo, &sources, &opts)?;
             let n = crate::podman_store::write(&repo)?;
@@ -185,31 +219,51 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
         }
         Cmd::Mount {
             repo,
+            thin,
+            cvmfs_root,
             upper,
             work,
             mut options,
             foreground,
             access_log,
-            image,
-            mountpoint,
+            paths,
         } => {
-            let repo = Repo::read(&repo)?;
-            let (img, _) = repo.find_image(&image)?;
-            let mut lower = Vec::new();
-            for l in img.manifest.layers.iter().rev() {
-                let p = repo.layerfs(&l.digest);
-                if !p.is_dir() {
-                    return Err(ConvertError::Repo {
-                        path: repo.root.clone(),
-                        reason: format!("image {}: layer {} is missing", img.name, l.digest),
-                    });
+            let usage = |why: &str| ConvertError::format("stratafs mount", why);
+            let (dirs, what, mountpoint) = match (&repo, &thin, paths.as_slice()) {
+                (Some(repo), None, [image, mnt]) => {
+                    let repo = Repo::read(repo)?;
+                    let (img, _) = repo.find_image(image)?;
+                    let mut dirs = Vec::new();
+                    for l in img.manifest.layers.iter().rev() {
+                        let p = repo.layerfs(&l.digest);
+                        if !p.is_dir() {
+                            return Err(ConvertError::Repo {
+                                path: repo.root.clone(),
+                                reason: format!(
+                                    "image {}: layer {} is missing",
+                                    img.name, l.digest
+                                ),
+                            });
+                        }
+                        dirs.push(p);
+                    }
+                    (dirs, img.name, PathBuf::from(mnt))
                 }
+                (None, Some(t), [mnt]) => {
+                    let dirs = crate::thin::Thin::load(t)?.lowerdirs(t, &cvmfs_root)?;
+                    (dirs, t.display().to_string(), PathBuf::from(mnt))
+                }
+                (Some(_), None, _) => return Err(usage("give IMAGE and MOUNTPOINT")),
+                (None, Some(_), _) => return Err(usage("with --thin give only MOUNTPOINT")),
+                _ => return Err(usage("give --repo DIR IMAGE or --thin FILE")),
+            };
+            let mut lower = Vec::new();
+            for p in &dirs {
                 let s = p.to_string_lossy().into_owned();
                 if s.contains(',') {
-                    return Err(ConvertError::Repo {
-                        path: repo.root.clone(),
-                        reason: "a repository path with ',' cannot be mounted".into(),
-                    });
+                    return Err(usage(&format!(
+                        "layer path {s} has a ',': cannot be mounted"
+                    )));
                 }
                 lower.push(s.replace(':', "\\:"));
             }
@@ -231,7 +285,7 @@ pub fn run(c: Commands) -> Result<(), ConvertError> {
                 opt.push_str(&format!(",access_log={f}"));
             }
             options.insert(0, opt);
-            info!(image = %img.name, layers = lower.len(), "mounting");
+            info!(image = %what, layers = lower.len(), "mounting");
             let cli = crate::cli::Cli {
                 options,
                 foreground,

@@ -30,6 +30,17 @@ pub struct Options {
     pub name: Option<ImageName>,
     /// Compute the disk use of each image for the summary.
     pub measure_disk: bool,
+    /// Also write a thin image per image.
+    pub thin: Option<ThinOutput>,
+}
+
+/// Where thin images go and how they are named.
+pub struct ThinOutput {
+    pub dir: PathBuf,
+    /// The CVMFS repository name in the `cvmfs://` URLs.
+    pub cvmfs_repo: String,
+    /// DUCC's `output_format` template for the thin image's name.
+    pub format: String,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -94,6 +105,9 @@ pub fn convert(repo: &Repo, sources: &[Source], opts: &Options) -> Result<Summar
             progress.as_ref(),
             &mut summary,
         )?;
+        if let Some(t) = &opts.thin {
+            write_thin(t, src, &resolved)?;
+        }
         if opts.measure_disk {
             let mut roots: Vec<PathBuf> = resolved
                 .manifest
@@ -493,4 +507,47 @@ pub fn describe(s: &Summary) -> String {
         s.files,
         s.seconds
     )
+}
+
+/// The thin image of a converted image, as a docker archive in `t.dir`.
+fn write_thin(t: &ThinOutput, src: &Source, r: &Resolved) -> Result<(), ConvertError> {
+    let n = &r.name;
+    let scheme = match src {
+        Source::Registry(n) if n.plain_http => "http",
+        _ => "https",
+    };
+    let digest = crate::digest::Digest::of(&r.manifest_bytes).to_string();
+    let origin = match src {
+        Source::Registry(_) => format!("{scheme}://{n}"),
+        _ => n.to_string(),
+    };
+    let name = crate::thin::thin_name(
+        &t.format,
+        scheme,
+        &n.registry,
+        &n.repository,
+        n.tag.as_deref().unwrap_or(""),
+        &digest,
+    );
+    // A name for podman: no scheme, and a tag (DUCC's template may push to a registry).
+    let name = name
+        .split_once("://")
+        .map_or(name.as_str(), |(_, r)| r)
+        .to_string();
+    let thin = crate::thin::Thin::of(&origin, &t.cvmfs_repo, &r.manifest);
+    std::fs::create_dir_all(&t.dir).map_err(|e| ConvertError::io(&t.dir, e))?;
+    let file_name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let file = t.dir.join(format!("{file_name}.tar"));
+    crate::thin::write_archive(&file, &name, &thin)?;
+    info!(thin = %file.display(), name, "thin image written");
+    Ok(())
 }

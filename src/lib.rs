@@ -34,4 +34,5 @@ pub mod registry;
 pub mod repo;
 pub mod report;
 pub mod source;
+pub mod thin;
 pub mod unpack;

@@ -312,3 +312,113 @@ fn access_log_and_report() {
         "{report}"
     );
 }
+
+/// Thin images: `convert --thin` writes a docker archive whose only file is thin.json, podman
+/// loads it, and `stratafs mount --thin` mounts what it points to under a CVMFS root.
+#[test]
+fn thin_image_round_trip() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = runnable_image(tmp.path());
+    let repo = tmp.path().join("repo");
+    let thin_dir = tmp.path().join("thin");
+    run_ok(Command::new(BIN).args([
+        "convert",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--thin",
+        thin_dir.to_str().unwrap(),
+        "--cvmfs-repo",
+        "unpacked.example.org",
+        &format!("oci:{}:v1", layout.display()),
+        "--name",
+        "example.org/hpc/app:v1",
+    ]));
+    let archive = thin_dir.join("example.org_hpc_app_thin_v1.tar");
+    assert!(
+        archive.is_file(),
+        "{:?}",
+        std::fs::read_dir(&thin_dir).map(|d| d.count())
+    );
+    // podman loads it under the thin name.
+    let podman = common::image::Podman::new(&tmp.path().join("podman"));
+    run_ok(
+        podman
+            .cmd("podman")
+            .args(["load", "-q", "-i"])
+            .arg(&archive),
+    );
+    let out = run_ok(
+        podman
+            .cmd("podman")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"]),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("example.org/hpc/app_thin:v1"));
+    // Its one layer holds only thin.json.
+    let mut outer = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    let mut thin_json = None;
+    for e in outer.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().ends_with("layer.tar") {
+            let mut inner = tar::Archive::new(&mut e);
+            let files: Vec<_> = inner
+                .entries()
+                .unwrap()
+                .map(|f| {
+                    let mut f = f.unwrap();
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut f, &mut s).unwrap();
+                    (f.path().unwrap().to_string_lossy().into_owned(), s)
+                })
+                .collect();
+            assert_eq!(files.len(), 1);
+            assert_eq!(files[0].0, "thin.json");
+            thin_json = Some(files[0].1.clone());
+        }
+    }
+    let thin_json = thin_json.expect("a layer");
+    let v: serde_json::Value = serde_json::from_str(&thin_json).unwrap();
+    assert_eq!(v["version"], "1.0");
+    assert!(
+        v["layers"][0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("cvmfs://unpacked.example.org/.layers/")
+    );
+    let thin_file = tmp.path().join("thin.json");
+    std::fs::write(&thin_file, &thin_json).unwrap();
+    let root = tmp.path().join("cvmfs");
+    std::fs::create_dir(&root).unwrap();
+    std::os::unix::fs::symlink(&repo, root.join("unpacked.example.org")).unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(
+        Command::new(BIN)
+            .args(["mount", "--thin"])
+            .arg(&thin_file)
+            .arg("--cvmfs-root")
+            .arg(&root)
+            .arg(&mnt),
+    );
+    let guard = Unmount(mnt.clone());
+    let out = run_ok(
+        Command::new("chroot")
+            .arg(&mnt)
+            .args(["/bin/sh", "/hello.sh"]),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from fresh\n");
+    drop(guard);
+    // A URL that climbs out of the CVMFS root is refused.
+    let evil = thin_json.replacen(
+        "cvmfs://unpacked.example.org/",
+        "cvmfs://unpacked.example.org/../../",
+        1,
+    );
+    std::fs::write(&thin_file, evil).unwrap();
+    let out = run(Command::new(BIN)
+        .args(["mount", "--thin"])
+        .arg(&thin_file)
+        .arg(&mnt));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a plain path"));
+}
