@@ -14,6 +14,7 @@ packages=(
   podman runc uidmap skopeo umoci busybox-static   # real images for the OCI tests
   fuse-overlayfs hyperfine bubblewrap              # benchmarks and the demo
   docker-registry apache2-utils openssl            # a real registry (htpasswd, token signing) for convert
+  man-db                                           # the packaged man pages render
 )
 missing=()
 for p in "${packages[@]}"; do
