@@ -73,7 +73,7 @@ for i in small big; do
     s=$(now); p $W/store run --rm bench.local/$i:t sh -c "${cmd[$i]}" >/dev/null; e=$(now)
     echo "$e - $s" | bc
   done | median)
-  cp "$(ls $W/access-*.log | head -1)" $W/access-$i.log
+  cp "$(ls $W/access-*.log | head -1)" $W/report-$i.log
   load_t=$(for r in $(seq $RUNS); do
     p $W/native rmi -af >/dev/null 2>&1 || true
     rm -rf $W/native && conf $W/native ""
@@ -87,8 +87,8 @@ done
 p $W/native rmi -af >/dev/null 2>&1 || true
 for i in small big; do
   echo
-  echo "access report, $i image (stratafs report $W/access-$i.log):"
+  echo "access report, $i image (stratafs report $W/report-$i.log):"
   echo '```'
-  $BIN report $W/access-$i.log
+  $BIN report $W/report-$i.log
   echo '```'
 done

@@ -35,9 +35,11 @@ fn totals(dir: &Path) -> std::io::Result<Count> {
     Ok(c)
 }
 
-/// `.layers/<xx>/<hex>/layerfs` reads as `sha256:<hex>`; other layers by their path.
+/// `.layers/<xx>/<hex>/layerfs` reads as `sha256:<hex>`, a `.flat/<xx>/<hex>` root (also
+/// through podmanStore's links) as `flat sha256:<hex>`; other layers by their path.
 fn label(p: &Path) -> String {
-    let parts: Vec<String> = p
+    let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let parts: Vec<String> = real
         .components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
@@ -46,6 +48,9 @@ fn label(p: &Path) -> String {
             if layers == ".layers" && last == "layerfs" && hex.len() == 64 =>
         {
             format!("sha256:{}", &hex[..12])
+        }
+        [.., flat, _, hex] if flat == ".flat" && hex.len() == 64 => {
+            format!("flat sha256:{}", &hex[..12])
         }
         _ => p.display().to_string(),
     }
@@ -88,7 +93,12 @@ pub fn report(log: &Path) -> Result<String, ConvertError> {
     );
     let (mut tr, mut tt) = (Count::default(), Count::default());
     for (i, layer) in header.layers.iter().enumerate() {
-        let t = totals(layer).map_err(|e| ConvertError::io(layer, e))?;
+        // An upper dir removed since (podman run --rm): what was read from it still counts.
+        let (t, gone) = match totals(layer) {
+            Ok(t) => (t, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Count::default(), true),
+            Err(e) => return Err(ConvertError::io(layer, e)),
+        };
         let r = read.get(&(i as u16)).copied().unwrap_or_default();
         tr.files += r.files;
         tr.bytes += r.bytes;
@@ -97,7 +107,11 @@ pub fn report(log: &Path) -> Result<String, ConvertError> {
         let _ = writeln!(
             out,
             "{:<40} {:>26} {:>34}",
-            label(layer),
+            if gone {
+                format!("{} (gone)", label(layer))
+            } else {
+                label(layer)
+            },
             format!("{} / {} ({})", r.files, t.files, pct(r.files, t.files)),
             format!("{} / {} ({})", r.bytes, t.bytes, pct(r.bytes, t.bytes))
         );
