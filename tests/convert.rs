@@ -365,6 +365,21 @@ fn registry_tags_digests_wildcards_platforms_and_basic_auth() {
     }
     reg.push(&src(&other, "v2"), "lab/img", "v2", creds, false);
     let host = reg.host();
+    // The same image as a Docker schema 2 manifest.
+    run_ok(
+        Command::new("skopeo")
+            .args([
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                "--format",
+                "v2s2",
+                "--dest-creds",
+                "alice:s3cret",
+            ])
+            .arg(src(&layout, "v1"))
+            .arg(format!("docker://{host}/lab/img:docker-v2s2")),
+    );
     let repo = tmp.path().join("repo");
     let r = repo.to_str().unwrap();
 
@@ -394,6 +409,22 @@ fn registry_tags_digests_wildcards_platforms_and_basic_auth() {
         "new\n"
     );
     assert!(!flat.join("etc/os").exists());
+    let s = with_creds(&["--repo", r, &format!("http://{host}/lab/img:docker-v2s2")]);
+    let m = std::fs::read(repo.join(format!(
+        ".metadata/{host}/lab/img:docker-v2s2/manifest.json"
+    )))
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&m)
+            .contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "not a Docker schema 2 manifest"
+    );
+    assert_eq!(s["images"][0]["status"], "converted");
+    let flat2 = repo.join(format!("{host}/lab/img:docker-v2s2"));
+    assert_eq!(
+        std::fs::read_to_string(flat2.join("etc/new")).unwrap(),
+        "new\n"
+    );
 
     // By digest: the link is named by the digest, the layers are reused.
     let (mbytes, _) = manifest_of_layout(&layout, "v1");
@@ -1048,4 +1079,40 @@ fn registry_with_token_auth() {
         e.contains(&format!("127.0.0.1:{}/token", tokens.port)) && e.contains("401"),
         "{e}"
     );
+}
+
+/// Layers compressed with zstd, with gzip in two members, and not at all.
+#[test]
+fn every_layer_compression() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("l");
+    let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    make_layout_with(
+        &layout,
+        "t",
+        &[
+            (tar_bytes(&[TarEntry::File("zstd", b"z\n")]), Compress::Zstd),
+            (
+                tar_bytes(&[TarEntry::File("gz2", &big), TarEntry::File("after", b"a\n")]),
+                Compress::GzipTwoMembers,
+            ),
+            (
+                tar_bytes(&[TarEntry::File("plain", b"p\n")]),
+                Compress::Plain,
+            ),
+        ],
+    );
+    let repo = tmp.path().join("repo");
+    let s = convert_ok(&[
+        "--repo",
+        repo.to_str().unwrap(),
+        &format!("oci:{}:t", layout.display()),
+    ]);
+    assert_eq!(s["layers_fetched"], 3);
+    let flat = repo.join("localhost/l:t");
+    assert_eq!(std::fs::read_to_string(flat.join("zstd")).unwrap(), "z\n");
+    assert_eq!(std::fs::read(flat.join("gz2")).unwrap(), big);
+    assert_eq!(std::fs::read_to_string(flat.join("after")).unwrap(), "a\n");
+    assert_eq!(std::fs::read_to_string(flat.join("plain")).unwrap(), "p\n");
 }

@@ -97,17 +97,47 @@ fn put_blob(dir: &Path, bytes: &[u8]) -> String {
 /// An OCI layout `dir` with one image tagged `tag` whose layers (bottom first) are the given
 /// uncompressed tars, stored gzip-compressed. Returns the layer digests (compressed).
 pub fn make_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Vec<String> {
+    let with: Vec<(Vec<u8>, Compress)> =
+        layers.iter().map(|l| (l.clone(), Compress::Gzip)).collect();
+    make_layout_with(dir, tag, &with)
+}
+
+/// How a crafted layer is stored.
+#[derive(Clone, Copy)]
+pub enum Compress {
+    Gzip,
+    /// Two gzip members, as parallel compressors (pigz) write.
+    GzipTwoMembers,
+    Zstd,
+    Plain,
+}
+
+pub fn make_layout_with(dir: &Path, tag: &str, layers: &[(Vec<u8>, Compress)]) -> Vec<String> {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let mut descs = Vec::new();
     let mut digests = Vec::new();
     let mut diff_ids = Vec::new();
-    for l in layers {
-        let gz = gzip(l);
+    for (l, how) in layers {
+        let (gz, media) = match how {
+            Compress::Gzip => (gzip(l), "application/vnd.oci.image.layer.v1.tar+gzip"),
+            Compress::GzipTwoMembers => {
+                let (a, b) = l.split_at(l.len() / 2);
+                (
+                    [gzip(a), gzip(b)].concat(),
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                )
+            }
+            Compress::Zstd => (
+                zstd::encode_all(&l[..], 3).unwrap(),
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
+            Compress::Plain => (l.clone(), "application/vnd.oci.image.layer.v1.tar"),
+        };
         let d = put_blob(dir, &gz);
         diff_ids.push(format!("sha256:{}", sha256_hex(l)));
         descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "mediaType": media,
             "digest": d, "size": gz.len()
         }));
         digests.push(d);
