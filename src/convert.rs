@@ -536,17 +536,9 @@ fn write_thin(t: &ThinOutput, src: &Source, r: &Resolved) -> Result<(), ConvertE
         .to_string();
     let thin = crate::thin::Thin::of(&origin, &t.cvmfs_repo, &r.manifest);
     std::fs::create_dir_all(&t.dir).map_err(|e| ConvertError::io(&t.dir, e))?;
-    let file_name: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let file = t.dir.join(format!("{file_name}.tar"));
+    let file = t
+        .dir
+        .join(format!("{}.tar", crate::reference::sanitize(&name, '_')));
     crate::thin::write_archive(&file, &name, &thin)?;
     info!(thin = %file.display(), name, "thin image written");
     Ok(())

@@ -234,6 +234,19 @@ impl fmt::Display for ImageName {
     }
 }
 
+/// `s` with every character outside `[A-Za-z0-9._-]` replaced: a safe file or repository name.
+pub fn sanitize(s: &str, replacement: char) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                replacement
+            }
+        })
+        .collect()
+}
+
 /// `*` matches any run of characters, everything else itself.
 fn wildcard_match(pattern: &str, s: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();

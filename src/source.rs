@@ -69,16 +69,7 @@ fn local_name(path: &Path, tag: Option<&str>) -> ImageName {
         .file_stem()
         .map(|s| s.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    let repo: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let repo = crate::reference::sanitize(&stem, '-');
     let repo = repo.trim_matches(|c| "._-".contains(c)).to_string();
     ImageName {
         plain_http: false,

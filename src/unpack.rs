@@ -374,13 +374,7 @@ fn write_entry<R: Read>(
                 .ok_or_else(|| EntryError::Unsafe("symlink without a target".into()))?;
             rustix::fs::symlinkat(cstr(&target)?, &dir, &cn)?;
             if t.privileged {
-                rustix::fs::chownat(
-                    &dir,
-                    &cn,
-                    Some(rustix::fs::Uid::from_raw(meta.uid)),
-                    Some(rustix::fs::Gid::from_raw(meta.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?;
+                chown_at(&dir, &cn, &meta)?;
             }
             rustix::fs::utimensat(&dir, &cn, &times(&meta), AtFlags::SYMLINK_NOFOLLOW)?;
         }
@@ -444,13 +438,7 @@ fn write_entry<R: Read>(
             if ifmt == libc::S_IFIFO || t.privileged {
                 rustix::fs::mknodat(&dir, &cn, ft, Mode::from_raw_mode(0o600), rdev)?;
                 if t.privileged {
-                    rustix::fs::chownat(
-                        &dir,
-                        &cn,
-                        Some(rustix::fs::Uid::from_raw(meta.uid)),
-                        Some(rustix::fs::Gid::from_raw(meta.gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )?;
+                    chown_at(&dir, &cn, &meta)?;
                 } else if meta.uid != own_uid() || meta.gid != own_gid() {
                     // user.* xattrs cannot be set on a fifo: the owner is lost.
                     warn!(image = t.image, layer = t.layer, entry = %String::from_utf8_lossy(name),
@@ -496,6 +484,17 @@ fn write_entry<R: Read>(
         }
     }
     Ok(())
+}
+
+/// The entry's owner on `name` itself (never a symlink's target).
+fn chown_at(dir: &OwnedFd, name: &CString, m: &Meta) -> io::Result<()> {
+    Ok(rustix::fs::chownat(
+        dir,
+        name,
+        Some(rustix::fs::Uid::from_raw(m.uid)),
+        Some(rustix::fs::Gid::from_raw(m.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
 fn times(m: &Meta) -> Timestamps {

@@ -296,15 +296,6 @@ impl Drop for StrataMountGuard {
     }
 }
 
-fn mount_type(p: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(4) == Some(&p.to_str().unwrap()))
-            .then(|| f[f.iter().position(|x| *x == "-").unwrap() + 1].to_string())
-    })
-}
-
 #[test]
 fn mounts_show_as_fuse_stratafs() {
     require_root();

@@ -26,82 +26,9 @@ const CHANGES: &str = "echo changed > /data/keep/a && rm /data/sub/f && echo hi 
                        mkdir /newdir && echo x > /newdir/x && rm -rf /data/replace && \
                        chmod 700 /etc/os-release && mv /data/keep /data/kept";
 
-/// A private podman store with the overlay driver and `mount_program`, run as root or as the
-/// test user (rootless).
-struct Store {
-    dir: PathBuf,
-    user: Option<&'static str>,
-}
+use common::podman::Store;
 
 impl Store {
-    fn new(dir: &Path, mount_program: &Path, user: Option<&'static str>) -> Store {
-        for t in ["podman", "runc", "busybox", "runuser"] {
-            require_tool(t);
-        }
-        std::fs::create_dir_all(dir.join("xdg")).unwrap();
-        std::fs::write(
-            dir.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/graph\"\nrunroot = \"{0}/run\"\n\
-                 [storage.options.overlay]\nmount_program = \"{1}\"\n",
-                dir.display(),
-                mount_program.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
-             netns = \"none\"\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-        )
-        .unwrap();
-        if let Some(u) = user {
-            run_ok(Command::new("chown").arg("-R").arg(u).arg(dir));
-            std::fs::set_permissions(
-                dir.join("xdg"),
-                std::os::unix::fs::PermissionsExt::from_mode(0o700),
-            )
-            .unwrap();
-        }
-        Store {
-            dir: dir.to_path_buf(),
-            user,
-        }
-    }
-
-    fn podman(&self, args: &[&str]) -> String {
-        let mut c = match self.user {
-            Some(u) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", u, "--", "env"])
-                    .arg(format!("HOME={}", self.dir.display()))
-                    .arg(format!(
-                        "XDG_RUNTIME_DIR={}",
-                        self.dir.join("xdg").display()
-                    ))
-                    .arg(format!(
-                        "CONTAINERS_STORAGE_CONF={}",
-                        self.dir.join("storage.conf").display()
-                    ))
-                    .arg(format!(
-                        "CONTAINERS_CONF={}",
-                        self.dir.join("containers.conf").display()
-                    ))
-                    .arg("podman");
-                c
-            }
-            None => {
-                let mut c = Command::new("podman");
-                c.env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
-                    .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
-                c
-            }
-        };
-        c.current_dir(&self.dir).args(args);
-        String::from_utf8(run_ok(&mut c).stdout).unwrap()
-    }
-
     fn import_base(&self) {
         let tar = busybox_base_tar(&self.dir);
         if let Some(u) = self.user {
@@ -226,11 +153,11 @@ fn rootful_podman_matches_fuse_overlayfs() {
     require_root();
     require_tool("fuse-overlayfs");
     let tmp = tempfile::tempdir().unwrap();
-    let ours = Store::new(&tmp.path().join("strata"), Path::new(BIN), None);
+    let ours = Store::new(&tmp.path().join("strata"), Path::new(BIN), None, None);
     let diff = exercise(&ours);
     // The same image read again after the other steps (see the ignored test below).
     check_built(&ours);
-    let theirs = Store::new(&tmp.path().join("fo"), &which("fuse-overlayfs"), None);
+    let theirs = Store::new(&tmp.path().join("fo"), &which("fuse-overlayfs"), None, None);
     let reference = exercise(&theirs);
     assert_eq!(
         diff, reference,
@@ -266,7 +193,12 @@ fn rootless_podman() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let ours = Store::new(&tmp.path().join("strata"), Path::new(BIN), Some(TEST_USER));
+    let ours = Store::new(
+        &tmp.path().join("strata"),
+        Path::new(BIN),
+        Some(TEST_USER),
+        None,
+    );
     let diff = exercise(&ours);
     assert_eq!(diff, expected_diff());
     ours.podman(&["rmi", "-a", "-f"]);
@@ -291,7 +223,7 @@ fn rootless_podman() {
 fn rootful_podman_build_then_run_at_once() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
-    let ours = Store::new(&tmp.path().join("strata"), Path::new(BIN), None);
+    let ours = Store::new(&tmp.path().join("strata"), Path::new(BIN), None, None);
     ours.import_base();
     ours.build("localhost/strata-built");
     check_built(&ours);

@@ -9,6 +9,7 @@ use std::process::Command;
 
 use common::image::busybox_base_tar;
 use common::layout::*;
+use common::podman::Store;
 use common::*;
 
 fn image(dir: &Path, tag: &str, word: &str) -> PathBuf {
@@ -24,84 +25,19 @@ fn image(dir: &Path, tag: &str, word: &str) -> PathBuf {
     layout
 }
 
-struct Podman {
-    dir: PathBuf,
-    user: Option<&'static str>,
-}
-
-impl Podman {
-    fn new(dir: &Path, store: &Path, user: Option<&'static str>) -> Podman {
-        for t in ["podman", "runc", "runuser"] {
-            require_tool(t);
-        }
-        std::fs::create_dir_all(dir.join("xdg")).unwrap();
-        std::fs::write(
-            dir.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/graph\"\nrunroot = \"{0}/run\"\n\
-                 rootless_storage_path = \"{0}/graph\"\n\
-                 [storage.options]\nadditionalimagestores = [\"{1}\"]\n\
-                 [storage.options.overlay]\nmount_program = \"{2}\"\n",
-                dir.display(),
-                store.display(),
-                BIN
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
-             netns = \"none\"\n\
-             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-        )
-        .unwrap();
-        if let Some(u) = user {
-            run_ok(Command::new("chown").arg("-R").arg(u).arg(dir));
-            std::fs::set_permissions(
-                dir.join("xdg"),
-                std::os::unix::fs::PermissionsExt::from_mode(0o700),
-            )
-            .unwrap();
-        }
-        Podman {
-            dir: dir.to_path_buf(),
-            user,
-        }
-    }
-
-    fn podman(&self, args: &[&str]) -> String {
-        let mut c = match self.user {
-            Some(u) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", u, "--", "env"])
-                    .arg(format!("HOME={}", self.dir.display()))
-                    .arg(format!(
-                        "XDG_RUNTIME_DIR={}",
-                        self.dir.join("xdg").display()
-                    ))
-                    .arg("podman");
-                c
-            }
-            None => Command::new("podman"),
-        };
-        c.env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
-        if self.user.is_some() {
-            // runuser's env drops nothing we set on the Command, but say it explicitly.
-            c.env("HOME", &self.dir);
-        }
-        String::from_utf8_lossy(&run_ok(c.args(args)).stdout).into_owned()
-    }
-
-    fn graph_bytes(&self) -> u64 {
-        let out = run_ok(Command::new("du").args(["-sb"]).arg(self.dir.join("graph")));
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
+/// Bytes under podman's graphroot (rootless podman keeps it under HOME).
+fn graph_bytes(p: &Store) -> u64 {
+    let graph = match p.user {
+        Some(_) => p.dir.join(".local/share/containers/storage"),
+        None => p.dir.join("graph"),
+    };
+    let out = run_ok(Command::new("du").args(["-sb"]).arg(graph));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn convert(repo: &Path, layout: &Path, tag: &str, name: &str) {
@@ -115,7 +51,7 @@ fn convert(repo: &Path, layout: &Path, tag: &str, name: &str) {
     ]));
 }
 
-fn check(p: &Podman, repo: &Path) {
+fn check(p: &Store, repo: &Path) {
     let images = p.podman(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(images.contains("example.org/store/one:1"), "{images}");
     let out = p.podman(&[
@@ -142,7 +78,7 @@ fn check(p: &Podman, repo: &Path) {
         "echo one from the repository\n"
     );
     // Nothing of the image was copied into podman's storage.
-    let used = p.graph_bytes();
+    let used = graph_bytes(p);
     assert!(used < 4 << 20, "podman's graphroot holds {used} bytes");
 }
 
@@ -163,10 +99,20 @@ fn podman_runs_images_from_the_repository_store() {
         assert!(store.join(m).join(".cvmfscatalog").is_file(), "{m}");
     }
 
-    let rootful = Podman::new(&tmp.path().join("rootful"), &store, None);
+    let rootful = Store::new(
+        &tmp.path().join("rootful"),
+        Path::new(BIN),
+        None,
+        Some(&store),
+    );
     check(&rootful, &repo);
 
-    let rootless = Podman::new(&tmp.path().join("rootless"), &store, Some("stratafs-test"));
+    let rootless = Store::new(
+        &tmp.path().join("rootless"),
+        Path::new(BIN),
+        Some("stratafs-test"),
+        Some(&store),
+    );
     check(&rootless, &repo);
 
     // More images later: the store is rewritten in place and podman sees them.

@@ -246,15 +246,6 @@ fn unprivileged_user_runs_an_image_from_the_repository() {
     );
 }
 
-fn mount_type(p: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(4) == Some(&p.to_str().unwrap()))
-            .then(|| f[f.iter().position(|x| *x == "-").unwrap() + 1].to_string())
-    })
-}
-
 /// `--access-log`: the files a workload read, per layer, and `stratafs report` against the
 /// image's totals.
 #[test]

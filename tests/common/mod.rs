@@ -54,6 +54,16 @@ pub fn is_mountpoint(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
 }
 
+/// The filesystem type of the mount at `p` (`fuse.stratafs` …), if `p` is a mount point.
+pub fn mount_type(p: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&p.to_str().unwrap()))
+            .then(|| f[f.iter().position(|x| *x == "-").unwrap() + 1].to_string())
+    })
+}
+
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
@@ -290,6 +300,7 @@ pub fn assert_same_tree(ours: &BTreeMap<PathBuf, Entry>, oracle: &BTreeMap<PathB
 
 pub mod image;
 pub mod layout;
+pub mod podman;
 
 pub fn name(s: &str) -> &OsStr {
     OsStr::new(s)

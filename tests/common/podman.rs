@@ -1,0 +1,97 @@
+//! A private podman (overlay driver, a given `mount_program`, optionally an additional image
+//! store), run as root or as the test user (rootless, private XDG_RUNTIME_DIR and HOME).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::*;
+
+pub struct Store {
+    pub dir: PathBuf,
+    pub user: Option<&'static str>,
+}
+
+impl Store {
+    pub fn new(
+        dir: &Path,
+        mount_program: &Path,
+        user: Option<&'static str>,
+        additional_store: Option<&Path>,
+    ) -> Store {
+        for t in ["podman", "runc", "busybox", "runuser"] {
+            require_tool(t);
+        }
+        std::fs::create_dir_all(dir.join("xdg")).unwrap();
+        let extra = additional_store
+            .map(|s| {
+                format!(
+                    "[storage.options]\nadditionalimagestores = [\"{}\"]\n",
+                    s.display()
+                )
+            })
+            .unwrap_or_default();
+        std::fs::write(
+            dir.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/graph\"\nrunroot = \"{0}/run\"\n\
+                 {extra}\
+                 [storage.options.overlay]\nmount_program = \"{1}\"\n",
+                dir.display(),
+                mount_program.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("containers.conf"),
+            "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
+             netns = \"none\"\n\
+             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        if let Some(u) = user {
+            run_ok(Command::new("chown").arg("-R").arg(u).arg(dir));
+            std::fs::set_permissions(
+                dir.join("xdg"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .unwrap();
+        }
+        Store {
+            dir: dir.to_path_buf(),
+            user,
+        }
+    }
+
+    /// Run podman with `args`, expecting success; its stdout.
+    pub fn podman(&self, args: &[&str]) -> String {
+        let mut c = match self.user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--", "env"])
+                    .arg(format!("HOME={}", self.dir.display()))
+                    .arg(format!(
+                        "XDG_RUNTIME_DIR={}",
+                        self.dir.join("xdg").display()
+                    ))
+                    .arg(format!(
+                        "CONTAINERS_STORAGE_CONF={}",
+                        self.dir.join("storage.conf").display()
+                    ))
+                    .arg(format!(
+                        "CONTAINERS_CONF={}",
+                        self.dir.join("containers.conf").display()
+                    ))
+                    .arg("podman");
+                c
+            }
+            None => {
+                let mut c = Command::new("podman");
+                c.env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+                    .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
+                c
+            }
+        };
+        c.current_dir(&self.dir).args(args);
+        String::from_utf8(run_ok(&mut c).stdout).unwrap()
+    }
+}
