@@ -17,7 +17,7 @@ use ureq::http::Response;
 
 use crate::digest::Digest;
 use crate::error::ConvertError;
-use crate::image::{Descriptor, Fetched, MANIFEST_ACCEPT, Platform};
+use crate::image::{Descriptor, MANIFEST_ACCEPT, Platform};
 use crate::reference::ImageName;
 use crate::source::{ImageSource, Resolved};
 
@@ -213,31 +213,21 @@ impl Registry {
 
 impl ImageSource for Registry {
     fn resolve(&self, platform: &Platform) -> Result<Resolved, ConvertError> {
-        let image = self.name.to_string();
-        let mut reference = self.name.reference();
-        loop {
-            let (bytes, ct) = self.manifest(&reference)?;
-            let what = format!("{image} manifest {reference}");
-            match Fetched::parse(&what, ct.as_deref(), &bytes)? {
-                Fetched::Index(i) => reference = i.select(&image, platform)?.digest.to_string(),
-                Fetched::Image(m) => {
-                    let mut config_bytes = Vec::new();
-                    self.blob(&m.config)?
-                        .take(64 << 20)
-                        .read_to_end(&mut config_bytes)
-                        .map_err(|e| ConvertError::format(format!("{image} config"), e))?;
-                    m.config
-                        .digest
-                        .verify(&format!("{image} config"), &config_bytes)?;
-                    return Ok(Resolved {
-                        name: self.name.clone(),
-                        manifest_bytes: bytes,
-                        manifest: m,
-                        config_bytes,
-                    });
-                }
-            }
-        }
+        crate::source::resolve_with(
+            &self.name,
+            platform,
+            self.name.reference(),
+            None,
+            |reference, _| self.manifest(reference),
+            |config| {
+                let mut bytes = Vec::new();
+                self.blob(config)?
+                    .take(64 << 20)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| ConvertError::format(format!("{} config", self.name), e))?;
+                Ok(bytes)
+            },
+        )
     }
 
     fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ConvertError> {

@@ -182,15 +182,6 @@ struct OciLayout {
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-impl OciLayout {
-    fn blob_bytes(&self, d: &Descriptor) -> Result<Vec<u8>, ConvertError> {
-        let b = self.files.read(&blob_path(&d.digest))?;
-        d.digest
-            .verify(&format!("{} blob {}", self.what, d.digest), &b)?;
-        Ok(b)
-    }
-}
-
 fn blob_path(d: &Digest) -> String {
     format!("blobs/sha256/{}", d.hex())
 }
@@ -218,31 +209,60 @@ impl ImageSource for OciLayout {
                 ));
             }
         };
-        let mut desc = top.clone();
-        let image = self.name.to_string();
-        loop {
-            let bytes = self.blob_bytes(&desc)?;
-            match Fetched::parse(
-                &format!("{} manifest {}", self.what, desc.digest),
-                Some(&desc.media_type),
-                &bytes,
-            )? {
-                Fetched::Index(i) => desc = i.select(&image, platform)?.clone(),
-                Fetched::Image(m) => {
-                    let config_bytes = self.blob_bytes(&m.config)?;
-                    return Ok(Resolved {
-                        name: self.name.clone(),
-                        manifest_bytes: bytes,
-                        manifest: m,
-                        config_bytes,
-                    });
-                }
-            }
-        }
+        resolve_with(
+            &self.name,
+            platform,
+            top.digest.to_string(),
+            Some(top.media_type.clone()),
+            |reference, media_type| {
+                let d = Digest::parse(reference)?;
+                let bytes = self.files.read(&blob_path(&d))?;
+                d.verify(&format!("{} manifest {d}", self.what), &bytes)?;
+                Ok((bytes, media_type.map(str::to_string)))
+            },
+            |config| self.files.read(&blob_path(&config.digest)),
+        )
     }
 
     fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ConvertError> {
         self.files.open(&blob_path(&d.digest))
+    }
+}
+
+/// Follow indexes down to the manifest for `platform`, then fetch the config; both verified.
+/// `manifest(reference, media type if known)` fetches one manifest document and checks it
+/// against the reference when that is a digest; `config` fetches the config blob.
+pub(crate) fn resolve_with(
+    name: &ImageName,
+    platform: &Platform,
+    mut reference: String,
+    mut media_type: Option<String>,
+    manifest: impl Fn(&str, Option<&str>) -> Result<(Vec<u8>, Option<String>), ConvertError>,
+    config: impl Fn(&Descriptor) -> Result<Vec<u8>, ConvertError>,
+) -> Result<Resolved, ConvertError> {
+    let image = name.to_string();
+    loop {
+        let (bytes, ct) = manifest(&reference, media_type.as_deref())?;
+        let what = format!("{image} manifest {reference}");
+        match Fetched::parse(&what, ct.as_deref(), &bytes)? {
+            Fetched::Index(i) => {
+                let d = i.select(&image, platform)?;
+                reference = d.digest.to_string();
+                media_type = Some(d.media_type.clone());
+            }
+            Fetched::Image(m) => {
+                let config_bytes = config(&m.config)?;
+                m.config
+                    .digest
+                    .verify(&format!("{image} config"), &config_bytes)?;
+                return Ok(Resolved {
+                    name: name.clone(),
+                    manifest_bytes: bytes,
+                    manifest: m,
+                    config_bytes,
+                });
+            }
+        }
     }
 }
 
