@@ -147,8 +147,18 @@ fn convert_one(
         }
     }
     let old = repo.manifest_of(&r.name);
+    // The same image, whoever wrote its manifest (DUCC re-serialises it with other keys).
+    let same_image = old.as_deref().is_some_and(|o| {
+        serde_json::from_slice::<crate::image::Manifest>(o).is_ok_and(|m| {
+            m.config.digest == *cfg
+                && m.layers
+                    .iter()
+                    .map(|l| &l.digest)
+                    .eq(layers.iter().map(|l| &l.digest))
+        })
+    });
     let complete = repo.has_flat(cfg) && layers.iter().all(|l| repo.has_layer(&l.digest));
-    if old.as_deref() == Some(&r.manifest_bytes[..]) && complete {
+    if same_image && complete {
         repo.link(&r.name, cfg)?;
         if repo.config_of(&r.name.metadata_path()).is_none() {
             repo.write_config(&r.name, &r.config_bytes)?;
@@ -229,7 +239,7 @@ fn convert_one(
         repo.add_origin(&l.digest, cfg)?;
     }
     let status = match &old {
-        Some(o) if o.as_slice() != r.manifest_bytes.as_slice() => {
+        Some(o) if !same_image => {
             repo.schedule_removal(&r.name, o)?;
             "updated"
         }

@@ -193,6 +193,19 @@ fn reads_manifests_written_by_ducc() {
     );
     let out = run_ok(Command::new(BIN).args(["images", "--repo", repo.to_str().unwrap()]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("reg.io/ducc/img:1"));
+    // Converting the same image again finds it done, though DUCC wrote the manifest.
+    let out = run_ok(Command::new(BIN).args([
+        "convert",
+        "--json",
+        "--repo",
+        repo.to_str().unwrap(),
+        &format!("oci:{}:v1", layout.display()),
+        "--name",
+        "reg.io/ducc/img:1",
+    ]));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["images"][0]["status"], "up to date");
+    assert!(!repo.join(".metadata/remove-schedule.json").exists());
 }
 
 /// The HPC node: no root anywhere. An ordinary user converts, mounts the image by name with
