@@ -457,18 +457,7 @@ fn write_entry<R: Read>(
                         | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
-                let o = Override {
-                    uid: meta.uid,
-                    gid: meta.gid,
-                    perm: meta.mode,
-                    kind: Some((ifmt, rdev)),
-                };
-                rustix::fs::fsetxattr(
-                    &fd,
-                    OVERRIDE_XATTR,
-                    o.format().as_bytes(),
-                    rustix::fs::XattrFlags::empty(),
-                )?;
+                set_override(&fd, &meta, ifmt, rdev)?;
             }
             rustix::fs::chmodat(&dir, &cn, Mode::from_raw_mode(meta.mode), AtFlags::empty())?;
             rustix::fs::utimensat(&dir, &cn, &times(&meta), AtFlags::SYMLINK_NOFOLLOW)?;
@@ -512,6 +501,22 @@ fn own_gid() -> u32 {
     rustix::process::getegid().as_raw()
 }
 
+/// Record what could not be applied (owner, mode, type) in the override xattr.
+fn set_override(fd: impl AsFd, meta: &Meta, ifmt: u32, rdev: u64) -> io::Result<()> {
+    let o = Override {
+        uid: meta.uid,
+        gid: meta.gid,
+        perm: meta.mode,
+        kind: Some((ifmt, rdev)),
+    };
+    Ok(rustix::fs::fsetxattr(
+        fd,
+        OVERRIDE_XATTR,
+        o.format().as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )?)
+}
+
 /// Owner and xattrs on an open file or directory. Unprivileged, an owner other than our own
 /// goes into the override xattr, and xattrs outside `user.` are dropped with a warning.
 fn set_owner_xattrs(
@@ -529,18 +534,7 @@ fn set_owner_xattrs(
             Some(rustix::fs::Gid::from_raw(meta.gid)),
         )?;
     } else if meta.uid != own_uid() || meta.gid != own_gid() {
-        let o = Override {
-            uid: meta.uid,
-            gid: meta.gid,
-            perm: meta.mode,
-            kind: Some((ifmt, rdev)),
-        };
-        rustix::fs::fsetxattr(
-            fd,
-            OVERRIDE_XATTR,
-            o.format().as_bytes(),
-            rustix::fs::XattrFlags::empty(),
-        )?;
+        set_override(fd, meta, ifmt, rdev)?;
     }
     for (name, value) in &meta.xattrs {
         if forbidden_xattr(name) {
