@@ -251,6 +251,12 @@ impl Overlay {
         let opaque =
             matches!(what, NewEntry::Dir) && (whited || self.whiteout_below(&dir, name)?);
         let (uid, gid, sgid) = self.new_owner(caller, &dir)?;
+        if matches!(what, NewEntry::File) && !whited {
+            if let Some(fd) = self.create_file_in_place(&pdir, name, mode & 0o7777, uid, gid)? {
+                let node = self.entered(&dir, name)?;
+                return Ok((node, Some(fd)));
+            }
+        }
         let work = upper.work();
         let tmp = upper.temp();
         let mut perm = mode & 0o7777;
@@ -341,11 +347,72 @@ impl Overlay {
         Ok((node, file))
     }
 
-    /// Set the owner of `dir/name` (no-follow); with `soft` refusal is tolerated.
+    /// A new regular file made whole before it has a name: an unnamed inode (O_TMPFILE) in
+    /// the upper directory itself gets its owner, mode and override xattr, then is linked in.
+    /// A crash before the link leaves nothing; no work-dir round trip, and the inode is
+    /// allocated near its directory as on a plain create (creating every file in W made ext4
+    /// search one block group's recently freed inodes: half the daemon's CPU in an untar).
+    /// `None`: the filesystem has no O_TMPFILE (or no /proc); the caller takes the W path.
+    fn create_file_in_place(
+        &self,
+        pdir: &OwnedFd,
+        name: &[u8],
+        perm: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> io::Result<Option<OwnedFd>> {
+        let fd = match rustix::fs::openat(
+            pdir,
+            c".",
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let override_x = self.ids.override_xattr;
+        self.set_owner_at(&fd, c"", uid, gid, override_x.is_some())?;
+        let disk_perm = match override_x {
+            Some(x) => {
+                let o = Override {
+                    uid: uid.unwrap_or(0),
+                    gid: gid.unwrap_or(0),
+                    perm,
+                    kind: None,
+                };
+                rustix::fs::fsetxattr(
+                    &fd,
+                    x.name(),
+                    o.format().as_bytes(),
+                    rustix::fs::XattrFlags::empty(),
+                )?;
+                perm | 0o600
+            }
+            None => perm,
+        };
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(disk_perm))?;
+        // linkat(AT_EMPTY_PATH) wants CAP_DAC_READ_SEARCH; the /proc form works for anyone.
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        match rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc.as_str(),
+            pdir,
+            cname(name)?.as_c_str(),
+            AtFlags::SYMLINK_FOLLOW,
+        ) {
+            Ok(()) => Ok(Some(fd)),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Set the owner of `dir/name` (no-follow; `name` empty: `dir` itself); with `soft`
+    /// refusal is tolerated.
     fn set_owner_at(
         &self,
         dir: &OwnedFd,
-        name: &CString,
+        name: &std::ffi::CStr,
         uid: Option<u32>,
         gid: Option<u32>,
         soft: bool,
@@ -354,12 +421,17 @@ impl Overlay {
             return Ok(());
         }
         let me = rustix::process::geteuid().as_raw();
+        let flags = if name.is_empty() {
+            AtFlags::EMPTY_PATH
+        } else {
+            AtFlags::SYMLINK_NOFOLLOW
+        };
         match rustix::fs::chownat(
             dir,
             name,
             uid.map(Uid::from_raw),
             gid.map(Gid::from_raw),
-            AtFlags::SYMLINK_NOFOLLOW,
+            flags,
         ) {
             Ok(()) => Ok(()),
             // An ordinary user's mount: what it creates is its own, as on any filesystem.
