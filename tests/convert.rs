@@ -1116,3 +1116,31 @@ fn every_layer_compression() {
     assert_eq!(std::fs::read_to_string(flat.join("after")).unwrap(), "a\n");
     assert_eq!(std::fs::read_to_string(flat.join("plain")).unwrap(), "p\n");
 }
+
+/// On a terminal each layer gets a progress bar (run under `script`, which gives a pty).
+#[test]
+fn progress_bars_on_a_terminal() {
+    require_root();
+    require_tool("script");
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("l");
+    let d = make_layout(
+        &layout,
+        "t",
+        &[tar_bytes(&[TarEntry::File("f", &[1u8; 100_000])])],
+    );
+    let repo = tmp.path().join("repo");
+    let cmd = format!(
+        "{BIN} convert --repo {} oci:{}:t",
+        repo.display(),
+        layout.display()
+    );
+    let out = run_ok(Command::new("script").args(["-q", "-e", "-c", &cmd, "/dev/null"]));
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    let bar = format!("{} [", &d[0][7..19]);
+    assert!(
+        shown.contains(&bar),
+        "no progress bar for the layer:\n{shown}"
+    );
+    assert!(repo.join("localhost/l:t").exists());
+}
