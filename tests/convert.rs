@@ -78,25 +78,10 @@ fn normalize(
         s.retain(|p, _| r.contains_key(p) || !SCAFFOLD.iter().any(|x| p.starts_with(x)));
     }
     s.remove(&PathBuf::from(".cvmfscatalog"));
-    if let Some(root) = s.get_mut(&PathBuf::new()) {
-        root.mtime = (0, 0);
-    }
-    let mut first: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut n = 0;
     for e in s.values_mut() {
         e.nlink = 0;
-        if e.kind == "dir" {
-            e.size = 0;
-        }
-        if let Some(ino) = e.ino {
-            let id = *first.entry(ino).or_insert_with(|| {
-                n += 1;
-                n
-            });
-            e.ino = Some(id);
-        }
     }
-    s
+    image_tree(s)
 }
 
 fn assert_flat_equals_umoci(flat: &Path, layout_ref: &str, scratch: &Path) {

@@ -196,17 +196,22 @@ fn daemon_mode_returns_once_live_and_exits_on_umount() {
     drop(m);
 }
 
+/// mount.fuse3 runs "stratafs SOURCE MOUNTPOINT -o OPTS" through the PATH: a PATH that
+/// starts with a directory holding the binary under test as `stratafs`.
+fn path_with_stratafs(dir: &Path) -> String {
+    let bindir = dir.join("bin");
+    std::fs::create_dir(&bindir).unwrap();
+    std::os::unix::fs::symlink(BIN, bindir.join("stratafs")).unwrap();
+    format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap())
+}
+
 #[test]
 fn mount_fuse3_form_and_mountpoint_as_last_lowerdir() {
     require_root();
     require_tool("mount.fuse3");
     let tmp = tempfile::tempdir().unwrap();
     let layers = two_layers(tmp.path());
-    // mount.fuse3 runs "stratafs SOURCE MOUNTPOINT -o OPTS" through the PATH.
-    let bindir = tmp.path().join("bin");
-    std::fs::create_dir(&bindir).unwrap();
-    std::os::unix::fs::symlink(BIN, bindir.join("stratafs")).unwrap();
-    let path = format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap());
+    let path = path_with_stratafs(tmp.path());
     // apptainer style: mount over the bottom layer itself.
     let mnt = layers[1].clone();
     run_ok(
@@ -240,10 +245,7 @@ fn mount_fuse3_form_with_an_upper_layer() {
     require_tool("mount.fuse3");
     let tmp = tempfile::tempdir().unwrap();
     let layers = two_layers(tmp.path());
-    let bindir = tmp.path().join("bin");
-    std::fs::create_dir(&bindir).unwrap();
-    std::os::unix::fs::symlink(BIN, bindir.join("stratafs")).unwrap();
-    let path = format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap());
+    let path = path_with_stratafs(tmp.path());
     let (upper, work, mnt) = (
         tmp.path().join("upper"),
         tmp.path().join("work"),

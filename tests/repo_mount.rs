@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -42,6 +43,20 @@ fn convert(repo: &Path, layout: &Path, name: &str) {
         "--name",
         name,
     ]));
+}
+
+/// `stratafs mount --repo REPO EXTRA... IMAGE MNT`; unmounted when the guard goes.
+fn mount_image(repo: &Path, extra: &[&OsStr], image: &str, mnt: &Path) -> Unmount {
+    run_ok(
+        Command::new(BIN)
+            .arg("mount")
+            .arg("--repo")
+            .arg(repo)
+            .args(extra)
+            .arg(image)
+            .arg(mnt),
+    );
+    Unmount(mnt.to_path_buf())
 }
 
 struct Unmount(PathBuf);
@@ -94,17 +109,7 @@ fn mount_by_name_equals_the_flat_root() {
 
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    run_ok(
-        Command::new(BIN)
-            .args([
-                "mount",
-                "--repo",
-                repo.to_str().unwrap(),
-                "example.org/hpc/app:v1",
-            ])
-            .arg(&mnt),
-    );
-    let guard = Unmount(mnt.clone());
+    let guard = mount_image(&repo, &[], "example.org/hpc/app:v1", &mnt);
     assert_eq!(mount_type(&mnt).as_deref(), Some("fuse.stratafs"));
     let flat = repo.join("example.org/hpc/app:v1");
     let mut ours = without_scaffold(snapshot(&mnt));
@@ -127,16 +132,17 @@ fn mount_by_name_equals_the_flat_root() {
     let (upper, work) = (tmp.path().join("upper"), tmp.path().join("work"));
     std::fs::create_dir_all(&upper).unwrap();
     std::fs::create_dir_all(&work).unwrap();
-    run_ok(
-        Command::new(BIN)
-            .args(["mount", "--repo", repo.to_str().unwrap(), "--upper"])
-            .arg(&upper)
-            .arg("--work")
-            .arg(&work)
-            .arg(format!("sha256:{prefix}"))
-            .arg(&mnt),
+    let guard = mount_image(
+        &repo,
+        &[
+            OsStr::new("--upper"),
+            upper.as_os_str(),
+            OsStr::new("--work"),
+            work.as_os_str(),
+        ],
+        &format!("sha256:{prefix}"),
+        &mnt,
     );
-    let guard = Unmount(mnt.clone());
     std::fs::write(mnt.join("tmp/new"), "written").unwrap();
     drop(guard);
     wait_until("unmount", || !is_mountpoint(&mnt));
@@ -176,17 +182,7 @@ fn reads_manifests_written_by_ducc() {
     std::fs::write(&mpath, serde_json::to_vec(&ducc).unwrap()).unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    run_ok(
-        Command::new(BIN)
-            .args([
-                "mount",
-                "--repo",
-                repo.to_str().unwrap(),
-                "reg.io/ducc/img:1",
-            ])
-            .arg(&mnt),
-    );
-    let _g = Unmount(mnt.clone());
+    let _g = mount_image(&repo, &[], "reg.io/ducc/img:1", &mnt);
     assert_eq!(
         std::fs::read_to_string(mnt.join("tmp/fresh")).unwrap(),
         "fresh\n"
@@ -271,14 +267,12 @@ fn access_log_and_report() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let log = tmp.path().join("access.log");
-    run_ok(
-        Command::new(BIN)
-            .args(["mount", "--repo", repo.to_str().unwrap(), "--access-log"])
-            .arg(&log)
-            .arg("example.org/hpc/app:v1")
-            .arg(&mnt),
+    let guard = mount_image(
+        &repo,
+        &[OsStr::new("--access-log"), log.as_os_str()],
+        "example.org/hpc/app:v1",
+        &mnt,
     );
-    let guard = Unmount(mnt.clone());
     let out = run_ok(
         Command::new("chroot")
             .arg(&mnt)

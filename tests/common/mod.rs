@@ -298,6 +298,27 @@ pub fn assert_same_tree(ours: &BTreeMap<PathBuf, Entry>, oracle: &BTreeMap<PathB
     );
 }
 
+/// An unpacked image's tree as comparable: the root's mtime left out (layer tars made by
+/// podman carry no root entry, so it is the extraction time), directories without the fields
+/// merging changes (link count, size), hard links as groups (numbered by first path).
+pub fn image_tree(mut s: BTreeMap<PathBuf, Entry>) -> BTreeMap<PathBuf, Entry> {
+    if let Some(root) = s.get_mut(&PathBuf::new()) {
+        root.mtime = (0, 0);
+    }
+    let mut first: BTreeMap<u64, u64> = BTreeMap::new();
+    for e in s.values_mut() {
+        if e.kind == "dir" {
+            e.nlink = 0;
+            e.size = 0;
+        }
+        if let Some(ino) = e.ino {
+            let next = first.len() as u64 + 1;
+            e.ino = Some(*first.entry(ino).or_insert(next));
+        }
+    }
+    s
+}
+
 pub mod image;
 pub mod layout;
 pub mod podman;
