@@ -215,7 +215,7 @@ fn rootless_podman() {
 /// fresh store showed a file the build's last RUN step had deleted (`/data/replace/old`, hidden
 /// by a `.wh.old` in the new layer), and `podman diff` of the image missed its deletion; the
 /// same image read a few seconds later is correct. Seen in an earlier session; on 2026-11-23
-/// it passed 17 times out of 17 (release and debug builds, the old and the new binary, with
+/// it passed 21 times out of 21 (release and debug builds, the old and the new binary, with
 /// both CPUs loaded), so the cause is still unknown and the test stays opt-in
 /// (`cargo test --test podman -- --ignored`).
 #[test]
