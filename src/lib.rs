@@ -1,38 +1,22 @@
 //! stratafs: present a stack of unpacked container image layers as one merged tree, lazily,
-//! with an optional writable layer on top.
+//! with an optional writable layer on top; and convert images into the repository layout
+//! that CernVM-FS publishes.
 //!
-//! The overlay core ([`overlay`], [`inode`], [`layer`], [`whiteout`], [`dir`], and for the
-//! writable layer [`upper`], [`copyup`], [`write`], [`idmap`]) is plain Rust and knows nothing
-//! of FUSE; [`fuse`] is the thin adapter that maps kernel requests onto it.
+//! The crate has four parts with one-way dependencies (a test keeps them so):
+//!
+//! | module | what | may use |
+//! |---|---|---|
+//! | [`confined`] | descriptor-relative, symlink-free filesystem helpers | — |
+//! | [`stack`] | the on-disk layer-stack contract: layers, whiteouts, override xattr, resolution | `confined` |
+//! | [`overlay`] | the FUSE-free merged filesystem core: inodes, listings, writes, copy-up | `stack`, `confined` |
+//! | [`mount`] | front ends: the fuser adapter, mount options and plan, daemon, access log | `overlay`, `stack`, `confined` |
+//! | [`image`] (feature `image`) | references, registries, unpacking, flat roots, the repository | `stack`, `confined` |
+//! | [`cli`] | the command line over all of them | everything |
 
 pub mod cli;
-pub mod copyup;
-pub mod daemon;
-pub mod dir;
-pub mod error;
-pub mod fuse;
-pub mod idmap;
-pub mod inode;
-pub mod layer;
-pub mod options;
-pub mod overlay;
-pub mod upper;
-pub mod whiteout;
-pub mod write;
-
-pub use error::Error;
-pub mod access;
-pub mod commands;
-pub mod convert;
-pub mod digest;
-pub mod flat;
+pub mod confined;
+#[cfg(feature = "image")]
 pub mod image;
-pub mod podman_store;
-pub mod recipe;
-pub mod reference;
-pub mod registry;
-pub mod repo;
-pub mod report;
-pub mod source;
-pub mod thin;
-pub mod unpack;
+pub mod mount;
+pub mod overlay;
+pub mod stack;

@@ -14,9 +14,9 @@ fn render(cmd: clap::Command) -> Vec<u8> {
 fn pages() -> Vec<(String, Vec<u8>)> {
     let mut pages = vec![(
         "stratafs.1".to_string(),
-        render(stratafs::cli::Cli::command()),
+        render(stratafs::cli::mount::Cli::command()),
     )];
-    let top = stratafs::commands::Commands::command();
+    let top = stratafs::cli::commands::Commands::command();
     for sub in top.get_subcommands() {
         let name: &'static str = Box::leak(format!("stratafs-{}", sub.get_name()).into_boxed_str());
         let cmd = sub

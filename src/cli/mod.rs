@@ -1,0 +1,78 @@
+//! The command line: the fuse-overlayfs-compatible mount form ([`mount`]) and the
+//! subcommands ([`commands`]). The one place that sees both halves of the crate.
+
+#[cfg(feature = "image")]
+pub mod commands;
+pub mod mount;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Subcommand names: anything else is the mount form.
+pub const SUBCOMMANDS: &[&str] = &["convert", "gc", "images", "mount", "report"];
+
+fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("STRATAFS_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// The program: parse, run, and turn any error into one line on stderr. Returns the exit
+/// status.
+pub fn main() -> i32 {
+    let first = std::env::args().nth(1).unwrap_or_default();
+    if SUBCOMMANDS.contains(&first.as_str()) {
+        return subcommand(&first);
+    }
+    let cli = mount::Cli::parse();
+    // fuser warns when it retries an unmount the kernel already did: keep that out.
+    init_logging(if cli.debug {
+        "debug"
+    } else {
+        "warn,fuser=error"
+    });
+    match mount::run_mount(&cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("stratafs: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(feature = "image")]
+fn subcommand(_name: &str) -> i32 {
+    let c = commands::Commands::parse();
+    init_logging("info,fuser=error");
+    match commands::run(c) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("stratafs: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(not(feature = "image"))]
+fn subcommand(name: &str) -> i32 {
+    eprintln!("stratafs: {name}: this build has no image side (built without feature 'image')");
+    2
+}
+
+/// What the command line reports: one line naming the culprit.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The arguments do not make a command.
+    #[error("usage: {0}")]
+    Usage(String),
+    #[cfg(feature = "image")]
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
+    #[error(transparent)]
+    Mount(#[from] crate::mount::Error),
+}

@@ -1,0 +1,53 @@
+//! The command line: the fuse-overlayfs compatible mount form. Errors come back as one line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::mount::Error;
+use crate::mount::options::MountOptions;
+use crate::mount::plan::MountPlan;
+
+/// Mount a stack of layer directories as one merged tree, lazily; writable with an upper layer.
+///
+/// Forms accepted (as podman, fuse-overlayfs users and mount.fuse3 pass them):
+///   stratafs -o lowerdir=TOP:...:BOTTOM MOUNTPOINT
+///   stratafs -o lowerdir=...,upperdir=U,workdir=W MOUNTPOINT
+///   stratafs SOURCE MOUNTPOINT -o lowerdir=...
+#[derive(Debug, Parser)]
+#[command(name = "stratafs", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// Mount options, comma-separated; may be given several times. lowerdir=TOP:...:BOTTOM
+    /// (`\:` is a literal colon), upperdir=U, workdir=W (same filesystem as U), fsync=0,
+    /// volatile, uidmapping=:C:H:N[:C:H:N...], gidmapping=..., squash_to_uid=N,
+    /// squash_to_gid=N, squash_to_root, xattr_permissions=0|1|2, allow_other, allow_root,
+    /// fsname=NAME, passthrough[=on|off] (read-only mounts), threads=N, context="..." (accepted),
+    /// and the kernel flags ro, rw, dev, nodev, suid, nosuid, exec, noexec. Unknown options are
+    /// warned about and ignored.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    pub foreground: bool,
+    /// Debug logging to stderr; implies -f.
+    #[arg(short = 'd')]
+    pub debug: bool,
+    /// [SOURCE] MOUNTPOINT
+    #[arg(value_name = "MOUNTPOINT", num_args = 1..=2, required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Run the mount form. Returns only in the foreground or on error.
+pub fn run_mount(cli: &Cli) -> Result<(), Error> {
+    let opts = MountOptions::parse(&cli.options)?;
+    let mountpoint = cli.paths.last().expect("clap requires one path").clone();
+    let source = if cli.paths.len() == 2 {
+        cli.paths[0].to_string_lossy().into_owned()
+    } else {
+        "stratafs".to_string()
+    };
+    let plan = MountPlan::new(opts, None, mountpoint)?
+        .with_source(source)
+        .foreground(cli.foreground || cli.debug);
+    crate::mount::run::run(&plan)
+}

@@ -1,0 +1,556 @@
+//! `stratafs convert`: images into the repository layout. Per image: resolve the manifest,
+//! fetch and unpack the missing layers in parallel (bounded, one streamed pass each), put them
+//! in place bottom to top, build the flat root, then the public link, and the manifest last.
+
+use std::collections::HashSet;
+use std::io::{self, IsTerminal, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tracing::info;
+
+use crate::image::Error as ConvertError;
+use crate::image::flat::FlatBuilder;
+use crate::image::manifest::{Descriptor, ImageConfig, Platform};
+use crate::image::reference::{ImageName, Source};
+use crate::image::registry::Registry;
+use crate::image::repo::{LayerInfo, Repo, touch};
+use crate::image::source::{self, ImageSource, Resolved};
+use crate::image::unpack::{self, Target, Unpacked};
+
+pub struct Options {
+    pub platform: Platform,
+    /// Layers fetched and unpacked at once.
+    pub jobs: usize,
+    /// Name for a single local image (instead of `localhost/<file name>:<tag>`).
+    pub name: Option<ImageName>,
+    /// Compute the disk use of each image for the summary.
+    pub measure_disk: bool,
+    /// Also write a thin image per image.
+    pub thin: Option<ThinOutput>,
+}
+
+/// Where thin images go and how they are named.
+pub struct ThinOutput {
+    pub dir: PathBuf,
+    /// The CVMFS repository name in the `cvmfs://` URLs.
+    pub cvmfs_repo: String,
+    /// DUCC's `output_format` template for the thin image's name.
+    pub format: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub images: Vec<ImageSummary>,
+    pub layers_fetched: usize,
+    pub layers_reused: usize,
+    pub bytes_fetched: u64,
+    pub files: u64,
+    pub seconds: f64,
+    /// Bytes of disk used by the converted images' layers and flat roots (each inode once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_used: Option<u64>,
+    /// Sum of the converted images' layer contents (uncompressed tar payload).
+    pub content_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageSummary {
+    pub name: String,
+    pub config: String,
+    /// "converted", "up to date" or "updated" (the tag moved).
+    pub status: &'static str,
+    pub layers_fetched: usize,
+    pub layers_reused: usize,
+}
+
+/// Expand wildcard tags through the registry's tag list (all pages).
+pub fn expand(sources: Vec<Source>) -> Result<Vec<Source>, ConvertError> {
+    let mut out = Vec::new();
+    for s in sources {
+        match &s {
+            Source::Registry(n) if n.is_wildcard() => {
+                let mut tags: Vec<String> = Registry::new(n.clone())?
+                    .tags()?
+                    .into_iter()
+                    .filter(|t| n.tag_matches(t))
+                    .collect();
+                tags.sort();
+                info!(image = %n, matched = tags.len(), "wildcard tag resolved");
+                out.extend(tags.iter().map(|t| Source::Registry(n.with_tag(t))));
+            }
+            _ => out.push(s),
+        }
+    }
+    Ok(out)
+}
+
+pub fn convert(repo: &Repo, sources: &[Source], opts: &Options) -> Result<Summary, ConvertError> {
+    let start = Instant::now();
+    let mut summary = Summary::default();
+    let progress = io::stderr().is_terminal().then(MultiProgress::new);
+    let mut seen_inodes = HashSet::new();
+    for src in sources {
+        let s = source::open(src, opts.name.as_ref())?;
+        let resolved = s.resolve(&opts.platform)?;
+        let img = convert_one(
+            repo,
+            s.as_ref(),
+            &resolved,
+            opts,
+            progress.as_ref(),
+            &mut summary,
+        )?;
+        if let Some(t) = &opts.thin {
+            write_thin(t, src, &resolved)?;
+        }
+        if opts.measure_disk {
+            let mut roots: Vec<PathBuf> = resolved
+                .manifest
+                .layers
+                .iter()
+                .map(|l| repo.layer_dir(&l.digest))
+                .collect();
+            roots.push(repo.flat_dir(&resolved.manifest.config.digest));
+            let used =
+                disk_used(&roots, &mut seen_inodes).map_err(|e| ConvertError::io(&repo.root, e))?;
+            *summary.disk_used.get_or_insert(0) += used;
+        }
+        summary.images.push(img);
+    }
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn convert_one(
+    repo: &Repo,
+    src: &dyn ImageSource,
+    r: &Resolved,
+    opts: &Options,
+    progress: Option<&MultiProgress>,
+    summary: &mut Summary,
+) -> Result<ImageSummary, ConvertError> {
+    let image = r.name.to_string();
+    let cfg = &r.manifest.config.digest;
+    let config = ImageConfig::parse(&format!("{image} config"), &r.config_bytes)?;
+    let layers = &r.manifest.layers;
+    if let Some(d) = config.rootfs.as_ref().map(|f| f.diff_ids.len()) {
+        if d != layers.len() {
+            return Err(ConvertError::format(
+                format!("{image} config"),
+                format!("{d} diff_ids for {} layers", layers.len()),
+            ));
+        }
+    }
+    let old = repo.manifest_of(&r.name);
+    // The same image, whoever wrote its manifest (DUCC re-serialises it with other keys).
+    let same_image = old.as_deref().is_some_and(|o| {
+        serde_json::from_slice::<crate::image::manifest::Manifest>(o).is_ok_and(|m| {
+            m.config.digest == *cfg
+                && m.layers
+                    .iter()
+                    .map(|l| &l.digest)
+                    .eq(layers.iter().map(|l| &l.digest))
+        })
+    });
+    let complete = repo.has_flat(cfg) && layers.iter().all(|l| repo.has_layer(&l.digest));
+    if same_image && complete {
+        repo.link(&r.name, cfg)?;
+        if repo.config_of(&r.name.metadata_path()).is_none() {
+            repo.write_config(&r.name, &r.config_bytes)?;
+        }
+        info!(image, "up to date, nothing to do");
+        summary.layers_reused += layers.len();
+        return Ok(ImageSummary {
+            name: image,
+            config: cfg.to_string(),
+            status: "up to date",
+            layers_fetched: 0,
+            layers_reused: layers.len(),
+        });
+    }
+    let missing: Vec<usize> = (0..layers.len())
+        .filter(|&i| !repo.has_layer(&layers[i].digest))
+        .collect();
+    // Two entries of one manifest may name the same blob: fetch it once.
+    let mut unique = Vec::new();
+    let mut names = HashSet::new();
+    for &i in &missing {
+        if names.insert(layers[i].digest.clone()) {
+            unique.push(i);
+        }
+    }
+    info!(
+        image,
+        layers = layers.len(),
+        fetch = unique.len(),
+        "converting"
+    );
+    let privileged = rustix::process::geteuid().is_root();
+    let fetched = fetch_layers(
+        repo, src, &image, layers, &config, &unique, opts.jobs, privileged, progress,
+    )?;
+    // Into place bottom to top: a deferred hard link may need any layer below it.
+    let mut done: Vec<(usize, PathBuf, Unpacked)> = fetched;
+    done.sort_by_key(|(i, _, _)| *i);
+    let lower_path = |j: usize, done: &[(usize, PathBuf, Unpacked)]| -> PathBuf {
+        done.iter()
+            .find(|(k, _, _)| layers[*k].digest == layers[j].digest)
+            .map(|(_, p, _)| p.join("layerfs"))
+            .unwrap_or_else(|| repo.layerfs(&layers[j].digest))
+    };
+    for idx in 0..done.len() {
+        let (i, tmp, u) = &done[idx];
+        for (link, target) in &u.deferred_links {
+            let lowers: Vec<PathBuf> = (0..*i).rev().map(|j| lower_path(j, &done)).collect();
+            materialise_link(&tmp.join("layerfs"), link, target, &lowers).map_err(|reason| {
+                ConvertError::UnsafeEntry {
+                    image: image.clone(),
+                    layer: layers[*i].digest.to_string(),
+                    entry: String::from_utf8_lossy(link).into_owned(),
+                    reason,
+                }
+            })?;
+        }
+    }
+    for (i, tmp, u) in &done {
+        summary.bytes_fetched += u.compressed_size;
+        summary.files += u.files;
+        summary.content_bytes += u.diff_size;
+        repo.install_layer(&layers[*i].digest, tmp)?;
+    }
+    if !repo.has_flat(cfg) {
+        let tmp = repo.temp_dir("flat")?;
+        let paths: Vec<PathBuf> = layers.iter().map(|l| repo.layerfs(&l.digest)).collect();
+        let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+        FlatBuilder::build(&refs, &tmp, &config).map_err(|e| ConvertError::Layer {
+            image: image.clone(),
+            layer: "flat root".into(),
+            source: Box::new(ConvertError::io(&tmp, e)),
+        })?;
+        touch(&tmp.join(".cvmfscatalog"))?;
+        repo.install_flat(cfg, &tmp)?;
+    }
+    for l in layers {
+        repo.add_origin(&l.digest, cfg)?;
+    }
+    let status = match &old {
+        Some(o) if !same_image => {
+            repo.schedule_removal(&r.name, o)?;
+            "updated"
+        }
+        _ => "converted",
+    };
+    repo.link(&r.name, cfg)?;
+    repo.write_config(&r.name, &r.config_bytes)?;
+    repo.write_manifest(&r.name, &r.manifest_bytes)?;
+    summary.layers_fetched += unique.len();
+    summary.layers_reused += layers.len() - unique.len();
+    info!(image, config = %cfg, status, "done");
+    Ok(ImageSummary {
+        name: image,
+        config: cfg.to_string(),
+        status,
+        layers_fetched: unique.len(),
+        layers_reused: layers.len() - unique.len(),
+    })
+}
+
+/// Fetch and unpack the layers `which` on `jobs` threads, each into a temp dir holding
+/// `layerfs/` and `.metadata/layers.json`, digests checked.
+#[allow(clippy::too_many_arguments)]
+fn fetch_layers(
+    repo: &Repo,
+    src: &dyn ImageSource,
+    image: &str,
+    layers: &[Descriptor],
+    config: &ImageConfig,
+    which: &[usize],
+    jobs: usize,
+    privileged: bool,
+    progress: Option<&MultiProgress>,
+) -> Result<Vec<(usize, PathBuf, Unpacked)>, ConvertError> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for &i in which {
+        tx.send(i).expect("receiver alive");
+    }
+    drop(tx);
+    let results = Mutex::new(Vec::new());
+    let first_error = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1).min(which.len().max(1)) {
+            s.spawn(|| {
+                while let Ok(i) = rx.recv() {
+                    if first_error.lock().unwrap().is_some() {
+                        return;
+                    }
+                    match fetch_one(
+                        repo, src, image, &layers[i], config, i, privileged, progress,
+                    ) {
+                        Ok((tmp, u)) => results.lock().unwrap().push((i, tmp, u)),
+                        Err(e) => {
+                            first_error.lock().unwrap().get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap() {
+        return Err(e);
+    }
+    Ok(results.into_inner().unwrap())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fetch_one(
+    repo: &Repo,
+    src: &dyn ImageSource,
+    image: &str,
+    desc: &Descriptor,
+    config: &ImageConfig,
+    index: usize,
+    privileged: bool,
+    progress: Option<&MultiProgress>,
+) -> Result<(PathBuf, Unpacked), ConvertError> {
+    let layer = desc.digest.to_string();
+    let tmp = repo.temp_dir("layer")?;
+    let fs_dir = tmp.join("layerfs");
+    std::fs::create_dir(&fs_dir).map_err(|e| ConvertError::io(&fs_dir, e))?;
+    let bar = progress.map(|m| {
+        let b = m.add(ProgressBar::new(desc.size));
+        b.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b.set_prefix(desc.digest.hex()[..12].to_string());
+        b
+    });
+    let reader = src.blob(desc)?;
+    let reader: Box<dyn Read + Send> = match &bar {
+        Some(b) => Box::new(b.wrap_read(reader)),
+        None => reader,
+    };
+    let t = Target {
+        image,
+        layer: &layer,
+        privileged,
+    };
+    let u = unpack::unpack(reader, &fs_dir, &t)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let in_layer = |e: ConvertError| ConvertError::Layer {
+        image: image.to_string(),
+        layer: layer.clone(),
+        source: Box::new(e),
+    };
+    let found = u.compressed_digest.clone().expect("set by unpack");
+    if found != desc.digest {
+        return Err(in_layer(ConvertError::DigestMismatch {
+            what: "blob".into(),
+            expected: desc.digest.to_string(),
+            found: found.to_string(),
+        }));
+    }
+    if desc.size != 0 && u.compressed_size != desc.size {
+        return Err(in_layer(ConvertError::SizeMismatch {
+            what: "blob".into(),
+            expected: desc.size,
+            found: u.compressed_size,
+        }));
+    }
+    let diff_id = u.diff_id.clone().expect("set by unpack");
+    if let Some(want) = config.rootfs.as_ref().and_then(|r| r.diff_ids.get(index)) {
+        if *want != diff_id {
+            return Err(in_layer(ConvertError::DigestMismatch {
+                what: "uncompressed layer (diff_id)".into(),
+                expected: want.to_string(),
+                found: diff_id.to_string(),
+            }));
+        }
+    }
+    touch(&fs_dir.join(".cvmfscatalog"))?;
+    let meta = tmp.join(".metadata");
+    std::fs::create_dir(&meta).map_err(|e| ConvertError::io(&meta, e))?;
+    let info = vec![LayerInfo {
+        id: diff_id.hex().to_string(),
+        created: config.created.clone(),
+        compressed_diff_digest: desc.digest.to_string(),
+        diff_digest: diff_id.to_string(),
+        diff_size: u.diff_size,
+    }];
+    crate::image::repo::write_atomic(
+        &meta.join("layers.json"),
+        &serde_json::to_vec(&info).expect("serialisable"),
+    )?;
+    info!(
+        image,
+        layer,
+        files = u.files,
+        bytes = u.compressed_size,
+        "layer unpacked"
+    );
+    Ok((tmp, u))
+}
+
+/// A hard link whose target a lower layer holds: link to (or, across filesystems, copy) the
+/// file that is visible at `target` below this layer, honouring whiteouts and opaque dirs.
+fn materialise_link(
+    layerfs: &Path,
+    link: &[u8],
+    target: &[u8],
+    lowers_top_first: &[PathBuf],
+) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let rel = Path::new(std::ffi::OsStr::from_bytes(target));
+    let comps: Vec<&[u8]> = target.split(|b| *b == b'/').collect();
+    let found = 'search: {
+        for l in lowers_top_first {
+            let root = rustix::fs::open(
+                l,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| e.to_string())?;
+            // Whited out, or hidden by an opaque parent, in this layer: nothing below counts.
+            for k in 0..comps.len() {
+                let parent = &comps[..k];
+                let Ok(dir) = crate::confined::open_beneath(&root, parent, false) else {
+                    break;
+                };
+                let wh = [b".wh.", comps[k]].concat();
+                if rustix::fs::statat(&dir, wh.as_slice(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok()
+                {
+                    break 'search None;
+                }
+            }
+            let (last, parents) = comps.split_last().expect("non-empty target");
+            if let Ok(dir) = crate::confined::open_beneath(&root, parents, false) {
+                if let Ok(st) =
+                    rustix::fs::statat(&dir, *last, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                {
+                    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                        return Err("hard link to a directory".into());
+                    }
+                    break 'search Some(l.join(rel));
+                }
+            }
+            for k in 0..comps.len() {
+                let Ok(dir) = crate::confined::open_beneath(&root, &comps[..k], false) else {
+                    break;
+                };
+                if rustix::fs::statat(&dir, ".wh..wh..opq", rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok()
+                {
+                    break 'search None;
+                }
+            }
+        }
+        None
+    };
+    let Some(src) = found else {
+        return Err(format!(
+            "hard link to '{}', which neither this layer nor a lower one has",
+            String::from_utf8_lossy(target)
+        ));
+    };
+    let lcomps: Vec<&[u8]> = link.split(|b| *b == b'/').collect();
+    let (lname, lparents) = lcomps.split_last().expect("non-empty link");
+    let root = rustix::fs::open(
+        layerfs,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| e.to_string())?;
+    let dir = crate::confined::open_beneath(&root, lparents, false).map_err(|e| e.to_string())?;
+    let src_parent = src.parent().expect("has parent");
+    let sdir = rustix::fs::open(
+        src_parent,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| e.to_string())?;
+    let sname = src.file_name().expect("has name").as_bytes();
+    rustix::fs::linkat(&sdir, sname, &dir, *lname, rustix::fs::AtFlags::empty())
+        .map_err(|e| format!("linking from a lower layer: {e}"))
+}
+
+/// Disk blocks of everything under `roots`, each inode counted once across calls.
+fn disk_used(roots: &[PathBuf], seen: &mut HashSet<(u64, u64)>) -> io::Result<u64> {
+    let mut total = 0;
+    let mut stack: Vec<PathBuf> = roots.to_vec();
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p)?;
+        if seen.insert((md.dev(), md.ino())) {
+            total += md.blocks() * 512;
+        }
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The one-line summary logged at the end (the `--json` form has every field).
+pub fn describe(s: &Summary) -> String {
+    let up = s.images.iter().filter(|i| i.status == "up to date").count();
+    format!(
+        "{} image(s): {} converted, {} up to date; layers fetched {}, reused {}; {} bytes fetched; {} files; {:.2} s",
+        s.images.len(),
+        s.images.len() - up,
+        up,
+        s.layers_fetched,
+        s.layers_reused,
+        s.bytes_fetched,
+        s.files,
+        s.seconds
+    )
+}
+
+/// The thin image of a converted image, as a docker archive in `t.dir`.
+fn write_thin(t: &ThinOutput, src: &Source, r: &Resolved) -> Result<(), ConvertError> {
+    let n = &r.name;
+    let scheme = match src {
+        Source::Registry(n) if n.plain_http => "http",
+        _ => "https",
+    };
+    let digest = crate::image::digest::Digest::of(&r.manifest_bytes).to_string();
+    let origin = match src {
+        Source::Registry(_) => format!("{scheme}://{n}"),
+        _ => n.to_string(),
+    };
+    let name = crate::image::thin::thin_name(
+        &t.format,
+        scheme,
+        &n.registry,
+        &n.repository,
+        n.tag.as_deref().unwrap_or(""),
+        &digest,
+    );
+    // A name for podman: no scheme, and a tag (DUCC's template may push to a registry).
+    let name = name
+        .split_once("://")
+        .map_or(name.as_str(), |(_, r)| r)
+        .to_string();
+    let thin = crate::image::thin::Thin::of(&origin, &t.cvmfs_repo, &r.manifest);
+    std::fs::create_dir_all(&t.dir).map_err(|e| ConvertError::io(&t.dir, e))?;
+    let file = t.dir.join(format!(
+        "{}.tar",
+        crate::image::reference::sanitize(&name, '_')
+    ));
+    crate::image::thin::write_archive(&file, &name, &thin)?;
+    info!(thin = %file.display(), name, "thin image written");
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Daemonizing the way mount programs must: the command returns only once the mount is live,
+//! exits 0 then, and non-zero with the daemon's one-line reason otherwise.
+//!
+//! The fork happens before anything is mounted or any thread exists; the child reports over a
+//! pipe, so the parent's exit status reflects the real outcome.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+
+use crate::mount::Error;
+
+/// The child's end of the readiness pipe.
+#[derive(Debug)]
+pub struct Ready(Option<std::fs::File>);
+
+impl Ready {
+    /// For `-f`: nobody waits.
+    pub fn foreground() -> Ready {
+        Ready(None)
+    }
+
+    /// The mount is live: release the waiting parent.
+    pub fn ok(&mut self) {
+        if let Some(mut f) = self.0.take() {
+            let _ = f.write_all(b"ok\n");
+        }
+    }
+
+    /// Report a failure line to the waiting parent.
+    pub fn fail(&mut self, msg: &str) {
+        if let Some(mut f) = self.0.take() {
+            let _ = f.write_all(format!("err:{msg}\n").as_bytes());
+        }
+    }
+
+    pub fn is_daemon(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// Fork. The parent waits for the child's report and exits the process with it; the child
+/// returns, detached into its own session.
+pub fn fork() -> Result<Ready, Error> {
+    let (rd, wr): (OwnedFd, OwnedFd) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Error::Daemon(format!("pipe: {e}")))?;
+    // SAFETY: single-threaded at this point (checked by the caller's design: no thread is
+    // spawned before the mount), so the child may run arbitrary code.
+    match unsafe { libc::fork() } {
+        -1 => Err(Error::Daemon(format!(
+            "fork: {}",
+            std::io::Error::last_os_error()
+        ))),
+        0 => {
+            drop(rd);
+            let _ = rustix::process::setsid();
+            Ok(Ready(Some(std::fs::File::from(wr))))
+        }
+        _child => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut msg);
+            let line = msg.lines().next().unwrap_or("");
+            if line == "ok" {
+                std::process::exit(0);
+            }
+            let reason = line
+                .strip_prefix("err:")
+                .unwrap_or("daemon exited before the mount was live");
+            eprintln!("stratafs: {reason}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Point stdin/stdout/stderr at /dev/null so that callers reading our output until EOF
+/// (podman, containerd) are not held by the daemon.
+pub fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which we own.
+            unsafe {
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+            }
+        }
+    }
+}

@@ -1,0 +1,988 @@
+//! The thin FUSE adapter: maps fuser requests onto [`Overlay`] and tells the kernel how much it
+//! may cache. Lower layers never change while mounted, so entries, attributes, pages and
+//! directory listings are cached by the kernel for as long as it likes.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use std::num::NonZeroUsize;
+
+use dashmap::DashMap;
+use fuser::{
+    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use lru::LruCache;
+use parking_lot::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::overlay::Overlay;
+use crate::overlay::inode::{Attr, Node, ROOT_INO};
+use crate::overlay::write::{Caller, NewEntry, SetAttr, SetTime};
+
+/// How long the kernel may trust what we told it: the lower layers are immutable, and every
+/// change of the writable layer goes through us, so the kernel's caches stay exact.
+pub const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Whether to hand reads to the kernel through FUSE passthrough.
+///
+/// Off by default, as measured (benches/RESULTS.md): passthrough needs an OPEN round trip per
+/// open(2), and registering the backing file made a warm pass over 100,000 small files 8x
+/// slower than zero-message opens, which serve warm opens from the kernel with no round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    /// Use it when the kernel offers it and we may (root); otherwise fall back silently.
+    On,
+    Off,
+}
+
+struct Handle {
+    ino: u64,
+    fd: Arc<OwnedFd>,
+    passthrough: bool,
+    writable: bool,
+}
+
+/// The kernel's backing file of one inode. Every passthrough open of an inode must name the
+/// same backing file (a second one is refused with EIO), so it is shared and counted.
+struct Backing {
+    id: BackingId,
+    fd: Arc<OwnedFd>,
+    opens: usize,
+}
+
+/// Backing files by inode: those open, and recently closed ones kept so that the next open
+/// of the same file costs no open(2) and no registration.
+struct Backings {
+    live: HashMap<u64, Backing>,
+    /// Inodes in `live` with no open handle, least recently used first out.
+    idle: LruCache<u64, ()>,
+}
+
+/// How many closed files keep their backing registration.
+const IDLE_BACKINGS: usize = 1024;
+
+impl Backings {
+    fn release(&mut self, ino: u64) {
+        let Some(b) = self.live.get_mut(&ino) else {
+            return;
+        };
+        b.opens -= 1;
+        if b.opens == 0 {
+            if let Some((old, ())) = self.idle.push(ino, ()) {
+                if old != ino {
+                    self.live.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+pub struct StrataFs {
+    ov: Arc<Overlay>,
+    /// Set once the session exists: tells the kernel what a copy-up made stale.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
+    passthrough: Passthrough,
+    /// Set in init: OPEN is answered (for passthrough) instead of declined.
+    handle_opens: AtomicBool,
+    handles: DashMap<u64, Handle>,
+    backings: Mutex<Backings>,
+    next_fh: AtomicU64,
+    /// Files read, for `stratafs report`.
+    access: Option<Arc<crate::mount::access::AccessLog>>,
+}
+
+impl StrataFs {
+    /// Record every file read in `log`.
+    pub fn with_access_log(
+        mut self,
+        log: Option<Arc<crate::mount::access::AccessLog>>,
+    ) -> StrataFs {
+        self.access = log;
+        self
+    }
+
+    pub fn new(
+        ov: Arc<Overlay>,
+        passthrough: Passthrough,
+        notifier: Arc<OnceLock<fuser::Notifier>>,
+    ) -> StrataFs {
+        StrataFs {
+            ov,
+            notifier,
+            passthrough,
+            handle_opens: AtomicBool::new(false),
+            handles: DashMap::new(),
+            backings: Mutex::new(Backings {
+                live: HashMap::new(),
+                idle: LruCache::new(NonZeroUsize::new(IDLE_BACKINGS).expect("nonzero")),
+            }),
+            next_fh: AtomicU64::new(1),
+            access: None,
+        }
+    }
+}
+
+fn err(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn time(t: (i64, u32)) -> SystemTime {
+    if t.0 >= 0 {
+        UNIX_EPOCH + Duration::new(t.0 as u64, t.1)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.0.unsigned_abs()) + Duration::from_nanos(t.1 as u64)
+    }
+}
+
+pub fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn to_fuse(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: time(a.ctime),
+        kind: file_type(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink.min(u32::MAX as u64) as u32,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let caps = config.capabilities();
+        let mut want = InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_NO_OPENDIR_SUPPORT;
+        if self.ov.writable() {
+            // Opens are answered: writes need a handle, and O_TRUNC comes with the open so
+            // a file about to be emptied is copied up without its content.
+            want |= InitFlags::FUSE_ATOMIC_O_TRUNC;
+            // We clear set-ID bits ourselves (see Overlay::kill_suidgid): without this the
+            // kernel sends a GETXATTR security.capability before every write(2).
+            want |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        } else {
+            want |= InitFlags::FUSE_NO_OPEN_SUPPORT;
+        }
+        // Readdirplus (the kernel picks when): a listing also answers the lookups that follow.
+        want |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        let root = rustix::process::geteuid().is_root();
+        if self.passthrough == Passthrough::On
+            && !self.ov.writable()
+            && root
+            && caps.contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            want |= InitFlags::FUSE_PASSTHROUGH;
+            self.handle_opens.store(true, Ordering::Relaxed);
+        }
+        let _ = config.add_capabilities(want & caps);
+        let _ = config.set_max_readahead(1 << 20);
+        info!(
+            passthrough = self.handle_opens.load(Ordering::Relaxed),
+            "mount is live"
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.ov.lookup(parent.0, name.as_bytes()) {
+            Ok(Some(node)) => self.reply_entry(&node, reply),
+            // A negative entry the kernel may cache as long as a positive one.
+            Ok(None) => reply.entry(&TTL, &negative(), Generation(0)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ov.forget(ino.0, nlookup);
+    }
+
+    fn destroy(&mut self) {
+        debug!(live_nodes = self.ov.live_nodes(), "unmounting");
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.ov.getattr(ino.0) {
+            Ok(mut a) => {
+                if ino.0 == ROOT_INO {
+                    a.ino = ROOT_INO;
+                }
+                reply.attr(&TTL, &to_fuse(&a))
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.ov.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.ov.writable() {
+            match self.ov.open(ino.0, flags.0, lacks_fsetid(req)) {
+                Ok((fd, writable)) => {
+                    let fh = self.add_handle(ino.0, fd, writable);
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                }
+                Err(e) => reply.error(err(e)),
+            }
+            return self.notify_stale();
+        }
+        if !self.handle_opens.load(Ordering::Relaxed) {
+            // Zero-message opens: the kernel keeps the page cache and never asks again.
+            return reply.error(Errno::ENOSYS);
+        }
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::from_i32(libc::EROFS));
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let mut guard = self.backings.lock();
+        let Backings { live, idle } = &mut *guard;
+        let b = match live.entry(ino.0) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let node = match self.ov.node(ino.0) {
+                    Ok(n) => n,
+                    Err(e) => return reply.error(err(e)),
+                };
+                let fd = match self.ov.open_file(&node) {
+                    Ok(fd) => Arc::new(fd),
+                    Err(e) => return reply.error(err(e)),
+                };
+                match reply.open_backing(&*fd) {
+                    Ok(id) => v.insert(Backing { id, fd, opens: 0 }),
+                    Err(e) => {
+                        // e.g. a layer on a stacked filesystem: serve its reads ourselves.
+                        debug!(ino = ino.0, error = %e, "passthrough refused");
+                        let h = Handle {
+                            ino: ino.0,
+                            fd,
+                            passthrough: false,
+                            writable: false,
+                        };
+                        self.handles.insert(fh, h);
+                        return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                    }
+                }
+            }
+        };
+        idle.pop(&ino.0);
+        b.opens += 1;
+        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b.id);
+        let h = Handle {
+            ino: ino.0,
+            fd: Arc::clone(&b.fd),
+            passthrough: true,
+            writable: false,
+        };
+        self.handles.insert(fh, h);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fd = match self.handles.get(&fh.0) {
+            Some(h) => Ok(Arc::clone(&h.fd)),
+            None => self.ov.cached_file(ino.0),
+        };
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(e) => return reply.error(err(e)),
+        };
+        READ_BUF.with_borrow_mut(|buf| {
+            buf.resize(size as usize, 0);
+            match Overlay::read_at(&fd, &mut buf[..size as usize], offset) {
+                Ok(n) => {
+                    reply.data(&buf[..n]);
+                    if let Some(log) = &self.access {
+                        log.record(ino.0, n, || {
+                            let node = self.ov.node(ino.0).ok()?;
+                            let layer = node.state.read().layers.first().copied()?;
+                            Some((String::from_utf8_lossy(&node.path()).into_owned(), layer))
+                        });
+                    }
+                }
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes go straight to the layer, so there is nothing to flush; ENOSYS makes the
+        // kernel stop sending FLUSH on every close.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some((_, h)) = self.handles.remove(&fh.0) {
+            if h.passthrough {
+                self.backings.lock().release(h.ino);
+            }
+        }
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Zero-message opendir: the kernel then caches listings (FOPEN_CACHE_DIR).
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let node = match self.ov.node(ino.0) {
+            Ok(n) => n,
+            Err(e) => return reply.error(err(e)),
+        };
+        if let Err(e) = self.ov.ensure_listing(&node) {
+            return reply.error(err(e));
+        }
+        let guard = node.listing.read_recursive();
+        let listing = guard.as_ref().expect("built");
+        // Offsets: 1 = ".", 2 = "..", 3 + i = entry i. Fixed for the life of the listing.
+        let mut off = offset;
+        if off == 0 {
+            if reply.add(INodeNo(ino.0), 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            off = 1;
+        }
+        if off == 1 {
+            let parent = node.parent().map_or(ROOT_INO, |p| p.ino);
+            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            off = 2;
+        }
+        for (i, e) in listing
+            .entries()
+            .iter()
+            .enumerate()
+            .skip((off - 2) as usize)
+            .filter(|(_, e)| !e.removed)
+        {
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(INodeNo(e.ino), i as u64 + 3, file_type(e.kind), name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let node = match self.ov.node(ino.0) {
+            Ok(n) => n,
+            Err(e) => return reply.error(err(e)),
+        };
+        if let Err(e) = self.ov.ensure_listing(&node) {
+            return reply.error(err(e));
+        }
+        let mut off = offset;
+        // The kernel never links "." and ".." from READDIRPLUS, so they take no reference;
+        // their d_ino must not be 0 all the same (glibc skips such entries).
+        let dot = to_fuse(&node.attr());
+        if off == 0 {
+            if reply.add(dot.ino, 1, ".", &Duration::ZERO, &dot, Generation(0)) {
+                return reply.ok();
+            }
+            off = 1;
+        }
+        if off == 1 {
+            let mut dotdot = dot;
+            dotdot.ino = INodeNo(node.parent().map_or(ROOT_INO, |p| p.ino));
+            if reply.add(dotdot.ino, 2, "..", &Duration::ZERO, &dotdot, Generation(0)) {
+                return reply.ok();
+            }
+            off = 2;
+        }
+        // Entries are taken a batch at a time: the lookups below must not run under the
+        // listing's lock, which writers take.
+        let mut pos = (off - 2) as usize;
+        loop {
+            let batch: Vec<(usize, Box<[u8]>)> = {
+                let guard = node.listing.read_recursive();
+                let Some(listing) = guard.as_ref() else { break };
+                listing
+                    .entries()
+                    .iter()
+                    .enumerate()
+                    .skip(pos)
+                    .take(64)
+                    .filter(|(_, e)| !e.removed)
+                    .map(|(i, e)| (i, e.name.clone()))
+                    .collect()
+            };
+            let more = {
+                let guard = node.listing.read_recursive();
+                guard.as_ref().is_some_and(|l| l.entries().len() > pos + 64)
+            };
+            for (i, name) in batch {
+                let child = match self.ov.lookup_in(&node, &name) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn!(error = %e, "readdirplus lookup");
+                        continue;
+                    }
+                };
+                let attr = match self.ov.attr(&child) {
+                    Ok(a) => to_fuse(&a),
+                    Err(_) => to_fuse(&child.attr()),
+                };
+                if reply.add(
+                    attr.ino,
+                    i as u64 + 3,
+                    OsStr::from_bytes(&name),
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                ) {
+                    // Not sent: give back the reference the lookup took.
+                    self.ov.forget(child.ino, 1);
+                    return reply.ok();
+                }
+            }
+            if !more {
+                break;
+            }
+            pos += 64;
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.ov.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.ov.get_xattr(ino.0, name.as_bytes()) {
+            Ok(Some(v)) => reply_xattr(reply, size, &v),
+            Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.ov.list_xattrs(ino.0) {
+            Ok(v) => reply_xattr(reply, size, &v),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.ov.access(ino.0, mask.bits(), req.uid(), req.gid()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    // ---- the writable layer ----
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(fd) = self.writable_fd(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self
+                .ov
+                .node(ino.0)
+                .and_then(|n| self.ov.kill_suidgid(&n, &fd, req.gid()))
+            {
+                return reply.error(err(e));
+            }
+        }
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(&*fd, &data[done..], offset + done as u64) {
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return reply.error(err(e.into())),
+            }
+        }
+        reply.written(done as u32);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(fd) = self.handles.get(&fh.0).map(|h| Arc::clone(&h.fd)) else {
+            return reply.ok();
+        };
+        match self.ov.fsync(&fd, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(fd) = self.writable_fd(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+        match rustix::fs::fallocate(&*fd, flags, offset, length) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e.into())),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let sa = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            kill_suidgid: lacks_fsetid(req),
+        };
+        let fd = fh.and_then(|fh| self.handles.get(&fh.0).map(|h| Arc::clone(&h.fd)));
+        match self.ov.setattr(ino.0, &sa, fd.as_deref()) {
+            Ok(a) => reply.attr(&TTL, &to_fuse(&a)),
+            Err(e) => reply.error(err(e)),
+        }
+        self.notify_stale();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self
+            .ov
+            .create(parent.0, name.as_bytes(), NewEntry::File, mode, caller(req))
+        {
+            Ok((node, Some(fd))) => {
+                let attr = match self.ov.attr(&node) {
+                    Ok(a) => to_fuse(&a),
+                    Err(e) => return reply.error(err(e)),
+                };
+                let fh = self.add_handle(node.ino, fd, true);
+                reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
+            Ok((_, None)) => reply.error(Errno::EIO),
+            Err(e) => reply.error(err(e)),
+        }
+        self.notify_stale();
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .ov
+            .create(parent.0, name.as_bytes(), NewEntry::Dir, mode, caller(req));
+        self.reply_new(r.map(|(n, _)| n), reply);
+        self.notify_stale();
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let what = if mode & libc::S_IFMT == libc::S_IFREG {
+            NewEntry::File
+        } else {
+            NewEntry::Node(rdev as u64)
+        };
+        let r = self
+            .ov
+            .create(parent.0, name.as_bytes(), what, mode, caller(req));
+        self.reply_new(r.map(|(n, _)| n), reply);
+        self.notify_stale();
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let what = NewEntry::Symlink(target.as_os_str().as_bytes());
+        let r = self.ov.create(
+            parent.0,
+            link_name.as_bytes(),
+            what,
+            libc::S_IFLNK | 0o777,
+            caller(req),
+        );
+        self.reply_new(r.map(|(n, _)| n), reply);
+        self.notify_stale();
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.ov.link(ino.0, newparent.0, newname.as_bytes());
+        self.reply_new(r, reply);
+        self.notify_stale();
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.ov.remove(parent.0, name.as_bytes(), false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+        self.notify_stale();
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.ov.remove(parent.0, name.as_bytes(), true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+        self.notify_stale();
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        match self.ov.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.bits(),
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+        self.notify_stale();
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if !self.ov.writable() {
+            return reply.error(Errno::from_i32(libc::EROFS));
+        }
+        match self.ov.set_xattr(ino.0, name.as_bytes(), value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+        self.notify_stale();
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.ov.writable() {
+            return reply.error(Errno::from_i32(libc::EROFS));
+        }
+        match self.ov.remove_xattr(ino.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+        self.notify_stale();
+    }
+}
+
+impl StrataFs {
+    /// After a reply: invalidate what the request made stale in the kernel's caches.
+    fn notify_stale(&self) {
+        let stale = self.ov.take_stale();
+        let Some(n) = self.notifier.get() else { return };
+        for ino in stale.inodes {
+            let _ = n.inval_inode(INodeNo(ino), -1, 0);
+        }
+        for (parent, name) in stale.entries {
+            let _ = n.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+        }
+    }
+
+    fn reply_entry(&self, node: &Node, reply: ReplyEntry) {
+        match self.ov.attr(node) {
+            Ok(a) => reply.entry(&TTL, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn reply_new(&self, r: io::Result<Arc<Node>>, reply: ReplyEntry) {
+        match r {
+            Ok(node) => self.reply_entry(&node, reply),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    /// The descriptor behind a handle opened for writing.
+    fn writable_fd(&self, fh: FileHandle) -> Option<Arc<OwnedFd>> {
+        self.handles
+            .get(&fh.0)
+            .filter(|h| h.writable)
+            .map(|h| Arc::clone(&h.fd))
+    }
+
+    fn add_handle(&self, ino: u64, fd: OwnedFd, writable: bool) -> u64 {
+        let fd = Arc::new(fd);
+        if let Ok(node) = self.ov.node(ino) {
+            // An unlinked file's attributes come from an open descriptor.
+            *node.open_fd.lock() = Arc::downgrade(&fd);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.insert(
+            fh,
+            Handle {
+                ino,
+                fd,
+                passthrough: false,
+                writable,
+            },
+        );
+        fh
+    }
+}
+
+/// The caller's group if it would lack CAP_FSETID. FUSE does not pass capabilities; the
+/// mount's root (also root of a rootless user namespace) is taken to hold it, others not.
+fn lacks_fsetid(req: &Request) -> Option<u32> {
+    (req.uid() != 0).then(|| req.gid())
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos()),
+            Err(e) => {
+                let d = e.duration();
+                let (s, n) = (d.as_secs() as i64, d.subsec_nanos());
+                if n == 0 {
+                    SetTime::At(-s, 0)
+                } else {
+                    SetTime::At(-s - 1, 1_000_000_000 - n)
+                }
+            }
+        },
+    }
+}
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn negative() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}

@@ -1,0 +1,15 @@
+//! Front ends that put the overlay core in front of the kernel: the fuser adapter
+//! ([`fuse`]), the fuse-overlayfs option language ([`options`]) and the typed mount plan built
+//! from it ([`plan`]), daemonizing ([`daemon`]), and measuring what a mount was asked for
+//! ([`access`], [`report`]).
+
+pub mod access;
+pub mod daemon;
+pub mod error;
+pub mod fuse;
+pub mod options;
+pub mod plan;
+pub mod report;
+pub mod run;
+
+pub use error::Error;

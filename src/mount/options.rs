@@ -1,0 +1,388 @@
+//! Mount options in the fuse-overlayfs form: `-o lowerdir=TOP:…:BOTTOM,…`, several `-o` allowed.
+
+use std::path::PathBuf;
+
+use crate::mount::Error;
+use crate::mount::fuse::Passthrough;
+use crate::overlay::idmap::{IdMap, Range};
+use crate::stack::override_stat::OverrideXattr;
+
+/// Everything a mount needs, parsed from the `-o` strings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountOptions {
+    pub lowerdirs: Vec<PathBuf>,
+    pub upperdir: Option<PathBuf>,
+    pub workdir: Option<PathBuf>,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    /// Kernel mount flags passed through (`dev`, `nosuid`, `ro` …).
+    pub flags: Vec<String>,
+    pub fsname: Option<String>,
+    pub passthrough: Passthrough,
+    pub threads: Option<usize>,
+    /// fsync copy-ups and fsync(2) (`fsync=0` and `volatile` turn it off).
+    pub fsync: bool,
+    /// Ownership view: id mappings, squashing, override xattr.
+    pub ids: IdMap,
+    /// Record the files read, for `stratafs report`.
+    pub access_log: Option<PathBuf>,
+    /// Options we accept and ignore, with a warning.
+    pub ignored: Vec<String>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            lowerdirs: Vec::new(),
+            upperdir: None,
+            workdir: None,
+            allow_other: false,
+            allow_root: false,
+            flags: Vec::new(),
+            fsname: None,
+            passthrough: Passthrough::Off,
+            threads: None,
+            fsync: true,
+            ids: IdMap::default(),
+            access_log: None,
+            ignored: Vec::new(),
+        }
+    }
+}
+
+/// Parse a `uidmapping`/`gidmapping` value: triples separated by `:` (podman writes a leading
+/// colon) or `,`.
+pub fn parse_mapping(option: &str, v: &str) -> Result<Vec<Range>, Error> {
+    let bad = |reason: &str| Error::BadOption {
+        option: format!("{option}={v}"),
+        reason: reason.into(),
+    };
+    let nums = v
+        .split([':', ','])
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().map_err(|_| bad("ids must be numbers")))
+        .collect::<Result<Vec<u32>, Error>>()?;
+    if nums.is_empty() || nums.len() % 3 != 0 {
+        return Err(bad("expected CONTAINER:HOST:SIZE triples"));
+    }
+    nums.chunks(3)
+        .map(|c| {
+            if c[2] == 0
+                || c[0].checked_add(c[2] - 1).is_none()
+                || c[1].checked_add(c[2] - 1).is_none()
+            {
+                Err(bad("a range is empty or overflows"))
+            } else {
+                Ok(Range {
+                    disk: c[0],
+                    shown: c[1],
+                    size: c[2],
+                })
+            }
+        })
+        .collect()
+}
+
+/// Split one `-o` string at commas outside double quotes; quotes are removed, `\,` is a comma.
+pub fn split_options(s: &str) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' => match chars.next() {
+                Some(',') => cur.push(','),
+                Some(n) => {
+                    cur.push('\\');
+                    cur.push(n);
+                }
+                None => cur.push('\\'),
+            },
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if quoted {
+        return Err(Error::BadOption {
+            option: s.into(),
+            reason: "unterminated quote".into(),
+        });
+    }
+    out.push(cur);
+    Ok(out.into_iter().filter(|o| !o.is_empty()).collect())
+}
+
+/// Split a lowerdir value at `:`; `\:` is a literal colon.
+pub fn split_lowerdir(v: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(':') => cur.push(':'),
+                Some(n) => {
+                    cur.push('\\');
+                    cur.push(n);
+                }
+                None => cur.push('\\'),
+            },
+            ':' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn nonempty(key: &str, v: Option<&str>) -> Result<String, Error> {
+    match v {
+        Some(v) if !v.is_empty() => Ok(v.to_string()),
+        _ => Err(Error::BadOption {
+            option: key.into(),
+            reason: "needs a value".into(),
+        }),
+    }
+}
+
+fn number(opt: &str, v: Option<&str>) -> Result<u32, Error> {
+    v.and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::BadOption {
+            option: opt.into(),
+            reason: "expected a number".into(),
+        })
+}
+
+impl MountOptions {
+    /// Parse every `-o` string given, in order (later values win).
+    pub fn parse<S: AsRef<str>>(opts: &[S]) -> Result<MountOptions, Error> {
+        let m = MountOptions::parse_extra(opts)?;
+        if m.lowerdirs.is_empty() {
+            return Err(Error::BadOption {
+                option: "lowerdir".into(),
+                reason: "missing: give -o lowerdir=TOP:...:BOTTOM".into(),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Parse `-o` strings that need not name the layers (`mount --repo` knows them).
+    pub fn parse_extra<S: AsRef<str>>(opts: &[S]) -> Result<MountOptions, Error> {
+        let mut m = MountOptions::default();
+        for s in opts {
+            for opt in split_options(s.as_ref())? {
+                m.apply(&opt)?;
+            }
+        }
+        Ok(m)
+    }
+
+    /// Whether a kernel flag (`ro`, `nodev` …) was given.
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.flags.iter().any(|x| x == f)
+    }
+
+    fn apply(&mut self, opt: &str) -> Result<(), Error> {
+        let (key, val) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match key {
+            "lowerdir" => {
+                let dirs = split_lowerdir(&nonempty(key, val)?);
+                if dirs.is_empty() {
+                    return Err(Error::BadOption {
+                        option: opt.into(),
+                        reason: "no directory given".into(),
+                    });
+                }
+                self.lowerdirs = dirs;
+            }
+            "upperdir" => self.upperdir = Some(nonempty(key, val)?.into()),
+            "workdir" => self.workdir = Some(nonempty(key, val)?.into()),
+            "allow_other" => self.allow_other = true,
+            "allow_root" => self.allow_root = true,
+            "fsname" => self.fsname = Some(nonempty(key, val)?),
+            "passthrough" => {
+                self.passthrough = match val {
+                    Some("on") | None => Passthrough::On,
+                    Some("off") => Passthrough::Off,
+                    Some(v) => {
+                        return Err(Error::BadOption {
+                            option: opt.into(),
+                            reason: format!("expected on or off, got '{v}'"),
+                        });
+                    }
+                }
+            }
+            "access_log" => {
+                self.access_log = Some(PathBuf::from(nonempty(key, val)?));
+            }
+            "threads" => {
+                let v = nonempty(key, val)?;
+                let n: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| (1..=256).contains(&n))
+                    .ok_or_else(|| Error::BadOption {
+                        option: opt.into(),
+                        reason: "expected a number of threads from 1 to 256".into(),
+                    })?;
+                self.threads = Some(n);
+            }
+            "fsync" => {
+                self.fsync = match val {
+                    Some("0") => false,
+                    Some("1") | None => true,
+                    Some(v) => {
+                        return Err(Error::BadOption {
+                            option: opt.into(),
+                            reason: format!("expected 0 or 1, got '{v}'"),
+                        });
+                    }
+                }
+            }
+            "volatile" => self.fsync = false,
+            "uidmapping" => self.ids.uids = parse_mapping(key, &nonempty(key, val)?)?,
+            "gidmapping" => self.ids.gids = parse_mapping(key, &nonempty(key, val)?)?,
+            "squash_to_root" => {
+                self.ids.squash_uid = Some(0);
+                self.ids.squash_gid = Some(0);
+            }
+            "squash_to_uid" => self.ids.squash_uid = Some(number(opt, val)?),
+            "squash_to_gid" => self.ids.squash_gid = Some(number(opt, val)?),
+            "xattr_permissions" => {
+                self.ids.override_xattr = match val {
+                    Some("0") => None,
+                    Some("1") => Some(OverrideXattr::Privileged),
+                    Some("2") => Some(OverrideXattr::User),
+                    _ => {
+                        return Err(Error::BadOption {
+                            option: opt.into(),
+                            reason: "expected 0, 1 or 2".into(),
+                        });
+                    }
+                }
+            }
+            // SELinux labels are the kernel's business; FUSE mounts get theirs from policy.
+            "context" | "fscontext" | "defcontext" | "rootcontext" => {}
+            "ro" | "rw" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
+            | "noatime" | "relatime" | "sync" | "async" | "dirsync" => {
+                self.flags.push(key.to_string())
+            }
+            // Always on: the kernel checks permissions against the merged attributes.
+            "default_permissions" => {}
+            _ => self.ignored.push(opt.to_string()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_forms() {
+        let m = parse_mapping("uidmapping", ":0:100000:65536").unwrap();
+        assert_eq!(
+            m,
+            [Range {
+                disk: 0,
+                shown: 100000,
+                size: 65536
+            }]
+        );
+        let m = parse_mapping("uidmapping", ":0:1000:1:1:100000:65535").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(parse_mapping("u", "0:1000:1,1:2000:5").unwrap().len(), 2);
+        for bad in ["", ":0:1", ":a:1:1", ":0:1:0", ":4294967295:0:2"] {
+            let e = parse_mapping("uidmapping", bad).unwrap_err().to_string();
+            assert!(e.contains("uidmapping"), "{e}");
+        }
+    }
+
+    #[test]
+    fn quotes_and_escapes() {
+        let v = split_options(r#"lowerdir=/a,context="system_u:object_r:c,s0",fsync=0"#).unwrap();
+        assert_eq!(
+            v,
+            vec!["lowerdir=/a", "context=system_u:object_r:c,s0", "fsync=0"]
+        );
+        assert_eq!(split_options(r"a\,b,c").unwrap(), vec!["a,b", "c"]);
+        assert!(split_options(r#"context="x"#).is_err());
+    }
+
+    #[test]
+    fn lowerdir_colons() {
+        assert_eq!(
+            split_lowerdir(r"/top:/with\:colon:/bottom"),
+            vec![
+                PathBuf::from("/top"),
+                PathBuf::from("/with:colon"),
+                PathBuf::from("/bottom")
+            ]
+        );
+    }
+
+    #[test]
+    fn several_o_later_wins_and_unknown_ignored() {
+        let m =
+            MountOptions::parse(&["lowerdir=/a:/b", "lowerdir=/c,noacl,max_inodes=5,ro"]).unwrap();
+        assert_eq!(m.lowerdirs, vec![PathBuf::from("/c")]);
+        assert_eq!(m.ignored, vec!["noacl", "max_inodes=5"]);
+        assert_eq!(m.flags, vec!["ro"]);
+    }
+
+    #[test]
+    fn podman_invocation() {
+        // What containers-storage passes to its mount_program.
+        let m = MountOptions::parse(&[concat!(
+            "lowerdir=/s/l/A:/s/l/B,upperdir=/s/o/diff,workdir=/s/o/work,fsync=0,",
+            r#"context="system_u:object_r:container_file_t:s0:c1,c2","#,
+            "uidmapping=:0:100000:65536,gidmapping=:0:100000:1:1:200000:100,",
+            "xattr_permissions=2,volatile,weird_future_option=1"
+        )])
+        .unwrap();
+        assert_eq!(m.lowerdirs.len(), 2);
+        assert_eq!(m.upperdir, Some(PathBuf::from("/s/o/diff")));
+        assert_eq!(m.workdir, Some(PathBuf::from("/s/o/work")));
+        assert!(!m.fsync);
+        assert_eq!(m.ids.uids.len(), 1);
+        assert_eq!(m.ids.gids.len(), 2);
+        assert_eq!(m.ids.override_xattr, Some(OverrideXattr::User));
+        assert_eq!(m.ignored, vec!["weird_future_option=1"]);
+        let m = MountOptions::parse(&["lowerdir=/a,squash_to_uid=7,squash_to_gid=8"]).unwrap();
+        assert_eq!((m.ids.squash_uid, m.ids.squash_gid), (Some(7), Some(8)));
+        let m = MountOptions::parse(&["lowerdir=/a,squash_to_root"]).unwrap();
+        assert_eq!((m.ids.squash_uid, m.ids.squash_gid), (Some(0), Some(0)));
+        for bad in [
+            "uidmapping=:0:1",
+            "squash_to_uid=x",
+            "xattr_permissions=9",
+            "fsync=2",
+        ] {
+            let e = MountOptions::parse(&[format!("lowerdir=/a,{bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let e = MountOptions::parse(&["ro"]).unwrap_err().to_string();
+        assert!(e.contains("lowerdir"), "{e}");
+        let e = MountOptions::parse(&["lowerdir=/a,threads=0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("threads=0"), "{e}");
+        let e = MountOptions::parse(&["lowerdir="]).unwrap_err().to_string();
+        assert!(e.contains("lowerdir"), "{e}");
+    }
+}

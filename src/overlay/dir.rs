@@ -1,0 +1,161 @@
+//! The merged listing of one directory: built once from its layers, then changed in place by
+//! the writable layer. Offsets are positions and entries are only appended or tombstoned, so an
+//! entry's offset never changes and seekdir/telldir neither repeat nor skip while `rm -rf` or a
+//! create runs beside an open directory stream.
+
+use std::hash::{BuildHasher, RandomState};
+use std::io;
+
+use hashbrown::HashTable;
+
+use super::inode::Ino;
+use crate::stack::resolve;
+use crate::stack::{Layer, RelPath};
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: Box<[u8]>,
+    /// `S_IFMT` bits.
+    pub kind: u32,
+    /// The inode number the entry will have once looked up.
+    pub ino: Ino,
+    /// Index of the topmost layer holding the entry.
+    pub top: u16,
+    /// Removed since the listing was built; kept so later offsets stay put.
+    pub removed: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Listing {
+    entries: Vec<DirEntry>,
+    /// Live entries by name (indices into `entries`); the table stores no second copy of names.
+    by_name: HashTable<u32>,
+    hasher: RandomState,
+    live: usize,
+}
+
+impl Listing {
+    /// Merge `rel` over `layers` (stack indices, top first, already cut at the first opaque
+    /// one). `ino_of(layer, real_ino)` maps a layer's inode number into the mount's.
+    pub fn build(
+        stack: &[Layer],
+        layers: &[u16],
+        rel: &RelPath,
+        ino_of: impl Fn(&Layer, u64) -> Ino,
+    ) -> io::Result<Listing> {
+        let mut l = Listing::default();
+        for m in resolve::merge_dir(stack, layers, rel)? {
+            let layer = &stack[m.top as usize];
+            l.add(
+                &m.entry.name,
+                m.entry.kind,
+                ino_of(layer, m.entry.ino),
+                m.top,
+            );
+        }
+        Ok(l)
+    }
+
+    fn hash(&self, name: &[u8]) -> u64 {
+        self.hasher.hash_one(name)
+    }
+
+    fn index_of(&self, name: &[u8]) -> Option<u32> {
+        let entries = &self.entries;
+        self.by_name
+            .find(self.hash(name), |&i| *entries[i as usize].name == *name)
+            .copied()
+    }
+
+    /// Every entry ever listed, tombstones included; a position is an offset.
+    pub fn entries(&self) -> &[DirEntry] {
+        &self.entries
+    }
+
+    pub fn find(&self, name: &[u8]) -> Option<&DirEntry> {
+        self.index_of(name).map(|i| &self.entries[i as usize])
+    }
+
+    /// A new name, appended so that open streams past other entries still see it.
+    pub fn add(&mut self, name: &[u8], kind: u32, ino: Ino, top: u16) {
+        self.remove(name);
+        let i = self.entries.len() as u32;
+        self.entries.push(DirEntry {
+            name: name.into(),
+            kind,
+            ino,
+            top,
+            removed: false,
+        });
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        let h = hasher.hash_one(name);
+        self.by_name
+            .insert_unique(h, i, |&j| hasher.hash_one(&*entries[j as usize].name));
+        self.live += 1;
+    }
+
+    /// Tombstone a name. Returns whether it was listed.
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        let h = self.hash(name);
+        let entries = &self.entries;
+        match self
+            .by_name
+            .find_entry(h, |&i| *entries[i as usize].name == *name)
+        {
+            Ok(occ) => {
+                let (i, _) = occ.remove();
+                self.entries[i as usize].removed = true;
+                self.live -= 1;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The entry now lives in layer `top` (copied up) under inode number `ino`.
+    pub fn update(&mut self, name: &[u8], top: u16, ino: Ino) {
+        if let Some(i) = self.index_of(name) {
+            let e = &mut self.entries[i as usize];
+            e.top = top;
+            e.ino = ino;
+        }
+    }
+
+    /// Live entries.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_survive_changes() {
+        let mut l = Listing::default();
+        for n in ["a", "b", "c"] {
+            l.add(n.as_bytes(), libc::S_IFREG, 10, 0);
+        }
+        assert!(l.remove(b"b"));
+        assert!(!l.remove(b"b"));
+        l.add(b"b", libc::S_IFDIR, 11, 0);
+        let names: Vec<_> = l
+            .entries()
+            .iter()
+            .map(|e| (String::from_utf8_lossy(&e.name).into_owned(), e.removed))
+            .collect();
+        assert_eq!(
+            names,
+            [("a", false), ("b", true), ("c", false), ("b", false)]
+                .map(|(n, r)| (n.to_string(), r))
+        );
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.find(b"b").unwrap().kind, libc::S_IFDIR);
+        assert!(l.find(b"x").is_none());
+    }
+}

@@ -1,0 +1,613 @@
+//! The overlay core: lookup across layers, whiteout rules, merged listings, reads.
+//! Plain Rust; every front end (the FUSE adapter today) drives it through [`Overlay`].
+
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use lru::LruCache;
+use parking_lot::{Mutex, RwLock};
+
+pub mod copyup;
+pub mod dir;
+pub mod error;
+pub mod idmap;
+pub mod inode;
+pub mod upper;
+pub mod write;
+
+pub use error::Error;
+
+use crate::stack::resolve;
+use crate::stack::whiteout::{self, Marker};
+use crate::stack::{Layer, LayerError, join};
+use dir::Listing;
+use idmap::IdMap;
+use inode::{Attr, Ino, InodeTable, LayerList, Node, NodeState, ROOT_INO};
+use upper::Upper;
+
+pub(crate) fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// Default bound on layer files kept open for reading.
+pub const DEFAULT_OPEN_FILES: usize = 1024;
+
+/// Kernel cache entries to invalidate, collected by the core for the front end.
+#[derive(Debug, Default)]
+pub struct Stale {
+    pub inodes: Vec<Ino>,
+    pub entries: Vec<(Ino, Box<[u8]>)>,
+}
+
+/// What a mount is made of.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Read-only layers, top first.
+    pub lowerdirs: Vec<PathBuf>,
+    /// The writable layer and its work directory.
+    pub upper: Option<(PathBuf, PathBuf)>,
+    /// Refuse every change with EROFS even with a writable layer (`ro`).
+    pub read_only: bool,
+    /// fsync copy-ups and fsync(2) calls (off: `fsync=0`, `volatile`).
+    pub fsync: bool,
+    pub ids: IdMap,
+}
+
+pub struct Overlay {
+    /// The stack, top first; with a writable layer it is `layers[0]`.
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) upper: Option<Upper>,
+    read_only: bool,
+    pub(crate) ids: IdMap,
+    /// Taken shared by lookups and listings, exclusively by anything that changes the upper
+    /// layer's namespace, so a lookup never sees half of a rename or copy-up.
+    pub(crate) ns: RwLock<()>,
+    /// Inode numbers kept across copy-up, and numbers reassigned because the one derived from
+    /// disk still belongs to an unlinked file: composed real number -> node number.
+    pub(crate) remap: DashMap<Ino, Ino>,
+    alt_seq: AtomicU64,
+    /// Kernel caches a copy-up made stale: attributes of inodes (a directory that became
+    /// merged reports nlink 1) and names that stopped being hard links of a copied-up file.
+    pub(crate) stale: Mutex<Stale>,
+    /// Per layer: index of its filesystem among the distinct ones of the stack.
+    dev_index: Vec<u64>,
+    single_dev: bool,
+    pub(crate) table: InodeTable,
+    /// Layer files opened for reads, bounded: the kernel does not send OPEN in no-open mode,
+    /// so reads find their descriptor here.
+    files: Mutex<LruCache<Ino, Arc<OwnedFd>>>,
+    forgotten: AtomicU64,
+}
+
+/// Release freed memory to the system after this many nodes went.
+const TRIM_EVERY: u64 = 16384;
+
+impl std::fmt::Debug for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay")
+            .field("layers", &self.layers)
+            .field("nodes", &self.table.len())
+            .finish()
+    }
+}
+
+impl Overlay {
+    /// Open every layer root (top first). Nothing below the roots is touched.
+    pub fn new(lowerdirs: &[PathBuf]) -> Result<Overlay, Error> {
+        Overlay::with_config(&Config {
+            lowerdirs: lowerdirs.to_vec(),
+            fsync: true,
+            ..Config::default()
+        })
+    }
+
+    /// Open the stack of `cfg`, the writable layer (if any) on top.
+    pub fn with_config(cfg: &Config) -> Result<Overlay, Error> {
+        if cfg.lowerdirs.is_empty() {
+            return Err(Error::NoLowerdir);
+        }
+        let mut layers = Vec::with_capacity(cfg.lowerdirs.len() + 1);
+        let mut upper = None;
+        if let Some((u, w)) = &cfg.upper {
+            let l = Layer::open(0, u).map_err(Error::Upper)?;
+            upper = Some(Upper::open(&l, w, cfg.fsync)?);
+            layers.push(l);
+        }
+        for p in &cfg.lowerdirs {
+            layers.push(Layer::open(layers.len(), p).map_err(Error::Lower)?);
+        }
+        let mut devs: Vec<u64> = Vec::new();
+        let dev_index = layers
+            .iter()
+            .map(|l| match devs.iter().position(|&d| d == l.dev) {
+                Some(i) => i as u64,
+                None => {
+                    devs.push(l.dev);
+                    (devs.len() - 1) as u64
+                }
+            })
+            .collect();
+        let top = &layers[0];
+        let st = top
+            .stat(b"")
+            .and_then(|s| s.ok_or_else(|| errno(libc::ENOENT)))
+            .map_err(|e| {
+                Error::Lower(LayerError::Open {
+                    path: top.path.clone(),
+                    source: e,
+                })
+            })?;
+        let mut attr = Attr::from_stat(ROOT_INO, &st);
+        if layers.len() > 1 {
+            attr.nlink = 1; // a merged directory, as for every other one
+        }
+        cfg.ids.present(&mut attr, None);
+        let root = Node::new(
+            ROOT_INO,
+            None,
+            NodeState {
+                layers: (0..layers.len() as u16).collect(),
+                attr,
+                real: ROOT_INO,
+            },
+        );
+        Ok(Overlay {
+            single_dev: devs.len() == 1,
+            layers,
+            upper,
+            read_only: cfg.read_only,
+            ids: cfg.ids.clone(),
+            ns: RwLock::new(()),
+            remap: DashMap::new(),
+            alt_seq: AtomicU64::new(0),
+            stale: Mutex::new(Stale::default()),
+            dev_index,
+            forgotten: AtomicU64::new(0),
+            table: InodeTable::new(root),
+            files: Mutex::new(LruCache::new(
+                NonZeroUsize::new(DEFAULT_OPEN_FILES).expect("nonzero"),
+            )),
+        })
+    }
+
+    /// Take what the kernel must forget (see [`Stale`]).
+    pub fn take_stale(&self) -> Stale {
+        std::mem::take(&mut *self.stale.lock())
+    }
+
+    /// Whether the mount has a writable layer.
+    pub fn writable(&self) -> bool {
+        self.upper.is_some() && !self.read_only
+    }
+
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// Set how many layer files stay open for reads.
+    pub fn set_open_file_limit(&self, n: usize) {
+        self.files
+            .lock()
+            .resize(NonZeroUsize::new(n.max(1)).expect("nonzero"));
+    }
+
+    /// The mount's inode number for a real inode of `layer`, overlayfs "xino" style: with all
+    /// layers on one filesystem the real number itself (so hard links across names agree with
+    /// the kernel's overlay), otherwise the filesystem's index in the high bits.
+    pub fn compose_ino(&self, layer: &Layer, real: u64) -> Ino {
+        const LOW: u32 = 48;
+        let ino = if self.single_dev {
+            real
+        } else if real < (1 << LOW) {
+            (self.dev_index[layer.index] << LOW) | real
+        } else {
+            // Does not fit: a stable hash, kept away from the composed range.
+            let h = real
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(self.dev_index[layer.index]);
+            h | (1 << 63)
+        };
+        match ino {
+            0 | ROOT_INO => (1 << 63) | 0x5eed | ino,
+            i => i,
+        }
+    }
+
+    pub fn node(&self, ino: Ino) -> io::Result<Arc<Node>> {
+        self.table.get(ino).ok_or_else(|| errno(libc::ESTALE))
+    }
+
+    pub fn live_nodes(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn getattr(&self, ino: Ino) -> io::Result<Attr> {
+        let node = self.node(ino)?;
+        self.attr(&node)
+    }
+
+    /// Current attributes of a node. Lower layers never change, so theirs are kept; an entry of
+    /// the writable layer is stat'ed again, since writes change it.
+    pub fn attr(&self, node: &Node) -> io::Result<Attr> {
+        let (top, merged, cached) = {
+            let s = node.state.read();
+            (s.layers[0], s.layers.len() > 1, s.attr)
+        };
+        if top != 0 || self.upper.is_none() {
+            return Ok(cached);
+        }
+        let st = if node.is_detached() {
+            match node.open_fd.lock().upgrade() {
+                Some(fd) => rustix::fs::fstat(&*fd)?,
+                None => return Ok(Attr { nlink: 0, ..cached }),
+            }
+        } else {
+            match self.layers[0].stat(&node.path())? {
+                Some(st) => st,
+                None => return Ok(cached),
+            }
+        };
+        let mut a = Attr::from_stat(node.ino, &st);
+        if a.is_dir() && merged {
+            a.nlink = 1;
+        }
+        self.present(&mut a, 0, &node.path());
+        node.state.write().attr = a;
+        Ok(a)
+    }
+
+    /// Apply the mount's ownership view to attributes of `rel` in layer `layer`.
+    pub(crate) fn present(&self, a: &mut Attr, layer: u16, rel: &[u8]) {
+        if self.ids.is_identity() {
+            return;
+        }
+        let ov = match self.ids.override_xattr {
+            Some(x) => self.layers[layer as usize]
+                .get_xattr(rel, x.name())
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        self.ids.present(a, ov.as_deref());
+    }
+
+    /// Resolve `name` in directory `parent`. `Ok(None)` is a negative entry. A returned node
+    /// carries one more kernel reference.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> io::Result<Option<Arc<Node>>> {
+        let dir = self.node(parent)?;
+        self.lookup_in(&dir, name)
+    }
+
+    pub fn lookup_in(&self, dir: &Arc<Node>, name: &[u8]) -> io::Result<Option<Arc<Node>>> {
+        if !dir.attr().is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        if name.len() > 255 {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        if whiteout::classify(name) != Marker::Entry || name == b"." || name == b".." {
+            return Ok(None);
+        }
+        let _ns = self.ns.read_recursive();
+        self.lookup_locked(dir, name)
+    }
+
+    /// `lookup_in` for callers that hold the namespace lock.
+    pub(crate) fn lookup_locked(
+        &self,
+        dir: &Arc<Node>,
+        name: &[u8],
+    ) -> io::Result<Option<Arc<Node>>> {
+        let Some((layers, st)) = self.resolve(dir, name, false)? else {
+            return Ok(None);
+        };
+        let top = &self.layers[layers[0] as usize];
+        let real = self.compose_ino(top, st.st_ino);
+        let mut ino = self.remap.get(&real).map_or(real, |v| *v);
+        loop {
+            let make = || {
+                let mut attr = Attr::from_stat(ino, &st);
+                // As overlayfs: counting subdirectories of a merged dir is not worth it.
+                if attr.is_dir() && layers.len() > 1 {
+                    attr.nlink = 1;
+                }
+                self.present(&mut attr, layers[0], &join(&dir.path(), name));
+                Node::new(
+                    ino,
+                    Some((Arc::clone(dir), name.into())),
+                    NodeState {
+                        layers: layers.clone(),
+                        attr,
+                        real,
+                    },
+                )
+            };
+            let accept = |n: &Node| n.state.read().real == real && !n.is_detached();
+            if let Some(node) = self.table.lookup_ref(ino, make, accept) {
+                if !node.attr().is_dir() {
+                    node.add_name(dir, name); // a hard link seen under another name
+                }
+                return Ok(Some(node));
+            }
+            // The number still belongs to another (unlinked or copied-up) file the kernel
+            // holds: give this one a number of its own, remembered while the mount lives.
+            ino = self.alt_ino(real);
+            self.remap.insert(real, ino);
+        }
+    }
+
+    /// A fresh number outside the range composed from disk.
+    pub(crate) fn alt_ino(&self, real: Ino) -> Ino {
+        let n = self.alt_seq.fetch_add(1, Ordering::Relaxed);
+        (1 << 62) | ((real.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n) & ((1 << 62) - 1)) | 1
+    }
+
+    /// The layers holding `name` under `dir` (top first) and the top entry's stat.
+    /// With `lower_only`, as if the writable layer did not hold `name`: what a removal of the
+    /// upper entry would uncover.
+    pub(crate) fn resolve(
+        &self,
+        dir: &Arc<Node>,
+        name: &[u8],
+        lower_only: bool,
+    ) -> io::Result<Option<(LayerList, rustix::fs::Stat)>> {
+        let mut dir_layers = dir.layers();
+        if lower_only {
+            dir_layers.retain(|l| *l != 0 || self.upper.is_none());
+        }
+        let mut start = 0;
+        let listing = if lower_only {
+            None
+        } else {
+            Some(dir.listing.read_recursive())
+        };
+        if let Some(listing) = listing.as_ref().and_then(|l| l.as_ref()) {
+            // The listing already knows which names exist and where the topmost one is.
+            match listing.find(name) {
+                None => return Ok(None),
+                Some(e) => start = dir_layers.iter().position(|&l| l == e.top).unwrap_or(0),
+            }
+        }
+        resolve::child(&self.layers, &dir_layers[start..], &dir.path(), name)
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if self.table.forget(ino, n) {
+            self.evict_file(ino);
+            // After the kernel drops its caches, give the freed nodes and listings back to the
+            // system instead of keeping them in malloc's free lists.
+            if self.forgotten.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
+                // SAFETY: malloc_trim only releases free heap memory.
+                unsafe { libc::malloc_trim(0) };
+            }
+        }
+    }
+
+    /// Build the merged listing of a directory if it has none yet; it is kept while the node
+    /// lives and changed in place by writes.
+    pub fn ensure_listing(&self, dir: &Node) -> io::Result<()> {
+        if dir.listing.read_recursive().is_some() {
+            return Ok(());
+        }
+        let _ns = self.ns.read_recursive();
+        self.ensure_listing_locked(dir)
+    }
+
+    pub(crate) fn ensure_listing_locked(&self, dir: &Node) -> io::Result<()> {
+        if dir.listing.read_recursive().is_some() {
+            return Ok(());
+        }
+        let state = dir.state.read().clone();
+        if !state.attr.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let listing = Listing::build(&self.layers, &state.layers, &dir.path(), |layer, real| {
+            let c = self.compose_ino(layer, real);
+            self.remap.get(&c).map_or(c, |v| *v)
+        })?;
+        let mut slot = dir.listing.write();
+        if slot.is_none() {
+            *slot = Some(listing);
+        }
+        Ok(())
+    }
+
+    /// Run `f` on the directory's merged listing.
+    pub fn with_listing<R>(&self, dir: &Node, f: impl FnOnce(&Listing) -> R) -> io::Result<R> {
+        self.ensure_listing(dir)?;
+        let guard = dir.listing.read_recursive();
+        Ok(f(guard.as_ref().expect("just built")))
+    }
+
+    pub(crate) fn top_layer(&self, node: &Node) -> &Layer {
+        &self.layers[node.state.read().layers[0] as usize]
+    }
+
+    pub fn readlink(&self, ino: Ino) -> io::Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.attr().kind() != libc::S_IFLNK {
+            return Err(errno(libc::EINVAL));
+        }
+        self.top_layer(&node).readlink(&node.path())
+    }
+
+    /// Open the file behind a node for reading (the top layer's copy).
+    pub fn open_file(&self, node: &Node) -> io::Result<OwnedFd> {
+        match node.attr().kind() {
+            libc::S_IFREG => self.top_layer(node).open_read(&node.path()),
+            libc::S_IFDIR => Err(errno(libc::EISDIR)),
+            _ => Err(errno(libc::EINVAL)),
+        }
+    }
+
+    /// A descriptor for reading `ino`, from the bounded cache.
+    pub fn cached_file(&self, ino: Ino) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.files.lock().get(&ino) {
+            return Ok(Arc::clone(fd));
+        }
+        let node = self.node(ino)?;
+        let fd = Arc::new(self.open_file(&node)?);
+        self.files.lock().put(ino, Arc::clone(&fd));
+        Ok(fd)
+    }
+
+    /// Drop a cached descriptor (the node was forgotten).
+    pub fn evict_file(&self, ino: Ino) {
+        self.files.lock().pop(&ino);
+    }
+
+    /// Read from `fd` at `offset` until `buf` is full or the file ends.
+    pub fn read_at(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Xattr names of a node, overlay-internal ones removed; NUL-separated.
+    pub fn list_xattrs(&self, ino: Ino) -> io::Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let raw = self.top_layer(&node).list_xattrs(&node.path())?;
+        let mut out = Vec::with_capacity(raw.len());
+        for name in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if !self.is_hidden_xattr(name) {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Overlay-internal xattrs, and the override xattr where it carries the presented stat.
+    pub(crate) fn is_hidden_xattr(&self, name: &[u8]) -> bool {
+        whiteout::is_internal_xattr(name)
+            || self.ids.override_xattr.is_some_and(|x| x.name() == name)
+    }
+
+    pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        if self.is_hidden_xattr(name) {
+            return Ok(None);
+        }
+        let node = self.node(ino)?;
+        self.top_layer(&node).get_xattr(&node.path(), name)
+    }
+
+    pub fn statfs(&self) -> io::Result<rustix::fs::StatVfs> {
+        self.layers[0].statvfs()
+    }
+
+    /// access(2) against the merged attributes.
+    pub fn access(&self, ino: Ino, mask: i32, uid: u32, gid: u32) -> io::Result<()> {
+        let attr = self.getattr(ino)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        if mask & libc::W_OK != 0 && !self.writable() {
+            return Err(errno(libc::EROFS));
+        }
+        let mode = attr.mode;
+        let granted = if uid == 0 {
+            let any_x = mode & 0o111 != 0 || attr.is_dir();
+            libc::R_OK | libc::W_OK | if any_x { libc::X_OK } else { 0 }
+        } else {
+            let bits = if uid == attr.uid {
+                mode >> 6
+            } else if gid == attr.gid {
+                mode >> 3
+            } else {
+                mode
+            } & 0o7;
+            bits as i32
+        };
+        if mask & !granted & (libc::R_OK | libc::W_OK | libc::X_OK) != 0 {
+            return Err(errno(libc::EACCES));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The core without any front end: layers on disk, lookups and listings in process.
+    use super::*;
+
+    fn stack() -> (tempfile::TempDir, Overlay) {
+        let t = tempfile::tempdir().unwrap();
+        let (top, bottom) = (t.path().join("top"), t.path().join("bottom"));
+        for d in ["d", "opq", "gone"] {
+            std::fs::create_dir_all(bottom.join(d)).unwrap();
+        }
+        std::fs::write(bottom.join("d/low"), "low").unwrap();
+        std::fs::write(bottom.join("d/shadowed"), "bottom").unwrap();
+        std::fs::write(bottom.join("opq/hidden"), "").unwrap();
+        std::fs::create_dir_all(top.join("d")).unwrap();
+        std::fs::create_dir_all(top.join("opq")).unwrap();
+        std::fs::write(top.join("d/shadowed"), "top").unwrap();
+        std::fs::write(top.join("opq/.wh..wh..opq"), "").unwrap();
+        std::fs::write(top.join("opq/mine"), "").unwrap();
+        std::fs::write(top.join(".wh.gone"), "").unwrap();
+        let ov = Overlay::new(&[top, bottom]).unwrap();
+        (t, ov)
+    }
+
+    fn names(ov: &Overlay, dir: &Arc<Node>) -> Vec<String> {
+        let mut v: Vec<String> = ov
+            .with_listing(dir, |l| {
+                l.entries()
+                    .iter()
+                    .filter(|e| !e.removed)
+                    .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                    .collect()
+            })
+            .unwrap();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn merges_shadows_and_hides() {
+        let (_t, ov) = stack();
+        let root = ov.node(ROOT_INO).unwrap();
+        assert_eq!(names(&ov, &root), ["d", "opq"]);
+        assert!(ov.lookup(ROOT_INO, b"gone").unwrap().is_none());
+        assert!(ov.lookup(ROOT_INO, b".wh.gone").unwrap().is_none());
+        let d = ov.lookup(ROOT_INO, b"d").unwrap().unwrap();
+        assert_eq!(d.layers().len(), 2);
+        assert_eq!(names(&ov, &d), ["low", "shadowed"]);
+        let opq = ov.lookup(ROOT_INO, b"opq").unwrap().unwrap();
+        assert_eq!(opq.layers().len(), 1, "opaque dir must not merge");
+        assert_eq!(names(&ov, &opq), ["mine"]);
+        let f = ov.lookup(d.ino, b"shadowed").unwrap().unwrap();
+        let fd = ov.open_file(&f).unwrap();
+        let mut buf = [0u8; 16];
+        let n = Overlay::read_at(&fd, &mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"top");
+    }
+
+    #[test]
+    fn nodes_live_until_forgotten_and_keep_their_number() {
+        let (_t, ov) = stack();
+        let d1 = ov.lookup(ROOT_INO, b"d").unwrap().unwrap();
+        let d2 = ov.lookup(ROOT_INO, b"d").unwrap().unwrap();
+        assert!(Arc::ptr_eq(&d1, &d2));
+        let ino = d1.ino;
+        let before = ov.live_nodes();
+        ov.forget(ino, 1);
+        assert_eq!(ov.live_nodes(), before, "one reference left");
+        ov.forget(ino, 1);
+        assert_eq!(ov.live_nodes(), before - 1);
+        let again = ov.lookup(ROOT_INO, b"d").unwrap().unwrap();
+        assert_eq!(again.ino, ino, "inode numbers are stable across forget");
+    }
+}

@@ -1,0 +1,329 @@
+//! The writable upper layer's on-disk primitives: the work directory, whiteouts, opaque
+//! markers and atomic replacement. Everything is built under W first and renamed into U, so
+//! a daemon killed at any point leaves U holding either the old or the new entry, never a
+//! partial one; the next mount empties W.
+//!
+//! Whiteouts are written in the kernel's form (a 0:0 character device, which any user may
+//! create since Linux 5.8) and fall back to `.wh.<name>` files where mknod is refused. Opaque
+//! directories get `trusted.overlay.opaque=y` where we may set trusted xattrs; elsewhere
+//! (rootless) `user.overlay.opaque=y` plus a `.wh..wh..opq` file, which fuse-overlayfs, the
+//! kernel with `userxattr` and OCI tar diffs all understand.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+use tracing::{debug, warn};
+
+use super::Error;
+use crate::confined::{list, proc_path, remove_tree};
+use crate::stack::Layer;
+use crate::stack::whiteout;
+
+/// How whiteouts are written into the upper layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhiteoutForm {
+    /// A 0:0 character device under the name itself (kernel overlayfs).
+    CharDevice,
+    /// A `.wh.<name>` file beside it (OCI/AUFS).
+    WhFile,
+}
+
+#[derive(Debug)]
+pub struct Upper {
+    /// `W/work`: scratch space on the upper filesystem.
+    work: OwnedFd,
+    pub whiteouts: WhiteoutForm,
+    /// Set trusted.* xattrs (opaque marks)? Needs CAP_SYS_ADMIN in the initial namespace.
+    pub trusted_xattrs: bool,
+    /// fsync copied-up data before it becomes visible (off with `fsync=0` or `volatile`).
+    pub fsync: bool,
+    seq: AtomicU64,
+}
+
+pub use crate::confined::cstr as cname;
+
+fn ignore_absent(r: rustix::io::Result<()>) -> io::Result<()> {
+    match r {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Upper {
+    /// Prepare `W/work` for the upper layer `upper`: same filesystem, emptied of anything a
+    /// killed daemon left, and probe which whiteout and opaque forms we may write.
+    pub fn open(upper: &Layer, workdir: &Path, fsync: bool) -> Result<Upper, Error> {
+        let bad = |reason: String| Error::Workdir {
+            path: workdir.into(),
+            reason,
+        };
+        let w = rustix::fs::open(
+            workdir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| bad(io::Error::from(e).to_string()))?;
+        let st = rustix::fs::fstat(&w).map_err(|e| bad(io::Error::from(e).to_string()))?;
+        if st.st_dev != upper.dev {
+            return Err(bad(
+                "must be on the same filesystem as upperdir (copy-up renames across them)".into(),
+            ));
+        }
+        match rustix::fs::mkdirat(&w, "work", Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(bad(format!("cannot create work/: {}", io::Error::from(e)))),
+        }
+        let work = rustix::fs::openat(
+            &w,
+            "work",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| bad(format!("work/: {}", io::Error::from(e))))?;
+        let mut up = Upper {
+            work,
+            whiteouts: WhiteoutForm::CharDevice,
+            trusted_xattrs: false,
+            fsync,
+            seq: AtomicU64::new(0),
+        };
+        up.clean()
+            .map_err(|e| bad(format!("cleaning work/: {e}")))?;
+        up.probe();
+        debug!(whiteouts = ?up.whiteouts, trusted = up.trusted_xattrs, "upper layer ready");
+        Ok(up)
+    }
+
+    pub fn work(&self) -> &OwnedFd {
+        &self.work
+    }
+
+    /// Remove what an interrupted copy-up, rename or removal left in W.
+    fn clean(&self) -> io::Result<()> {
+        let names = list(&self.work)?;
+        if !names.is_empty() {
+            warn!(
+                entries = names.len(),
+                "removing leftovers of an interrupted run from workdir"
+            );
+        }
+        for n in names {
+            remove_tree(&self.work, &n)?;
+        }
+        Ok(())
+    }
+
+    fn probe(&mut self) {
+        let (mut whiteouts, mut trusted) = (WhiteoutForm::CharDevice, false);
+        {
+            let t = self.temp();
+            match rustix::fs::mknodat(&self.work, &*t, FileType::CharacterDevice, Mode::empty(), 0)
+            {
+                Ok(()) => {}
+                Err(e) => {
+                    debug!(error = %e, "mknod of a whiteout refused: writing .wh. files");
+                    whiteouts = WhiteoutForm::WhFile;
+                }
+            }
+        }
+        {
+            let t = self.temp();
+            if rustix::fs::mkdirat(&self.work, &*t, Mode::from_raw_mode(0o700)).is_ok() {
+                if let Ok(p) = proc_path(&self.work, t.as_bytes()) {
+                    trusted = rustix::fs::lsetxattr(
+                        &p,
+                        "trusted.overlay.opaque",
+                        b"y",
+                        rustix::fs::XattrFlags::empty(),
+                    )
+                    .is_ok();
+                }
+            }
+        }
+        self.whiteouts = whiteouts;
+        self.trusted_xattrs = trusted;
+    }
+
+    /// A fresh name in W, removed again when dropped unless it was installed.
+    pub fn temp(&self) -> Temp<'_> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        Temp {
+            work: &self.work,
+            name: CString::new(format!("#{:x}.{n:x}", std::process::id())).expect("no NUL"),
+        }
+    }
+
+    /// Make the directory `dir` (a descriptor) hide the layers below it.
+    pub fn make_opaque(&self, dir: &OwnedFd) -> io::Result<()> {
+        let flags = rustix::fs::XattrFlags::empty();
+        if self.trusted_xattrs {
+            return Ok(rustix::fs::fsetxattr(
+                dir,
+                "trusted.overlay.opaque",
+                b"y",
+                flags,
+            )?);
+        }
+        match rustix::fs::fsetxattr(dir, "user.overlay.opaque", b"y", flags) {
+            Ok(()) | Err(Errno::NOTSUP | Errno::PERM) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let m = rustix::fs::openat(
+            dir,
+            cname(whiteout::OPAQUE_MARKER)?.as_c_str(),
+            OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
+        )?;
+        drop(m);
+        Ok(())
+    }
+
+    /// Put a whiteout at `dir/name`, replacing whatever the upper layer holds there in one
+    /// step. A directory replaced this way is removed from W afterwards.
+    pub fn whiteout(&self, dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
+        let cn = cname(name)?;
+        match self.whiteouts {
+            WhiteoutForm::CharDevice => {
+                let t = self.temp();
+                rustix::fs::mknodat(&self.work, &*t, FileType::CharacterDevice, Mode::empty(), 0)?;
+                let exists = rustix::fs::statat(dir, &cn, AtFlags::SYMLINK_NOFOLLOW);
+                match exists {
+                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                        rustix::fs::renameat_with(
+                            &self.work,
+                            &*t,
+                            dir,
+                            &cn,
+                            RenameFlags::EXCHANGE,
+                        )?;
+                        remove_tree(&self.work, t.as_bytes())
+                    }
+                    _ => Ok(rustix::fs::renameat(&self.work, &*t, dir, &cn)?),
+                }
+            }
+            WhiteoutForm::WhFile => {
+                // A name too long for a `.wh.` file cannot be whited out in this form.
+                let wh = whiteout::whiteout_name(name)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+                let wh = cname(&wh)?;
+                let t = self.temp();
+                drop(rustix::fs::openat(
+                    &self.work,
+                    &*t,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?);
+                // The .wh. file first: until the entry goes, it shows itself (same layer).
+                rustix::fs::renameat(&self.work, &*t, dir, &wh)?;
+                self.remove(dir, name)
+            }
+        }
+    }
+
+    /// Whether the upper layer holds a whiteout for `name` in `dir`.
+    pub fn has_whiteout(&self, dir: &OwnedFd, name: &[u8]) -> io::Result<bool> {
+        match rustix::fs::statat(dir, cname(name)?.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if whiteout::is_char_whiteout(st.st_mode, st.st_rdev) => return Ok(true),
+            Ok(_) => return Ok(false),
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let Some(wh) = whiteout::whiteout_name(name) else {
+            return Ok(false);
+        };
+        match rustix::fs::statat(dir, cname(&wh)?.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Drop a `.wh.<name>` file, once `name` itself exists in the same layer.
+    pub fn drop_wh_file(&self, dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
+        let Some(wh) = whiteout::whiteout_name(name) else {
+            return Ok(());
+        };
+        ignore_absent(rustix::fs::unlinkat(
+            dir,
+            cname(&wh)?.as_c_str(),
+            AtFlags::empty(),
+        ))
+    }
+
+    /// Remove `dir/name` from the upper layer, whatever it is: moved into W in one step, then
+    /// deleted there (a directory may still hold whiteouts).
+    pub fn remove(&self, dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
+        let cn = cname(name)?;
+        match rustix::fs::unlinkat(dir, &cn, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => return Ok(()),
+            Err(Errno::ISDIR | Errno::PERM) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let t = self.temp();
+        rustix::fs::renameat(dir, &cn, &self.work, &*t)?;
+        remove_tree(&self.work, t.as_bytes())
+    }
+
+    /// Move the new entry `W/tmp` to `dir/name`, where the upper layer may hold a whiteout
+    /// (char form: replaced in the same step) or nothing.
+    pub fn install(
+        &self,
+        tmp: &CString,
+        dir: &OwnedFd,
+        name: &[u8],
+        is_dir: bool,
+    ) -> io::Result<()> {
+        let tmp: &CString = tmp;
+        let cn = cname(name)?;
+        match rustix::fs::renameat_with(&self.work, tmp, dir, &cn, RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                // Only a whiteout may be in the way.
+                let st = rustix::fs::statat(dir, &cn, AtFlags::SYMLINK_NOFOLLOW)?;
+                if !whiteout::is_char_whiteout(st.st_mode, st.st_rdev) {
+                    return Err(Errno::EXIST.into());
+                }
+                if is_dir {
+                    rustix::fs::renameat_with(&self.work, tmp, dir, &cn, RenameFlags::EXCHANGE)?;
+                    ignore_absent(rustix::fs::unlinkat(&self.work, tmp, AtFlags::empty()))?;
+                } else {
+                    rustix::fs::renameat(&self.work, tmp, dir, &cn)?;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.drop_wh_file(dir, name)
+    }
+}
+
+/// A temporary entry in W. Whatever it holds goes when it is dropped, so a failed copy-up or
+/// create leaves nothing behind (a killed daemon's leftovers go at the next mount).
+pub struct Temp<'a> {
+    work: &'a OwnedFd,
+    name: CString,
+}
+
+impl std::ops::Deref for Temp<'_> {
+    type Target = CString;
+    fn deref(&self) -> &CString {
+        &self.name
+    }
+}
+
+impl AsRef<std::ffi::CStr> for Temp<'_> {
+    fn as_ref(&self) -> &std::ffi::CStr {
+        &self.name
+    }
+}
+
+impl Drop for Temp<'_> {
+    fn drop(&mut self) {
+        // Usually already renamed away: then there is nothing here.
+        let _ = remove_tree(self.work, self.name.as_bytes());
+    }
+}

@@ -1,0 +1,902 @@
+//! Writes through the merged view: create, remove, rename, link, attribute and xattr changes.
+//! Each one copies up what it touches, then changes the writable layer in steps that are
+//! each atomic (see [`crate::overlay::upper`]), then brings the node table and listings up to date.
+//! All hold the namespace lock exclusively.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid};
+use rustix::io::Errno;
+
+use crate::overlay::copyup::Data;
+use crate::overlay::inode::{Attr, LayerList, Node, NodeState};
+use crate::overlay::upper::{Upper, WhiteoutForm, cname};
+use crate::overlay::{Overlay, errno};
+use crate::stack::layer::join;
+use crate::stack::override_stat::Override;
+use crate::stack::whiteout::{self, Marker};
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub enum NewEntry<'a> {
+    File,
+    Dir,
+    Symlink(&'a [u8]),
+    /// Fifo, socket or device: mode's type bits and rdev.
+    Node(u64),
+}
+
+/// Who asks (already the presented ids; mapped to disk here).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A time to set.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Now,
+    At(i64, u32),
+}
+
+/// Attribute changes of a SETATTR.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    /// Set to the caller's group when it lacks CAP_FSETID: a truncate then clears
+    /// set-user/group-ID as the VFS would.
+    pub kill_suidgid: Option<u32>,
+}
+
+fn to_ts(t: Option<SetTime>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        Some(SetTime::At(s, n)) => Timespec {
+            tv_sec: s,
+            tv_nsec: n as _,
+        },
+    }
+}
+
+fn check_name(name: &[u8]) -> io::Result<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(errno(libc::EINVAL));
+    }
+    if name.len() > 255 {
+        return Err(errno(libc::ENAMETOOLONG));
+    }
+    // Names that mean something to the overlay cannot be made through it.
+    if whiteout::classify(name) != Marker::Entry {
+        return Err(errno(libc::EPERM));
+    }
+    Ok(())
+}
+
+/// A resolved name: its layers, the top entry's stat and its live node if there is one.
+struct Found {
+    layers: LayerList,
+    st: rustix::fs::Stat,
+    node: Option<Arc<Node>>,
+}
+
+impl Found {
+    fn is_dir(&self) -> bool {
+        self.st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    fn has_lower(&self) -> bool {
+        self.layers.iter().any(|&l| l != 0)
+    }
+}
+
+impl Overlay {
+    fn upper(&self) -> io::Result<&Upper> {
+        match &self.upper {
+            Some(u) if self.writable() => Ok(u),
+            _ => Err(errno(libc::EROFS)),
+        }
+    }
+
+    /// Resolve without taking a kernel reference.
+    fn peek(&self, dir: &Arc<Node>, name: &[u8]) -> io::Result<Option<Found>> {
+        let Some((layers, st)) = self.resolve(dir, name, false)? else {
+            return Ok(None);
+        };
+        let real = self.compose_ino(&self.layers[layers[0] as usize], st.st_ino);
+        let ino = self.remap.get(&real).map_or(real, |v| *v);
+        let node = self
+            .table
+            .get(ino)
+            .filter(|n| n.state.read().real == real && !n.is_detached());
+        Ok(Some(Found { layers, st, node }))
+    }
+
+    /// The live node of a name, or a transient one (not in the table) to copy it up with.
+    fn node_of(&self, dir: &Arc<Node>, name: &[u8], f: &Found) -> Arc<Node> {
+        f.node.clone().unwrap_or_else(|| {
+            let real = self.compose_ino(&self.layers[f.layers[0] as usize], f.st.st_ino);
+            Arc::new(Node::new(
+                self.remap.get(&real).map_or(real, |v| *v),
+                Some((Arc::clone(dir), name.into())),
+                NodeState {
+                    layers: f.layers.clone(),
+                    attr: Attr::from_stat(real, &f.st),
+                    real,
+                },
+            ))
+        })
+    }
+
+    /// The directory `dir` in the writable layer (copied up if needed), opened.
+    fn upper_dir(&self, dir: &Arc<Node>) -> io::Result<OwnedFd> {
+        self.copy_up(dir, Data::Copy)?;
+        self.layers[0].open_dir(&dir.path())
+    }
+
+    /// Whether removing the upper entry `name` of `dir` would uncover a lower one.
+    fn lower_visible(&self, dir: &Arc<Node>, name: &[u8]) -> io::Result<bool> {
+        Ok(self.resolve(dir, name, true)?.is_some())
+    }
+
+    /// Whether a lower layer of `dir` holds a whiteout for `name`.
+    fn whiteout_below(&self, dir: &Node, name: &[u8]) -> io::Result<bool> {
+        let rel = join(&dir.path(), name);
+        let wh = whiteout::whiteout_name(name).map(|w| join(&dir.path(), &w));
+        for l in dir.layers().into_iter().filter(|&l| l != 0) {
+            let layer = &self.layers[l as usize];
+            if let Some(st) = layer.stat(&rel)? {
+                return Ok(whiteout::is_char_whiteout(st.st_mode, st.st_rdev));
+            }
+            if let Some(wh) = &wh {
+                if layer.exists(wh)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Bring `dir`'s listing and the node table up to date after `name` appeared in the
+    /// writable layer, and return its node with one kernel reference.
+    fn entered(&self, dir: &Arc<Node>, name: &[u8]) -> io::Result<Arc<Node>> {
+        let st = self.layers[0]
+            .stat(&join(&dir.path(), name))?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let real = self.compose_ino(&self.layers[0], st.st_ino);
+        let ino = self.remap.get(&real).map_or(real, |v| *v);
+        if let Some(l) = dir.listing.write().as_mut() {
+            l.add(name, st.st_mode & libc::S_IFMT, ino, 0);
+        }
+        self.lookup_locked(dir, name)?
+            .ok_or_else(|| errno(libc::ENOENT))
+    }
+
+    /// `name` left `dir`: drop it from the listing and detach its node.
+    fn removed(&self, dir: &Arc<Node>, name: &[u8], node: Option<&Arc<Node>>) {
+        if let Some(l) = dir.listing.write().as_mut() {
+            l.remove(name);
+        }
+        if let Some(n) = node {
+            n.remove_name(dir.ino, name);
+            if n.is_detached() {
+                let real = n.state.read().real;
+                self.remap.remove_if(&real, |_, v| *v == n.ino);
+            }
+        }
+    }
+
+    /// Owner on disk for a new entry of `caller` in `dir` (set-gid directories pass their
+    /// group on, as the kernel does).
+    fn new_owner(
+        &self,
+        caller: Caller,
+        dir: &Node,
+    ) -> io::Result<(Option<u32>, Option<u32>, bool)> {
+        let pattr = dir.attr();
+        let sgid = pattr.mode & libc::S_ISGID != 0;
+        let gid = if sgid { pattr.gid } else { caller.gid };
+        let uid = if self.ids.squash_uid.is_some() {
+            None
+        } else {
+            Some(
+                self.ids
+                    .uid_to_disk(caller.uid)
+                    .ok_or_else(|| errno(libc::EINVAL))?,
+            )
+        };
+        let gid = if self.ids.squash_gid.is_some() {
+            None
+        } else {
+            Some(
+                self.ids
+                    .gid_to_disk(gid)
+                    .ok_or_else(|| errno(libc::EINVAL))?,
+            )
+        };
+        Ok((uid, gid, sgid))
+    }
+
+    /// Create `name` in `dir`. Regular files come back open for reading and writing.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        what: NewEntry<'_>,
+        mode: u32,
+        caller: Caller,
+    ) -> io::Result<(Arc<Node>, Option<OwnedFd>)> {
+        check_name(name)?;
+        let dir = self.node(parent)?;
+        let upper = self.upper()?;
+        let _ns = self.ns.write();
+        if dir.is_detached() {
+            return Err(errno(libc::ENOENT));
+        }
+        if self.peek(&dir, name)?.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        let pdir = self.upper_dir(&dir)?;
+        let whited = upper.has_whiteout(&pdir, name)?;
+        // As overlayfs: a new directory where any layer has a whiteout is made opaque.
+        let opaque =
+            matches!(what, NewEntry::Dir) && (whited || self.whiteout_below(&dir, name)?);
+        let (uid, gid, sgid) = self.new_owner(caller, &dir)?;
+        if matches!(what, NewEntry::File) && !whited {
+            if let Some(fd) = self.create_file_in_place(&pdir, name, mode & 0o7777, uid, gid)? {
+                let node = self.entered(&dir, name)?;
+                return Ok((node, Some(fd)));
+            }
+        }
+        let work = upper.work();
+        let tmp = upper.temp();
+        let mut perm = mode & 0o7777;
+        let mut file = None;
+        let is_dir = matches!(what, NewEntry::Dir);
+        let override_x = self.ids.override_xattr;
+        // With an override xattr the presented mode lives there; the file itself stays
+        // usable by the daemon.
+        let disk_perm = |p: u32| {
+            if override_x.is_some() {
+                p | if is_dir { 0o700 } else { 0o600 }
+            } else {
+                p
+            }
+        };
+        match what {
+            NewEntry::File => {
+                file = Some(rustix::fs::openat(
+                    work,
+                    &*tmp,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?);
+            }
+            NewEntry::Dir => {
+                if sgid {
+                    perm |= libc::S_ISGID;
+                }
+                rustix::fs::mkdirat(work, &*tmp, Mode::from_raw_mode(0o700))?;
+                if opaque {
+                    // A directory over a whiteout must not show what lies below.
+                    let d = rustix::fs::openat(
+                        work,
+                        &*tmp,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    upper.make_opaque(&d)?;
+                }
+            }
+            NewEntry::Symlink(target) => {
+                rustix::fs::symlinkat(cname(target)?.as_c_str(), work, &*tmp)?;
+            }
+            NewEntry::Node(rdev) => {
+                let ft = FileType::from_raw_mode(mode);
+                let disk_rdev = if override_x.is_some() { 0 } else { rdev };
+                let ft = if override_x.is_some()
+                    && matches!(ft, FileType::CharacterDevice | FileType::BlockDevice)
+                {
+                    FileType::RegularFile
+                } else {
+                    ft
+                };
+                rustix::fs::mknodat(work, &*tmp, ft, Mode::from_raw_mode(0o600), disk_rdev)?;
+            }
+        }
+        let is_link = matches!(what, NewEntry::Symlink(_));
+        self.set_owner_at(work, &tmp, uid, gid, override_x.is_some())?;
+        if let Some(x) = override_x {
+            let kind = match what {
+                NewEntry::Node(rdev) => Some((mode & libc::S_IFMT, rdev)),
+                _ => None,
+            };
+            let o = Override {
+                uid: uid.unwrap_or(0),
+                gid: gid.unwrap_or(0),
+                perm,
+                kind,
+            };
+            let p = crate::confined::proc_path(work, tmp.as_bytes())?;
+            rustix::fs::lsetxattr(
+                &p,
+                x.name(),
+                o.format().as_bytes(),
+                rustix::fs::XattrFlags::empty(),
+            )?;
+        }
+        if !is_link {
+            rustix::fs::chmodat(
+                work,
+                &*tmp,
+                Mode::from_raw_mode(disk_perm(perm)),
+                AtFlags::empty(),
+            )?;
+        }
+        upper.install(&tmp, &pdir, name, is_dir)?;
+        let node = self.entered(&dir, name)?;
+        Ok((node, file))
+    }
+
+    /// A new regular file made whole before it has a name: an unnamed inode (O_TMPFILE) in
+    /// the upper directory itself gets its owner, mode and override xattr, then is linked in.
+    /// A crash before the link leaves nothing; no work-dir round trip, and the inode is
+    /// allocated near its directory as on a plain create (creating every file in W made ext4
+    /// search one block group's recently freed inodes: half the daemon's CPU in an untar).
+    /// `None`: the filesystem has no O_TMPFILE (or no /proc); the caller takes the W path.
+    fn create_file_in_place(
+        &self,
+        pdir: &OwnedFd,
+        name: &[u8],
+        perm: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> io::Result<Option<OwnedFd>> {
+        let fd = match rustix::fs::openat(
+            pdir,
+            c".",
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let override_x = self.ids.override_xattr;
+        self.set_owner_at(&fd, c"", uid, gid, override_x.is_some())?;
+        let disk_perm = match override_x {
+            Some(x) => {
+                let o = Override {
+                    uid: uid.unwrap_or(0),
+                    gid: gid.unwrap_or(0),
+                    perm,
+                    kind: None,
+                };
+                rustix::fs::fsetxattr(
+                    &fd,
+                    x.name(),
+                    o.format().as_bytes(),
+                    rustix::fs::XattrFlags::empty(),
+                )?;
+                perm | 0o600
+            }
+            None => perm,
+        };
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(disk_perm))?;
+        // linkat(AT_EMPTY_PATH) wants CAP_DAC_READ_SEARCH; the /proc form works for anyone.
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        match rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc.as_str(),
+            pdir,
+            cname(name)?.as_c_str(),
+            AtFlags::SYMLINK_FOLLOW,
+        ) {
+            Ok(()) => Ok(Some(fd)),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Set the owner of `dir/name` (no-follow; `name` empty: `dir` itself); with `soft`
+    /// refusal is tolerated.
+    fn set_owner_at(
+        &self,
+        dir: &OwnedFd,
+        name: &std::ffi::CStr,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        soft: bool,
+    ) -> io::Result<()> {
+        if uid.is_none() && gid.is_none() {
+            return Ok(());
+        }
+        let me = rustix::process::geteuid().as_raw();
+        let flags = if name.is_empty() {
+            AtFlags::EMPTY_PATH
+        } else {
+            AtFlags::SYMLINK_NOFOLLOW
+        };
+        match rustix::fs::chownat(
+            dir,
+            name,
+            uid.map(Uid::from_raw),
+            gid.map(Gid::from_raw),
+            flags,
+        ) {
+            Ok(()) => Ok(()),
+            // An ordinary user's mount: what it creates is its own, as on any filesystem.
+            Err(Errno::PERM | Errno::INVAL) if soft || me != 0 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// unlink(2) (`dir == false`) and rmdir(2).
+    pub fn remove(&self, parent: u64, name: &[u8], rmdir: bool) -> io::Result<()> {
+        let dir = self.node(parent)?;
+        let upper = self.upper()?;
+        let _ns = self.ns.write();
+        let f = self.peek(&dir, name)?.ok_or_else(|| errno(libc::ENOENT))?;
+        match (rmdir, f.is_dir()) {
+            (true, false) => return Err(errno(libc::ENOTDIR)),
+            (false, true) => return Err(errno(libc::EISDIR)),
+            _ => {}
+        }
+        if rmdir {
+            let victim = self.node_of(&dir, name, &f);
+            if !self.merged_empty(&victim)? {
+                return Err(errno(libc::ENOTEMPTY));
+            }
+        }
+        let pdir = self.upper_dir(&dir)?;
+        if self.lower_visible(&dir, name)? {
+            upper.whiteout(&pdir, name)?;
+        } else {
+            upper.remove(&pdir, name)?;
+        }
+        self.removed(&dir, name, f.node.as_ref());
+        Ok(())
+    }
+
+    /// Whether a directory shows no entries in the merged view.
+    fn merged_empty(&self, d: &Arc<Node>) -> io::Result<bool> {
+        self.ensure_listing_locked(d)?;
+        Ok(d.listing.read().as_ref().is_none_or(|l| l.is_empty()))
+    }
+
+    /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE. A directory that exists in a lower
+    /// layer is not moved (EXDEV, as fuse-overlayfs and overlayfs without redirect_dir do;
+    /// `mv` then copies it).
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        check_name(newname)?;
+        let dir = self.node(parent)?;
+        let newdir = self.node(newparent)?;
+        let upper = self.upper()?;
+        let _ns = self.ns.write();
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let src = self.peek(&dir, name)?.ok_or_else(|| errno(libc::ENOENT))?;
+        let dst = self.peek(&newdir, newname)?;
+        if parent == newparent && name == newname {
+            return Ok(());
+        }
+        if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        if exchange && dst.is_none() {
+            return Err(errno(libc::ENOENT));
+        }
+        if src.is_dir() && src.has_lower() {
+            return Err(errno(libc::EXDEV));
+        }
+        if let Some(d) = &dst {
+            if exchange && d.is_dir() && d.has_lower() {
+                return Err(errno(libc::EXDEV));
+            }
+            if !exchange {
+                match (src.is_dir(), d.is_dir()) {
+                    (true, false) => return Err(errno(libc::ENOTDIR)),
+                    (false, true) => return Err(errno(libc::EISDIR)),
+                    (true, true) if !self.merged_empty(&self.node_of(&newdir, newname, d))? => {
+                        return Err(errno(libc::ENOTEMPTY));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let snode = self.node_of(&dir, name, &src);
+        self.copy_up(&snode, Data::Copy)?;
+        let spdir = self.upper_dir(&dir)?;
+        let dpdir = self.upper_dir(&newdir)?;
+        let (cs, cd) = (cname(name)?, cname(newname)?);
+        if exchange {
+            let dnode = self.node_of(&newdir, newname, dst.as_ref().expect("checked"));
+            self.copy_up(&dnode, Data::Copy)?;
+            rustix::fs::renameat_with(&spdir, &cs, &dpdir, &cd, RenameFlags::EXCHANGE)?;
+            let (sk, dk) = (
+                src.st.st_mode & libc::S_IFMT,
+                dst.as_ref().expect("checked").st.st_mode & libc::S_IFMT,
+            );
+            if let Some(l) = dir.listing.write().as_mut() {
+                l.add(name, dk, dnode.ino, 0);
+            }
+            if let Some(l) = newdir.listing.write().as_mut() {
+                l.add(newname, sk, snode.ino, 0);
+            }
+            snode.rename((dir.ino, name), (&newdir, newname));
+            dnode.rename((newdir.ino, newname), (&dir, name));
+            return Ok(());
+        }
+        let src_lower = self.lower_visible(&dir, name)?;
+        let dst_lower = dst.is_some() && self.lower_visible(&newdir, newname)?;
+        let in_way = match rustix::fs::statat(&dpdir, &cd, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(st),
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let whiteout_in_way =
+            in_way.is_some_and(|s| whiteout::is_char_whiteout(s.st_mode, s.st_rdev));
+        let dir_in_way = in_way.is_some_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        if src.is_dir()
+            && (dst_lower
+                || whiteout_in_way
+                || newdir.layers().len() > 1
+                || upper.has_whiteout(&dpdir, newname)?)
+        {
+            // Lower entries of the new name must stay hidden under the moved directory (and,
+            // as overlayfs does, a directory moved into a merged one is marked so anyway).
+            let d = self.layers[0].open_dir(&snode.path())?;
+            upper.make_opaque(&d)?;
+        }
+        let mut src_done = false;
+        if src.is_dir() && (whiteout_in_way || dir_in_way) {
+            // rename(2) cannot put a directory over a device or a non-empty directory:
+            // exchange, then deal with what landed at the old name.
+            rustix::fs::renameat_with(&spdir, &cs, &dpdir, &cd, RenameFlags::EXCHANGE)?;
+            if src_lower {
+                upper.whiteout(&spdir, name)?;
+            } else {
+                upper.remove(&spdir, name)?;
+            }
+            src_done = true;
+        } else if src_lower && upper.whiteouts == WhiteoutForm::CharDevice {
+            match rustix::fs::renameat_with(&spdir, &cs, &dpdir, &cd, RenameFlags::WHITEOUT) {
+                Ok(()) => src_done = true,
+                Err(Errno::INVAL | Errno::PERM | Errno::NOSYS) => {
+                    rustix::fs::renameat(&spdir, &cs, &dpdir, &cd)?
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            rustix::fs::renameat(&spdir, &cs, &dpdir, &cd)?;
+        }
+        if src_lower && !src_done {
+            upper.whiteout(&spdir, name)?;
+        }
+        upper.drop_wh_file(&dpdir, newname)?;
+        let kind = src.st.st_mode & libc::S_IFMT;
+        if let Some(d) = &dst {
+            self.removed(&newdir, newname, d.node.as_ref());
+        }
+        if let Some(l) = dir.listing.write().as_mut() {
+            l.remove(name);
+        }
+        if let Some(l) = newdir.listing.write().as_mut() {
+            l.add(newname, kind, snode.ino, 0);
+        }
+        snode.rename((dir.ino, name), (&newdir, newname));
+        Ok(())
+    }
+
+    /// link(2): a new name for a non-directory.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> io::Result<Arc<Node>> {
+        check_name(newname)?;
+        let node = self.node(ino)?;
+        let newdir = self.node(newparent)?;
+        let upper = self.upper()?;
+        let _ns = self.ns.write();
+        if node.attr().is_dir() {
+            return Err(errno(libc::EPERM));
+        }
+        if node.is_detached() {
+            return Err(errno(libc::ENOENT));
+        }
+        if self.peek(&newdir, newname)?.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        self.copy_up(&node, Data::Copy)?;
+        let dpdir = self.upper_dir(&newdir)?;
+        let (sparent, sname) = node.link().ok_or_else(|| errno(libc::EINVAL))?;
+        let spdir = self.layers[0].open_dir(&sparent.path())?;
+        let tmp = upper.temp();
+        rustix::fs::linkat(
+            &spdir,
+            cname(&sname)?.as_c_str(),
+            upper.work(),
+            &*tmp,
+            AtFlags::empty(),
+        )?;
+        upper.install(&tmp, &dpdir, newname, false)?;
+        let n = self.entered(&newdir, newname)?;
+        Ok(n)
+    }
+
+    /// The parent directory (in the writable layer) and final name of a node, for `*at` calls;
+    /// `.` of the upper root for the root.
+    fn at(&self, node: &Node) -> io::Result<(OwnedFd, CString)> {
+        match node.link() {
+            Some((p, n)) => Ok((self.layers[0].open_dir(&p.path())?, cname(&n)?)),
+            None => Ok((self.layers[0].open_dir(b"")?, cname(b".")?)),
+        }
+    }
+
+    /// chmod, chown, truncate, utimens. `fd` is the caller's open file when it gave one.
+    pub fn setattr(&self, ino: u64, sa: &SetAttr, fd: Option<&OwnedFd>) -> io::Result<Attr> {
+        let node = self.node(ino)?;
+        self.upper()?;
+        let detached_fd = if node.is_detached() {
+            Some(match fd {
+                Some(f) => rustix::io::dup(f)?,
+                None => {
+                    let w = node
+                        .open_fd
+                        .lock()
+                        .upgrade()
+                        .ok_or_else(|| errno(libc::ENOENT))?;
+                    rustix::io::dup(&*w)?
+                }
+            })
+        } else {
+            None
+        };
+        if let Some(f) = &detached_fd {
+            return self.setattr_fd(&node, sa, f);
+        }
+        let _ns = self.ns.write();
+        let data = if sa.size == Some(0) {
+            Data::Skip
+        } else {
+            Data::Copy
+        };
+        self.copy_up(&node, data)?;
+        let is_link = node.attr().kind() == libc::S_IFLNK;
+        let (pdir, cn) = self.at(&node)?;
+        if sa.uid.is_some() || sa.gid.is_some() {
+            self.chown(&node, &pdir, &cn, sa.uid, sa.gid)?;
+        }
+        if let Some(m) = sa.mode {
+            if let Some(x) = self.ids.override_xattr {
+                self.update_override(&node, x.name(), |o| o.perm = m & 0o7777)?;
+            } else if !is_link {
+                rustix::fs::chmodat(
+                    &pdir,
+                    &cn,
+                    Mode::from_raw_mode(m & 0o7777),
+                    AtFlags::empty(),
+                )?;
+            }
+        }
+        if let Some(size) = sa.size {
+            let f = match fd {
+                Some(f) => rustix::io::dup(f)?,
+                None => self.layers[0].open_rw(&node.path())?,
+            };
+            rustix::fs::ftruncate(&f, size)?;
+            if let Some(gid) = sa.kill_suidgid {
+                self.kill_suidgid(&node, &f, gid)?;
+            }
+        }
+        if sa.atime.is_some() || sa.mtime.is_some() {
+            let t = Timestamps {
+                last_access: to_ts(sa.atime),
+                last_modification: to_ts(sa.mtime),
+            };
+            rustix::fs::utimensat(&pdir, &cn, &t, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        drop(_ns);
+        self.attr(&node)
+    }
+
+    /// setattr of an unlinked file, through a descriptor.
+    fn setattr_fd(&self, node: &Node, sa: &SetAttr, f: &OwnedFd) -> io::Result<Attr> {
+        if let Some(m) = sa.mode {
+            rustix::fs::fchmod(f, Mode::from_raw_mode(m & 0o7777))?;
+        }
+        if sa.uid.is_some() || sa.gid.is_some() {
+            let u = sa.uid.and_then(|u| self.ids.uid_to_disk(u));
+            let g = sa.gid.and_then(|g| self.ids.gid_to_disk(g));
+            rustix::fs::fchown(f, u.map(Uid::from_raw), g.map(Gid::from_raw))?;
+        }
+        if let Some(size) = sa.size {
+            rustix::fs::ftruncate(f, size)?;
+            if let Some(gid) = sa.kill_suidgid {
+                self.kill_suidgid(node, f, gid)?;
+            }
+        }
+        if sa.atime.is_some() || sa.mtime.is_some() {
+            let t = Timestamps {
+                last_access: to_ts(sa.atime),
+                last_modification: to_ts(sa.mtime),
+            };
+            rustix::fs::futimens(f, &t)?;
+        }
+        self.attr(node)
+    }
+
+    fn chown(
+        &self,
+        node: &Node,
+        pdir: &OwnedFd,
+        cn: &CString,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> io::Result<()> {
+        let map = |v: Option<u32>,
+                   squash: bool,
+                   f: &dyn Fn(u32) -> Option<u32>|
+         -> io::Result<Option<u32>> {
+            match v {
+                None => Ok(None),
+                Some(_) if squash => Ok(None),
+                Some(v) => f(v).map(Some).ok_or_else(|| errno(libc::EINVAL)),
+            }
+        };
+        let u = map(uid, self.ids.squash_uid.is_some(), &|v| {
+            self.ids.uid_to_disk(v)
+        })?;
+        let g = map(gid, self.ids.squash_gid.is_some(), &|v| {
+            self.ids.gid_to_disk(v)
+        })?;
+        if let Some(x) = self.ids.override_xattr {
+            return self.update_override(node, x.name(), |o| {
+                if let Some(u) = u {
+                    o.uid = u;
+                }
+                if let Some(g) = g {
+                    o.gid = g;
+                }
+            });
+        }
+        rustix::fs::chownat(
+            pdir,
+            cn,
+            u.map(Uid::from_raw),
+            g.map(Gid::from_raw),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    /// Rewrite the override xattr of an upper entry, starting from what it presents now.
+    fn update_override(
+        &self,
+        node: &Node,
+        xname: &[u8],
+        f: impl FnOnce(&mut Override),
+    ) -> io::Result<()> {
+        let rel = node.path();
+        let cur = self.layers[0].get_xattr(&rel, xname)?;
+        let mut o = cur.as_deref().and_then(Override::parse).unwrap_or_else(|| {
+            let a = node.attr();
+            Override {
+                uid: self.ids.uid_to_disk(a.uid).unwrap_or(a.uid),
+                gid: self.ids.gid_to_disk(a.gid).unwrap_or(a.gid),
+                perm: a.mode & 0o7777,
+                kind: None,
+            }
+        });
+        f(&mut o);
+        self.layers[0].set_xattr(&rel, xname, o.format().as_bytes(), 0)
+    }
+
+    pub fn set_xattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
+        if self.is_hidden_xattr(name) {
+            return Err(errno(libc::EPERM));
+        }
+        let node = self.node(ino)?;
+        self.upper()?;
+        let _ns = self.ns.write();
+        self.copy_up(&node, Data::Copy)?;
+        self.layers[0].set_xattr(&node.path(), name, value, flags)
+    }
+
+    pub fn remove_xattr(&self, ino: u64, name: &[u8]) -> io::Result<()> {
+        if self.is_hidden_xattr(name) {
+            return Err(errno(libc::ENODATA));
+        }
+        let node = self.node(ino)?;
+        self.upper()?;
+        let _ns = self.ns.write();
+        self.copy_up(&node, Data::Copy)?;
+        self.layers[0].remove_xattr(&node.path(), name)
+    }
+
+    /// Open a file. Opens for writing (or truncating) copy it up first; the descriptor is the
+    /// upper file's, opened read-write whatever the caller asked, so one serves all handles.
+    /// `kill_suidgid`: the caller's group when it lacks CAP_FSETID, so O_TRUNC clears
+    /// set-user/group-ID.
+    pub fn open(
+        &self,
+        ino: u64,
+        flags: i32,
+        kill_suidgid: Option<u32>,
+    ) -> io::Result<(OwnedFd, bool)> {
+        let node = self.node(ino)?;
+        match node.attr().kind() {
+            libc::S_IFREG => {}
+            libc::S_IFDIR => return Err(errno(libc::EISDIR)),
+            _ => return Err(errno(libc::EINVAL)),
+        }
+        let trunc = flags & libc::O_TRUNC != 0;
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY || trunc;
+        if !write {
+            return Ok((self.open_file(&node)?, false));
+        }
+        self.upper()?;
+        {
+            let _ns = self.ns.write();
+            self.copy_up(&node, if trunc { Data::Skip } else { Data::Copy })?;
+        }
+        let fd = self.layers[0].open_rw(&node.path())?;
+        if trunc {
+            rustix::fs::ftruncate(&fd, 0)?;
+            if let Some(gid) = kill_suidgid {
+                self.kill_suidgid(&node, &fd, gid)?;
+            }
+        }
+        Ok((fd, true))
+    }
+
+    /// Clears set-user-ID, and set-group-ID on a group-executable file or one of a group
+    /// the caller (`gid`) is not in, after a write or truncate by a caller without
+    /// CAP_FSETID, as the VFS does. The mount takes this over (FUSE_HANDLE_KILLPRIV_V2) so
+    /// that the kernel stops asking for `security.capability` before every write; the upper
+    /// filesystem drops that xattr itself when we write to it.
+    pub fn kill_suidgid(&self, node: &Node, fd: &OwnedFd, gid: u32) -> io::Result<()> {
+        let attr = self.attr(node)?;
+        let perm = attr.mode & 0o7777;
+        let mut kill = perm & libc::S_ISUID;
+        if perm & libc::S_ISGID != 0 && (perm & libc::S_IXGRP != 0 || attr.gid != gid) {
+            kill |= libc::S_ISGID;
+        }
+        if kill == 0 {
+            return Ok(());
+        }
+        match self.ids.override_xattr {
+            Some(x) => self.update_override(node, x.name(), |o| o.perm = perm & !kill),
+            None => Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(perm & !kill))?),
+        }
+    }
+
+    /// fsync(2) of an open file, unless the mount was asked not to (`fsync=0`, `volatile`).
+    pub fn fsync(&self, fd: &OwnedFd, datasync: bool) -> io::Result<()> {
+        if self.upper.as_ref().is_some_and(|u| !u.fsync) {
+            return Ok(());
+        }
+        if datasync {
+            Ok(rustix::fs::fdatasync(fd)?)
+        } else {
+            Ok(rustix::fs::fsync(fd)?)
+        }
+    }
+}

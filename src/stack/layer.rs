@@ -1,0 +1,343 @@
+//! One layer of the stack: a directory tree reached only through a file descriptor to its root.
+//!
+//! Every access is relative to that descriptor, so a layer keeps working when the mount covers
+//! its path (apptainer mounts over the last lowerdir) and nothing resolves outside it: opens use
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, stats never follow the final symlink, and the
+//! intermediate components of a path are directories the overlay has already checked.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs};
+
+use super::whiteout;
+use crate::confined::{self, cstr, split_long};
+
+/// Why a layer root cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("{path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("{path}: not a directory")]
+    NotDir { path: PathBuf },
+    #[error("{path}: not readable: {source}")]
+    Unreadable { path: PathBuf, source: io::Error },
+}
+
+/// A path inside a layer: relative, `/`-separated, empty for the layer root.
+pub type RelPath = [u8];
+
+/// Append `name` to a relative path.
+pub fn join(parent: &RelPath, name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(parent.len() + 1 + name.len());
+    if !parent.is_empty() {
+        v.extend_from_slice(parent);
+        v.push(b'/');
+    }
+    v.extend_from_slice(name);
+    v
+}
+
+/// Errors that mean "no such entry": a missing component, a file where a directory was
+/// expected, or a name too long to exist (a `.wh.` probe of a 252-255 byte name).
+fn absent(e: &rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    matches!(*e, Errno::NOENT | Errno::NOTDIR | Errno::NAMETOOLONG)
+}
+
+/// A raw entry of one layer directory, as `getdents` gives it.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub name: Vec<u8>,
+    /// `S_IFMT` bits of the entry.
+    pub kind: u32,
+    pub ino: u64,
+    /// A 0:0 character device: a kernel-form whiteout.
+    pub char_whiteout: bool,
+}
+
+#[derive(Debug)]
+pub struct Layer {
+    /// Position in the stack, 0 = top.
+    pub index: usize,
+    /// The path the user gave, for messages.
+    pub path: PathBuf,
+    root: OwnedFd,
+    /// `st_dev` of the layer root.
+    pub dev: u64,
+}
+
+impl Layer {
+    /// Open a layer root. Fails with an error naming the path if it is missing, not a
+    /// directory or not readable.
+    pub fn open(index: usize, path: &Path) -> Result<Layer, LayerError> {
+        let root = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::NOTDIR => LayerError::NotDir { path: path.into() },
+            rustix::io::Errno::ACCESS => LayerError::Unreadable {
+                path: path.into(),
+                source: e.into(),
+            },
+            e => LayerError::Open {
+                path: path.into(),
+                source: e.into(),
+            },
+        })?;
+        rustix::fs::accessat(&root, ".", rustix::fs::Access::EXEC_OK, AtFlags::empty()).map_err(
+            |e| LayerError::Unreadable {
+                path: path.into(),
+                source: e.into(),
+            },
+        )?;
+        let st = rustix::fs::fstat(&root).map_err(|e| LayerError::Open {
+            path: path.into(),
+            source: e.into(),
+        })?;
+        Ok(Layer {
+            index,
+            path: path.into(),
+            root,
+            dev: st.st_dev,
+        })
+    }
+
+    /// Run `f` on (directory, rest) reaching `rel`: the root and `rel` itself when it is short,
+    /// else a directory opened beneath the root piece by piece and the final stretch, so that
+    /// paths longer than PATH_MAX work.
+    fn at<R>(
+        &self,
+        rel: &RelPath,
+        f: impl FnOnce(BorrowedFd<'_>, &CStr) -> rustix::io::Result<R>,
+    ) -> io::Result<R> {
+        let (head, rest) = split_long(rel);
+        if rest.is_empty() {
+            let p = cstr(if rel.is_empty() { b"." } else { rel })?;
+            return Ok(f(self.root.as_fd(), &p)?);
+        }
+        let mut dir = confined::open_dir_beneath(&self.root, head)?;
+        let mut rest = rest;
+        loop {
+            let (h, r) = split_long(rest);
+            if r.is_empty() {
+                return Ok(f(dir.as_fd(), &cstr(h)?)?);
+            }
+            dir = confined::open_dir_beneath(&dir, h)?;
+            rest = r;
+        }
+    }
+
+    /// `lstat` of an entry; `None` when it does not exist.
+    pub fn stat(&self, rel: &RelPath) -> io::Result<Option<Stat>> {
+        match self.at(rel, |d, p| {
+            rustix::fs::statat(d, p, AtFlags::SYMLINK_NOFOLLOW)
+        }) {
+            Ok(st) => Ok(Some(st)),
+            Err(e)
+                if e.raw_os_error()
+                    .is_some_and(|c| absent(&rustix::io::Errno::from_raw_os_error(c))) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn exists(&self, rel: &RelPath) -> io::Result<bool> {
+        Ok(self.stat(rel)?.is_some())
+    }
+
+    fn open_beneath(&self, rel: &RelPath, flags: OFlags) -> io::Result<OwnedFd> {
+        let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
+        self.at(rel, |d, p| {
+            rustix::fs::openat2(d, p, flags, Mode::empty(), confined::beneath())
+        })
+    }
+
+    /// Open a regular file for reading.
+    pub fn open_read(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::RDONLY)
+    }
+
+    /// Open a regular file for reading and writing (the writable layer only).
+    pub fn open_rw(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::RDWR)
+    }
+
+    /// Open a directory of the layer, never through a symlink.
+    pub fn open_dir(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// An `O_PATH` descriptor of any entry (symlinks included, not followed).
+    pub fn open_path(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::PATH)
+    }
+
+    pub fn root(&self) -> &OwnedFd {
+        &self.root
+    }
+
+    /// Read a whole directory of this layer.
+    pub fn read_dir(&self, rel: &RelPath) -> io::Result<Vec<RawEntry>> {
+        let fd = self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mut dir = rustix::fs::Dir::new(fd)?;
+        let mut out = Vec::new();
+        while let Some(ent) = dir.read() {
+            let ent = ent?;
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let mut kind = filetype_bits(ent.file_type());
+            let mut char_whiteout = false;
+            // getdents does not carry rdev (and some filesystems give no type): stat those.
+            if kind == 0 || kind == libc::S_IFCHR {
+                let st = rustix::fs::statat(dir.fd()?, ent.file_name(), AtFlags::SYMLINK_NOFOLLOW)?;
+                kind = st.st_mode & libc::S_IFMT;
+                char_whiteout = whiteout::is_char_whiteout(st.st_mode, st.st_rdev);
+            }
+            out.push(RawEntry {
+                name: name.to_vec(),
+                kind,
+                ino: ent.ino(),
+                char_whiteout,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn readlink(&self, rel: &RelPath) -> io::Result<Vec<u8>> {
+        self.at(rel, |d, p| rustix::fs::readlinkat(d, p, Vec::new()))
+            .map(|l| l.into_bytes())
+    }
+
+    /// Run `f` on a path that reaches `rel` through this process's descriptor of its parent
+    /// directory; for the xattr calls, which have no `*at` form.
+    fn with_proc_path<R>(
+        &self,
+        rel: &RelPath,
+        f: impl FnOnce(&CString) -> io::Result<R>,
+    ) -> io::Result<R> {
+        match rel.iter().rposition(|&b| b == b'/') {
+            None => f(&confined::proc_path(&self.root, rel)?),
+            Some(i) => {
+                let dir = confined::open_dir_beneath(&self.root, &rel[..i])?;
+                f(&confined::proc_path(&dir, &rel[i + 1..])?)
+            }
+        }
+    }
+
+    pub fn set_xattr(
+        &self,
+        rel: &RelPath,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> io::Result<()> {
+        let name = cstr(name)?;
+        let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+        self.with_proc_path(rel, |p| Ok(rustix::fs::lsetxattr(p, &name, value, flags)?))
+    }
+
+    pub fn remove_xattr(&self, rel: &RelPath, name: &[u8]) -> io::Result<()> {
+        let name = cstr(name)?;
+        self.with_proc_path(rel, |p| Ok(rustix::fs::lremovexattr(p, &name)?))
+    }
+
+    /// All xattr names of an entry (the symlink itself for symlinks), NUL-separated.
+    pub fn list_xattrs(&self, rel: &RelPath) -> io::Result<Vec<u8>> {
+        self.with_proc_path(rel, list_xattrs_at)
+    }
+
+    /// The value of one xattr; `None` when absent.
+    pub fn get_xattr(&self, rel: &RelPath, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let name = cstr(name)?;
+        self.with_proc_path(rel, |p| get_xattr_at(p, &name))
+    }
+
+    /// Whether the directory at `rel` hides the layers below it (xattr or `.wh..wh..opq`).
+    pub fn is_opaque_dir(&self, rel: &RelPath) -> io::Result<bool> {
+        if self.exists(&join(rel, whiteout::OPAQUE_MARKER))? {
+            return Ok(true);
+        }
+        let names = self.list_xattrs(rel)?;
+        for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if whiteout::is_opaque_xattr(name)
+                && self
+                    .get_xattr(rel, name)?
+                    .is_some_and(|v| whiteout::is_opaque_value(&v))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    pub fn statvfs(&self) -> io::Result<StatVfs> {
+        Ok(rustix::fs::fstatvfs(self.root.as_fd())?)
+    }
+}
+
+/// All xattr names at a path (not following it), NUL-separated.
+fn list_xattrs_at(p: &CString) -> io::Result<Vec<u8>> {
+    loop {
+        let n = match rustix::fs::llistxattr_query(p) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; n];
+        match rustix::fs::llistxattr(p, &mut buf[..]) {
+            Ok(m) => {
+                buf.truncate(m);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) => continue, // grew meanwhile
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// One xattr's value at a path (not following it); `None` when absent.
+fn get_xattr_at(p: &CString, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+    loop {
+        let n = match rustix::fs::lgetxattr_query(p, name) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut buf = vec![0u8; n];
+        match rustix::fs::lgetxattr(p, name, &mut buf[..]) {
+            Ok(m) => {
+                buf.truncate(m);
+                return Ok(Some(buf));
+            }
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(rustix::io::Errno::NODATA) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn filetype_bits(t: rustix::fs::FileType) -> u32 {
+    use rustix::fs::FileType as T;
+    match t {
+        T::RegularFile => libc::S_IFREG,
+        T::Directory => libc::S_IFDIR,
+        T::Symlink => libc::S_IFLNK,
+        T::Fifo => libc::S_IFIFO,
+        T::Socket => libc::S_IFSOCK,
+        T::CharacterDevice => libc::S_IFCHR,
+        T::BlockDevice => libc::S_IFBLK,
+        T::Unknown => 0,
+    }
+}

@@ -1,0 +1,96 @@
+//! The crate's parts depend on each other one way only (see `src/lib.rs`): the overlay core
+//! knows nothing of FUSE or images, the image side nothing of mounts. This reads every source
+//! file and fails naming the file and the reference that crosses a boundary.
+
+use std::path::{Path, PathBuf};
+
+/// Part -> the parts it may reference through `crate::`.
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("confined", &[]),
+    ("stack", &["stack", "confined"]),
+    ("overlay", &["overlay", "stack", "confined"]),
+    ("mount", &["mount", "overlay", "stack", "confined"]),
+    ("image", &["image", "stack", "confined"]),
+    (
+        "cli",
+        &["cli", "mount", "overlay", "stack", "confined", "image"],
+    ),
+];
+
+/// External crates a part must not use.
+const FORBIDDEN_CRATES: &[(&str, &[&str])] = &[
+    ("confined", &["fuser", "ureq", "tar", "flate2", "zstd"]),
+    ("stack", &["fuser", "ureq", "tar", "flate2", "zstd"]),
+    ("overlay", &["fuser", "ureq", "tar", "flate2", "zstd"]),
+    ("image", &["fuser"]),
+];
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn part_of(src: &Path, file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src).ok()?;
+    let first = rel.components().next()?.as_os_str().to_str()?;
+    Some(first.trim_end_matches(".rs").to_string())
+}
+
+#[test]
+fn parts_depend_one_way() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    assert!(
+        all.len() > 30,
+        "expected the source tree under {}",
+        src.display()
+    );
+    let mut bad = Vec::new();
+    for f in &all {
+        let Some(part) = part_of(&src, f) else {
+            continue;
+        };
+        let Some((_, allowed)) = ALLOWED.iter().find(|(p, _)| *p == part) else {
+            continue; // lib.rs, main.rs
+        };
+        let text = std::fs::read_to_string(f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let mut rest = code;
+            while let Some(at) = rest.find("crate::") {
+                let after = &rest[at + 7..];
+                let name: String = after
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && !allowed.contains(&name.as_str()) {
+                    bad.push(format!(
+                        "{}:{}: {part} uses crate::{name}",
+                        f.display(),
+                        i + 1
+                    ));
+                }
+                rest = after;
+            }
+            if let Some((_, crates)) = FORBIDDEN_CRATES.iter().find(|(p, _)| *p == part) {
+                for c in *crates {
+                    if code.contains(&format!("{c}::")) && !code.contains(&format!("_{c}::")) {
+                        bad.push(format!(
+                            "{}:{}: {part} uses the crate {c}",
+                            f.display(),
+                            i + 1
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "boundary crossed:\n{}", bad.join("\n"));
+}
