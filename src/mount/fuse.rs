@@ -24,7 +24,7 @@ use fuser::{
 };
 use lru::LruCache;
 use parking_lot::Mutex;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::overlay::Overlay;
 use crate::overlay::inode::{Attr, Node, ROOT_INO};
@@ -347,9 +347,8 @@ impl Filesystem for StrataFs {
                     reply.data(&buf[..n]);
                     if let Some(log) = &self.access {
                         log.record(ino.0, n, || {
-                            let node = self.ov.node(ino.0).ok()?;
-                            let layer = node.state.read().layers.first().copied()?;
-                            Some((String::from_utf8_lossy(&node.path()).into_owned(), layer))
+                            let (path, layer) = self.ov.origin(ino.0)?;
+                            Some((String::from_utf8_lossy(&path).into_owned(), layer))
                         });
                     }
                 }
@@ -402,43 +401,18 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let node = match self.ov.node(ino.0) {
-            Ok(n) => n,
-            Err(e) => return reply.error(err(e)),
-        };
-        if let Err(e) = self.ov.ensure_listing(&node) {
-            return reply.error(err(e));
+        let r = self.ov.read_dir(ino.0, offset, |e| {
+            reply.add(
+                INodeNo(e.ino),
+                e.next,
+                file_type(e.kind),
+                OsStr::from_bytes(e.name),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
         }
-        let guard = node.listing.read_recursive();
-        let listing = guard.as_ref().expect("built");
-        // Offsets: 1 = ".", 2 = "..", 3 + i = entry i. Fixed for the life of the listing.
-        let mut off = offset;
-        if off == 0 {
-            if reply.add(INodeNo(ino.0), 1, FileType::Directory, ".") {
-                return reply.ok();
-            }
-            off = 1;
-        }
-        if off == 1 {
-            let parent = node.parent().map_or(ROOT_INO, |p| p.ino);
-            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
-                return reply.ok();
-            }
-            off = 2;
-        }
-        for (i, e) in listing
-            .entries()
-            .iter()
-            .enumerate()
-            .skip((off - 2) as usize)
-            .filter(|(_, e)| !e.removed)
-        {
-            let name = OsStr::from_bytes(&e.name);
-            if reply.add(INodeNo(e.ino), i as u64 + 3, file_type(e.kind), name) {
-                break;
-            }
-        }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -449,84 +423,22 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let node = match self.ov.node(ino.0) {
-            Ok(n) => n,
-            Err(e) => return reply.error(err(e)),
-        };
-        if let Err(e) = self.ov.ensure_listing(&node) {
-            return reply.error(err(e));
+        let r = self.ov.read_dir_plus(ino.0, offset, |e| {
+            let attr = to_fuse(&e.attr);
+            let ttl = if e.counted { TTL } else { Duration::ZERO };
+            reply.add(
+                attr.ino,
+                e.next,
+                OsStr::from_bytes(e.name),
+                &ttl,
+                &attr,
+                Generation(0),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
         }
-        let mut off = offset;
-        // The kernel never links "." and ".." from READDIRPLUS, so they take no reference;
-        // their d_ino must not be 0 all the same (glibc skips such entries).
-        let dot = to_fuse(&node.attr());
-        if off == 0 {
-            if reply.add(dot.ino, 1, ".", &Duration::ZERO, &dot, Generation(0)) {
-                return reply.ok();
-            }
-            off = 1;
-        }
-        if off == 1 {
-            let mut dotdot = dot;
-            dotdot.ino = INodeNo(node.parent().map_or(ROOT_INO, |p| p.ino));
-            if reply.add(dotdot.ino, 2, "..", &Duration::ZERO, &dotdot, Generation(0)) {
-                return reply.ok();
-            }
-            off = 2;
-        }
-        // Entries are taken a batch at a time: the lookups below must not run under the
-        // listing's lock, which writers take.
-        let mut pos = (off - 2) as usize;
-        loop {
-            let batch: Vec<(usize, Box<[u8]>)> = {
-                let guard = node.listing.read_recursive();
-                let Some(listing) = guard.as_ref() else { break };
-                listing
-                    .entries()
-                    .iter()
-                    .enumerate()
-                    .skip(pos)
-                    .take(64)
-                    .filter(|(_, e)| !e.removed)
-                    .map(|(i, e)| (i, e.name.clone()))
-                    .collect()
-            };
-            let more = {
-                let guard = node.listing.read_recursive();
-                guard.as_ref().is_some_and(|l| l.entries().len() > pos + 64)
-            };
-            for (i, name) in batch {
-                let child = match self.ov.lookup_in(&node, &name) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        warn!(error = %e, "readdirplus lookup");
-                        continue;
-                    }
-                };
-                let attr = match self.ov.attr(&child) {
-                    Ok(a) => to_fuse(&a),
-                    Err(_) => to_fuse(&child.attr()),
-                };
-                if reply.add(
-                    attr.ino,
-                    i as u64 + 3,
-                    OsStr::from_bytes(&name),
-                    &TTL,
-                    &attr,
-                    Generation(0),
-                ) {
-                    // Not sent: give back the reference the lookup took.
-                    self.ov.forget(child.ino, 1);
-                    return reply.ok();
-                }
-            }
-            if !more {
-                break;
-            }
-            pos += 64;
-        }
-        reply.ok();
     }
 
     fn releasedir(
@@ -595,24 +507,15 @@ impl Filesystem for StrataFs {
         let Some(fd) = self.writable_fd(fh) else {
             return reply.error(Errno::EBADF);
         };
-        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            if let Err(e) = self
-                .ov
-                .node(ino.0)
-                .and_then(|n| self.ov.kill_suidgid(&n, &fd, req.gid()))
-            {
-                return reply.error(err(e));
-            }
+        let kill = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| req.gid());
+        let r = self.ov.write_data(ino.0, &fd, offset, data, kill);
+        self.notify_stale();
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(err(e)),
         }
-        let mut done = 0;
-        while done < data.len() {
-            match rustix::io::pwrite(&*fd, &data[done..], offset + done as u64) {
-                Ok(n) => done += n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return reply.error(err(e.into())),
-            }
-        }
-        reply.written(done as u32);
     }
 
     fn fsync(
@@ -645,8 +548,8 @@ impl Filesystem for StrataFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -656,10 +559,13 @@ impl Filesystem for StrataFs {
         let Some(fd) = self.writable_fd(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
-        match rustix::fs::fallocate(&*fd, flags, offset, length) {
+        let r = self
+            .ov
+            .fallocate(ino.0, &fd, offset, length, mode, lacks_fsetid(req));
+        self.notify_stale();
+        match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e.into())),
+            Err(e) => reply.error(err(e)),
         }
     }
 
@@ -914,10 +820,7 @@ impl StrataFs {
 
     fn add_handle(&self, ino: u64, fd: OwnedFd, writable: bool) -> u64 {
         let fd = Arc::new(fd);
-        if let Ok(node) = self.ov.node(ino) {
-            // An unlinked file's attributes come from an open descriptor.
-            *node.open_fd.lock() = Arc::downgrade(&fd);
-        }
+        self.ov.opened(ino, &fd);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.insert(
             fh,

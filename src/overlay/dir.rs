@@ -1,7 +1,10 @@
 //! The merged listing of one directory: built once from its layers, then changed in place by
-//! the writable layer. Offsets are positions and entries are only appended or tombstoned, so an
-//! entry's offset never changes and seekdir/telldir neither repeat nor skip while `rm -rf` or a
-//! create runs beside an open directory stream.
+//! the writable layer. Offsets are positions; an entry keeps its position for the life of the
+//! listing, and a removed one leaves a tombstone there, so seekdir/telldir neither repeat nor
+//! skip while `rm -rf` or a create runs beside an open directory stream. A name that comes
+//! back takes its own tombstone's place again instead of a new position at the end: each name
+//! has at most one position, so a listing always ends, even while its entries are renamed
+//! away and back (a stream that passed the place does not see the name again).
 
 use std::hash::{BuildHasher, RandomState};
 use std::io;
@@ -30,6 +33,8 @@ pub struct Listing {
     entries: Vec<DirEntry>,
     /// Live entries by name (indices into `entries`); the table stores no second copy of names.
     by_name: HashTable<u32>,
+    /// Tombstones by name, for a name that comes back.
+    dead: HashTable<u32>,
     hasher: RandomState,
     live: usize,
 }
@@ -76,19 +81,40 @@ impl Listing {
         self.index_of(name).map(|i| &self.entries[i as usize])
     }
 
-    /// A new name, appended so that open streams past other entries still see it.
+    /// A new name: back in its own tombstone's place if it had one, else appended, so that
+    /// open streams past other entries still see it.
     pub fn add(&mut self, name: &[u8], kind: u32, ino: Ino, top: u16) {
         self.remove(name);
-        let i = self.entries.len() as u32;
-        self.entries.push(DirEntry {
-            name: name.into(),
-            kind,
-            ino,
-            top,
-            removed: false,
-        });
+        let h = self.hash(name);
+        let entries = &self.entries;
+        let i = match self
+            .dead
+            .find_entry(h, |&i| *entries[i as usize].name == *name)
+        {
+            Ok(occ) => {
+                let (i, _) = occ.remove();
+                self.entries[i as usize] = DirEntry {
+                    name: name.into(),
+                    kind,
+                    ino,
+                    top,
+                    removed: false,
+                };
+                i
+            }
+            Err(_) => {
+                let i = self.entries.len() as u32;
+                self.entries.push(DirEntry {
+                    name: name.into(),
+                    kind,
+                    ino,
+                    top,
+                    removed: false,
+                });
+                i
+            }
+        };
         let (entries, hasher) = (&self.entries, &self.hasher);
-        let h = hasher.hash_one(name);
         self.by_name
             .insert_unique(h, i, |&j| hasher.hash_one(&*entries[j as usize].name));
         self.live += 1;
@@ -106,6 +132,9 @@ impl Listing {
                 let (i, _) = occ.remove();
                 self.entries[i as usize].removed = true;
                 self.live -= 1;
+                let (entries, hasher) = (&self.entries, &self.hasher);
+                self.dead
+                    .insert_unique(h, i, |&j| hasher.hash_one(&*entries[j as usize].name));
                 true
             }
             Err(_) => false,
@@ -151,11 +180,28 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [("a", false), ("b", true), ("c", false), ("b", false)]
-                .map(|(n, r)| (n.to_string(), r))
+            [("a", false), ("b", false), ("c", false)].map(|(n, r)| (n.to_string(), r)),
+            "a name that comes back takes its old place"
         );
         assert_eq!(l.len(), 3);
         assert_eq!(l.find(b"b").unwrap().kind, libc::S_IFDIR);
         assert!(l.find(b"x").is_none());
+    }
+
+    #[test]
+    fn renames_away_and_back_do_not_grow_the_listing() {
+        let mut l = Listing::default();
+        for i in 0..200 {
+            l.add(format!("f{i}").as_bytes(), libc::S_IFREG, i, 0);
+        }
+        for i in 0..200 {
+            let n = format!("f{i}");
+            l.remove(n.as_bytes());
+            l.add(b"T", libc::S_IFREG, i, 0);
+            l.remove(b"T");
+            l.add(n.as_bytes(), libc::S_IFREG, i, 0);
+        }
+        assert_eq!(l.entries().len(), 201);
+        assert_eq!(l.len(), 200);
     }
 }

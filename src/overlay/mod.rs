@@ -17,6 +17,7 @@ pub mod dir;
 pub mod error;
 pub mod idmap;
 pub mod inode;
+pub mod readdir;
 pub mod upper;
 pub mod write;
 
@@ -422,6 +423,21 @@ impl Overlay {
         self.ensure_listing(dir)?;
         let guard = dir.listing.read_recursive();
         Ok(f(guard.as_ref().expect("just built")))
+    }
+
+    /// Where the content of `ino` comes from: its path and the stack index of its top layer
+    /// (for access logs).
+    pub fn origin(&self, ino: Ino) -> Option<(Vec<u8>, u16)> {
+        let node = self.node(ino).ok()?;
+        let layer = node.top();
+        Some((node.path(), layer))
+    }
+
+    /// A front end opened `ino` as `fd`: an unlinked file's attributes come from it.
+    pub fn opened(&self, ino: Ino, fd: &Arc<OwnedFd>) {
+        if let Ok(node) = self.node(ino) {
+            *node.open_fd.lock() = Arc::downgrade(fd);
+        }
     }
 
     pub(crate) fn top_layer(&self, node: &Node) -> &Layer {

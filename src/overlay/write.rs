@@ -241,6 +241,13 @@ impl Overlay {
         caller: Caller,
     ) -> io::Result<(Arc<Node>, Option<OwnedFd>)> {
         check_name(name)?;
+        // A 0:0 character device is a whiteout: it cannot be made through the overlay (as
+        // kernel overlayfs refuses it), or it would hide the name it was meant to create.
+        if let NewEntry::Node(rdev) = what {
+            if whiteout::is_char_whiteout(mode, rdev) {
+                return Err(errno(libc::EPERM));
+            }
+        }
         let dir = self.node(parent)?;
         let upper = self.upper()?;
         let _ns = self.ns.write();
@@ -883,9 +890,61 @@ impl Overlay {
             return Ok(());
         }
         match self.ids.override_xattr {
-            Some(x) => self.update_override(node, x.name(), |o| o.perm = perm & !kill),
-            None => Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(perm & !kill))?),
+            Some(x) => self.update_override(node, x.name(), |o| o.perm = perm & !kill)?,
+            None => rustix::fs::fchmod(fd, Mode::from_raw_mode(perm & !kill))?,
         }
+        // The kernel caches the mode it last saw and a write reply carries no attributes:
+        // have the front end tell it, and keep ours current.
+        self.attr(node)?;
+        self.stale.lock().inodes.push(node.ino);
+        Ok(())
+    }
+
+    /// write(2) of `data` at `offset` to the open upper file `fd` of `ino`. `kill_suidgid`:
+    /// the caller's group when the kernel asks us to clear set-ID bits (FUSE_HANDLE_KILLPRIV_V2).
+    pub fn write_data(
+        &self,
+        ino: u64,
+        fd: &OwnedFd,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: Option<u32>,
+    ) -> io::Result<usize> {
+        if let Some(gid) = kill_suidgid {
+            let node = self.node(ino)?;
+            self.kill_suidgid(&node, fd, gid)?;
+        }
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(fd, &data[done..], offset + done as u64) {
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
+    }
+
+    /// fallocate(2) on the open upper file `fd` of `ino`, every mode (allocate, punch hole,
+    /// zero range …). Like any change of content by a caller without CAP_FSETID
+    /// (`kill_suidgid`: its group), it clears set-ID bits, as the VFS does on the upper file
+    /// under kernel overlayfs.
+    pub fn fallocate(
+        &self,
+        ino: u64,
+        fd: &OwnedFd,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        kill_suidgid: Option<u32>,
+    ) -> io::Result<()> {
+        let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+        rustix::fs::fallocate(fd, flags, offset, length)?;
+        if let Some(gid) = kill_suidgid {
+            let node = self.node(ino)?;
+            self.kill_suidgid(&node, fd, gid)?;
+        }
+        Ok(())
     }
 
     /// fsync(2) of an open file, unless the mount was asked not to (`fsync=0`, `volatile`).
