@@ -311,3 +311,31 @@ EOF
     let out = both.same(None, script);
     assert!(out.contains("new 100 100"), "{out}");
 }
+
+#[test]
+fn posix_acls_take_effect_as_on_kernel_overlayfs() {
+    require_tool("setfacl");
+    let both = Both::new(|l| std::fs::write(l.join("low"), "x").unwrap(), &[]);
+    both.same(
+        None,
+        "touch g && chown stratafs-test:root g && chmod 2755 g && chmod 0777 . && echo ready",
+    );
+    let out = both.same(
+        None,
+        r#"
+        mkdir d; setfacl -d -m u::r-x,g::r--,o::--- d
+        touch d/f; mkdir d/sub; stat -c '%n %A' d/f d/sub; getfacl -cp d/sub
+        setfacl -d -m u:1000:rw d; touch d/named; stat -c '%n %A' d/named; getfacl -cp d/named
+        touch f; setfacl -m u::rwx,g::rwx,o::rwx f; stat -c '%n %A' f
+        setfacl -m u:1000:rw low; stat -c '%n %A' low; getfacl -cp low; chmod 600 low; getfacl -cp low
+        umask 027; touch h; mkdir hd; stat -c '%n %a' h hd
+        "#,
+    );
+    assert!(out.contains("d/f -r--r-----"), "{out}");
+    assert!(out.contains("f -rwxrwxrwx"), "{out}");
+    let out = both.same(
+        Some("stratafs-test"),
+        "setfacl -m u::rwx,g::rwx,o::rwx g; stat -c '%n %A' g",
+    );
+    assert!(out.contains("g -rwxrwxrwx"), "set-group-ID cleared: {out}");
+}

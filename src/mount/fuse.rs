@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use tracing::{debug, info};
 
 use crate::overlay::Overlay;
+use crate::overlay::acl;
 use crate::overlay::inode::{Attr, Node, ROOT_INO};
 use crate::overlay::write::{Caller, NewEntry, SetAttr, SetTime};
 
@@ -200,6 +201,9 @@ impl Filesystem for StrataFs {
             // We clear set-ID bits ourselves (see Overlay::kill_suidgid): without this the
             // kernel sends a GETXATTR security.capability before every write(2).
             want |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            // POSIX ACLs take effect: the kernel checks them and leaves the umask to us, so
+            // that a directory's default ACL can decide a new entry's mode (Overlay::create).
+            want |= InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
         } else {
             want |= InitFlags::FUSE_NO_OPEN_SUPPORT;
         }
@@ -610,14 +614,17 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .ov
-            .create(parent.0, name.as_bytes(), NewEntry::File, mode, caller(req))
-        {
+        match self.ov.create(
+            parent.0,
+            name.as_bytes(),
+            NewEntry::File,
+            mode,
+            caller_with_umask(req, umask),
+        ) {
             Ok((node, Some(fd))) => {
                 let attr = match self.ov.attr(&node) {
                     Ok(a) => to_fuse(&a),
@@ -644,12 +651,16 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .ov
-            .create(parent.0, name.as_bytes(), NewEntry::Dir, mode, caller(req));
+        let r = self.ov.create(
+            parent.0,
+            name.as_bytes(),
+            NewEntry::Dir,
+            mode,
+            caller_with_umask(req, umask),
+        );
         self.reply_new(r.map(|(n, _)| n), reply);
         self.notify_stale();
     }
@@ -660,7 +671,7 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -669,9 +680,13 @@ impl Filesystem for StrataFs {
         } else {
             NewEntry::Node(rdev as u64)
         };
-        let r = self
-            .ov
-            .create(parent.0, name.as_bytes(), what, mode, caller(req));
+        let r = self.ov.create(
+            parent.0,
+            name.as_bytes(),
+            what,
+            mode,
+            caller_with_umask(req, umask),
+        );
         self.reply_new(r.map(|(n, _)| n), reply);
         self.notify_stale();
     }
@@ -753,7 +768,7 @@ impl Filesystem for StrataFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -764,7 +779,15 @@ impl Filesystem for StrataFs {
         if !self.ov.writable() {
             return reply.error(Errno::from_i32(libc::EROFS));
         }
-        match self.ov.set_xattr(ino.0, name.as_bytes(), value, flags) {
+        let mut r = self.ov.set_xattr(ino.0, name.as_bytes(), value, flags);
+        if r.is_ok() && name.as_bytes() == acl::ACCESS.as_bytes() && req.uid() != 0 {
+            r = match self.ov.getattr(ino.0) {
+                Ok(a) if !in_group(req, a.gid) => self.ov.clear_sgid(ino.0),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -845,7 +868,29 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        umask: 0,
     }
+}
+
+fn caller_with_umask(req: &Request, umask: u32) -> Caller {
+    Caller {
+        umask,
+        ..caller(req)
+    }
+}
+
+/// Whether the process behind `req` is in group `gid` (its primary or a supplementary group).
+fn in_group(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
 }
 
 fn set_time(t: TimeOrNow) -> SetTime {

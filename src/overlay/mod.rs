@@ -12,6 +12,7 @@ use dashmap::DashMap;
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 
+pub mod acl;
 pub mod copyup;
 pub mod dir;
 pub mod error;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 
+use super::acl;
 use crate::overlay::copyup::Data;
 use crate::overlay::inode::{Attr, LayerList, Node, NodeState};
 use crate::overlay::upper::{Upper, WhiteoutForm, cname};
@@ -34,6 +35,8 @@ pub enum NewEntry<'a> {
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// The umask of a create, which the kernel leaves to us when it handles ACLs.
+    pub umask: u32,
 }
 
 /// A time to set.
@@ -263,18 +266,29 @@ impl Overlay {
         let opaque =
             matches!(what, NewEntry::Dir) && (whited || self.whiteout_below(&dir, name)?);
         let (uid, gid, sgid) = self.new_owner(caller, &dir)?;
+        let is_dir = matches!(what, NewEntry::Dir);
+        let override_x = self.ids.override_xattr;
+        // The parent's default ACL, else the umask, decides the new entry's mode.
+        let inherited = if override_x.is_none() {
+            acl::inherit(
+                mode & 0o7777,
+                caller.umask,
+                acl::default_of(&pdir)?.as_deref(),
+                is_dir,
+            )
+        } else {
+            acl::inherit(mode & 0o7777, caller.umask, None, is_dir)
+        };
         if matches!(what, NewEntry::File) && !whited {
-            if let Some(fd) = self.create_file_in_place(&pdir, name, mode & 0o7777, uid, gid)? {
+            if let Some(fd) = self.create_file_in_place(&pdir, name, &inherited, uid, gid)? {
                 let node = self.entered(&dir, name)?;
                 return Ok((node, Some(fd)));
             }
         }
         let work = upper.work();
         let tmp = upper.temp();
-        let mut perm = mode & 0o7777;
+        let mut perm = inherited.perm;
         let mut file = None;
-        let is_dir = matches!(what, NewEntry::Dir);
-        let override_x = self.ids.override_xattr;
         // With an override xattr the presented mode lives there; the file itself stays
         // usable by the daemon.
         let disk_perm = |p: u32| {
@@ -353,6 +367,10 @@ impl Overlay {
                 Mode::from_raw_mode(disk_perm(perm)),
                 AtFlags::empty(),
             )?;
+            let p = crate::confined::proc_path(work, tmp.as_bytes())?;
+            acl::apply(&inherited, |name, value| {
+                rustix::fs::lsetxattr(&p, name, value, rustix::fs::XattrFlags::empty())
+            })?;
         }
         upper.install(&tmp, &pdir, name, is_dir)?;
         let node = self.entered(&dir, name)?;
@@ -369,10 +387,11 @@ impl Overlay {
         &self,
         pdir: &OwnedFd,
         name: &[u8],
-        perm: u32,
+        inherited: &acl::Inherited,
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> io::Result<Option<OwnedFd>> {
+        let perm = inherited.perm;
         let fd = match rustix::fs::openat(
             pdir,
             c".",
@@ -404,6 +423,9 @@ impl Overlay {
             None => perm,
         };
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(disk_perm))?;
+        acl::apply(inherited, |name, value| {
+            rustix::fs::fsetxattr(&fd, name, value, rustix::fs::XattrFlags::empty())
+        })?;
         // linkat(AT_EMPTY_PATH) wants CAP_DAC_READ_SEARCH; the /proc form works for anyone.
         let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
         match rustix::fs::linkat(
@@ -824,7 +846,30 @@ impl Overlay {
         self.upper()?;
         let _ns = self.ns.write();
         self.copy_up(&node, Data::Copy)?;
-        self.layers[0].set_xattr(&node.path(), name, value, flags)
+        self.layers[0].set_xattr(&node.path(), name, value, flags)?;
+        if name == acl::ACCESS.as_bytes() {
+            // The upper filesystem changed the mode to match the ACL: the kernel must see it.
+            drop(_ns);
+            self.attr(&node)?;
+            self.stale.lock().inodes.push(node.ino);
+        }
+        Ok(())
+    }
+
+    /// Clear set-group-ID of `ino` (an ACL set by a caller outside the file's group, as the
+    /// VFS does for `setfacl`).
+    pub fn clear_sgid(&self, ino: u64) -> io::Result<()> {
+        let attr = self.getattr(ino)?;
+        if attr.mode & libc::S_ISGID == 0 {
+            return Ok(());
+        }
+        let sa = SetAttr {
+            mode: Some(attr.mode & 0o7777 & !libc::S_ISGID),
+            ..SetAttr::default()
+        };
+        self.setattr(ino, &sa, None)?;
+        self.stale.lock().inodes.push(ino);
+        Ok(())
     }
 
     pub fn remove_xattr(&self, ino: u64, name: &[u8]) -> io::Result<()> {
