@@ -58,6 +58,13 @@ pub enum Cmd {
         /// cvmfs_repo, else the repository directory's name).
         #[arg(long, value_name = "NAME")]
         cvmfs_repo: Option<String>,
+        /// Seconds without a byte of a blob before the download counts as stalled.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+        /// Retries of a transient registry failure (connection error, HTTP 5xx or 429, a
+        /// stalled or cut-off blob), with doubling waits from 1 s (a 429's Retry-After wins).
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        retries: u32,
         /// Images to convert.
         #[arg(value_name = "IMAGE")]
         images: Vec<String>,
@@ -125,8 +132,20 @@ pub fn run(c: Commands) -> Result<(), Error> {
             json,
             thin,
             cvmfs_repo,
+            timeout,
+            retries,
             images,
         } => {
+            if timeout == 0 {
+                return Err(Error::Usage(
+                    "option --timeout: must be at least 1 second".into(),
+                ));
+            }
+            crate::image::registry::configure(crate::image::registry::Network {
+                idle_timeout: std::time::Duration::from_secs(timeout),
+                retries,
+                ..Default::default()
+            });
             let platform = Platform::parse(&platform)?;
             let mut sources: Vec<Source> = images
                 .iter()

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::image::Error as ConvertError;
 use crate::image::flat::FlatBuilder;
@@ -81,7 +81,14 @@ pub fn expand(sources: Vec<Source>) -> Result<Vec<Source>, ConvertError> {
                     .collect();
                 tags.sort();
                 info!(image = %n, matched = tags.len(), "wildcard tag resolved");
-                out.extend(tags.iter().map(|t| Source::Registry(n.with_tag(t))));
+                for t in &tags {
+                    // A registry is not trusted to name things: a tag outside the grammar
+                    // (`../x`, `a/b`) would place an image elsewhere in the repository.
+                    match n.with_tag(t) {
+                        Ok(name) => out.push(Source::Registry(name)),
+                        Err(e) => warn!(image = %n, "tag skipped: {e}"),
+                    }
+                }
             }
             _ => out.push(s),
         }
@@ -288,7 +295,7 @@ fn fetch_layers(
                     if first_error.lock().unwrap().is_some() {
                         return;
                     }
-                    match fetch_one(
+                    match fetch_retrying(
                         repo, src, image, &layers[i], config, i, privileged, progress,
                     ) {
                         Ok((tmp, u)) => results.lock().unwrap().push((i, tmp, u)),
@@ -301,12 +308,57 @@ fn fetch_layers(
             });
         }
     });
+    let results = results.into_inner().unwrap();
     if let Some(e) = first_error.into_inner().unwrap() {
+        // Layers that did arrive are not installed without their image: do not leave them.
+        for (_, tmp, _) in &results {
+            let _ = std::fs::remove_dir_all(tmp);
+        }
         return Err(e);
     }
-    Ok(results.into_inner().unwrap())
+    Ok(results)
 }
 
+/// `fetch_one`, again from the start when the blob failed in transit (stalled, cut off):
+/// the partial layer is removed first, and the last failure names the blob.
+#[allow(clippy::too_many_arguments)]
+fn fetch_retrying(
+    repo: &Repo,
+    src: &dyn ImageSource,
+    image: &str,
+    desc: &Descriptor,
+    config: &ImageConfig,
+    index: usize,
+    privileged: bool,
+    progress: Option<&MultiProgress>,
+) -> Result<(PathBuf, Unpacked), ConvertError> {
+    let net = crate::image::registry::network();
+    let mut wait = net.backoff;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let e = match fetch_one(repo, src, image, desc, config, index, privileged, progress) {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
+        };
+        let Some(why) = src.transfer_failure(&desc.digest) else {
+            return Err(e);
+        };
+        if attempt > net.retries {
+            return Err(ConvertError::Transfer {
+                what: format!("{image}: blob {}", desc.digest),
+                reason: why,
+                attempts: attempt,
+            });
+        }
+        warn!(image, blob = %desc.digest, attempt, "{why}: fetching the layer again in {:.1} s", wait.as_secs_f64());
+        std::thread::sleep(wait);
+        wait = wait.saturating_mul(2);
+    }
+}
+
+/// Fetch and unpack one layer into a temporary directory of the repository, removed again
+/// if anything fails (a killed run's leftovers go at the next run).
 #[allow(clippy::too_many_arguments)]
 fn fetch_one(
     repo: &Repo,
@@ -318,8 +370,26 @@ fn fetch_one(
     privileged: bool,
     progress: Option<&MultiProgress>,
 ) -> Result<(PathBuf, Unpacked), ConvertError> {
-    let layer = desc.digest.to_string();
     let tmp = repo.temp_dir("layer")?;
+    let r = fetch_into(&tmp, src, image, desc, config, index, privileged, progress);
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    r.map(|u| (tmp, u))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fetch_into(
+    tmp: &Path,
+    src: &dyn ImageSource,
+    image: &str,
+    desc: &Descriptor,
+    config: &ImageConfig,
+    index: usize,
+    privileged: bool,
+    progress: Option<&MultiProgress>,
+) -> Result<Unpacked, ConvertError> {
+    let layer = desc.digest.to_string();
     let fs_dir = tmp.join("layerfs");
     std::fs::create_dir(&fs_dir).map_err(|e| ConvertError::io(&fs_dir, e))?;
     let bar = progress.map(|m| {
@@ -399,7 +469,7 @@ fn fetch_one(
         bytes = u.compressed_size,
         "layer unpacked"
     );
-    Ok((tmp, u))
+    Ok(u)
 }
 
 /// A hard link whose target a lower layer holds: link to (or, across filesystems, copy) the

@@ -30,6 +30,12 @@ pub enum Error {
     },
     #[error("{url}: {message}")]
     Http { url: String, message: String },
+    #[error("{what}: {reason} (gave up after {attempts} attempts)")]
+    Transfer {
+        what: String,
+        reason: String,
+        attempts: u32,
+    },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{what}: {reason}")]

@@ -106,12 +106,59 @@ fn split_path_tag(s: &str) -> (&str, Option<String>) {
     }
 }
 
-fn valid_tag(t: &str, wildcard: bool) -> bool {
+/// A tag as the distribution grammar has it: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}` (a pattern may
+/// also hold `*`). Anything else (`..`, `/`) could name a path in the repository.
+pub fn valid_tag(t: &str, wildcard: bool) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && !t.starts_with(['.', '-'])
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || (wildcard && b == b'*'))
+}
+
+/// One path component of a repository name: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+pub fn valid_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // A separator run: ".", "_", "__" or any number of "-".
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// A registry host: dot-separated labels of letters, digits and inner `-`, optional `:port`.
+pub fn valid_host(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (h, None),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    host.split('.').all(label_ok)
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl ImageName {
@@ -133,22 +180,10 @@ impl ImageName {
             Some(_) => ("docker.io".to_string(), path.to_string()),
             None => ("docker.io".to_string(), format!("library/{path}")),
         };
-        if registry.is_empty()
-            || registry.starts_with('.')
-            || !registry
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
-        {
+        if !valid_host(&registry) {
             return Err(format!("bad registry host '{registry}'"));
         }
-        let comp_ok = |c: &str| {
-            !c.is_empty()
-                && c != "."
-                && c != ".."
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        };
-        if !repository.split('/').all(comp_ok) {
+        if repository.len() > 255 || !repository.split('/').all(valid_component) {
             return Err(format!("bad repository name '{repository}'"));
         }
         if let Some(t) = &tag {
@@ -207,11 +242,16 @@ impl ImageName {
         }
     }
 
-    pub fn with_tag(&self, tag: &str) -> ImageName {
-        ImageName {
+    /// This name with another tag (from a registry's tag list): refused unless the tag
+    /// matches the distribution grammar.
+    pub fn with_tag(&self, tag: &str) -> Result<ImageName, String> {
+        if !valid_tag(tag, false) {
+            return Err(format!("bad tag '{tag}'"));
+        }
+        Ok(ImageName {
             tag: Some(tag.to_string()),
             ..self.clone()
-        }
+        })
     }
 
     /// Whether `tag` matches this name's tag pattern (`*`: any run of characters; the whole
@@ -337,6 +377,42 @@ mod tests {
             let e = Source::parse(bad).unwrap_err().to_string();
             assert!(e.starts_with(&format!("image reference '{bad}'")), "{e}");
         }
+    }
+
+    #[test]
+    fn the_distribution_grammar() {
+        for ok in ["a", "a0", "a.b", "a_b", "a__b", "a---b", "0"] {
+            assert!(valid_component(ok), "{ok}");
+        }
+        for bad in [
+            "", "A", "a..b", "a___b", "-a", "a-", ".", "..", "a/b", "a.-b",
+        ] {
+            assert!(!valid_component(bad), "{bad}");
+        }
+        for ok in ["reg.io", "127.0.0.1:5000", "localhost", "a-b.c"] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "", ".reg", "reg..io", "-a.io", "reg.io:", "reg.io:x", "a_b.io",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+        let n = ImageName::parse_bare("reg.io/a:1", false).unwrap();
+        for bad in [
+            "../../../../tmp/x",
+            "a/../../b",
+            ".x",
+            "-x",
+            "",
+            &"x".repeat(129),
+        ] {
+            assert!(n.with_tag(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            n.with_tag("v1.2_3-rc").unwrap().public_path(),
+            "reg.io/a:v1.2_3-rc"
+        );
+        assert!(ImageName::parse_bare("reg.io/A/b:1", false).is_err());
     }
 
     #[test]

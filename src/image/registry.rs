@@ -6,12 +6,13 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine;
 use parking_lot::Mutex;
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 use ureq::Agent;
 use ureq::http::Response;
 
@@ -21,6 +22,50 @@ use crate::image::manifest::{Descriptor, MANIFEST_ACCEPT, Platform};
 use crate::image::reference::ImageName;
 use crate::image::source::{ImageSource, Resolved};
 
+/// How hard to try a registry that misbehaves.
+#[derive(Debug, Clone, Copy)]
+pub struct Network {
+    /// A blob whose bytes stop arriving for this long has stalled.
+    pub idle_timeout: Duration,
+    /// Retries of a transient failure (connection error, 5xx, 429, a stalled or cut blob).
+    pub retries: u32,
+    /// First wait before a retry; doubled each time (a 429's Retry-After wins).
+    pub backoff: Duration,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            idle_timeout: Duration::from_secs(60),
+            retries: 3,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+static NETWORK: OnceLock<Network> = OnceLock::new();
+
+/// Set the network policy for this process (the command line does, once).
+pub fn configure(n: Network) {
+    let _ = NETWORK.set(n);
+}
+
+pub fn network() -> Network {
+    NETWORK.get().copied().unwrap_or_default()
+}
+
+/// Whether an HTTP status is worth another try.
+fn transient_status(status: u16) -> bool {
+    status == 429 || status == 408 || (500..600).contains(&status)
+}
+
+/// The wait a 429/503 asks for (`Retry-After: SECONDS`), capped.
+fn retry_after(resp: &Response<ureq::Body>) -> Option<Duration> {
+    let v = resp.headers().get("retry-after")?.to_str().ok()?;
+    let secs: u64 = v.trim().parse().ok()?;
+    Some(Duration::from_secs(secs.min(120)))
+}
+
 pub struct Registry {
     name: ImageName,
     base: String,
@@ -28,6 +73,8 @@ pub struct Registry {
     creds: Option<(String, String)>,
     /// The Authorization header that last worked (a bearer token or basic credentials).
     auth: Mutex<Option<String>>,
+    /// Why the last body read of each blob failed in transit, for the retry decision.
+    failures: Arc<Mutex<Vec<(Digest, String)>>>,
 }
 
 impl Registry {
@@ -47,7 +94,41 @@ impl Registry {
             agent,
             creds,
             auth: Mutex::new(None),
+            failures: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// `send`, again after a transient failure (connection error, 5xx, 429), a bounded
+    /// number of times with doubling waits.
+    fn with_retries(
+        &self,
+        url: &str,
+        send: impl Fn() -> Result<Response<ureq::Body>, ConvertError>,
+    ) -> Result<Response<ureq::Body>, ConvertError> {
+        let net = network();
+        let mut wait = net.backoff;
+        let mut attempt = 0;
+        loop {
+            let r = send();
+            let (again, hint) = match &r {
+                Ok(resp) if transient_status(resp.status().as_u16()) => (true, retry_after(resp)),
+                Ok(_) => (false, None),
+                Err(ConvertError::Http { .. }) => (true, None),
+                Err(_) => (false, None),
+            };
+            if !again || attempt >= net.retries {
+                return r;
+            }
+            attempt += 1;
+            let pause = hint.unwrap_or(wait);
+            let why = match &r {
+                Ok(resp) => format!("HTTP {}", resp.status().as_u16()),
+                Err(e) => e.to_string(),
+            };
+            warn!(%url, attempt, retries = net.retries, "{why}: retrying in {:.1} s", pause.as_secs_f64());
+            std::thread::sleep(pause);
+            wait = wait.saturating_mul(2);
+        }
     }
 
     /// GET with auth: on a 401 the challenge is answered once and the request repeated.
@@ -68,7 +149,7 @@ impl Registry {
             })
         };
         let current = self.auth.lock().clone();
-        let resp = send(current.as_deref())?;
+        let resp = self.with_retries(&url, || send(current.as_deref()))?;
         if resp.status().as_u16() != 401 {
             return check(&url, resp);
         }
@@ -79,7 +160,7 @@ impl Registry {
             .unwrap_or("")
             .to_string();
         let auth = self.answer(&url, &challenge)?;
-        let resp = send(Some(&auth))?;
+        let resp = self.with_retries(&url, || send(Some(&auth)))?;
         let resp = check(&url, resp)?;
         *self.auth.lock() = Some(auth);
         Ok(resp)
@@ -219,23 +300,158 @@ impl ImageSource for Registry {
             self.name.reference(),
             None,
             |reference, _| self.manifest(reference),
-            |config| {
-                let mut bytes = Vec::new();
-                self.blob(config)?
-                    .take(64 << 20)
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| ConvertError::format(format!("{} config", self.name), e))?;
-                Ok(bytes)
-            },
+            |config| self.small_blob(config),
         )
     }
 
     fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ConvertError> {
         let path = format!("/v2/{}/blobs/{}", self.name.repository, d.digest);
         let resp = self.get(&path, "*/*")?;
-        Ok(Box::new(
-            resp.into_body().into_with_config().limit(u64::MAX).reader(),
-        ))
+        self.failures.lock().retain(|(x, _)| *x != d.digest);
+        let body = resp.into_body().into_with_config().limit(u64::MAX).reader();
+        Ok(Box::new(Watched::new(
+            Box::new(body),
+            network().idle_timeout,
+            d.digest.clone(),
+            Arc::clone(&self.failures),
+        )))
+    }
+
+    fn transfer_failure(&self, d: &Digest) -> Option<String> {
+        self.last_failure(d)
+    }
+}
+
+impl Registry {
+    /// A small blob (the config) read whole, again from the start after a failure in
+    /// transit.
+    fn small_blob(&self, d: &Descriptor) -> Result<Vec<u8>, ConvertError> {
+        let net = network();
+        let mut wait = net.backoff;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut bytes = Vec::new();
+            let r = self.blob(d).and_then(|b| {
+                b.take(64 << 20)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| ConvertError::format(format!("{} config", self.name), e))
+            });
+            let Err(e) = r else { return Ok(bytes) };
+            let Some(why) = self.last_failure(&d.digest) else {
+                return Err(e);
+            };
+            if attempt > net.retries {
+                return Err(ConvertError::Transfer {
+                    what: format!("{}: config blob {}", self.name, d.digest),
+                    reason: why,
+                    attempts: attempt,
+                });
+            }
+            warn!(blob = %d.digest, attempt, "{why}: fetching it again in {:.1} s", wait.as_secs_f64());
+            std::thread::sleep(wait);
+            wait = wait.saturating_mul(2);
+        }
+    }
+
+    fn last_failure(&self, d: &Digest) -> Option<String> {
+        self.failures
+            .lock()
+            .iter()
+            .find(|(x, _)| x == d)
+            .map(|(_, why)| why.clone())
+    }
+}
+
+/// A blob body read on its own thread, so that a registry that sends part of a blob and
+/// then nothing is noticed: no bytes for `idle` is a stall, reported as `TimedOut` and
+/// recorded with every other failure in transit (the thread stuck in the socket read stays
+/// behind until the process ends).
+struct Watched {
+    rx: crossbeam_channel::Receiver<std::io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+    idle: Duration,
+    digest: Digest,
+    failures: Arc<Mutex<Vec<(Digest, String)>>>,
+    done: bool,
+}
+
+impl Watched {
+    fn new(
+        mut body: Box<dyn Read + Send>,
+        idle: Duration,
+        digest: Digest,
+        failures: Arc<Mutex<Vec<(Digest, String)>>>,
+    ) -> Watched {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        std::thread::spawn(move || {
+            loop {
+                let mut chunk = vec![0u8; 256 << 10];
+                match body.read(&mut chunk) {
+                    Ok(0) => {
+                        let _ = tx.send(Ok(Vec::new()));
+                        return;
+                    }
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        if tx.send(Ok(chunk)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        Watched {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            idle,
+            digest,
+            failures,
+            done: false,
+        }
+    }
+
+    fn fail(&self, why: String, kind: std::io::ErrorKind) -> std::io::Error {
+        self.failures
+            .lock()
+            .push((self.digest.clone(), why.clone()));
+        std::io::Error::new(kind, why)
+    }
+}
+
+impl Read for Watched {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv_timeout(self.idle) {
+                Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
+                Ok(Ok(chunk)) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(self.fail(format!("cut off: {e}"), e.kind())),
+                Err(_) => {
+                    let why = format!(
+                        "stalled: no data for {} s",
+                        self.idle.as_secs_f64().round() as u64
+                    );
+                    return Err(self.fail(why, std::io::ErrorKind::TimedOut));
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

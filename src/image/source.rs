@@ -35,6 +35,11 @@ pub trait ImageSource: Send + Sync {
     fn resolve(&self, platform: &Platform) -> Result<Resolved, ConvertError>;
     /// A reader of a blob's bytes; the caller hashes them.
     fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ConvertError>;
+    /// Why the last read of blob `d` failed in transit (stalled, cut off), if it did: such a
+    /// failure is worth another try, a bad blob is not.
+    fn transfer_failure(&self, _d: &crate::image::digest::Digest) -> Option<String> {
+        None
+    }
 }
 
 /// Open a source. `name` overrides the name a local source gets in the repository.
