@@ -21,6 +21,7 @@ use crate::image::registry::Registry;
 use crate::image::repo::{LayerInfo, Repo, touch};
 use crate::image::source::{self, ImageSource, Resolved};
 use crate::image::unpack::{self, Target, Unpacked};
+use crate::stack::{Layer, resolve};
 
 pub struct Options {
     pub platform: Platform,
@@ -473,67 +474,37 @@ fn fetch_into(
 }
 
 /// A hard link whose target a lower layer holds: link to (or, across filesystems, copy) the
-/// file that is visible at `target` below this layer, honouring whiteouts and opaque dirs.
+/// file that is visible at `target` below this layer, by the stack's own resolution rules.
 fn materialise_link(
     layerfs: &Path,
     link: &[u8],
     target: &[u8],
     lowers_top_first: &[PathBuf],
 ) -> Result<(), String> {
-    use std::os::unix::ffi::OsStrExt;
-    let rel = Path::new(std::ffi::OsStr::from_bytes(target));
-    let comps: Vec<&[u8]> = target.split(|b| *b == b'/').collect();
-    let found = 'search: {
-        for l in lowers_top_first {
-            let root = rustix::fs::open(
-                l,
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
-                rustix::fs::Mode::empty(),
-            )
-            .map_err(|e| e.to_string())?;
-            // Whited out, or hidden by an opaque parent, in this layer: nothing below counts.
-            for k in 0..comps.len() {
-                let parent = &comps[..k];
-                let Ok(dir) = crate::confined::open_beneath(&root, parent, false) else {
-                    break;
-                };
-                let wh = [b".wh.", comps[k]].concat();
-                if rustix::fs::statat(&dir, wh.as_slice(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                    .is_ok()
-                {
-                    break 'search None;
-                }
-            }
-            let (last, parents) = comps.split_last().expect("non-empty target");
-            if let Ok(dir) = crate::confined::open_beneath(&root, parents, false) {
-                if let Ok(st) =
-                    rustix::fs::statat(&dir, *last, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                {
-                    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                        return Err("hard link to a directory".into());
-                    }
-                    break 'search Some(l.join(rel));
-                }
-            }
-            for k in 0..comps.len() {
-                let Ok(dir) = crate::confined::open_beneath(&root, &comps[..k], false) else {
-                    break;
-                };
-                if rustix::fs::statat(&dir, ".wh..wh..opq", rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                    .is_ok()
-                {
-                    break 'search None;
-                }
-            }
-        }
-        None
-    };
-    let Some(src) = found else {
-        return Err(format!(
+    let stack: Vec<Layer> = lowers_top_first
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Layer::open(i, p).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let missing = || {
+        format!(
             "hard link to '{}', which neither this layer nor a lower one has",
             String::from_utf8_lossy(target)
-        ));
+        )
     };
+    let (holders, st) = resolve::path(&stack, target)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(missing)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        return Err("hard link to a directory".into());
+    }
+    let (tparent, tname) = match target.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&target[..i], &target[i + 1..]),
+        None => (&b""[..], target),
+    };
+    let sdir = stack[holders[0] as usize]
+        .open_dir(tparent)
+        .map_err(|e| e.to_string())?;
     let lcomps: Vec<&[u8]> = link.split(|b| *b == b'/').collect();
     let (lname, lparents) = lcomps.split_last().expect("non-empty link");
     let root = rustix::fs::open(
@@ -543,15 +514,7 @@ fn materialise_link(
     )
     .map_err(|e| e.to_string())?;
     let dir = crate::confined::open_beneath(&root, lparents, false).map_err(|e| e.to_string())?;
-    let src_parent = src.parent().expect("has parent");
-    let sdir = rustix::fs::open(
-        src_parent,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| e.to_string())?;
-    let sname = src.file_name().expect("has name").as_bytes();
-    rustix::fs::linkat(&sdir, sname, &dir, *lname, rustix::fs::AtFlags::empty())
+    rustix::fs::linkat(&sdir, tname, &dir, *lname, rustix::fs::AtFlags::empty())
         .map_err(|e| format!("linking from a lower layer: {e}"))
 }
 

@@ -1,5 +1,5 @@
-//! The merged root of an image (`.flat/<xx>/<config>`): the layers applied bottom to top with
-//! their whiteouts, files hard-linked to the layer's own copy so an image costs about one copy
+//! The merged root of an image (`.flat/<xx>/<config>`): the layers merged as the mount merges
+//! them (every whiteout and opaque form), files hard-linked to the layer's own copy so an image costs about one copy
 //! of its content, directories made fresh with the metadata of the topmost layer that has
 //! them, plus the scaffolding apptainer expects.
 
@@ -12,13 +12,9 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use rustix::io::Errno;
 
-use crate::confined::remove_tree;
+use crate::confined::cstr;
 use crate::image::manifest::ImageConfig;
-use crate::stack::whiteout::{OPAQUE_MARKER, WH_PREFIX};
-
-fn cstr(b: &[u8]) -> io::Result<CString> {
-    CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
+use crate::stack::{Layer, join, resolve};
 
 fn open_dir(at: impl AsFd, name: &[u8]) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(
@@ -29,107 +25,81 @@ fn open_dir(at: impl AsFd, name: &[u8]) -> io::Result<OwnedFd> {
     )?)
 }
 
-fn names(dir: &OwnedFd) -> io::Result<Vec<(Vec<u8>, bool)>> {
-    let mut out = Vec::new();
-    for e in rustix::fs::Dir::read_from(dir)? {
-        let e = e?;
-        let n = e.file_name().to_bytes();
-        if n == b"." || n == b".." {
-            continue;
-        }
-        let is_dir = match e.file_type() {
-            rustix::fs::FileType::Directory => true,
-            rustix::fs::FileType::Unknown => {
-                rustix::fs::statat(dir, e.file_name(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)?
-            }
-            _ => false,
-        };
-        out.push((n.to_vec(), is_dir));
-    }
-    Ok(out)
-}
-
-/// Builds the merged tree in `dest` (an empty directory) from `layers`, bottom first.
+/// Builds the merged tree in `dest` (an empty directory) from `layers`, bottom first, by the
+/// same rules the mount applies ([`crate::stack::resolve`]): every whiteout and opaque form,
+/// walked from the top so that nothing hidden is ever copied.
 pub struct FlatBuilder {
-    /// Directory path -> the layer its metadata comes from.
-    dir_source: HashMap<Vec<u8>, usize>,
+    /// Directory path -> the stack index (top first) of the layer its metadata comes from.
+    dir_source: HashMap<Vec<u8>, u16>,
     pub files: u64,
 }
 
 impl FlatBuilder {
     pub fn build(layers: &[&Path], dest: &Path, config: &ImageConfig) -> io::Result<FlatBuilder> {
+        let stack: Vec<Layer> = layers
+            .iter()
+            .rev()
+            .enumerate()
+            .map(|(i, p)| Layer::open(i, p).map_err(|e| io::Error::other(e.to_string())))
+            .collect::<io::Result<_>>()?;
         let mut b = FlatBuilder {
             dir_source: HashMap::new(),
             files: 0,
         };
         let out = open_dir(rustix::fs::CWD, dest.as_os_str().as_encoded_bytes())?;
-        for (i, l) in layers.iter().enumerate() {
-            let src = open_dir(rustix::fs::CWD, l.as_os_str().as_encoded_bytes())?;
-            b.dir_source.insert(Vec::new(), i);
-            b.apply_dir(i, &src, &out, b"")?;
+        // The root merges every layer down to the first whose root is opaque.
+        let mut root_layers = Vec::new();
+        for (i, l) in stack.iter().enumerate() {
+            root_layers.push(i as u16);
+            if l.is_opaque_dir(b"")? {
+                break;
+            }
+        }
+        if !stack.is_empty() {
+            b.dir_source.insert(Vec::new(), 0);
+            b.walk(&stack, &root_layers, b"", &out)?;
         }
         scaffold(&out, config)?;
-        b.finish_dirs(layers, &out)?;
+        b.finish_dirs(&stack, &out)?;
         Ok(b)
     }
 
-    fn apply_dir(
+    fn walk(
         &mut self,
-        layer: usize,
-        src: &OwnedFd,
-        out: &OwnedFd,
+        stack: &[Layer],
+        layers: &[u16],
         rel: &[u8],
+        out: &OwnedFd,
     ) -> io::Result<()> {
-        let entries = names(src)?;
-        // Opaque first, then whiteouts: both speak of the layers below, not this one.
-        if entries.iter().any(|(n, _)| n == OPAQUE_MARKER) {
-            for (n, _) in names(out)? {
-                remove_tree(out, &n)?;
-            }
-        }
-        for (n, _) in &entries {
-            if let Some(target) = n.strip_prefix(WH_PREFIX) {
-                if !target.is_empty() && n != OPAQUE_MARKER && target != b"." && target != b".." {
-                    remove_tree(out, target)?;
-                }
-            }
-        }
-        for (n, is_dir) in entries {
-            if n.starts_with(WH_PREFIX) {
+        // Each layer's copy of this directory, opened when a file is linked from it.
+        let mut dirs: HashMap<u16, OwnedFd> = HashMap::new();
+        for m in resolve::merge_dir(stack, layers, rel)? {
+            let name = m.entry.name;
+            let cn = cstr(&name)?;
+            let child = join(rel, &name);
+            if m.entry.kind == libc::S_IFDIR {
+                // Which layers the merged directory is made of (cut at an opaque one).
+                let Some((holders, _)) = resolve::child(stack, layers, rel, &name)? else {
+                    continue;
+                };
+                rustix::fs::mkdirat(out, &cn, Mode::from_raw_mode(0o700))?;
+                self.dir_source.insert(child.clone(), holders[0]);
+                let o = open_dir(out, &name)?;
+                self.walk(stack, &holders, &child, &o)?;
                 continue;
             }
-            let cn = cstr(&n)?;
-            let existing = rustix::fs::statat(out, &cn, AtFlags::SYMLINK_NOFOLLOW).ok();
-            let child_rel = if rel.is_empty() {
-                n.clone()
-            } else {
-                [rel, b"/", &n].concat()
+            let src = match dirs.entry(m.top) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(stack[m.top as usize].open_dir(rel)?)
+                }
             };
-            if is_dir {
-                match existing {
-                    Some(s) if s.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
-                    Some(_) => {
-                        rustix::fs::unlinkat(out, &cn, AtFlags::empty())?;
-                        rustix::fs::mkdirat(out, &cn, Mode::from_raw_mode(0o700))?;
-                    }
-                    None => rustix::fs::mkdirat(out, &cn, Mode::from_raw_mode(0o700))?,
-                }
-                self.dir_source.insert(child_rel.clone(), layer);
-                let s = open_dir(src, &n)?;
-                let o = open_dir(out, &n)?;
-                self.apply_dir(layer, &s, &o, &child_rel)?;
-            } else {
-                if existing.is_some() {
-                    remove_tree(out, &n)?;
-                }
-                self.files += 1;
-                match rustix::fs::linkat(src, &cn, out, &cn, AtFlags::empty()) {
-                    Ok(()) => {}
-                    // Not linkable here (another filesystem, protected_hardlinks): copy.
-                    Err(Errno::XDEV | Errno::PERM | Errno::MLINK) => copy_entry(src, out, &cn)?,
-                    Err(e) => return Err(e.into()),
-                }
+            self.files += 1;
+            match rustix::fs::linkat(&*src, &cn, out, &cn, AtFlags::empty()) {
+                Ok(()) => {}
+                // Not linkable here (another filesystem, protected_hardlinks): copy.
+                Err(Errno::XDEV | Errno::PERM | Errno::MLINK) => copy_entry(src, out, &cn)?,
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -137,26 +107,17 @@ impl FlatBuilder {
 
     /// Mode, owner, xattrs and times of each directory from its topmost layer; deepest first
     /// so that a parent's times are set after its children are complete.
-    fn finish_dirs(&self, layers: &[&Path], out: &OwnedFd) -> io::Result<()> {
-        let mut dirs: Vec<(&Vec<u8>, &usize)> = self.dir_source.iter().collect();
+    fn finish_dirs(&self, stack: &[Layer], out: &OwnedFd) -> io::Result<()> {
+        let mut dirs: Vec<(&Vec<u8>, &u16)> = self.dir_source.iter().collect();
         dirs.sort_by(|a, b| {
             let depth =
                 |p: &[u8]| p.iter().filter(|c| **c == b'/').count() + usize::from(!p.is_empty());
             depth(b.0).cmp(&depth(a.0))
         });
-        let roots: Vec<OwnedFd> = layers
-            .iter()
-            .map(|l| open_dir(rustix::fs::CWD, l.as_os_str().as_encoded_bytes()))
-            .collect::<io::Result<_>>()?;
         for (rel, &layer) in dirs {
             let path: &[u8] = if rel.is_empty() { b"." } else { rel };
-            // Whited out by a later layer: nothing to finish.
-            let dst = match open_dir(out, path) {
-                Ok(d) => d,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(e) => return Err(e),
-            };
-            let src = open_dir(&roots[layer], path)?;
+            let dst = open_dir(out, path)?;
+            let src = stack[layer as usize].open_dir(rel)?;
             copy_meta(&src, &dst)?;
         }
         Ok(())

@@ -26,7 +26,11 @@ fn totals(dir: &Path) -> std::io::Result<Count> {
             let ft = e.file_type()?;
             if ft.is_dir() {
                 stack.push(e.path());
-            } else if ft.is_file() && !name.starts_with(".wh.") && name != ".cvmfscatalog" {
+            } else if ft.is_file()
+                && crate::stack::whiteout::classify(name.as_bytes())
+                    == crate::stack::whiteout::Marker::Entry
+                && name != ".cvmfscatalog"
+            {
                 c.files += 1;
                 c.bytes += e.metadata()?.len();
             }

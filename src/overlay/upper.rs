@@ -137,7 +137,7 @@ impl Upper {
                 if let Ok(p) = proc_path(&self.work, t.as_bytes()) {
                     trusted = rustix::fs::lsetxattr(
                         &p,
-                        "trusted.overlay.opaque",
+                        whiteout::TRUSTED_OPAQUE,
                         b"y",
                         rustix::fs::XattrFlags::empty(),
                     )
@@ -164,12 +164,12 @@ impl Upper {
         if self.trusted_xattrs {
             return Ok(rustix::fs::fsetxattr(
                 dir,
-                "trusted.overlay.opaque",
+                whiteout::TRUSTED_OPAQUE,
                 b"y",
                 flags,
             )?);
         }
-        match rustix::fs::fsetxattr(dir, "user.overlay.opaque", b"y", flags) {
+        match rustix::fs::fsetxattr(dir, whiteout::USER_OPAQUE, b"y", flags) {
             Ok(()) | Err(Errno::NOTSUP | Errno::PERM) => {}
             Err(e) => return Err(e.into()),
         }

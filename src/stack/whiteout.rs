@@ -10,12 +10,12 @@
 pub const WH_PREFIX: &[u8] = b".wh.";
 /// Marker file that makes its directory opaque.
 pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// The opaque xattr kernel overlayfs reads by default (needs CAP_SYS_ADMIN to write).
+pub const TRUSTED_OPAQUE: &str = "trusted.overlay.opaque";
+/// The opaque xattr of unprivileged overlays (`userxattr`, rootless).
+pub const USER_OPAQUE: &str = "user.overlay.opaque";
 /// Xattrs that mark a directory opaque when their value is `y`.
-pub const OPAQUE_XATTRS: [&str; 3] = [
-    "trusted.overlay.opaque",
-    "user.overlay.opaque",
-    "user.fuseoverlayfs.opaque",
-];
+pub const OPAQUE_XATTRS: [&str; 3] = [TRUSTED_OPAQUE, USER_OPAQUE, "user.fuseoverlayfs.opaque"];
 
 /// What a raw directory entry of a layer means for the merged view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
