@@ -1,9 +1,26 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: set-up, formatting and lints, then every test.
+# The whole test suite, as CI runs it: set-up, formatting and lints, the mount-only build, then
+# every test, then the library's unit tests again as an ordinary user (they need no root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
+cargo check --quiet --no-default-features --bin stratafs
 cargo test --all-targets 2>&1
+# The unit tests work on temporary directories only: run the same binary as stratafs-test,
+# from a copy it can reach wherever this checkout lives.
+unit=$(cargo test --lib --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]:
+        print(m["executable"])')
+[ -n "$unit" ] || { echo "test.sh: could not find the library's unit-test binary" >&2; exit 1; }
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+cp "$unit" "$dir/unit-tests"
+chmod 755 "$dir" "$dir/unit-tests"
+echo "test.sh: unit tests as the ordinary user stratafs-test"
+(cd "$dir" && runuser -u stratafs-test -- ./unit-tests -q)

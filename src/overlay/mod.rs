@@ -21,6 +21,8 @@ pub mod inode;
 pub mod readdir;
 pub mod upper;
 pub mod write;
+#[cfg(test)]
+mod write_tests;
 
 pub use error::Error;
 
