@@ -31,280 +31,307 @@ pub enum Cmd {
     /// docker://REGISTRY/REPO:TAG, https://REGISTRY/REPO:TAG (DUCC's form) or
     /// http://REGISTRY/REPO:TAG for a plain-HTTP registry; @sha256:… pins a digest; a `*` in a
     /// registry tag matches against the registry's tag list.
-    Convert {
-        /// The repository directory (created if missing).
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
-        /// A DUCC wishlist (recipe) file: its `input` list is converted.
-        #[arg(long, value_name = "FILE")]
-        recipe: Option<PathBuf>,
-        /// Platform to pick from an image index.
-        #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
-        platform: String,
-        /// Layers fetched and unpacked in parallel.
-        #[arg(long, short = 'j', default_value_t = 4)]
-        jobs: usize,
-        /// Name a single local image gets in the repository (REGISTRY/REPO:TAG).
-        #[arg(long, value_name = "NAME")]
-        name: Option<String>,
-        /// Print a JSON summary on stdout (layers fetched/reused, bytes, files, time, disk).
-        #[arg(long)]
-        json: bool,
-        /// Also write a thin image per image into DIR: a docker archive whose only file is
-        /// thin.json, pointing at the layers by cvmfs:// URL (`podman load -i` takes it).
-        #[arg(long, value_name = "DIR")]
-        thin: Option<PathBuf>,
-        /// The CVMFS repository name in thin images' URLs (default: the recipe's
-        /// cvmfs_repo, else the repository directory's name).
-        #[arg(long, value_name = "NAME")]
-        cvmfs_repo: Option<String>,
-        /// Seconds without a byte of a blob before the download counts as stalled.
-        #[arg(long, default_value_t = 60, value_name = "SECS")]
-        timeout: u64,
-        /// Retries of a transient registry failure (connection error, HTTP 5xx or 429, a
-        /// stalled or cut-off blob), with doubling waits from 1 s (a 429's Retry-After wins).
-        #[arg(long, default_value_t = 3, value_name = "N")]
-        retries: u32,
-        /// Images to convert.
-        #[arg(value_name = "IMAGE")]
-        images: Vec<String>,
-    },
+    Convert(ConvertArgs),
     /// List the images of a repository: name, config digest, layers, size.
-    Images {
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
-    },
+    Images(ImagesArgs),
     /// Mount an image of a repository by name or digest: its layer directories stacked
     /// lazily (read-only; writable with --upper and --work).
-    Mount {
-        /// The repository the image is in.
-        #[arg(long, value_name = "DIR", required_unless_present = "thin")]
-        repo: Option<PathBuf>,
-        /// Mount what a thin image's thin.json points to instead (no IMAGE then).
-        #[arg(long, value_name = "FILE", conflicts_with = "repo")]
-        thin: Option<PathBuf>,
-        /// Where cvmfs:// URLs of a thin image resolve: cvmfs://REPO/PATH is ROOT/REPO/PATH.
-        #[arg(long, value_name = "ROOT", default_value = "/cvmfs")]
-        cvmfs_root: PathBuf,
-        /// Writable layer (needs --work on the same filesystem).
-        #[arg(long, value_name = "DIR")]
-        upper: Option<PathBuf>,
-        #[arg(long, value_name = "DIR")]
-        work: Option<PathBuf>,
-        /// More mount options, as for the mount form (allow_other, xattr_permissions=2, ...).
-        #[arg(short = 'o', value_name = "OPTIONS")]
-        options: Vec<String>,
-        /// Stay in the foreground.
-        #[arg(short = 'f')]
-        foreground: bool,
-        /// Record each file first read (path, layer, bytes, time since mount) in FILE, written
-        /// at unmount; summarise it with `stratafs report FILE`.
-        #[arg(long, value_name = "FILE")]
-        access_log: Option<PathBuf>,
-        /// IMAGE (REGISTRY/REPO:TAG as `stratafs images` lists it, or a digest prefix) and
-        /// MOUNTPOINT; with --thin only MOUNTPOINT.
-        #[arg(value_name = "[IMAGE] MOUNTPOINT", num_args = 1..=2, required = true)]
-        paths: Vec<String>,
-    },
+    Mount(MountArgs),
     /// Summarise an access log: files and bytes read against the image's totals, per layer.
-    Report {
-        #[arg(value_name = "FILE")]
-        log: PathBuf,
-    },
+    Report(ReportArgs),
     /// Remove layers and flat roots that no image of the repository uses any more.
-    Gc {
-        #[arg(long, value_name = "DIR")]
-        repo: PathBuf,
-        /// Only list what would be removed.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Gc(GcArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConvertArgs {
+    /// The repository directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    repo: PathBuf,
+    /// A DUCC wishlist (recipe) file: its `input` list is converted.
+    #[arg(long, value_name = "FILE")]
+    recipe: Option<PathBuf>,
+    /// Platform to pick from an image index.
+    #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
+    platform: String,
+    /// Layers fetched and unpacked in parallel.
+    #[arg(long, short = 'j', default_value_t = 4)]
+    jobs: usize,
+    /// Name a single local image gets in the repository (REGISTRY/REPO:TAG).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Print a JSON summary on stdout (layers fetched/reused, bytes, files, time, disk).
+    #[arg(long)]
+    json: bool,
+    /// Also write a thin image per image into DIR: a docker archive whose only file is
+    /// thin.json, pointing at the layers by cvmfs:// URL (`podman load -i` takes it).
+    #[arg(long, value_name = "DIR")]
+    thin: Option<PathBuf>,
+    /// The CVMFS repository name in thin images' URLs (default: the recipe's
+    /// cvmfs_repo, else the repository directory's name).
+    #[arg(long, value_name = "NAME")]
+    cvmfs_repo: Option<String>,
+    /// Seconds without a byte of a blob before the download counts as stalled.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    timeout: u64,
+    /// Retries of a transient registry failure (connection error, HTTP 5xx or 429, a
+    /// stalled or cut-off blob), with doubling waits from 1 s (a 429's Retry-After wins).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    retries: u32,
+    /// Images to convert.
+    #[arg(value_name = "IMAGE")]
+    images: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImagesArgs {
+    #[arg(long, value_name = "DIR")]
+    repo: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// The repository the image is in.
+    #[arg(long, value_name = "DIR", required_unless_present = "thin")]
+    repo: Option<PathBuf>,
+    /// Mount what a thin image's thin.json points to instead (no IMAGE then).
+    #[arg(long, value_name = "FILE", conflicts_with = "repo")]
+    thin: Option<PathBuf>,
+    /// Where cvmfs:// URLs of a thin image resolve: cvmfs://REPO/PATH is ROOT/REPO/PATH.
+    #[arg(long, value_name = "ROOT", default_value = "/cvmfs")]
+    cvmfs_root: PathBuf,
+    /// Writable layer (needs --work on the same filesystem).
+    #[arg(long, value_name = "DIR")]
+    upper: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    work: Option<PathBuf>,
+    /// More mount options, as for the mount form (allow_other, xattr_permissions=2, ...).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Record each file first read (path, layer, bytes, time since mount) in FILE, written
+    /// at unmount; summarise it with `stratafs report FILE`.
+    #[arg(long, value_name = "FILE")]
+    access_log: Option<PathBuf>,
+    /// IMAGE (REGISTRY/REPO:TAG as `stratafs images` lists it, or a digest prefix) and
+    /// MOUNTPOINT; with --thin only MOUNTPOINT.
+    #[arg(value_name = "[IMAGE] MOUNTPOINT", num_args = 1..=2, required = true)]
+    paths: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    #[arg(value_name = "FILE")]
+    log: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    #[arg(long, value_name = "DIR")]
+    repo: PathBuf,
+    /// Only list what would be removed.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 pub fn run(c: Commands) -> Result<(), Error> {
     match c.cmd {
-        Cmd::Convert {
-            repo,
-            recipe,
-            platform,
-            jobs,
-            name,
-            json,
-            thin,
-            cvmfs_repo,
-            timeout,
-            retries,
-            images,
-        } => {
-            if timeout == 0 {
-                return Err(Error::Usage(
-                    "option --timeout: must be at least 1 second".into(),
-                ));
-            }
-            crate::image::registry::configure(crate::image::registry::Network {
-                idle_timeout: std::time::Duration::from_secs(timeout),
-                retries,
-                ..Default::default()
-            });
-            let platform = Platform::parse(&platform)?;
-            let mut sources: Vec<Source> = images
-                .iter()
-                .map(|i| Source::parse(i))
-                .collect::<Result<_, _>>()?;
-            let mut format = "$(registry)/$(repository)_thin:$(tag)".to_string();
-            let mut recipe_repo = None;
-            if let Some(r) = &recipe {
-                let rec = Recipe::load(r)?;
-                sources.extend(rec.sources(r)?);
-                if let Some(f) = rec.output_format.clone() {
-                    format = f;
+        Cmd::Convert(a) => run_convert(a),
+        Cmd::Images(a) => run_images(a),
+        Cmd::Mount(a) => run_mount(a),
+        Cmd::Report(a) => run_report(a),
+        Cmd::Gc(a) => run_gc(a),
+    }
+}
+
+fn run_convert(
+    ConvertArgs {
+        repo,
+        recipe,
+        platform,
+        jobs,
+        name,
+        json,
+        thin,
+        cvmfs_repo,
+        timeout,
+        retries,
+        images,
+    }: ConvertArgs,
+) -> Result<(), Error> {
+    if timeout == 0 {
+        return Err(Error::Usage(
+            "option --timeout: must be at least 1 second".into(),
+        ));
+    }
+    crate::image::registry::configure(crate::image::registry::Network {
+        idle_timeout: std::time::Duration::from_secs(timeout),
+        retries,
+        ..Default::default()
+    });
+    let platform = Platform::parse(&platform)?;
+    let mut sources: Vec<Source> = images
+        .iter()
+        .map(|i| Source::parse(i))
+        .collect::<Result<_, _>>()?;
+    let mut format = "$(registry)/$(repository)_thin:$(tag)".to_string();
+    let mut recipe_repo = None;
+    if let Some(r) = &recipe {
+        let rec = Recipe::load(r)?;
+        sources.extend(rec.sources(r)?);
+        if let Some(f) = rec.output_format.clone() {
+            format = f;
+        }
+        recipe_repo = rec.cvmfs_repo.clone();
+    }
+    if sources.is_empty() {
+        return Err(Error::Usage(
+            "nothing to convert: give IMAGE arguments or --recipe".into(),
+        ));
+    }
+    let name =
+        match name {
+            Some(n) => Some(ImageName::parse_bare(&n, false).map_err(|reason| {
+                ConvertError::BadReference {
+                    reference: n.clone(),
+                    reason: format!("option --name: {reason}"),
                 }
-                recipe_repo = rec.cvmfs_repo.clone();
-            }
-            if sources.is_empty() {
-                return Err(Error::Usage(
-                    "nothing to convert: give IMAGE arguments or --recipe".into(),
-                ));
-            }
-            let name = match name {
-                Some(n) => Some(ImageName::parse_bare(&n, false).map_err(|reason| {
-                    ConvertError::BadReference {
-                        reference: n.clone(),
-                        reason: format!("option --name: {reason}"),
+            })?),
+            None => None,
+        };
+    if name.is_some() && sources.len() != 1 {
+        return Err(Error::Usage("option --name needs exactly one IMAGE".into()));
+    }
+    let repo = Repo::open(&repo)?;
+    let sources = convert::expand(sources)?;
+    let thin = thin.map(|dir| convert::ThinOutput {
+        dir,
+        cvmfs_repo: cvmfs_repo.or(recipe_repo).unwrap_or_else(|| {
+            repo.root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        }),
+        format,
+    });
+    let opts = Options {
+        platform,
+        jobs,
+        name,
+        measure_disk: json,
+        thin,
+    };
+    let s = convert::convert(&repo, &sources, &opts)?;
+    let n = crate::image::podman_store::write(&repo)?;
+    info!(images = n, "podmanStore updated");
+    info!("{}", convert::describe(&s));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).expect("serialisable")
+        );
+    }
+    Ok(())
+}
+
+fn run_images(ImagesArgs { repo }: ImagesArgs) -> Result<(), Error> {
+    let repo = Repo::read(&repo)?;
+    println!(
+        "{:<50} {:<19} {:>6} {:>10}",
+        "IMAGE", "CONFIG", "LAYERS", "SIZE"
+    );
+    for i in repo.images()? {
+        let size: u64 = i
+            .manifest
+            .layers
+            .iter()
+            .map(|l| repo.layer_size(&l.digest).unwrap_or(l.size))
+            .sum();
+        println!(
+            "{:<50} {:<19} {:>6} {:>10}",
+            i.name,
+            format!("sha256:{}", &i.manifest.config.digest.hex()[..12]),
+            i.manifest.layers.len(),
+            human(size)
+        );
+    }
+    Ok(())
+}
+
+fn run_mount(
+    MountArgs {
+        repo,
+        thin,
+        cvmfs_root,
+        upper,
+        work,
+        options,
+        foreground,
+        access_log,
+        paths,
+    }: MountArgs,
+) -> Result<(), Error> {
+    let usage = |why: &str| Error::Usage(format!("stratafs mount: {why}"));
+    let (dirs, what, mountpoint) = match (&repo, &thin, paths.as_slice()) {
+        (Some(repo), None, [image, mnt]) => {
+            let repo = Repo::read(repo)?;
+            let (img, _) = repo.find_image(image)?;
+            let mut dirs = Vec::new();
+            for l in img.manifest.layers.iter().rev() {
+                let p = repo.layerfs(&l.digest);
+                if !p.is_dir() {
+                    return Err(ConvertError::Repo {
+                        path: repo.root.clone(),
+                        reason: format!("image {}: layer {} is missing", img.name, l.digest),
                     }
-                })?),
-                None => None,
-            };
-            if name.is_some() && sources.len() != 1 {
-                return Err(Error::Usage("option --name needs exactly one IMAGE".into()));
-            }
-            let repo = Repo::open(&repo)?;
-            let sources = convert::expand(sources)?;
-            let thin = thin.map(|dir| convert::ThinOutput {
-                dir,
-                cvmfs_repo: cvmfs_repo.or(recipe_repo).unwrap_or_else(|| {
-                    repo.root
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                }),
-                format,
-            });
-            let opts = Options {
-                platform,
-                jobs,
-                name,
-                measure_disk: json,
-                thin,
-            };
-            let s = convert::convert(&repo, &sources, &opts)?;
-            let n = crate::image::podman_store::write(&repo)?;
-            info!(images = n, "podmanStore updated");
-            info!("{}", convert::describe(&s));
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&s).expect("serialisable")
-                );
-            }
-            Ok(())
-        }
-        Cmd::Images { repo } => {
-            let repo = Repo::read(&repo)?;
-            println!(
-                "{:<50} {:<19} {:>6} {:>10}",
-                "IMAGE", "CONFIG", "LAYERS", "SIZE"
-            );
-            for i in repo.images()? {
-                let size: u64 = i
-                    .manifest
-                    .layers
-                    .iter()
-                    .map(|l| repo.layer_size(&l.digest).unwrap_or(l.size))
-                    .sum();
-                println!(
-                    "{:<50} {:<19} {:>6} {:>10}",
-                    i.name,
-                    format!("sha256:{}", &i.manifest.config.digest.hex()[..12]),
-                    i.manifest.layers.len(),
-                    human(size)
-                );
-            }
-            Ok(())
-        }
-        Cmd::Mount {
-            repo,
-            thin,
-            cvmfs_root,
-            upper,
-            work,
-            options,
-            foreground,
-            access_log,
-            paths,
-        } => {
-            let usage = |why: &str| Error::Usage(format!("stratafs mount: {why}"));
-            let (dirs, what, mountpoint) = match (&repo, &thin, paths.as_slice()) {
-                (Some(repo), None, [image, mnt]) => {
-                    let repo = Repo::read(repo)?;
-                    let (img, _) = repo.find_image(image)?;
-                    let mut dirs = Vec::new();
-                    for l in img.manifest.layers.iter().rev() {
-                        let p = repo.layerfs(&l.digest);
-                        if !p.is_dir() {
-                            return Err(ConvertError::Repo {
-                                path: repo.root.clone(),
-                                reason: format!(
-                                    "image {}: layer {} is missing",
-                                    img.name, l.digest
-                                ),
-                            }
-                            .into());
-                        }
-                        dirs.push(p);
-                    }
-                    (dirs, img.name, PathBuf::from(mnt))
+                    .into());
                 }
-                (None, Some(t), [mnt]) => {
-                    let dirs = crate::image::thin::Thin::load(t)?.lowerdirs(t, &cvmfs_root)?;
-                    (dirs, t.display().to_string(), PathBuf::from(mnt))
-                }
-                (Some(_), None, _) => return Err(usage("give IMAGE and MOUNTPOINT")),
-                (None, Some(_), _) => return Err(usage("with --thin give only MOUNTPOINT")),
-                _ => return Err(usage("give --repo DIR IMAGE or --thin FILE")),
-            };
-            let mut opts = MountOptions::parse_extra(&options)?;
-            opts.upperdir = upper;
-            opts.workdir = work;
-            if access_log.is_some() {
-                opts.access_log = access_log;
+                dirs.push(p);
             }
-            info!(image = %what, layers = dirs.len(), "mounting");
-            let plan = MountPlan::new(opts, Some(dirs), mountpoint)?.foreground(foreground);
-            Ok(crate::mount::run::run(&plan)?)
+            (dirs, img.name, PathBuf::from(mnt))
         }
-        Cmd::Report { log } => {
-            print!("{}", crate::mount::report::report(&log)?);
-            Ok(())
+        (None, Some(t), [mnt]) => {
+            let dirs = crate::image::thin::Thin::load(t)?.lowerdirs(t, &cvmfs_root)?;
+            (dirs, t.display().to_string(), PathBuf::from(mnt))
         }
-        Cmd::Gc { repo, dry_run } => {
-            let repo = Repo::open(&repo)?;
-            let removed = repo.gc(dry_run)?;
-            for p in &removed {
-                let rel = p.strip_prefix(&repo.root).unwrap_or(p);
-                if dry_run {
-                    println!("would remove {}", rel.display());
-                } else {
-                    info!("removed {}", rel.display());
-                }
-            }
-            if !dry_run {
-                crate::image::podman_store::write(&repo)?;
-            }
-            info!(count = removed.len(), dry_run, "gc done");
-            Ok(())
+        (Some(_), None, _) => return Err(usage("give IMAGE and MOUNTPOINT")),
+        (None, Some(_), _) => return Err(usage("with --thin give only MOUNTPOINT")),
+        _ => return Err(usage("give --repo DIR IMAGE or --thin FILE")),
+    };
+    let mut opts = MountOptions::parse_extra(&options)?;
+    opts.upperdir = upper;
+    opts.workdir = work;
+    if access_log.is_some() {
+        opts.access_log = access_log;
+    }
+    info!(image = %what, layers = dirs.len(), "mounting");
+    let plan = MountPlan::new(opts, Some(dirs), mountpoint)?.foreground(foreground);
+    Ok(crate::mount::run::run(&plan)?)
+}
+
+fn run_report(ReportArgs { log }: ReportArgs) -> Result<(), Error> {
+    print!("{}", crate::mount::report::report(&log)?);
+    Ok(())
+}
+
+fn run_gc(GcArgs { repo, dry_run }: GcArgs) -> Result<(), Error> {
+    let repo = Repo::open(&repo)?;
+    let removed = repo.gc(dry_run)?;
+    for p in &removed {
+        let rel = p.strip_prefix(&repo.root).unwrap_or(p);
+        if dry_run {
+            println!("would remove {}", rel.display());
+        } else {
+            info!("removed {}", rel.display());
         }
     }
+    if !dry_run {
+        crate::image::podman_store::write(&repo)?;
+    }
+    info!(count = removed.len(), dry_run, "gc done");
+    Ok(())
 }
 
 fn human(b: u64) -> String {
