@@ -184,11 +184,11 @@ impl Overlay {
             .stat(&rel)?
             .ok_or_else(|| errno(libc::ENOENT))?;
         let real = self.compose_ino(&self.layers[0], ust.st_ino);
-        self.remap.insert(real, node.ino);
+        self.names.keep_number(real, node.ino);
         {
             let mut s = node.state.write();
             if kind == libc::S_IFDIR && s.layers.len() == 1 {
-                self.stale.lock().inodes.push(node.ino);
+                self.names.stale_inode(node.ino);
             }
             s.layers = if kind == libc::S_IFDIR {
                 let mut l = smallvec![0];
@@ -200,7 +200,7 @@ impl Overlay {
             s.real = real;
         }
         let dropped = node.keep_only_name(parent.ino, &name);
-        self.stale.lock().entries.extend(dropped);
+        self.names.stale_entries(dropped);
         if let Some(l) = parent.listing.write().as_mut() {
             l.update(&name, 0, node.ino);
         }

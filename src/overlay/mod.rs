@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use dashmap::DashMap;
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 
@@ -18,6 +17,7 @@ pub mod dir;
 pub mod error;
 pub mod idmap;
 pub mod inode;
+pub mod namespace;
 pub mod readdir;
 pub mod upper;
 pub mod write;
@@ -31,7 +31,8 @@ use crate::stack::whiteout::{self, Marker};
 use crate::stack::{Layer, LayerError, join};
 use dir::Listing;
 use idmap::IdMap;
-use inode::{Attr, Ino, InodeTable, LayerList, Node, NodeState, ROOT_INO};
+use inode::{Attr, Ino, LayerList, Node, NodeState, ROOT_INO};
+use namespace::Namespace;
 use upper::Upper;
 
 pub(crate) fn errno(e: i32) -> io::Error {
@@ -41,12 +42,7 @@ pub(crate) fn errno(e: i32) -> io::Error {
 /// Default bound on layer files kept open for reading.
 pub const DEFAULT_OPEN_FILES: usize = 1024;
 
-/// Kernel cache entries to invalidate, collected by the core for the front end.
-#[derive(Debug, Default)]
-pub struct Stale {
-    pub inodes: Vec<Ino>,
-    pub entries: Vec<(Ino, Box<[u8]>)>,
-}
+pub use namespace::Stale;
 
 /// What a mount is made of.
 #[derive(Debug, Clone, Default)]
@@ -71,17 +67,12 @@ pub struct Overlay {
     /// Taken shared by lookups and listings, exclusively by anything that changes the upper
     /// layer's namespace, so a lookup never sees half of a rename or copy-up.
     pub(crate) ns: RwLock<()>,
-    /// Inode numbers kept across copy-up, and numbers reassigned because the one derived from
-    /// disk still belongs to an unlinked file: composed real number -> node number.
-    pub(crate) remap: DashMap<Ino, Ino>,
-    alt_seq: AtomicU64,
-    /// Kernel caches a copy-up made stale: attributes of inodes (a directory that became
-    /// merged reports nlink 1) and names that stopped being hard links of a copied-up file.
-    pub(crate) stale: Mutex<Stale>,
+    /// Inode table, number remaps and what the kernel must forget (a copy-up makes a
+    /// directory merged, or separates hard links).
+    pub(crate) names: Namespace,
     /// Per layer: index of its filesystem among the distinct ones of the stack.
     dev_index: Vec<u64>,
     single_dev: bool,
-    pub(crate) table: InodeTable,
     /// Layer files opened for reads, bounded: the kernel does not send OPEN in no-open mode,
     /// so reads find their descriptor here.
     files: Mutex<LruCache<Ino, Arc<OwnedFd>>>,
@@ -95,7 +86,7 @@ impl std::fmt::Debug for Overlay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Overlay")
             .field("layers", &self.layers)
-            .field("nodes", &self.table.len())
+            .field("nodes", &self.names.table.len())
             .finish()
     }
 }
@@ -167,12 +158,9 @@ impl Overlay {
             read_only: cfg.read_only,
             ids: cfg.ids.clone(),
             ns: RwLock::new(()),
-            remap: DashMap::new(),
-            alt_seq: AtomicU64::new(0),
-            stale: Mutex::new(Stale::default()),
             dev_index,
             forgotten: AtomicU64::new(0),
-            table: InodeTable::new(root),
+            names: Namespace::new(root),
             files: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DEFAULT_OPEN_FILES).expect("nonzero"),
             )),
@@ -181,7 +169,7 @@ impl Overlay {
 
     /// Take what the kernel must forget (see [`Stale`]).
     pub fn take_stale(&self) -> Stale {
-        std::mem::take(&mut *self.stale.lock())
+        self.names.take_stale()
     }
 
     /// Whether the mount has a writable layer.
@@ -223,11 +211,11 @@ impl Overlay {
     }
 
     pub fn node(&self, ino: Ino) -> io::Result<Arc<Node>> {
-        self.table.get(ino).ok_or_else(|| errno(libc::ESTALE))
+        self.names.table.get(ino).ok_or_else(|| errno(libc::ESTALE))
     }
 
     pub fn live_nodes(&self) -> usize {
-        self.table.len()
+        self.names.table.len()
     }
 
     pub fn getattr(&self, ino: Ino) -> io::Result<Attr> {
@@ -312,7 +300,7 @@ impl Overlay {
         };
         let top = &self.layers[layers[0] as usize];
         let real = self.compose_ino(top, st.st_ino);
-        let mut ino = self.remap.get(&real).map_or(real, |v| *v);
+        let mut ino = self.names.number_of(real);
         loop {
             let make = || {
                 let mut attr = Attr::from_stat(ino, &st);
@@ -332,7 +320,7 @@ impl Overlay {
                 )
             };
             let accept = |n: &Node| n.state.read().real == real && !n.is_detached();
-            if let Some(node) = self.table.lookup_ref(ino, make, accept) {
+            if let Some(node) = self.names.table.lookup_ref(ino, make, accept) {
                 if !node.attr().is_dir() {
                     node.add_name(dir, name); // a hard link seen under another name
                 }
@@ -340,15 +328,8 @@ impl Overlay {
             }
             // The number still belongs to another (unlinked or copied-up) file the kernel
             // holds: give this one a number of its own, remembered while the mount lives.
-            ino = self.alt_ino(real);
-            self.remap.insert(real, ino);
+            ino = self.names.renumber(real);
         }
-    }
-
-    /// A fresh number outside the range composed from disk.
-    pub(crate) fn alt_ino(&self, real: Ino) -> Ino {
-        let n = self.alt_seq.fetch_add(1, Ordering::Relaxed);
-        (1 << 62) | ((real.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n) & ((1 << 62) - 1)) | 1
     }
 
     /// The layers holding `name` under `dir` (top first) and the top entry's stat.
@@ -381,7 +362,7 @@ impl Overlay {
     }
 
     pub fn forget(&self, ino: Ino, n: u64) {
-        if self.table.forget(ino, n) {
+        if self.names.table.forget(ino, n) {
             self.evict_file(ino);
             // After the kernel drops its caches, give the freed nodes and listings back to the
             // system instead of keeping them in malloc's free lists.
@@ -412,7 +393,7 @@ impl Overlay {
         }
         let listing = Listing::build(&self.layers, &state.layers, &dir.path(), |layer, real| {
             let c = self.compose_ino(layer, real);
-            self.remap.get(&c).map_or(c, |v| *v)
+            self.names.number_of(c)
         })?;
         let mut slot = dir.listing.write();
         if slot.is_none() {

@@ -121,8 +121,9 @@ impl Overlay {
             return Ok(None);
         };
         let real = self.compose_ino(&self.layers[layers[0] as usize], st.st_ino);
-        let ino = self.remap.get(&real).map_or(real, |v| *v);
+        let ino = self.names.number_of(real);
         let node = self
+            .names
             .table
             .get(ino)
             .filter(|n| n.state.read().real == real && !n.is_detached());
@@ -134,7 +135,7 @@ impl Overlay {
         f.node.clone().unwrap_or_else(|| {
             let real = self.compose_ino(&self.layers[f.layers[0] as usize], f.st.st_ino);
             Arc::new(Node::new(
-                self.remap.get(&real).map_or(real, |v| *v),
+                self.names.number_of(real),
                 Some((Arc::clone(dir), name.into())),
                 NodeState {
                     layers: f.layers.clone(),
@@ -181,7 +182,7 @@ impl Overlay {
             .stat(&join(&dir.path(), name))?
             .ok_or_else(|| errno(libc::ENOENT))?;
         let real = self.compose_ino(&self.layers[0], st.st_ino);
-        let ino = self.remap.get(&real).map_or(real, |v| *v);
+        let ino = self.names.number_of(real);
         if let Some(l) = dir.listing.write().as_mut() {
             l.add(name, st.st_mode & libc::S_IFMT, ino, 0);
         }
@@ -198,7 +199,7 @@ impl Overlay {
             n.remove_name(dir.ino, name);
             if n.is_detached() {
                 let real = n.state.read().real;
-                self.remap.remove_if(&real, |_, v| *v == n.ino);
+                self.names.release_number(real, n.ino);
             }
         }
     }
@@ -851,7 +852,7 @@ impl Overlay {
             // The upper filesystem changed the mode to match the ACL: the kernel must see it.
             drop(_ns);
             self.attr(&node)?;
-            self.stale.lock().inodes.push(node.ino);
+            self.names.stale_inode(node.ino);
         }
         Ok(())
     }
@@ -868,7 +869,7 @@ impl Overlay {
             ..SetAttr::default()
         };
         self.setattr(ino, &sa, None)?;
-        self.stale.lock().inodes.push(ino);
+        self.names.stale_inode(ino);
         Ok(())
     }
 
@@ -941,7 +942,7 @@ impl Overlay {
         // The kernel caches the mode it last saw and a write reply carries no attributes:
         // have the front end tell it, and keep ours current.
         self.attr(node)?;
-        self.stale.lock().inodes.push(node.ino);
+        self.names.stale_inode(node.ino);
         Ok(())
     }
 
