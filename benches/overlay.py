@@ -12,7 +12,11 @@ STACKS = {
     "wide": [f"{B}/wide/top", f"{B}/wide/bottom"],
     "py": [f"{B}/py/scipy", f"{B}/py/numpy", f"{B}/py/base"],
 }
-FS = ["kernel", "fuse-overlayfs", "stratafs"]
+# Peers beside the kernel, as "label=command;label=command" (each takes fuse-overlayfs's
+# `-o lowerdir=` command line); stratafs (argv[1]) is always last.
+PEERS = dict(p.split("=", 1) for p in
+             os.environ.get("PEERS", "fuse-overlayfs=fuse-overlayfs").split(";") if p)
+FS = ["kernel", *PEERS, "stratafs"]
 
 
 def sh(cmd, **kw):
@@ -23,10 +27,8 @@ def mount(fs, stack, mnt):
     low = ":".join(stack)
     if fs == "kernel":
         sh(f"mount -t overlay overlay -o lowerdir={low} {mnt}")
-    elif fs == "fuse-overlayfs":
-        sh(f"fuse-overlayfs -o lowerdir={low} {mnt}")
     else:
-        sh(f"{BIN} -o lowerdir={low} {mnt}")
+        sh(f"{PEERS.get(fs, BIN)} -o lowerdir={low} {mnt}")
 
 
 def umount(fs, mnt):
@@ -123,8 +125,10 @@ WORKLOADS = [
 
 def main():
     mnt = tempfile.mkdtemp(prefix="stratafs-bench-")
-    rows = []
     only = os.environ.get("ONLY")
+    print("| workload | kernel overlayfs (s) | " + " | ".join(f"{fs} (s)" for fs in FS[1:])
+          + " | " + " | ".join(f"{fs} / kernel" for fs in FS[1:]) + " |")
+    print("|---" * (2 * len(FS)) + "|")
     for name, stack, kind, cmd in WORKLOADS:
         if only and only not in name:
             continue
@@ -137,11 +141,12 @@ def main():
             else:
                 secs[fs] = warm(fs, STACKS[stack], mnt, cmd)
         k = secs["kernel"]
-        row = (name, secs["kernel"], secs["fuse-overlayfs"], secs["stratafs"],
-               secs["fuse-overlayfs"] / k, secs["stratafs"] / k)
-        print("| %s | %.4f | %.4f | %.4f | %.2f | %.2f |" % row, flush=True)
-        rows.append(row)
-    mem = {fs: memory(fs, STACKS["wide"], mnt) for fs in ["fuse-overlayfs", "stratafs"]}
+        print(f"| {name} | " + " | ".join(f"{secs[fs]:.4f}" for fs in FS) + " | "
+              + " | ".join(f"{secs[fs] / k:.2f}" for fs in FS[1:]) + " |", flush=True)
+    if os.environ.get("MEMORY", "1") == "0":
+        os.rmdir(mnt)
+        return
+    mem = {fs: memory(fs, STACKS["wide"], mnt) for fs in FS[1:]}
     for fs, (peak, walked, after) in mem.items():
         print(f"| {fs} RSS, 200,000 entries | peak {peak:.1f} MB | after walk {walked:.1f} MB "
               f"| after drop_caches {after:.1f} MB |", flush=True)

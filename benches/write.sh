@@ -7,7 +7,7 @@ set -euo pipefail
 RUNS=${RUNS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release -q --manifest-path "$ROOT/Cargo.toml"
-BIN=$ROOT/target/release/stratafs
+BIN=${BIN:-$ROOT/target/release/stratafs}
 W=/var/tmp/stratafs-bench/write
 mkdir -p $W/low
 if [ ! -f $W/low/big ]; then

@@ -15,6 +15,7 @@ packages=(
   fuse-overlayfs hyperfine bubblewrap              # benchmarks and the demo
   docker-registry apache2-utils openssl            # a real registry (htpasswd, token signing) for convert
   man-db                                           # the packaged man pages render
+  containerd stargz-snapshotter protobuf-compiler  # the containerd snapshotter: engine, ctr-remote, gRPC build
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -11,6 +11,7 @@
 //! | [`overlay`] | the FUSE-free merged filesystem core: inodes, listings, writes, copy-up | `stack`, `confined` |
 //! | [`mount`] | front ends: the fuser adapter, mount options and plan, daemon, access log | `overlay`, `stack`, `confined` |
 //! | [`image`] (feature `image`) | references, registries, unpacking, flat roots, the repository | `stack`, `confined` |
+//! | [`snapshotter`] (feature `snapshotter`) | containerd's Snapshots API over the repository | `image` |
 //! | [`cli`] | the command line over all of them | everything |
 
 pub mod cli;
@@ -19,4 +20,6 @@ pub mod confined;
 pub mod image;
 pub mod mount;
 pub mod overlay;
+#[cfg(feature = "snapshotter")]
+pub mod snapshotter;
 pub mod stack;

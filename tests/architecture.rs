@@ -12,8 +12,20 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("mount", &["mount", "overlay", "stack", "confined"]),
     ("image", &["image", "stack", "confined"]),
     (
+        "snapshotter",
+        &["snapshotter", "image", "stack", "confined"],
+    ),
+    (
         "cli",
-        &["cli", "mount", "overlay", "stack", "confined", "image"],
+        &[
+            "cli",
+            "mount",
+            "overlay",
+            "stack",
+            "confined",
+            "image",
+            "snapshotter",
+        ],
     ),
 ];
 
@@ -23,6 +35,7 @@ const FORBIDDEN_CRATES: &[(&str, &[&str])] = &[
     ("stack", &["fuser", "ureq", "tar", "flate2", "zstd"]),
     ("overlay", &["fuser", "ureq", "tar", "flate2", "zstd"]),
     ("image", &["fuser"]),
+    ("snapshotter", &["fuser"]),
 ];
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -41,6 +41,28 @@ pub enum Cmd {
     Report(ReportArgs),
     /// Remove layers and flat roots that no image of the repository uses any more.
     Gc(GcArgs),
+    /// Serve containerd's Snapshots API on a unix socket (a proxy snapshotter): layers the
+    /// repository holds are used in place, container roots are stratafs mounts.
+    #[cfg(feature = "snapshotter")]
+    Snapshotter(SnapshotterArgs),
+}
+
+#[cfg(feature = "snapshotter")]
+#[derive(Debug, clap::Args)]
+pub struct SnapshotterArgs {
+    /// The repository whose .layers/<xx>/<digest>/layerfs directories serve as layers.
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    /// State directory: snapshot metadata and the directories of local snapshots.
+    #[arg(long, value_name = "STATE_DIR")]
+    root: Option<PathBuf>,
+    /// The unix socket containerd connects to (its proxy_plugins address).
+    #[arg(long, value_name = "SOCKET")]
+    address: Option<PathBuf>,
+    /// A TOML file with the same settings (repository, root, address); options given on the
+    /// command line win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,7 +165,25 @@ pub fn run(c: Commands) -> Result<(), Error> {
         Cmd::Mount(a) => run_mount(a),
         Cmd::Report(a) => run_report(a),
         Cmd::Gc(a) => run_gc(a),
+        #[cfg(feature = "snapshotter")]
+        Cmd::Snapshotter(a) => run_snapshotter(a),
     }
+}
+
+#[cfg(feature = "snapshotter")]
+fn run_snapshotter(a: SnapshotterArgs) -> Result<(), Error> {
+    use crate::snapshotter::{self, Config};
+    let file = match &a.config {
+        Some(p) => Config::read(p)?,
+        None => Config::default(),
+    };
+    let need = |v: Option<PathBuf>, opt: &str, key: &str| {
+        v.ok_or_else(|| Error::Usage(format!("snapshotter: give --{opt} (or {key} in --config)")))
+    };
+    let repo = need(a.repo.or(file.repository), "repo", "repository")?;
+    let root = need(a.root.or(file.root), "root", "root")?;
+    let address = need(a.address.or(file.address), "address", "address")?;
+    Ok(snapshotter::run(&repo, &root, &address)?)
 }
 
 fn run_convert(

@@ -9,7 +9,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// Subcommand names: anything else is the mount form.
-pub const SUBCOMMANDS: &[&str] = &["convert", "gc", "images", "mount", "report"];
+pub const SUBCOMMANDS: &[&str] = &["convert", "gc", "images", "mount", "report", "snapshotter"];
 
 fn init_logging(default: &str) {
     tracing_subscriber::fmt()
@@ -75,4 +75,7 @@ pub enum Error {
     Image(#[from] crate::image::Error),
     #[error(transparent)]
     Mount(#[from] crate::mount::Error),
+    #[cfg(feature = "snapshotter")]
+    #[error(transparent)]
+    Snapshotter(#[from] crate::snapshotter::Error),
 }

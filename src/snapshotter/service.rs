@@ -1,0 +1,262 @@
+//! containerd's Snapshots API over the [`Store`]: the gRPC calls, remote layers from the
+//! repository, and the mounts containerd hands to mount.fuse3.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use containerd_snapshots::api::types::Mount;
+use containerd_snapshots::{Info, Kind as ApiKind, Snapshotter, Usage, tonic};
+use parking_lot::Mutex;
+use tracing::{debug, info, warn};
+
+use super::Error;
+use super::filter::{Fields, Filter};
+use super::store::{Kind, Record, Stack, Store};
+use crate::image::digest::Digest;
+
+/// containerd's label naming the committed snapshot a Prepare would produce.
+pub const LABEL_TARGET: &str = "containerd.io/snapshot.ref";
+/// Labels carrying a layer's compressed digest: CRI (and nerdctl) first, then ctr-remote.
+pub const LABELS_DIGEST: &[&str] = &[
+    "containerd.io/snapshot/cri.layer-digest",
+    "containerd.io/snapshot/remote/stargz.digest",
+];
+
+/// The snapshotter: a repository to take layers from, and its own state.
+pub struct Service {
+    repo: PathBuf,
+    store: Mutex<Store>,
+}
+
+struct Named<'a>(&'a str, &'a Record);
+
+impl Fields for Named<'_> {
+    fn field(&self, path: &[String]) -> Option<String> {
+        let rec = self.1;
+        match path {
+            [f] if f == "name" => Some(self.0.to_string()),
+            [f] if f == "parent" => Some(rec.parent.clone()),
+            [f] if f == "kind" => Some(kind_name(rec.kind).to_string()),
+            [f, rest @ ..] if f == "labels" && !rest.is_empty() => {
+                rec.labels.get(&rest.join(".")).cloned()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The kind as containerd spells it in filters.
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Active => "active",
+        Kind::View => "view",
+        Kind::Committed => "committed",
+    }
+}
+
+fn info(name: &str, rec: &Record) -> Info {
+    Info {
+        kind: match rec.kind {
+            Kind::Active => ApiKind::Active,
+            Kind::View => ApiKind::View,
+            Kind::Committed => ApiKind::Committed,
+        },
+        name: name.to_string(),
+        parent: rec.parent.clone(),
+        labels: rec.labels.clone(),
+        created_at: rec.created,
+        updated_at: rec.updated,
+    }
+}
+
+/// `a:b` with `\:` for a colon in a path, as mount options read lowerdir.
+fn lowerdir(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.to_string_lossy().replace(':', "\\:"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The mounts of a snapshot: a bind mount of its own directory when nothing is below it
+/// (containerd's overlayfs does the same), otherwise one stratafs mount of the whole stack,
+/// whiteouts of every form applied by the daemon that mount.fuse3 starts.
+fn mounts(stack: Stack, own: &Path) -> Vec<Mount> {
+    if stack.lowers.is_empty() {
+        let rw = if stack.upper.is_some() { "rw" } else { "ro" };
+        return vec![Mount {
+            r#type: "bind".into(),
+            source: own.to_string_lossy().into_owned(),
+            target: String::new(),
+            options: vec![rw.into(), "rbind".into()],
+        }];
+    }
+    let mut options = vec![format!("lowerdir={}", lowerdir(&stack.lowers))];
+    match stack.upper {
+        Some((u, w)) => {
+            options.push(format!("upperdir={}", u.display()));
+            options.push(format!("workdir={}", w.display()));
+        }
+        None => options.push("ro".into()),
+    }
+    // What a kernel overlay mount from containerd allows: set-ID programs and devices.
+    options.extend(["suid".into(), "dev".into()]);
+    vec![Mount {
+        r#type: "fuse3.stratafs".into(),
+        source: "stratafs".into(),
+        target: String::new(),
+        options,
+    }]
+}
+
+impl Service {
+    pub fn new(repo: PathBuf, store: Store) -> Service {
+        Service {
+            repo,
+            store: Mutex::new(store),
+        }
+    }
+
+    /// The repository's unpacked layer a Prepare's labels point at, if it holds it.
+    fn remote_layer(&self, labels: &HashMap<String, String>) -> Option<(String, PathBuf)> {
+        let target = labels.get(LABEL_TARGET)?;
+        let value = LABELS_DIGEST.iter().find_map(|l| labels.get(*l))?;
+        let digest = match Digest::parse(value) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(label = value, "layer digest ignored: {e}");
+                return None;
+            }
+        };
+        let dir = self
+            .repo
+            .join(".layers")
+            .join(digest.xx())
+            .join(digest.hex())
+            .join("layerfs");
+        // A symlink here would lead out of the repository: only a real directory counts.
+        let found = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+        debug!(layer = %digest, found, "repository lookup");
+        found.then(|| (target.clone(), dir))
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, Error> {
+        let mut store = self.store.lock();
+        if kind == Kind::Active
+            && let Some((target, layer)) = self.remote_layer(&labels)
+        {
+            let exists = store.all().any(|(_, r)| {
+                r.kind == Kind::Committed
+                    && r.parent == parent
+                    && r.labels.get(LABEL_TARGET) == Some(&target)
+            });
+            if !exists {
+                // The name must be unique; the same layer may sit on several parents.
+                let name = if store.get(&target).is_ok() {
+                    format!("{target}@{parent}")
+                } else {
+                    target.clone()
+                };
+                store.add_remote(&name, &parent, labels, layer.clone())?;
+                info!(snapshot = %name, layer = %layer.display(), "layer taken from the repository");
+            }
+            // containerd then finds the committed snapshot by its label and downloads nothing.
+            return Err(Error::AlreadyExists(format!("target snapshot {target}")));
+        }
+        store.create(kind, &key, &parent, labels)?;
+        let own = store.files(store.get(&key)?);
+        Ok(mounts(store.stack(&key)?, &own))
+    }
+}
+
+#[tonic::async_trait]
+impl Snapshotter for Service {
+    type Error = Error;
+
+    async fn stat(&self, key: String) -> Result<Info, Error> {
+        let store = self.store.lock();
+        Ok(info(&key, store.get(&key)?))
+    }
+
+    async fn update(&self, i: Info, fieldpaths: Option<Vec<String>>) -> Result<Info, Error> {
+        let mut store = self.store.lock();
+        let rec = store.update_labels(&i.name, i.labels, &fieldpaths.unwrap_or_default())?;
+        Ok(info(&i.name, rec))
+    }
+
+    async fn usage(&self, key: String) -> Result<Usage, Error> {
+        let (size, inodes) = self.store.lock().usage(&key)?;
+        Ok(Usage { size, inodes })
+    }
+
+    async fn mounts(&self, key: String) -> Result<Vec<Mount>, Error> {
+        let store = self.store.lock();
+        let own = store.files(store.get(&key)?);
+        Ok(mounts(store.stack(&key)?, &own))
+    }
+
+    async fn prepare(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, Error> {
+        debug!(%key, %parent, ?labels, "prepare");
+        self.create(Kind::Active, key, parent, labels)
+    }
+
+    async fn view(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, Error> {
+        debug!(%key, %parent, "view");
+        self.create(Kind::View, key, parent, labels)
+    }
+
+    async fn commit(
+        &self,
+        name: String,
+        key: String,
+        labels: HashMap<String, String>,
+    ) -> Result<(), Error> {
+        debug!(%name, %key, "commit");
+        self.store.lock().commit(&name, &key, labels)
+    }
+
+    async fn remove(&self, key: String) -> Result<(), Error> {
+        debug!(%key, "remove");
+        self.store.lock().remove(&key)
+    }
+
+    async fn clear(&self) -> Result<(), Error> {
+        for p in self.store.lock().cleanup()? {
+            info!(dir = %p.display(), "cleanup: removed");
+        }
+        Ok(())
+    }
+
+    type InfoStream = tokio_stream::Iter<std::vec::IntoIter<Result<Info, Error>>>;
+
+    async fn list(
+        &self,
+        _snapshotter: String,
+        filters: Vec<String>,
+    ) -> Result<Self::InfoStream, Error> {
+        let filter = Filter::parse(&filters)?;
+        let store = self.store.lock();
+        let all: Vec<_> = store
+            .all()
+            .filter(|(k, r)| filter.matches(&Named(k, r)))
+            .map(|(k, r)| Ok(info(k, r)))
+            .collect();
+        Ok(tokio_stream::iter(all))
+    }
+}
