@@ -1,0 +1,500 @@
+//! `stratafs snapshotter` under a real containerd (Debian's 1.6, private root, state and
+//! socket): images converted into a repository and pushed to a loopback docker-registry are
+//! pulled with `ctr-remote images rpull` without their layer blobs, run with `ctr run`, and
+//! survive a kill -9 of the snapshotter.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::image::Podman;
+use common::layout::TestRegistry;
+use common::*;
+
+/// A private containerd with the snapshotter as its `stratafs` proxy plugin.
+struct Containerd {
+    dir: PathBuf,
+    address: PathBuf,
+    child: Child,
+    snap: Option<Child>,
+    repo: PathBuf,
+    /// PATH with `stratafs` first, for mount.fuse3 started by containerd and its shims.
+    path: String,
+}
+
+impl Containerd {
+    fn start(dir: &Path, repo: &Path) -> Containerd {
+        for t in ["containerd", "ctr", "ctr-remote", "runc", "mount.fuse3"] {
+            require_tool(t);
+        }
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let _ = std::fs::remove_file(bin.join("stratafs"));
+        std::os::unix::fs::symlink(BIN, bin.join("stratafs")).unwrap();
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let address = dir.join("containerd.sock");
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{1}\"\n\
+                 [proxy_plugins.stratafs]\n  type = \"snapshot\"\n  address = \"{0}/snap.sock\"\n",
+                dir.display(),
+                address.display()
+            ),
+        )
+        .unwrap();
+        let mut c = Containerd {
+            dir: dir.to_path_buf(),
+            address: address.clone(),
+            child: Command::new("containerd")
+                .arg("--config")
+                .arg(dir.join("config.toml"))
+                .env("PATH", &path)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
+                .spawn()
+                .expect("start containerd"),
+            snap: None,
+            repo: repo.to_path_buf(),
+            path,
+        };
+        c.start_snapshotter();
+        wait_until("containerd socket", || address.exists());
+        c
+    }
+
+    fn start_snapshotter(&mut self) {
+        let sock = self.dir.join("snap.sock");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("snapshotter.log"))
+            .unwrap();
+        self.snap = Some(
+            Command::new(BIN)
+                .arg("snapshotter")
+                .arg("--repo")
+                .arg(&self.repo)
+                .arg("--root")
+                .arg(self.dir.join("snap-state"))
+                .arg("--address")
+                .arg(&sock)
+                .env("STRATAFS_LOG", "info,stratafs=debug")
+                .stderr(log)
+                .spawn()
+                .expect("start stratafs snapshotter"),
+        );
+        wait_until("snapshotter socket", || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
+    }
+
+    fn kill_snapshotter(&mut self) {
+        if let Some(mut s) = self.snap.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new(prog);
+        c.arg("--address")
+            .arg(&self.address)
+            .env("PATH", &self.path);
+        c
+    }
+
+    /// Run `ctr`/`ctr-remote` and return stdout; fail with both streams and the logs.
+    fn ok(&self, prog: &str, args: &[&str]) -> String {
+        let out = run(self.cmd(prog).args(args));
+        assert!(
+            out.status.success(),
+            "{prog} {args:?} failed:\n{}{}\n--- snapshotter log (tail):\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail("snapshotter.log")
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn log_tail(&self, name: &str) -> String {
+        let log = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn layer_blobs_in_content_store(&self, layers: &[String]) -> Vec<String> {
+        let content = self.ok("ctr", &["content", "ls", "-q"]);
+        layers
+            .iter()
+            .filter(|l| content.lines().any(|c| c.trim() == l.as_str()))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Containers first (their rootfs mounts go with them), then the daemons.
+        if let Ok(out) = self.cmd("ctr").args(["tasks", "ls", "-q"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = self
+                    .cmd("ctr")
+                    .args(["tasks", "kill", "-s", "9", id])
+                    .output();
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = self.cmd("ctr").args(["tasks", "rm", "-f", id]).output();
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.kill_snapshotter();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.dir.to_string_lossy().to_string();
+        let mut mps: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mps {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+/// The compressed layer digests of `image` in the registry.
+fn registry_layers(reg: &TestRegistry, image: &str) -> Vec<String> {
+    let out = run_ok(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/{image}", reg.host()),
+    ]));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    m["layers"]
+        .as_array()
+        .expect("a single-platform manifest")
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Two images in a loopback registry, `snap/app:1` converted into a repository and
+/// `snap/extra:1` (one more layer) not.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    reg: TestRegistry,
+    repo: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    require_root();
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = tmp.path().to_path_buf();
+    let podman = Podman::new(&dir.join("podman"));
+    podman.import_busybox_base();
+    podman.build(
+        "localhost/snap-app",
+        "FROM localhost/strata-base\nRUN echo hello > /greeting && echo doomed > /victim\n\
+         RUN rm /victim && echo two > /second\n",
+    );
+    podman.build(
+        "localhost/snap-extra",
+        "FROM localhost/snap-app\nRUN echo extra > /extra\n",
+    );
+    let reg = TestRegistry::start(&dir.join("registry"), &[]);
+    for (img, repo) in [
+        ("localhost/snap-app", "snap/app"),
+        ("localhost/snap-extra", "snap/extra"),
+    ] {
+        reg.push(&podman.storage_ref(img), repo, "1", None, false);
+    }
+    let repo = dir.join("repo");
+    run_ok(
+        Command::new(BIN)
+            .args(["convert", "--repo"])
+            .arg(&repo)
+            .arg(format!("http://{}/snap/app:1", reg.host())),
+    );
+    Fixture {
+        _tmp: tmp,
+        dir,
+        reg,
+        repo,
+    }
+}
+
+#[test]
+fn containerd_runs_images_from_the_repository_without_fetching_layers() {
+    let fx = fixture();
+    let app_layers = registry_layers(&fx.reg, "snap/app:1");
+    let extra_layers = registry_layers(&fx.reg, "snap/extra:1");
+    assert_eq!(extra_layers.len(), app_layers.len() + 1);
+    let mut ctrd = Containerd::start(&fx.dir.join("ctrd"), &fx.repo);
+
+    // Every layer is in the repository: containerd fetches none.
+    let app = format!("{}/snap/app:1", fx.reg.host());
+    ctrd.ok(
+        "ctr-remote",
+        &[
+            "images",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "stratafs",
+            &app,
+        ],
+    );
+    assert_eq!(
+        ctrd.layer_blobs_in_content_store(&app_layers),
+        Vec::<String>::new(),
+        "layer blobs were downloaded although the repository has them"
+    );
+
+    // The container's root is a stratafs mount of the repository's layers: the whiteout of
+    // the top layer hides /victim, and writes stay out of the repository.
+    let out = ctrd.ok(
+        "ctr",
+        &[
+            "run", "--rm", "--snapshotter", "stratafs", &app, "c1", "sh", "-c",
+            "cat /greeting /second; test -e /victim && echo victim-visible; \
+             echo written > /new-file && cat /new-file; \
+             while read dev mp type rest; do [ \"$mp\" = / ] && echo root=$type; done < /proc/mounts; true",
+        ],
+    );
+    assert_eq!(
+        out, "hello\ntwo\nwritten\nroot=fuse.stratafs\n",
+        "container output"
+    );
+    let leaked = run_ok(
+        Command::new("find")
+            .arg(&fx.repo)
+            .args(["-name", "new-file"]),
+    );
+    assert!(
+        leaked.stdout.is_empty(),
+        "a container write reached the repository"
+    );
+
+    // One layer that the repository lacks: only that blob is fetched.
+    let extra = format!("{}/snap/extra:1", fx.reg.host());
+    ctrd.ok(
+        "ctr-remote",
+        &[
+            "images",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "stratafs",
+            &extra,
+        ],
+    );
+    assert_eq!(
+        ctrd.layer_blobs_in_content_store(&extra_layers),
+        vec![extra_layers.last().unwrap().clone()],
+        "exactly the layer missing from the repository is downloaded"
+    );
+    let out = ctrd.ok(
+        "ctr",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "stratafs",
+            &extra,
+            "c2",
+            "sh",
+            "-c",
+            "cat /extra /greeting; test -e /victim && echo victim-visible; true",
+        ],
+    );
+    assert_eq!(out, "extra\nhello\n");
+
+    // kill -9 the snapshotter under a running container; a new one knows every snapshot.
+    ctrd.ok(
+        "ctr",
+        &[
+            "run",
+            "-d",
+            "--snapshotter",
+            "stratafs",
+            &app,
+            "long",
+            "busybox",
+            "sleep",
+            "600",
+        ],
+    );
+    let before = ctrd.ok("ctr", &["snapshots", "--snapshotter", "stratafs", "ls"]);
+    ctrd.kill_snapshotter();
+    ctrd.start_snapshotter();
+    // containerd redials a proxy plugin with a backoff of up to 3 s; until then its calls
+    // fail with "connection refused".
+    wait_until("containerd reconnecting to the snapshotter", || {
+        ctrd.cmd("ctr")
+            .args(["snapshots", "--snapshotter", "stratafs", "ls"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let after = ctrd.ok("ctr", &["snapshots", "--snapshotter", "stratafs", "ls"]);
+    assert_eq!(before, after, "snapshots after a restart");
+    let tasks = ctrd.ok("ctr", &["tasks", "ls"]);
+    assert!(
+        tasks
+            .lines()
+            .any(|l| l.starts_with("long") && l.contains("RUNNING")),
+        "the container survives the snapshotter's restart: {tasks}"
+    );
+    let out = ctrd.ok(
+        "ctr",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "stratafs",
+            &app,
+            "c3",
+            "cat",
+            "/greeting",
+        ],
+    );
+    assert_eq!(out, "hello\n");
+    let out = ctrd.ok(
+        "ctr",
+        &["tasks", "exec", "--exec-id", "e1", "long", "cat", "/second"],
+    );
+    assert_eq!(out, "two\n");
+}
+
+fn snapshotter(args: &[&str]) -> (bool, String) {
+    let mut c = Command::new(BIN);
+    c.arg("snapshotter").args(args);
+    let mut child = c
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A snapshotter that starts serves until killed: give it a moment to fail.
+    for _ in 0..50 {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return (st.success(), err);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (true, "still running".into())
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let s = |p: &str| d.join(p).to_str().unwrap().to_string();
+    std::fs::create_dir(d.join("repo")).unwrap();
+
+    let (ok, err) = snapshotter(&[
+        "--repo",
+        &s("nope"),
+        "--root",
+        &s("st"),
+        "--address",
+        &s("a.sock"),
+    ]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&s("nope")) && err.contains("No such file"),
+        "{err}"
+    );
+
+    // A socket a live snapshotter serves is refused.
+    let mut first = Command::new(BIN)
+        .args([
+            "snapshotter",
+            "--repo",
+            &s("repo"),
+            "--root",
+            &s("st1"),
+            "--address",
+            &s("a.sock"),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("first snapshotter", || d.join("a.sock").exists());
+    let (ok, err) = snapshotter(&[
+        "--repo",
+        &s("repo"),
+        "--root",
+        &s("st2"),
+        "--address",
+        &s("a.sock"),
+    ]);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&s("a.sock")) && err.contains("in use"),
+        "{err}"
+    );
+
+    // A state dir that is a file, and one the user cannot read.
+    std::fs::write(d.join("file"), "").unwrap();
+    let (ok, err) = snapshotter(&[
+        "--repo",
+        &s("repo"),
+        "--root",
+        &s("file"),
+        "--address",
+        &s("b.sock"),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.lines().count() == 1 && err.contains(&s("file")),
+        "{err}"
+    );
+
+    let locked = d.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run(Command::new("runuser").args([
+        "-u",
+        "stratafs-test",
+        "--",
+        BIN,
+        "snapshotter",
+        "--repo",
+        &s("repo"),
+        "--root",
+        &format!("{}/st", locked.display()),
+        "--address",
+        "/tmp/stratafs-test-unused.sock",
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.lines().count() == 1 && err.contains("locked/st") && err.contains("Permission denied"),
+        "{err}"
+    );
+
+    // A config file with an unknown key names the file.
+    std::fs::write(d.join("c.toml"), "repository = \"/x\"\nbogus = 1\n").unwrap();
+    let (ok, err) = snapshotter(&["--config", &s("c.toml")]);
+    assert!(!ok);
+    assert!(
+        err.lines().count() == 1 && err.contains("c.toml") && err.contains("bogus"),
+        "{err}"
+    );
+}
