@@ -12,6 +12,16 @@ use std::time::Duration;
 use common::image::Podman;
 use common::layout::TestRegistry;
 use common::*;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
+    CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 /// A private containerd with the snapshotter as its `stratafs` proxy plugin.
 struct Containerd {
@@ -25,7 +35,8 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start(dir: &Path, repo: &Path) -> Containerd {
+    /// `cri`: the CRI plugin's settings; `None` disables the plugin.
+    fn start(dir: &Path, repo: &Path, cri: Option<&str>) -> Containerd {
         for t in ["containerd", "ctr", "ctr-remote", "runc", "mount.fuse3"] {
             require_tool(t);
         }
@@ -38,12 +49,18 @@ impl Containerd {
         std::fs::write(
             dir.join("config.toml"),
             format!(
-                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n{2}\n\
                  [grpc]\n  address = \"{1}\"\n\
-                 [proxy_plugins.stratafs]\n  type = \"snapshot\"\n  address = \"{0}/snap.sock\"\n",
+                 [proxy_plugins.stratafs]\n  type = \"snapshot\"\n  address = \"{0}/snap.sock\"\n\
+                 {3}",
                 dir.display(),
-                address.display()
+                address.display(),
+                if cri.is_none() {
+                    "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]"
+                } else {
+                    ""
+                },
+                cri.unwrap_or("")
             ),
         )
         .unwrap();
@@ -128,7 +145,11 @@ impl Containerd {
     }
 
     fn layer_blobs_in_content_store(&self, layers: &[String]) -> Vec<String> {
-        let content = self.ok("ctr", &["content", "ls", "-q"]);
+        self.layer_blobs_in_namespace("default", layers)
+    }
+
+    fn layer_blobs_in_namespace(&self, namespace: &str, layers: &[String]) -> Vec<String> {
+        let content = self.ok("ctr", &["-n", namespace, "content", "ls", "-q"]);
         layers
             .iter()
             .filter(|l| content.lines().any(|c| c.trim() == l.as_str()))
@@ -208,10 +229,16 @@ fn fixture() -> Fixture {
         "localhost/snap-extra",
         "FROM localhost/snap-app\nRUN echo extra > /extra\n",
     );
+    // The pod sandbox ("pause") image of the CRI test.
+    podman.build(
+        "localhost/snap-pause",
+        "FROM localhost/strata-base\nENTRYPOINT [\"/bin/busybox\", \"sleep\", \"1000000\"]\n",
+    );
     let reg = TestRegistry::start(&dir.join("registry"), &[]);
     for (img, repo) in [
         ("localhost/snap-app", "snap/app"),
         ("localhost/snap-extra", "snap/extra"),
+        ("localhost/snap-pause", "snap/pause"),
     ] {
         reg.push(&podman.storage_ref(img), repo, "1", None, false);
     }
@@ -236,7 +263,7 @@ fn containerd_runs_images_from_the_repository_without_fetching_layers() {
     let app_layers = registry_layers(&fx.reg, "snap/app:1");
     let extra_layers = registry_layers(&fx.reg, "snap/extra:1");
     assert_eq!(extra_layers.len(), app_layers.len() + 1);
-    let mut ctrd = Containerd::start(&fx.dir.join("ctrd"), &fx.repo);
+    let mut ctrd = Containerd::start(&fx.dir.join("ctrd"), &fx.repo, None);
 
     // Every layer is in the repository: containerd fetches none.
     let app = format!("{}/snap/app:1", fx.reg.host());
@@ -496,5 +523,207 @@ fn bad_input_is_one_clear_line() {
     assert!(
         err.lines().count() == 1 && err.contains("c.toml") && err.contains("bogus"),
         "{err}"
+    );
+}
+
+/// Talks CRI (v1) to containerd over its socket, as kubelet does.
+struct Cri {
+    rt: tokio::runtime::Runtime,
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+}
+
+impl Cri {
+    fn connect(socket: &Path) -> Cri {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let socket = socket.to_path_buf();
+        let channel = rt
+            .block_on(
+                Endpoint::try_from("http://[::]")
+                    .unwrap()
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let socket = socket.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                tokio::net::UnixStream::connect(socket).await?,
+                            ))
+                        }
+                    })),
+            )
+            .expect("connect to containerd's CRI socket");
+        Cri {
+            rt,
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        }
+    }
+}
+
+#[test]
+fn kubernetes_cri_runs_a_pod_from_the_repository() {
+    let fx = fixture();
+    let app_layers = registry_layers(&fx.reg, "snap/app:1");
+    let host = fx.reg.host();
+    let dir = fx.dir.join("cri");
+    std::fs::create_dir_all(dir.join("pods")).unwrap();
+    // restrict_oom_score_adj: the test may run without CAP_SYS_RESOURCE (in a container),
+    // where the sandbox's default oom_score_adj of -998 cannot be set.
+    let cri_config = format!(
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+         \x20 sandbox_image = \"{host}/snap/pause:1\"\n\
+         \x20 restrict_oom_score_adj = true\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+         \x20 snapshotter = \"stratafs\"\n\
+         \x20 disable_snapshot_annotations = false\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+         \x20 bin_dir = \"{0}/cni-bin\"\n\
+         \x20 conf_dir = \"{0}/cni-conf\"\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{host}\"]\n\
+         \x20 endpoint = [\"http://{host}\"]\n",
+        dir.display()
+    );
+    let ctrd = Containerd::start(&dir, &fx.repo, Some(&cri_config));
+    let mut cri = Cri::connect(&ctrd.address);
+    let app = format!("{host}/snap/app:1");
+
+    // Host network: no CNI plugin is needed, and the pod shares the host's UTS namespace
+    // (so no hostname).
+    let sandbox_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "snap-pod".into(),
+            uid: "uid-snap-pod".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: dir.join("pods").to_string_lossy().into_owned(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let Cri {
+        rt,
+        runtime,
+        images,
+    } = &mut cri;
+    let pulled = rt
+        .block_on(images.pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: app.clone(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: Some(sandbox_config.clone()),
+        }))
+        .unwrap_or_else(|e| panic!("PullImage {app}: {e}\n{}", ctrd.log_tail("containerd.log")))
+        .into_inner()
+        .image_ref;
+    assert!(!pulled.is_empty(), "PullImage returned no image ref");
+    let sandbox = rt
+        .block_on(runtime.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: String::new(),
+        }))
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_tail("containerd.log")))
+        .into_inner()
+        .pod_sandbox_id;
+    let container = rt
+        .block_on(runtime.create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "job".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: pulled.clone(),
+                    ..Default::default()
+                }),
+                command: vec!["sh".into()],
+                args: vec![
+                    "-c".into(),
+                    "cat /greeting /second; test -e /victim && echo victim-visible; \
+                     while read dev mp type rest; do [ \"$mp\" = / ] && echo root=$type; \
+                     done < /proc/mounts; true"
+                        .into(),
+                ],
+                log_path: "job.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox_config.clone()),
+        }))
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctrd.log_tail("containerd.log")))
+        .into_inner()
+        .container_id;
+    rt.block_on(runtime.start_container(StartContainerRequest {
+        container_id: container.clone(),
+    }))
+    .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", ctrd.log_tail("containerd.log")));
+    wait_until("the container to exit", || {
+        let status = rt
+            .block_on(runtime.container_status(ContainerStatusRequest {
+                container_id: container.clone(),
+                verbose: false,
+            }))
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        status.state == ContainerState::ContainerExited as i32
+    });
+
+    // CRI log lines are "<time> <stream> <tag> <text>".
+    let log = std::fs::read_to_string(dir.join("pods/job.log")).expect("the container's log");
+    let text: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .collect();
+    assert_eq!(
+        text,
+        ["hello", "two", "root=fuse.stratafs"],
+        "container log:\n{log}"
+    );
+    assert_eq!(
+        ctrd.layer_blobs_in_namespace("k8s.io", &app_layers),
+        Vec::<String>::new(),
+        "the CRI pull downloaded layer blobs the repository has"
+    );
+
+    rt.block_on(runtime.stop_container(StopContainerRequest {
+        container_id: container.clone(),
+        timeout: 5,
+    }))
+    .expect("StopContainer");
+    rt.block_on(runtime.remove_container(RemoveContainerRequest {
+        container_id: container,
+    }))
+    .expect("RemoveContainer");
+    rt.block_on(runtime.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    }))
+    .expect("StopPodSandbox");
+    rt.block_on(runtime.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    }))
+    .expect("RemovePodSandbox");
+    let left = rt
+        .block_on(runtime.list_pod_sandbox(ListPodSandboxRequest { filter: None }))
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(
+        left.is_empty(),
+        "pods left after RemovePodSandbox: {left:?}"
     );
 }
