@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the Debian package: the binary, the man pages of man/, an example storage.conf for
-# podman. One command: `bash packaging/build-deb.sh [OUTDIR]` (default target/debian).
+# Build the Debian package: the binary, the man pages of man/, examples: storage.conf for
+# podman, a containerd config.toml, the snapshotter's config and systemd unit.
+# One command: `bash packaging/build-deb.sh [OUTDIR]` (default target/debian).
 # STRATAFS_BIN=path uses an already built binary instead of `cargo build --release`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +22,11 @@ for m in "$root"/man/*.1; do
   install -d "$stage/usr/share/man/man1"
   gzip -9n -c "$m" > "$stage/usr/share/man/man1/$(basename "$m").gz"
 done
-install -D -m 0644 "$root/packaging/storage.conf" "$stage/usr/share/doc/stratafs/examples/storage.conf"
+ex="$stage/usr/share/doc/stratafs/examples"
+install -D -m 0644 "$root/packaging/storage.conf" "$ex/storage.conf"
+install -D -m 0644 "$root/packaging/containerd-config.toml" "$ex/containerd-config.toml"
+install -D -m 0644 "$root/packaging/snapshotter.toml" "$ex/snapshotter.toml"
+install -D -m 0644 "$root/packaging/stratafs-snapshotter.service" "$ex/stratafs-snapshotter.service"
 cat > "$stage/usr/share/doc/stratafs/copyright" <<COPY
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: stratafs
@@ -37,13 +42,15 @@ Architecture: $arch
 Maintainer: stratafs developers <stratafs@example.org>
 Depends: fuse3, libc6
 Recommends: podman, bubblewrap
+Suggests: containerd
 Section: admin
 Priority: optional
 Installed-Size: $size
 Description: lazy layered filesystem for unpacked container images (CernVM-FS)
  Stacks unpacked image layer directories on demand as one FUSE mount, with whiteouts and a
  writable upper layer: a drop-in mount_program for podman (rootful and rootless) and a merged
- root for apptainer or bubblewrap. stratafs convert writes images from registries, OCI layouts
+ root for apptainer or bubblewrap, and a containerd (Kubernetes) snapshotter that runs images
+ straight from the repository. stratafs convert writes images from registries, OCI layouts
  and archives into the CernVM-FS repository layout used by DUCC.
 CTRL
 mkdir -p "$out"
