@@ -263,6 +263,7 @@ fn containerd_runs_images_from_the_repository_without_fetching_layers() {
     let app_layers = registry_layers(&fx.reg, "snap/app:1");
     let extra_layers = registry_layers(&fx.reg, "snap/extra:1");
     assert_eq!(extra_layers.len(), app_layers.len() + 1);
+    let repo_before = tree_listing(&fx.repo);
     let mut ctrd = Containerd::start(&fx.dir.join("ctrd"), &fx.repo, None);
 
     // Every layer is in the repository: containerd fetches none.
@@ -397,6 +398,40 @@ fn containerd_runs_images_from_the_repository_without_fetching_layers() {
         &["tasks", "exec", "--exec-id", "e1", "long", "cat", "/second"],
     );
     assert_eq!(out, "two\n");
+
+    // Removing the images lets containerd's garbage collector remove every snapshot; the
+    // repository's layers are only borrowed and stay as they were.
+    ctrd.ok("ctr", &["tasks", "kill", "-s", "9", "long"]);
+    wait_until("the task to stop", || {
+        ctrd.ok("ctr", &["tasks", "ls"])
+            .lines()
+            .all(|l| !l.starts_with("long") || l.contains("STOPPED"))
+    });
+    ctrd.ok("ctr", &["tasks", "rm", "long"]);
+    ctrd.ok("ctr", &["containers", "rm", "long"]);
+    ctrd.ok("ctr", &["images", "rm", "--sync", &app, &extra]);
+    let left = ctrd.ok("ctr", &["snapshots", "--snapshotter", "stratafs", "ls"]);
+    assert_eq!(left.lines().count(), 1, "snapshots left: {left}");
+    assert_eq!(
+        tree_listing(&fx.repo),
+        repo_before,
+        "the repository changed"
+    );
+}
+
+/// Every path under `dir` with its size, sorted.
+fn tree_listing(dir: &Path) -> String {
+    let out = run_ok(
+        Command::new("find")
+            .arg(dir)
+            .args(["-printf", "%P %s %y\n"]),
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines.join("\n")
 }
 
 fn snapshotter(args: &[&str]) -> (bool, String) {
