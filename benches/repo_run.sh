@@ -12,33 +12,9 @@ RUNS=${RUNS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 B=/var/tmp/stratafs-bench
 W=$B/repo-run
-[ -e $B/convert/layout/.done ] || bash "$ROOT/benches/convert.sh" >/dev/null
+bash "$ROOT/benches/repo_images.sh"
 cargo build --release -q --manifest-path "$ROOT/Cargo.toml"
 BIN=$ROOT/target/release/stratafs
-mkdir -p $W
-
-# The images, as OCI layouts and docker archives.
-if [ ! -e $W/.images-done ]; then
-  rm -rf $W/small $W/big $W/bundle
-  mkdir -p $W/base/bin $W/base/proc $W/base/dev $W/base/etc
-  cp "$(command -v busybox)" $W/base/bin/busybox
-  for a in sh cat echo; do ln -sf busybox $W/base/bin/$a; done
-  echo 'echo hello from the repository' > $W/base/hello.sh
-  umoci init --layout $W/small
-  umoci new --image $W/small:t
-  umoci unpack --image $W/small:t $W/bundle >/dev/null
-  cp -a $W/base/. $W/bundle/rootfs/
-  umoci repack --image $W/small:t $W/bundle
-  rm -rf $W/bundle
-  cp -a $B/convert/layout $W/big
-  umoci unpack --image $W/big:t $W/bundle >/dev/null
-  mkdir -p $W/bundle/rootfs/data
-  head -c 300M /dev/urandom > $W/bundle/rootfs/data/blob
-  umoci repack --image $W/big:t $W/bundle
-  rm -rf $W/bundle
-  for i in small big; do skopeo copy -q oci:$W/$i:t docker-archive:$W/$i.tar:bench/$i:t; done
-  touch $W/.images-done
-fi
 rm -rf $W/repo
 $BIN convert --repo $W/repo oci:$W/small:t --name bench.local/small:t 2>/dev/null
 $BIN convert --repo $W/repo oci:$W/big:t --name bench.local/big:t 2>/dev/null

@@ -4,6 +4,8 @@
 //! survive a kill -9 of the snapshotter.
 
 mod common;
+#[path = "common/cri.rs"]
+mod cri;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,16 +14,7 @@ use std::time::Duration;
 use common::image::Podman;
 use common::layout::TestRegistry;
 use common::*;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
-};
-use tonic::transport::{Channel, Endpoint, Uri};
+use cri::Cri;
 
 /// A private containerd with the snapshotter as its `stratafs` proxy plugin.
 struct Containerd {
@@ -561,43 +554,6 @@ fn bad_input_is_one_clear_line() {
     );
 }
 
-/// Talks CRI (v1) to containerd over its socket, as kubelet does.
-struct Cri {
-    rt: tokio::runtime::Runtime,
-    runtime: RuntimeServiceClient<Channel>,
-    images: ImageServiceClient<Channel>,
-}
-
-impl Cri {
-    fn connect(socket: &Path) -> Cri {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let socket = socket.to_path_buf();
-        let channel = rt
-            .block_on(
-                Endpoint::try_from("http://[::]")
-                    .unwrap()
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let socket = socket.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                                tokio::net::UnixStream::connect(socket).await?,
-                            ))
-                        }
-                    })),
-            )
-            .expect("connect to containerd's CRI socket");
-        Cri {
-            rt,
-            runtime: RuntimeServiceClient::new(channel.clone()),
-            images: ImageServiceClient::new(channel),
-        }
-    }
-}
-
 #[test]
 fn kubernetes_cri_runs_a_pod_from_the_repository() {
     let fx = fixture();
@@ -622,143 +578,37 @@ fn kubernetes_cri_runs_a_pod_from_the_repository() {
         dir.display()
     );
     let ctrd = Containerd::start(&dir, &fx.repo, Some(&cri_config));
-    let mut cri = Cri::connect(&ctrd.address);
+    let fail = |e: String| -> ! { panic!("{e}\n{}", ctrd.log_tail("containerd.log")) };
+    let mut cri = Cri::connect(&ctrd.address).unwrap_or_else(|e| fail(e));
     let app = format!("{host}/snap/app:1");
-
-    // Host network: no CNI plugin is needed, and the pod shares the host's UTS namespace
-    // (so no hostname).
-    let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "snap-pod".into(),
-            uid: "uid-snap-pod".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        log_directory: dir.join("pods").to_string_lossy().into_owned(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let Cri {
-        rt,
-        runtime,
-        images,
-    } = &mut cri;
-    let pulled = rt
-        .block_on(images.pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: app.clone(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: Some(sandbox_config.clone()),
-        }))
-        .unwrap_or_else(|e| panic!("PullImage {app}: {e}\n{}", ctrd.log_tail("containerd.log")))
-        .into_inner()
-        .image_ref;
-    assert!(!pulled.is_empty(), "PullImage returned no image ref");
-    let sandbox = rt
-        .block_on(runtime.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: String::new(),
-        }))
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log_tail("containerd.log")))
-        .into_inner()
-        .pod_sandbox_id;
-    let container = rt
-        .block_on(runtime.create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "job".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: pulled.clone(),
-                    ..Default::default()
-                }),
-                command: vec!["sh".into()],
-                args: vec![
-                    "-c".into(),
-                    "cat /greeting /second; test -e /victim && echo victim-visible; \
-                     while read dev mp type rest; do [ \"$mp\" = / ] && echo root=$type; \
-                     done < /proc/mounts; true"
-                        .into(),
-                ],
-                log_path: "job.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(sandbox_config.clone()),
-        }))
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctrd.log_tail("containerd.log")))
-        .into_inner()
-        .container_id;
-    rt.block_on(runtime.start_container(StartContainerRequest {
-        container_id: container.clone(),
-    }))
-    .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", ctrd.log_tail("containerd.log")));
-    wait_until("the container to exit", || {
-        let status = rt
-            .block_on(runtime.container_status(ContainerStatusRequest {
-                container_id: container.clone(),
-                verbose: false,
-            }))
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
-        status.state == ContainerState::ContainerExited as i32
-    });
-
-    // CRI log lines are "<time> <stream> <tag> <text>".
-    let log = std::fs::read_to_string(dir.join("pods/job.log")).expect("the container's log");
-    let text: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.splitn(4, ' ').nth(3))
-        .collect();
-    assert_eq!(
-        text,
-        ["hello", "two", "root=fuse.stratafs"],
-        "container log:\n{log}"
-    );
+    let image_ref = cri.pull(&app).unwrap_or_else(|e| fail(e));
+    assert!(!image_ref.is_empty(), "PullImage returned no image ref");
+    let pod = cri
+        .run_pod("snap-pod", &dir.join("pods"))
+        .unwrap_or_else(|e| fail(e));
+    let log = cri
+        .run_container(
+            &pod,
+            &image_ref,
+            &[
+                "sh",
+                "-c",
+                "cat /greeting /second; test -e /victim && echo victim-visible; \
+                 while read dev mp type rest; do [ \"$mp\" = / ] && echo root=$type; \
+                 done < /proc/mounts; true",
+            ],
+        )
+        .unwrap_or_else(|e| fail(e));
+    assert_eq!(log, ["hello", "two", "root=fuse.stratafs"], "container log");
     assert_eq!(
         ctrd.layer_blobs_in_namespace("k8s.io", &app_layers),
         Vec::<String>::new(),
         "the CRI pull downloaded layer blobs the repository has"
     );
-
-    rt.block_on(runtime.stop_container(StopContainerRequest {
-        container_id: container.clone(),
-        timeout: 5,
-    }))
-    .expect("StopContainer");
-    rt.block_on(runtime.remove_container(RemoveContainerRequest {
-        container_id: container,
-    }))
-    .expect("RemoveContainer");
-    rt.block_on(runtime.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: sandbox.clone(),
-    }))
-    .expect("StopPodSandbox");
-    rt.block_on(runtime.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    }))
-    .expect("RemovePodSandbox");
-    let left = rt
-        .block_on(runtime.list_pod_sandbox(ListPodSandboxRequest { filter: None }))
-        .unwrap()
-        .into_inner()
-        .items;
-    assert!(
-        left.is_empty(),
-        "pods left after RemovePodSandbox: {left:?}"
+    cri.remove_pod(pod).unwrap_or_else(|e| fail(e));
+    assert_eq!(
+        cri.pod_count().unwrap_or_else(|e| fail(e)),
+        0,
+        "pods left after RemovePodSandbox"
     );
 }
