@@ -1,6 +1,7 @@
 //! A CRI (v1) client that drives containerd as kubelet does: pull, a pod sandbox on the host
 //! network, one container, its log, stop and remove. Used by tests/snapshotter.rs and
 //! benches/cri_pod.rs (included by path, so it is not part of `common`).
+#![allow(dead_code)] // each includer uses part of it
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
