@@ -8,7 +8,8 @@
 # StartContainer until the command exits). A private containerd per snapshotter; images removed
 # (containerd's GC removes their content and snapshots) and the page cache dropped before each
 # run; the sandbox image stays pulled, as on a node. Medians; the access report of a stratafs
-# run says how much of each image the command read.
+# run (of the container's root: `ctr run` also mounts the image briefly on its own) says how
+# much of each image the command read.
 # Usage (as root): bash benches/containerd.sh      RUNS=5 for more.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -91,8 +92,9 @@ declare -A cmd=(
 )
 
 run_ctr() { # NAME SNAPSHOTTER IMAGE
-  local a=$W/ctrd-$1/containerd.sock img=$R/bench/$3:t pull=(ctr -a $a images pull --plain-http)
-  [ $2 = stratafs ] && pull=(ctr-remote -a $a images rpull --plain-http --snapshotter stratafs)
+  local a=$W/ctrd-$1/containerd.sock img=$R/bench/$3:t
+  local pull=(ctr -a $a images pull --plain-http)
+  [ $2 != stratafs ] || pull=(ctr-remote -a $a images rpull --plain-http --snapshotter stratafs)
   for r in $(seq $RUNS); do
     ctr -a $a images rm --sync $img >/dev/null 2>&1 || true
     rm -f $W/access-*.log
@@ -102,13 +104,22 @@ run_ctr() { # NAME SNAPSHOTTER IMAGE
     PATH=$W/bin:$PATH ctr -a $a run --rm --snapshotter $2 $img bench-$r sh -c "${cmd[$3]}" >/dev/null
     e=$(now)
     echo "$e - $s" | bc
-    [ $2 = stratafs ] && cp "$(ls $W/access-*.log | head -1)" $W/report-$3.log
+    if [ $2 = stratafs ]; then cp "$(grep -l '/rootfs"' $W/access-*.log | head -1)" $W/report-$3.log; fi
   done | median
+}
+# CRI keeps three references per image (tag, repo@digest, config id); all must go for the
+# image's content and snapshots to be collected.
+rm_cri_image() { # SOCKET IMAGE
+  local d
+  d=$(ctr -a $1 -n k8s.io images ls | awk -v r="$2" '$1 == r {print $3}')
+  [ -n "$d" ] || return 0
+  ctr -a $1 -n k8s.io images ls | awk -v d="$d" '$3 == d {print $1}' |
+    xargs -r ctr -a $1 -n k8s.io images rm --sync >/dev/null
 }
 run_cri() { # NAME IMAGE
   local a=$W/ctrd-$1/containerd.sock img=$R/bench/$2:t
   for r in $(seq $RUNS); do
-    ctr -a $a -n k8s.io images rm --sync $img >/dev/null 2>&1 || true
+    rm_cri_image $a $img
     drop
     cri_pod $a $img $W/pods-$1 sh -c "${cmd[$2]}" 2>/dev/null | sed 's/.*total=//'
   done | median
@@ -118,8 +129,8 @@ declare -A t
 for s in overlayfs stratafs; do
   start_containerd $s $s
   # Warm-up: the sandbox image is pulled once, as a node has it.
-  cri_pod $W/ctrd-$s/containerd.sock $R/bench/small:t $W/pods-$s /bin/true >/dev/null 2>&1
-  ctr -a $W/ctrd-$s/containerd.sock -n k8s.io images rm --sync $R/bench/small:t >/dev/null
+  cri_pod $W/ctrd-$s/containerd.sock $R/bench/small:t $W/pods-$s /bin/sh -c : >/dev/null
+  rm_cri_image $W/ctrd-$s/containerd.sock $R/bench/small:t
   for i in small big; do
     t[ctr-$s-$i]=$(run_ctr $s $s $i)
     t[cri-$s-$i]=$(run_cri $s $i)

@@ -15,7 +15,10 @@ use std::time::Instant;
 
 fn main() {
     // `cargo bench` adds --bench; the rest are ours.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.len() < 4 {
         eprintln!("usage: cargo bench --bench cri_pod -- SOCKET IMAGE LOG_DIR COMMAND...");
         return;

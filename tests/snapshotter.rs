@@ -392,6 +392,36 @@ fn containerd_runs_images_from_the_repository_without_fetching_layers() {
     );
     assert_eq!(out, "two\n");
 
+    // Stat, Update (labels) and Usage of the running container's active snapshot.
+    let sn = |args: &[&str]| {
+        let mut a = vec!["snapshots", "--snapshotter", "stratafs"];
+        a.extend_from_slice(args);
+        ctrd.ok("ctr", &a)
+    };
+    sn(&["label", "long", "stratafs.test=yes"]);
+    let info = sn(&["info", "long"]);
+    assert!(
+        info.contains("\"stratafs.test\": \"yes\"") && info.contains("\"Kind\": \"Active\""),
+        "ctr snapshots info: {info}"
+    );
+    let usage = sn(&["usage", "long"]);
+    assert!(
+        usage.lines().any(|l| l.starts_with("long")),
+        "ctr snapshots usage: {usage}"
+    );
+    let missing = run(ctrd.cmd("ctr").args([
+        "snapshots",
+        "--snapshotter",
+        "stratafs",
+        "info",
+        "no-such-snapshot",
+    ]));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && err.contains("not found"),
+        "info of a missing snapshot: {err}"
+    );
+
     // Removing the images lets containerd's garbage collector remove every snapshot; the
     // repository's layers are only borrowed and stay as they were.
     ctrd.ok("ctr", &["tasks", "kill", "-s", "9", "long"]);
