@@ -118,6 +118,21 @@ impl Containerd {
         c
     }
 
+    /// `ctr-remote images rpull` into the stratafs snapshotter: it sends each layer's digest.
+    fn rpull(&self, image: &str) {
+        self.ok(
+            "ctr-remote",
+            &[
+                "images",
+                "rpull",
+                "--plain-http",
+                "--snapshotter",
+                "stratafs",
+                image,
+            ],
+        );
+    }
+
     /// Run `ctr`/`ctr-remote` and return stdout; fail with both streams and the logs.
     fn ok(&self, prog: &str, args: &[&str]) -> String {
         let out = run(self.cmd(prog).args(args));
@@ -261,17 +276,7 @@ fn containerd_runs_images_from_the_repository_without_fetching_layers() {
 
     // Every layer is in the repository: containerd fetches none.
     let app = format!("{}/snap/app:1", fx.reg.host());
-    ctrd.ok(
-        "ctr-remote",
-        &[
-            "images",
-            "rpull",
-            "--plain-http",
-            "--snapshotter",
-            "stratafs",
-            &app,
-        ],
-    );
+    ctrd.rpull(&app);
     assert_eq!(
         ctrd.layer_blobs_in_content_store(&app_layers),
         Vec::<String>::new(),
@@ -305,17 +310,7 @@ fn containerd_runs_images_from_the_repository_without_fetching_layers() {
 
     // One layer that the repository lacks: only that blob is fetched.
     let extra = format!("{}/snap/extra:1", fx.reg.host());
-    ctrd.ok(
-        "ctr-remote",
-        &[
-            "images",
-            "rpull",
-            "--plain-http",
-            "--snapshotter",
-            "stratafs",
-            &extra,
-        ],
-    );
+    ctrd.rpull(&extra);
     assert_eq!(
         ctrd.layer_blobs_in_content_store(&extra_layers),
         vec![extra_layers.last().unwrap().clone()],
