@@ -37,8 +37,12 @@ pub enum Cmd {
     /// Mount an image of a repository by name or digest: its layer directories stacked
     /// lazily (read-only; writable with --upper and --work).
     Mount(MountArgs),
-    /// Summarise an access log: files and bytes read against the image's totals, per layer.
+    /// Summarise an access log: files and bytes read against the image's totals, per layer,
+    /// and how many of the reads a prefetch served.
     Report(ReportArgs),
+    /// Save an access log as the image's trace in the repository: every later mount of the
+    /// image reads the traced files ahead, in the order the log saw them first read.
+    Trace(TraceArgs),
     /// Remove layers and flat roots that no image of the repository uses any more.
     Gc(GcArgs),
     /// Serve containerd's Snapshots API on a unix socket (a proxy snapshotter): layers the
@@ -137,6 +141,9 @@ pub struct MountArgs {
     /// at unmount; summarise it with `stratafs report FILE`.
     #[arg(long, value_name = "FILE")]
     access_log: Option<PathBuf>,
+    /// Do not read ahead the files of the image's trace (the same as -o prefetch=off).
+    #[arg(long)]
+    no_prefetch: bool,
     /// IMAGE (REGISTRY/REPO:TAG as `stratafs images` lists it, or a digest prefix) and
     /// MOUNTPOINT; with --thin only MOUNTPOINT.
     #[arg(value_name = "[IMAGE] MOUNTPOINT", num_args = 1..=2, required = true)]
@@ -146,6 +153,19 @@ pub struct MountArgs {
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     #[arg(value_name = "FILE")]
+    log: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// The repository to keep the trace in (.traces/<xx>/<config digest>.json).
+    #[arg(long, value_name = "DIR")]
+    repo: PathBuf,
+    /// The image the log is of (by default: the one whose layers the logged mount stacked).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+    /// An access log (`mount --access-log`, `-o access_log=`).
+    #[arg(value_name = "LOG")]
     log: PathBuf,
 }
 
@@ -164,6 +184,7 @@ pub fn run(c: Commands) -> Result<(), Error> {
         Cmd::Images(a) => run_images(a),
         Cmd::Mount(a) => run_mount(a),
         Cmd::Report(a) => run_report(a),
+        Cmd::Trace(a) => run_trace(a),
         Cmd::Gc(a) => run_gc(a),
         #[cfg(feature = "snapshotter")]
         Cmd::Snapshotter(a) => run_snapshotter(a),
@@ -310,14 +331,17 @@ fn run_mount(
         options,
         foreground,
         access_log,
+        no_prefetch,
         paths,
     }: MountArgs,
 ) -> Result<(), Error> {
     let usage = |why: &str| Error::Usage(format!("stratafs mount: {why}"));
-    let (dirs, what, mountpoint) = match (&repo, &thin, paths.as_slice()) {
+    let (dirs, what, mountpoint, trace) = match (&repo, &thin, paths.as_slice()) {
         (Some(repo), None, [image, mnt]) => {
             let repo = Repo::read(repo)?;
             let (img, _) = repo.find_image(image)?;
+            let trace =
+                crate::image::trace::find_for_config(&repo, img.manifest.config.digest.hex());
             let mut dirs = Vec::new();
             for l in img.manifest.layers.iter().rev() {
                 let p = repo.layerfs(&l.digest);
@@ -330,11 +354,12 @@ fn run_mount(
                 }
                 dirs.push(p);
             }
-            (dirs, img.name, PathBuf::from(mnt))
+            (dirs, img.name, PathBuf::from(mnt), trace)
         }
         (None, Some(t), [mnt]) => {
             let dirs = crate::image::thin::Thin::load(t)?.lowerdirs(t, &cvmfs_root)?;
-            (dirs, t.display().to_string(), PathBuf::from(mnt))
+            let trace = crate::image::trace::find(&dirs);
+            (dirs, t.display().to_string(), PathBuf::from(mnt), trace)
         }
         (Some(_), None, _) => return Err(usage("give IMAGE and MOUNTPOINT")),
         (None, Some(_), _) => return Err(usage("with --thin give only MOUNTPOINT")),
@@ -346,13 +371,25 @@ fn run_mount(
     if access_log.is_some() {
         opts.access_log = access_log;
     }
+    if no_prefetch {
+        opts.prefetch = crate::mount::options::Prefetch::Off;
+    }
     info!(image = %what, layers = dirs.len(), "mounting");
-    let plan = MountPlan::new(opts, Some(dirs), mountpoint)?.foreground(foreground);
+    let plan = MountPlan::new(opts, Some(dirs), mountpoint)?
+        .foreground(foreground)
+        .with_found_trace(trace);
     Ok(crate::mount::run::run(&plan)?)
 }
 
 fn run_report(ReportArgs { log }: ReportArgs) -> Result<(), Error> {
     print!("{}", crate::mount::report::report(&log)?);
+    Ok(())
+}
+
+fn run_trace(TraceArgs { repo, image, log }: TraceArgs) -> Result<(), Error> {
+    let repo = Repo::read(&repo)?;
+    let (dest, n) = crate::image::trace::save_from_log(&repo, &log, image.as_deref())?;
+    info!(trace = %dest.display(), files = n, "trace saved");
     Ok(())
 }
 

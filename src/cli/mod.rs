@@ -9,7 +9,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// Subcommand names: anything else is the mount form.
-pub const SUBCOMMANDS: &[&str] = &["convert", "gc", "images", "mount", "report", "snapshotter"];
+pub const SUBCOMMANDS: &[&str] = &["convert", "gc", "images", "mount", "report", "snapshotter", "trace"];
 
 fn init_logging(default: &str) {
     tracing_subscriber::fmt()

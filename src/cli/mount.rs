@@ -21,7 +21,9 @@ pub struct Cli {
     /// (`\:` is a literal colon), upperdir=U, workdir=W (same filesystem as U), fsync=0,
     /// volatile, uidmapping=:C:H:N[:C:H:N...], gidmapping=..., squash_to_uid=N,
     /// squash_to_gid=N, squash_to_root, xattr_permissions=0|1|2, allow_other, allow_root,
-    /// fsname=NAME, passthrough[=on|off] (read-only mounts), threads=N, context="..." (accepted),
+    /// fsname=NAME, passthrough[=on|off] (read-only mounts), threads=N, prefetch=off|FILE
+    /// (read ahead the files of a trace; by default the image's own, if its repository has one),
+    /// access_log=FILE, context="..." (accepted),
     /// and the kernel flags ro, rw, dev, nodev, suid, nosuid, exec, noexec. Unknown options are
     /// warned about and ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -49,5 +51,13 @@ pub fn run_mount(cli: &Cli) -> Result<(), Error> {
     let plan = MountPlan::new(opts, None, mountpoint)?
         .with_source(source)
         .foreground(cli.foreground || cli.debug);
+    // podman's store and the snapshotter stack an image's flat root or layers: its trace.
+    #[cfg(feature = "image")]
+    let plan = {
+        let found = (plan.options.prefetch == crate::mount::options::Prefetch::Auto)
+            .then(|| crate::image::trace::find(&plan.lowerdirs))
+            .flatten();
+        plan.with_found_trace(found)
+    };
     crate::mount::run::run(&plan)
 }

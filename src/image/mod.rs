@@ -15,6 +15,7 @@ pub mod registry;
 pub mod repo;
 pub mod source;
 pub mod thin;
+pub mod trace;
 pub mod unpack;
 
 pub use error::Error;

@@ -375,10 +375,24 @@ impl Repo {
                 }
             }
         }
+        // A trace goes with its image.
+        let traces = self.root.join(".traces");
+        for xx in read_names(&traces)? {
+            let xdir = traces.join(&xx);
+            for f in read_names(&xdir)? {
+                if f.strip_suffix(".json").is_some_and(|h| !live_flat.contains(h)) {
+                    dead.push(xdir.join(f));
+                }
+            }
+        }
         if dry_run {
             return Ok(dead);
         }
         for d in &dead {
+            if d.is_file() {
+                fs::remove_file(d).map_err(io_err(d))?;
+                continue;
+            }
             // Out of sight in one step, then deleted.
             let t = self.root.join(TMP).join(format!(
                 "gc-{}-{}",

@@ -26,8 +26,19 @@ pub struct MountOptions {
     pub ids: IdMap,
     /// Record the files read, for `stratafs report`.
     pub access_log: Option<PathBuf>,
+    /// Prefetch from a trace: found in the image's repository, off, or a named file.
+    pub prefetch: Prefetch,
     /// Options we accept and ignore, with a warning.
     pub ignored: Vec<String>,
+}
+
+/// `prefetch=`: where the trace of files to read ahead comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prefetch {
+    /// The trace the repository keeps for the image, if the layers are an image's and it has one.
+    Auto,
+    Off,
+    File(PathBuf),
 }
 
 impl Default for MountOptions {
@@ -45,6 +56,7 @@ impl Default for MountOptions {
             fsync: true,
             ids: IdMap::default(),
             access_log: None,
+            prefetch: Prefetch::Auto,
             ignored: Vec::new(),
         }
     }
@@ -222,6 +234,13 @@ impl MountOptions {
             }
             "access_log" => {
                 self.access_log = Some(PathBuf::from(nonempty(key, val)?));
+            }
+            "prefetch" => {
+                self.prefetch = match nonempty(key, val)?.as_str() {
+                    "off" => Prefetch::Off,
+                    "on" | "auto" => Prefetch::Auto,
+                    f => Prefetch::File(PathBuf::from(f)),
+                }
             }
             "threads" => {
                 let v = nonempty(key, val)?;

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::Error;
-use super::options::MountOptions;
+use super::options::{MountOptions, Prefetch};
 use crate::overlay::Config as OverlayConfig;
 
 #[derive(Debug, Clone)]
@@ -24,6 +24,9 @@ pub struct MountPlan {
     pub source: String,
     pub mountpoint: PathBuf,
     pub foreground: bool,
+    /// The trace to prefetch from, as the front end found it for `prefetch=` (auto: the
+    /// image's trace in its repository; only front ends that know repositories find one).
+    pub trace: Option<PathBuf>,
 }
 
 impl MountPlan {
@@ -72,15 +75,29 @@ impl MountPlan {
             .rev()
             .find(|f| *f == "ro" || *f == "rw")
             .is_some_and(|f| f == "ro");
+        let trace = match &options.prefetch {
+            Prefetch::File(f) => Some(f.clone()),
+            Prefetch::Auto | Prefetch::Off => None,
+        };
         Ok(MountPlan {
             lowerdirs: options.lowerdirs.clone(),
             read_only: upper.is_none() || ro_given,
             upper,
             options,
             source: "stratafs".into(),
+            trace,
             mountpoint,
             foreground: false,
         })
+    }
+
+    /// The trace a front end found for the image being mounted; kept only when `prefetch=`
+    /// is left to find one.
+    pub fn with_found_trace(mut self, found: Option<PathBuf>) -> MountPlan {
+        if self.options.prefetch == Prefetch::Auto {
+            self.trace = found;
+        }
+        self
     }
 
     pub fn with_source(mut self, source: impl Into<String>) -> MountPlan {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::mount::Error;
 use crate::mount::access::{Header, Record};
+use crate::overlay::prefetch::State;
 
 #[derive(Default, Clone, Copy)]
 struct Count {
@@ -29,7 +30,6 @@ fn totals(dir: &Path) -> std::io::Result<Count> {
             } else if ft.is_file()
                 && crate::stack::whiteout::classify(name.as_bytes())
                     == crate::stack::whiteout::Marker::Entry
-                && name != ".cvmfscatalog"
             {
                 c.files += 1;
                 c.bytes += e.metadata()?.len();
@@ -79,8 +79,11 @@ pub fn report(log: &Path) -> Result<String, Error> {
         .map_err(|e| bad(e.to_string()))?;
     let mut read: BTreeMap<u16, Count> = BTreeMap::new();
     let mut last_ms = 0f64;
+    // Files the job read, by where their prefetch stood at the first read.
+    let mut served: BTreeMap<Option<State>, u64> = BTreeMap::new();
     for (i, l) in lines.enumerate() {
         let r: Record = serde_json::from_str(l).map_err(|e| bad(format!("line {}: {e}", i + 2)))?;
+        *served.entry(r.prefetch).or_default() += 1;
         let c = read.entry(r.layer).or_default();
         c.files += 1;
         c.bytes += r.bytes;
@@ -135,5 +138,32 @@ pub fn report(log: &Path) -> Result<String, Error> {
         "last first read at {:.1} s after the mount",
         last_ms / 1000.0
     );
+    if let Some(p) = &header.prefetch {
+        let n = |s: Option<State>| served.get(&s).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "prefetch from {}: {} of {} traced files read ahead ({} bytes){}",
+            p.trace.display(),
+            p.fetched,
+            p.files,
+            p.bytes,
+            match (&p.stopped, p.done_ms) {
+                (Some(why), _) => format!(", stopped: {why}"),
+                (None, Some(ms)) => format!(", done {:.1} s after the mount", ms / 1000.0),
+                (None, None) => String::new(),
+            }
+        );
+        let _ = writeln!(
+            out,
+            "reads served by the prefetch: {} of {} files ({}); {} were being fetched, {} not yet, {} skipped, {} not in the trace",
+            n(Some(State::Fetched)),
+            tr.files,
+            pct(n(Some(State::Fetched)), tr.files),
+            n(Some(State::Fetching)),
+            n(Some(State::Pending)),
+            n(Some(State::Skipped)),
+            n(None)
+        );
+    }
     Ok(out)
 }

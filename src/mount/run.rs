@@ -11,8 +11,11 @@ use tracing::{info, warn};
 use super::Error;
 use super::daemon::{self, Ready};
 use super::fuse::StrataFs;
+use super::options::Prefetch;
 use super::plan::MountPlan;
 use crate::overlay::Overlay;
+use crate::overlay::prefetch::Prefetcher;
+use crate::stack::trace::Trace;
 
 /// Whether `path` (canonical) is already a mount point, and of what type.
 fn mounted_at(path: &Path) -> Option<String> {
@@ -187,6 +190,28 @@ fn open_session(
     })
 }
 
+/// Prefetch readers: each waits on one download at a time, so more than the CPUs.
+const PREFETCH_THREADS: usize = 8;
+
+/// The plan's trace, read before mounting: a named one (`prefetch=FILE`) that cannot be read
+/// fails the mount; one found in a repository only warns.
+fn load_trace(plan: &MountPlan) -> Result<Option<(Trace, PathBuf)>, Error> {
+    let Some(f) = &plan.trace else {
+        return Ok(None);
+    };
+    match Trace::load(f) {
+        Ok(t) => Ok(Some((t, f.clone()))),
+        Err(e) if matches!(plan.options.prefetch, Prefetch::File(_)) => Err(Error::BadOption {
+            option: "prefetch".into(),
+            reason: e.to_string(),
+        }),
+        Err(e) => {
+            warn!("prefetch off: {e}");
+            Ok(None)
+        }
+    }
+}
+
 /// Mount `plan` and serve it. Returns only in the foreground or on error.
 pub fn run(plan: &MountPlan) -> Result<(), Error> {
     let opts = &plan.options;
@@ -194,6 +219,7 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         warn!(option = %o, "unknown option ignored");
     }
     let mountpoint = check_mountpoint(&plan.mountpoint)?;
+    let trace = load_trace(plan)?;
     // Layer roots are opened before mounting: the mountpoint may be the last lowerdir.
     let overlay = Arc::new(Overlay::with_config(&plan.overlay_config())?);
     overlay.set_open_file_limit(open_file_budget());
@@ -250,10 +276,21 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
     if daemonized {
         daemon::detach_stdio();
     }
+    // Threads start here, in the process that serves the mount (after the fork).
+    let prefetch = trace.map(|(t, from)| {
+        let p = Prefetcher::start(Arc::clone(&overlay), t, from, PREFETCH_THREADS);
+        if let Some(log) = &access {
+            log.watch_prefetch(Arc::clone(&p));
+        }
+        p
+    });
     let ran = session.run().map_err(|e| Error::Mount {
         path: mountpoint.clone(),
         source: e,
     });
+    if let Some(p) = &prefetch {
+        p.stop("unmounted");
+    }
     if let Some(log) = &access {
         if let Err(e) = log.write() {
             warn!("access log: {e}");

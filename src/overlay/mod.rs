@@ -18,6 +18,7 @@ pub mod error;
 pub mod idmap;
 pub mod inode;
 pub mod namespace;
+pub mod prefetch;
 pub mod readdir;
 pub mod upper;
 pub mod write;

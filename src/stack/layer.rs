@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs};
 
-use super::whiteout;
+use super::{cvmfs, whiteout};
 use crate::confined::{self, cstr, split_long};
 
 /// Why a layer root cannot be used.
@@ -67,6 +67,8 @@ pub struct Layer {
     root: OwnedFd,
     /// `st_dev` of the layer root.
     pub dev: u64,
+    /// Set when the layer is read through a CernVM-FS client.
+    pub cvmfs: Option<cvmfs::Client>,
 }
 
 impl Layer {
@@ -99,11 +101,16 @@ impl Layer {
             path: path.into(),
             source: e.into(),
         })?;
+        let cvmfs = cvmfs::detect(root.as_fd(), (st.st_uid, st.st_gid));
+        if let Some(c) = &cvmfs {
+            tracing::debug!(layer = %path.display(), fqrn = %c.fqrn, claimed = ?c.claimed, "layer on a CernVM-FS client");
+        }
         Ok(Layer {
             index,
             path: path.into(),
             root,
             dev: st.st_dev,
+            cvmfs,
         })
     }
 
@@ -137,7 +144,12 @@ impl Layer {
         match self.at(rel, |d, p| {
             rustix::fs::statat(d, p, AtFlags::SYMLINK_NOFOLLOW)
         }) {
-            Ok(st) => Ok(Some(st)),
+            Ok(mut st) => {
+                if let Some(c) = &self.cvmfs {
+                    (st.st_uid, st.st_gid) = c.owner(st.st_uid, st.st_gid);
+                }
+                Ok(Some(st))
+            }
             Err(e)
                 if e.raw_os_error()
                     .is_some_and(|c| absent(&rustix::io::Errno::from_raw_os_error(c))) =>
@@ -250,13 +262,36 @@ impl Layer {
         self.with_proc_path(rel, |p| Ok(rustix::fs::lremovexattr(p, &name)?))
     }
 
-    /// All xattr names of an entry (the symlink itself for symlinks), NUL-separated.
+    /// All xattr names of an entry (the symlink itself for symlinks), NUL-separated; without
+    /// a CernVM-FS client's magic ones.
     pub fn list_xattrs(&self, rel: &RelPath) -> io::Result<Vec<u8>> {
-        self.with_proc_path(rel, list_xattrs_at)
+        let names = self.with_proc_path(rel, list_xattrs_at)?;
+        if self.cvmfs.is_none() {
+            return Ok(names);
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for n in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if !cvmfs::is_magic_xattr(n) {
+                out.extend_from_slice(n);
+                out.push(0);
+            }
+        }
+        Ok(out)
     }
 
     /// The value of one xattr; `None` when absent.
     pub fn get_xattr(&self, rel: &RelPath, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        // A CernVM-FS client answers its magic names for every path without listing them:
+        // only listed, published names are content.
+        if self.cvmfs.is_some()
+            && (cvmfs::is_magic_xattr(name)
+                || !self
+                    .list_xattrs(rel)?
+                    .split(|&b| b == 0)
+                    .any(|n| n == name))
+        {
+            return Ok(None);
+        }
         let name = cstr(name)?;
         self.with_proc_path(rel, |p| get_xattr_at(p, &name))
     }

@@ -4,9 +4,11 @@
 //! ownership override xattr ([`override_stat`]), and how a path or a directory resolves
 //! through the stack ([`resolve`]). Nothing here knows FUSE, inodes or registries.
 
+pub mod cvmfs;
 pub mod layer;
 pub mod override_stat;
 pub mod resolve;
+pub mod trace;
 pub mod whiteout;
 
 pub use layer::{Layer, LayerError, RawEntry, RelPath, join};

@@ -26,14 +26,18 @@ pub enum Marker<'a> {
     Whiteout(&'a [u8]),
     /// `.wh..wh..opq`: hides the whole directory content below.
     Opaque,
-    /// Any other `.wh.`-prefixed AUFS metadata (`.wh..wh.plnk` …): never shown.
+    /// Any other `.wh.`-prefixed AUFS metadata (`.wh..wh.plnk` …), and CernVM-FS catalog
+    /// markers: never shown.
     Internal,
 }
 
 /// Classify an entry name. Char-device whiteouts need the stat and are checked by
 /// [`is_char_whiteout`].
+/// CernVM-FS nested-catalog markers count as internal too: repository structure that
+/// publishing needs in every layer directory, never image content.
 pub fn classify(name: &[u8]) -> Marker<'_> {
     match name.strip_prefix(WH_PREFIX) {
+        None if super::cvmfs::is_catalog_marker(name) => Marker::Internal,
         None => Marker::Entry,
         Some(_) if name == OPAQUE_MARKER => Marker::Opaque,
         Some(rest) if rest.starts_with(WH_PREFIX) || rest.is_empty() => Marker::Internal,
@@ -91,6 +95,7 @@ mod tests {
         assert_eq!(classify(b".wh..wh.plnk"), Marker::Internal);
         assert_eq!(classify(b".wh."), Marker::Internal);
         assert_eq!(classify(b".whx"), Marker::Entry);
+        assert_eq!(classify(b".cvmfscatalog"), Marker::Internal);
         assert_eq!(classify(b".wh.a.wh.b"), Marker::Whiteout(b"a.wh.b"));
     }
 

@@ -1,0 +1,163 @@
+//! Layers read through a CernVM-FS client mount, and what the client adds that is not image
+//! content: catalog markers, its own "magic" `user.*` xattrs, and, with
+//! `CVMFS_CLAIM_OWNERSHIP=yes` (the client's default), every entry owned by the client's own
+//! account instead of the owner the repository holds.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+/// Files that mark nested catalogs in a published tree: repository structure, never image
+/// content, so no layer shows them.
+pub const CATALOG_MARKERS: [&[u8]; 2] = [b".cvmfscatalog", b".cvmfsautocatalog"];
+
+/// Whether `name` is a nested-catalog marker.
+pub fn is_catalog_marker(name: &[u8]) -> bool {
+    CATALOG_MARKERS.contains(&name)
+}
+
+/// The client's magic xattrs (CernVM-FS 2.12): answered for any path, describing the client,
+/// not the file. 2.12 hides them from listxattr by default but still answers getxattr.
+const MAGIC_XATTRS: &[&str] = &[
+    "authz",
+    "catalog_counters",
+    "chunk_list",
+    "chunks",
+    "compression",
+    "direct_io",
+    "expires",
+    "external_file",
+    "external_host",
+    "external_timeout",
+    "fqrn",
+    "hash",
+    "host",
+    "host_list",
+    "hitrate",
+    "inode_max",
+    "lhash",
+    "logbuffer",
+    "maxfd",
+    "ncleanup24",
+    "nclg",
+    "ndiropen",
+    "ndownload",
+    "nioerr",
+    "nopen",
+    "pid",
+    "proxy",
+    "proxy_list",
+    "pubkeys",
+    "rawlink",
+    "repo_counters",
+    "repo_metainfo",
+    "revision",
+    "root_hash",
+    "rx",
+    "speed",
+    "tag",
+    "timeout",
+    "timeout_direct",
+    "timestamp_last_ioerr",
+    "uptime",
+    "usedfd",
+    "useddirp",
+    "version",
+];
+
+/// Whether `name` is one of the client's magic xattrs.
+pub fn is_magic_xattr(name: &[u8]) -> bool {
+    name.strip_prefix(b"user.")
+        .is_some_and(|n| MAGIC_XATTRS.iter().any(|m| m.as_bytes() == n))
+}
+
+/// What a layer root on a CernVM-FS client tells about that client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Fully qualified repository name (`unpacked.cern.ch`).
+    pub fqrn: String,
+    /// The client's uid and gid when it claims ownership of every entry; the repository's
+    /// owners are then unknown and presented as root (what image files almost always are).
+    pub claimed: Option<(u32, u32)>,
+}
+
+impl Client {
+    /// The owner to present for an owner read from this client.
+    pub fn owner(&self, uid: u32, gid: u32) -> (u32, u32) {
+        match self.claimed {
+            Some((cu, cg)) => (
+                if uid == cu { 0 } else { uid },
+                if gid == cg { 0 } else { gid },
+            ),
+            None => (uid, gid),
+        }
+    }
+}
+
+fn fgetxattr_string(fd: BorrowedFd<'_>, name: &str) -> Option<String> {
+    let mut buf = [0u8; 256];
+    let n = rustix::fs::fgetxattr(fd, name, &mut buf[..]).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+/// Recognise a CernVM-FS client under the directory `root` (one getxattr on any other
+/// filesystem). `root_owner` is the directory's (uid, gid) as the client reports it.
+pub fn detect(root: BorrowedFd<'_>, root_owner: (u32, u32)) -> Option<Client> {
+    let fqrn = fgetxattr_string(root, "user.fqrn")?;
+    if fqrn.is_empty() {
+        return None;
+    }
+    Some(Client {
+        claimed: claimed_owner(root, root_owner).ok().flatten(),
+        fqrn,
+    })
+}
+
+/// The client's own uid and gid when it reports them for `root`: claimed ownership. The client
+/// process (its pid is a magic xattr) runs as an unprivileged account, so a root that this
+/// account owns is claimed, not published (publishing runs as root).
+fn claimed_owner(root: BorrowedFd<'_>, root_owner: (u32, u32)) -> io::Result<Option<(u32, u32)>> {
+    let Some(pid) = fgetxattr_string(root, "user.pid") else {
+        return Ok(None);
+    };
+    let proc_dir = rustix::fs::stat(format!("/proc/{pid}").as_str())?;
+    let account = (proc_dir.st_uid, proc_dir.st_gid);
+    Ok((account == root_owner && account.0 != 0).then_some(account))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_catalog_marker(b".cvmfscatalog"));
+        assert!(!is_catalog_marker(b"cvmfscatalog"));
+        assert!(is_magic_xattr(b"user.fqrn"));
+        assert!(is_magic_xattr(b"user.pid"));
+        assert!(!is_magic_xattr(b"user.mime_type"));
+        assert!(!is_magic_xattr(b"security.capability"));
+    }
+
+    #[test]
+    fn claimed_owners_become_root() {
+        let c = Client {
+            fqrn: "x".into(),
+            claimed: Some((999, 995)),
+        };
+        assert_eq!(c.owner(999, 995), (0, 0));
+        assert_eq!(c.owner(1000, 995), (1000, 0));
+        let n = Client {
+            claimed: None,
+            ..c
+        };
+        assert_eq!(n.owner(999, 995), (999, 995));
+    }
+
+    #[test]
+    fn local_directories_are_not_clients() {
+        let t = tempfile::tempdir().unwrap();
+        let d = std::fs::File::open(t.path()).unwrap();
+        use std::os::fd::AsFd;
+        assert_eq!(detect(d.as_fd(), (0, 0)), None);
+    }
+}
