@@ -104,6 +104,10 @@ pub struct ConvertArgs {
     /// stalled or cut-off blob), with doubling waits from 1 s (a 429's Retry-After wins).
     #[arg(long, default_value_t = 3, value_name = "N")]
     retries: u32,
+    /// Convert inside one transaction of a CernVM-FS stratum-0 repository on this machine
+    /// and publish it at the end (aborted on any failure); --repo must be in /cvmfs/REPO.
+    #[arg(long, value_name = "cvmfs:REPO")]
+    publish: Option<String>,
     /// Images to convert.
     #[arg(value_name = "IMAGE")]
     images: Vec<String>,
@@ -219,6 +223,7 @@ fn run_convert(
         cvmfs_repo,
         timeout,
         retries,
+        publish,
         images,
     }: ConvertArgs,
 ) -> Result<(), Error> {
@@ -265,6 +270,16 @@ fn run_convert(
     if name.is_some() && sources.len() != 1 {
         return Err(Error::Usage("option --name needs exactly one IMAGE".into()));
     }
+    let publish = publish
+        .map(|p| crate::image::publish::Target::parse(&p))
+        .transpose()?;
+    let txn = match &publish {
+        Some(t) => {
+            t.check_dir(&repo)?;
+            Some(crate::image::publish::Transaction::begin(t)?)
+        }
+        None => None,
+    };
     let repo = Repo::open(&repo)?;
     let sources = convert::expand(sources)?;
     let thin = thin.map(|dir| convert::ThinOutput {
@@ -288,6 +303,10 @@ fn run_convert(
     let n = crate::image::podman_store::write(&repo)?;
     info!(images = n, "podmanStore updated");
     info!("{}", convert::describe(&s));
+    if let Some(txn) = txn {
+        repo.close_clean()?;
+        txn.publish()?;
+    }
     if json {
         println!(
             "{}",

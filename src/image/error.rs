@@ -63,6 +63,8 @@ pub enum Error {
     Recipe { path: PathBuf, reason: String },
     #[error("repository {path}: {reason}")]
     Repo { path: PathBuf, reason: String },
+    #[error("--publish {target}: {reason}")]
+    Publish { target: String, reason: String },
 }
 
 impl Error {

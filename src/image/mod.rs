@@ -9,6 +9,7 @@ pub mod error;
 pub mod flat;
 pub mod manifest;
 pub mod podman_store;
+pub mod publish;
 pub mod recipe;
 pub mod reference;
 pub mod registry;

@@ -98,6 +98,16 @@ impl Repo {
         Ok(repo)
     }
 
+    /// Close the repository after a run, leaving nothing of stratafs' own scratch (the
+    /// temporary area, the lock file) in the tree: for a tree about to be published.
+    pub fn close_clean(self) -> Result<(), ConvertError> {
+        let tmp = self.root.join(TMP);
+        force_remove(&tmp).map_err(io_err(&tmp))?;
+        let lock = self.root.join(LOCK);
+        fs::remove_file(&lock).map_err(io_err(&lock))?;
+        Ok(())
+    }
+
     /// Open for reading only: no lock, nothing created or cleaned (it may be a read-only
     /// CVMFS mount, and a convert may be running).
     pub fn read(root: &Path) -> Result<Repo, ConvertError> {

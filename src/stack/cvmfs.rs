@@ -78,9 +78,24 @@ pub struct Client {
     /// The client's uid and gid when it claims ownership of every entry; the repository's
     /// owners are then unknown and presented as root (what image files almost always are).
     pub claimed: Option<(u32, u32)>,
+    /// Seed of this layer's inode numbers (see [`Client::ino`]).
+    pub ino_seed: u64,
+}
+
+/// FNV-1a, 64 bits: stable across runs and versions, unlike std's hasher.
+fn fnv(seed: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(seed, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 impl Client {
+    /// The inode number of the entry at `rel`: derived from the layer and the path, because
+    /// the client numbers inodes afresh when it loads a new revision (a number seen before
+    /// may then name another file), and publishing has split hard links anyway.
+    pub fn ino(&self, rel: &[u8]) -> u64 {
+        // Kept below 2^48 so that stacks over several filesystems can still tell them apart.
+        (fnv(self.ino_seed, rel) & ((1 << 48) - 1)).max(2)
+    }
+
     /// The owner to present for an owner read from this client.
     pub fn owner(&self, uid: u32, gid: u32) -> (u32, u32) {
         match self.claimed {
@@ -99,15 +114,20 @@ fn fgetxattr_string(fd: BorrowedFd<'_>, name: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 
-/// Recognise a CernVM-FS client under the directory `root` (one getxattr on any other
-/// filesystem). `root_owner` is the directory's (uid, gid) as the client reports it.
-pub fn detect(root: BorrowedFd<'_>, root_owner: (u32, u32)) -> Option<Client> {
+/// Recognise a CernVM-FS client under the directory `root`, opened from `layer_path` (one
+/// getxattr on any other filesystem). `root_owner` is its (uid, gid) as the client reports it.
+pub fn detect(
+    root: BorrowedFd<'_>,
+    layer_path: &std::path::Path,
+    root_owner: (u32, u32),
+) -> Option<Client> {
     let fqrn = fgetxattr_string(root, "user.fqrn")?;
     if fqrn.is_empty() {
         return None;
     }
     Some(Client {
         claimed: claimed_owner(root, root_owner).ok().flatten(),
+        ino_seed: fnv(0xcbf2_9ce4_8422_2325, layer_path.as_os_str().as_encoded_bytes()),
         fqrn,
     })
 }
@@ -143,6 +163,7 @@ mod tests {
         let c = Client {
             fqrn: "x".into(),
             claimed: Some((999, 995)),
+            ino_seed: 1,
         };
         assert_eq!(c.owner(999, 995), (0, 0));
         assert_eq!(c.owner(1000, 995), (1000, 0));
@@ -154,10 +175,23 @@ mod tests {
     }
 
     #[test]
+    fn inode_numbers_follow_layer_and_path() {
+        let c = |seed| Client {
+            fqrn: "x".into(),
+            claimed: None,
+            ino_seed: seed,
+        };
+        assert_eq!(c(1).ino(b"etc/passwd"), c(1).ino(b"etc/passwd"));
+        assert_ne!(c(1).ino(b"etc/passwd"), c(1).ino(b"etc/group"));
+        assert_ne!(c(1).ino(b"etc/passwd"), c(2).ino(b"etc/passwd"));
+        assert!(c(1).ino(b"") < 1 << 48);
+    }
+
+    #[test]
     fn local_directories_are_not_clients() {
         let t = tempfile::tempdir().unwrap();
         let d = std::fs::File::open(t.path()).unwrap();
         use std::os::fd::AsFd;
-        assert_eq!(detect(d.as_fd(), (0, 0)), None);
+        assert_eq!(detect(d.as_fd(), t.path(), (0, 0)), None);
     }
 }

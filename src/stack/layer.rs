@@ -101,7 +101,7 @@ impl Layer {
             path: path.into(),
             source: e.into(),
         })?;
-        let cvmfs = cvmfs::detect(root.as_fd(), (st.st_uid, st.st_gid));
+        let cvmfs = cvmfs::detect(root.as_fd(), path, (st.st_uid, st.st_gid));
         if let Some(c) = &cvmfs {
             tracing::debug!(layer = %path.display(), fqrn = %c.fqrn, claimed = ?c.claimed, "layer on a CernVM-FS client");
         }
@@ -147,6 +147,7 @@ impl Layer {
             Ok(mut st) => {
                 if let Some(c) = &self.cvmfs {
                     (st.st_uid, st.st_gid) = c.owner(st.st_uid, st.st_gid);
+                    st.st_ino = c.ino(rel);
                 }
                 Ok(Some(st))
             }
@@ -215,9 +216,12 @@ impl Layer {
                 char_whiteout = whiteout::is_char_whiteout(st.st_mode, st.st_rdev);
             }
             out.push(RawEntry {
+                ino: match &self.cvmfs {
+                    Some(c) => c.ino(&join(rel, name)),
+                    None => ent.ino(),
+                },
                 name: name.to_vec(),
                 kind,
-                ino: ent.ino(),
                 char_whiteout,
             });
         }

@@ -1,0 +1,146 @@
+//! `stratafs convert --publish cvmfs:REPO`: the whole run inside one CernVM-FS transaction of
+//! the stratum-0 repository REPO, published at the end, aborted on any failure, so clients
+//! see either the repository before the run or after it, never half of it.
+//!
+//! The repository directory given with `--repo` must lie in the transaction's writable tree,
+//! `/cvmfs/REPO[/SUBDIR]`. `cvmfs_server` does the work (it needs root or the repository's
+//! owner).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::error::Error as ConvertError;
+
+/// Where stratum-0 repositories are mounted for writing during a transaction.
+const CVMFS_ROOT: &str = "/cvmfs";
+
+/// A parsed `--publish` target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub fqrn: String,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target, ConvertError> {
+        let bad = |reason: &str| ConvertError::Publish {
+            target: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let fqrn = s
+            .strip_prefix("cvmfs:")
+            .ok_or_else(|| bad("expected cvmfs:REPOSITORY (a stratum-0 on this machine)"))?;
+        let ok = !fqrn.is_empty()
+            && fqrn.contains('.')
+            && fqrn
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+        if !ok {
+            return Err(bad("not a repository name (like unpacked.example.org)"));
+        }
+        Ok(Target { fqrn: fqrn.into() })
+    }
+
+    /// The writable tree of the repository during a transaction.
+    pub fn root(&self) -> PathBuf {
+        Path::new(CVMFS_ROOT).join(&self.fqrn)
+    }
+
+    /// Check that `dir` (the convert's `--repo`) is inside the repository's tree.
+    pub fn check_dir(&self, dir: &Path) -> Result<(), ConvertError> {
+        let abs = std::path::absolute(dir).map_err(|e| ConvertError::io(dir, e))?;
+        let inside = abs.starts_with(self.root())
+            && !abs.components().any(|c| c == std::path::Component::ParentDir);
+        if inside {
+            Ok(())
+        } else {
+            Err(ConvertError::Publish {
+                target: format!("cvmfs:{}", self.fqrn),
+                reason: format!(
+                    "--repo {} is not inside {}",
+                    dir.display(),
+                    self.root().display()
+                ),
+            })
+        }
+    }
+}
+
+/// An open transaction; aborted when dropped unless published.
+pub struct Transaction {
+    target: Target,
+    open: bool,
+}
+
+fn cvmfs_server(target: &Target, args: &[&str]) -> Result<(), ConvertError> {
+    let fail = |reason: String| ConvertError::Publish {
+        target: format!("cvmfs:{}", target.fqrn),
+        reason,
+    };
+    let out = Command::new("cvmfs_server")
+        .args(args)
+        .arg(&target.fqrn)
+        .output()
+        .map_err(|e| fail(format!("cannot run cvmfs_server: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr).into_owned()
+        + &String::from_utf8_lossy(&out.stdout);
+    let last = text
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("no output")
+        .to_string();
+    Err(fail(format!("cvmfs_server {} failed: {last}", args.join(" "))))
+}
+
+impl Transaction {
+    pub fn begin(target: &Target) -> Result<Transaction, ConvertError> {
+        cvmfs_server(target, &["transaction"])?;
+        tracing::info!(repository = %target.fqrn, "CernVM-FS transaction open");
+        Ok(Transaction {
+            target: target.clone(),
+            open: true,
+        })
+    }
+
+    pub fn publish(mut self) -> Result<(), ConvertError> {
+        // A failed publish leaves the transaction open: dropping self aborts it.
+        let r = cvmfs_server(&self.target, &["publish"]);
+        if r.is_ok() {
+            self.open = false;
+            tracing::info!(repository = %self.target.fqrn, "published");
+        }
+        r
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if self.open {
+            tracing::warn!(repository = %self.target.fqrn, "aborting the CernVM-FS transaction");
+            if let Err(e) = cvmfs_server(&self.target, &["abort", "-f"]) {
+                tracing::error!("{e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("cvmfs:unpacked.example.org").unwrap();
+        assert_eq!(t.root(), Path::new("/cvmfs/unpacked.example.org"));
+        assert!(t.check_dir(Path::new("/cvmfs/unpacked.example.org")).is_ok());
+        assert!(t.check_dir(Path::new("/cvmfs/unpacked.example.org/sub")).is_ok());
+        assert!(t.check_dir(Path::new("/cvmfs/unpacked.example.org/../x")).is_err());
+        assert!(t.check_dir(Path::new("/tmp/repo")).is_err());
+        for bad in ["unpacked.example.org", "cvmfs:", "cvmfs:a/b", "cvmfs:noDot", "s3:x.y"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
