@@ -16,6 +16,9 @@ packages=(
   docker-registry apache2-utils openssl            # a real registry (htpasswd, token signing) for convert
   man-db                                           # the packaged man pages render
   containerd stargz-snapshotter protobuf-compiler  # the containerd snapshotter: engine, ctr-remote, gRPC build
+  # CernVM-FS 2.12's runtime (the build itself comes from the kit below) and its stratum-0's web server
+  libfuse3-3 libfuse2 libssl3 uuid libcap2 zlib1g libsqlite3-0 sqlite3 gawk psmisc lsof curl rsync jq
+  libcap2-bin apache2 iproute2 kmod python3 usbutils
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -31,6 +34,28 @@ fi
 [ -e /dev/fuse ] || { echo "setup.sh: /dev/fuse does not exist (no FUSE in this kernel?)" >&2; exit 1; }
 chmod 0666 /dev/fuse
 grep -qx 'user_allow_other' /etc/fuse.conf 2>/dev/null || echo 'user_allow_other' >> /etc/fuse.conf
+
+# CernVM-FS 2.12 (client and stratum-0) for tests/cvmfs.rs: no registry has it, so it comes
+# from the kit beside the checkout (../shared/cvmfs) or $STRATAFS_CVMFS_KIT.
+here=$(cd "$(dirname "$0")/.." && pwd)
+kit=""
+for k in "${STRATAFS_CVMFS_KIT:-}" "$here/../shared/cvmfs" /work/shared/cvmfs; do
+  if [ -n "$k" ] && [ -f "$k/cvmfs-up.sh" ]; then kit=$(cd "$k" && pwd); break; fi
+done
+[ -n "$kit" ] || { echo "setup.sh: the CernVM-FS kit is missing: put it at ../shared/cvmfs beside the checkout or set STRATAFS_CVMFS_KIT" >&2; exit 1; }
+# A plain tar -x of the kit would turn the /sbin symlink of a merged-/usr system into a
+# directory (and mount(8) would then miss /usr/sbin/mount.fuse): mend that, keep symlinks.
+if [ -L /bin ] && [ -d /sbin ] && [ ! -L /sbin ]; then
+  mv /sbin/* /usr/sbin/ 2>/dev/null || true
+  rmdir /sbin && ln -s usr/sbin /sbin
+fi
+if ! command -v cvmfs2 >/dev/null || ! command -v cvmfs_server >/dev/null; then
+  echo "setup.sh: installing CernVM-FS from $kit"
+  tar --keep-directory-symlink -C / -xJf "$kit"/cvmfs-*.tar.xz
+  ldconfig
+fi
+# cvmfs-publish.sh frees a stratum-0 mount that another mount namespace holds through here.
+mountpoint -q /sys/fs/fuse/connections || mount -t fusectl none /sys/fs/fuse/connections
 
 # An ordinary user for the unprivileged tests (useradd -m also gives subuid/subgid ranges).
 id stratafs-test >/dev/null 2>&1 || useradd -m -s /bin/bash stratafs-test

@@ -465,7 +465,103 @@ fn an_image_from_a_real_cernvm_fs_client() {
     let ls = podman.podman(&["run", "--rm", "example.org/sci/app:1", "/bin/ls", "-a", "/"]);
     assert!(!ls.contains(".cvmfscatalog"), "{ls}");
 
+    drop(podman);
     // Leave the stratum-0 small: the next run publishes its own copy.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    publish(&empty, &sub);
+}
+
+#[test]
+fn convert_publishes_in_one_transaction_or_not_at_all() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let client = cvmfs_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = app_image(tmp.path());
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let target = format!("cvmfs:{REPO}");
+    let in_txn = || Path::new(&format!("/var/spool/cvmfs/{REPO}/in_transaction.lock")).exists();
+
+    // --repo outside the repository's tree: refused before any transaction.
+    let out = convert(
+        &tmp.path().join("repo"),
+        &layout,
+        "example.org/sci/app:1",
+        &["--publish", &target],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is not inside /cvmfs/unpacked.test"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!in_txn());
+
+    // A convert that fails half-way (a corrupt layer blob, found after the base layer is
+    // in place) publishes nothing and leaves no transaction open.
+    let bad = tmp.path().join("bad-layout");
+    run_ok(Command::new("cp").arg("-a").arg(&layout).arg(&bad));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bad.join("index.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob_path(&bad, index["manifests"][0]["digest"].as_str().unwrap()))
+            .unwrap(),
+    )
+    .unwrap();
+    let app_blob = blob_path(&bad, manifest["layers"][1]["digest"].as_str().unwrap());
+    let mut bytes = std::fs::read(&app_blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&app_blob, bytes).unwrap();
+    let failed_sub = format!("stratafs-e2e/failed-{unique}");
+    let out = convert(
+        Path::new(&format!("/cvmfs/{REPO}/{failed_sub}")),
+        &bad,
+        "example.org/sci/app:1",
+        &["--publish", &target],
+    );
+    assert!(!out.status.success(), "a corrupt layer must fail the convert");
+    assert!(!in_txn(), "the transaction was aborted");
+    cvmfs_up();
+    assert!(
+        !client.join(&failed_sub).exists(),
+        "nothing of a failed convert is published"
+    );
+
+    // The good one: published whole, without stratafs' scratch.
+    let sub = format!("stratafs-e2e/published-{unique}");
+    let out = convert(
+        Path::new(&format!("/cvmfs/{REPO}/{sub}")),
+        &layout,
+        "example.org/sci/app:1",
+        &["--publish", &target],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!in_txn());
+    cvmfs_up();
+    let published = client.join(&sub);
+    let images = run_ok(Command::new(BIN).arg("images").arg("--repo").arg(&published));
+    assert!(
+        String::from_utf8_lossy(&images.stdout).contains("example.org/sci/app:1"),
+        "{}",
+        String::from_utf8_lossy(&images.stdout)
+    );
+    for scratch in [".stratafs-tmp", ".stratafs.lock"] {
+        assert!(!published.join(scratch).exists(), "{scratch} was published");
+    }
+    let mnt = user_dir(&tmp.path().join("mnt"));
+    {
+        let _m = UserMount::new(&published, "example.org/sci/app:1", &mnt, &[]);
+        assert_eq!(
+            job(&mnt),
+            "hello from cvmfs\nthe one file the job reads\ndone\n"
+        );
+    }
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     publish(&empty, &sub);

@@ -95,3 +95,24 @@ impl Store {
         String::from_utf8(run_ok(&mut c).stdout).unwrap()
     }
 }
+
+/// Rootless podman leaves a pause process holding its user and mount namespaces; it would
+/// keep copies of every mount that existed when it started (a CernVM-FS publish then waits on
+/// them), so it goes with the store.
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.user.is_none() {
+            return;
+        }
+        let pid_file = self.dir.join("xdg/libpod/tmp/pause.pid");
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // SAFETY: a plain kill(2) of the pause process this store started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
