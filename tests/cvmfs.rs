@@ -56,7 +56,11 @@ fn cvmfs_up() -> PathBuf {
     require_root();
     let out = run_ok(Command::new("bash").arg(kit().join("cvmfs-up.sh")));
     let client = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(is_mountpoint(&client), "{} is not mounted", client.display());
+    assert!(
+        is_mountpoint(&client),
+        "{} is not mounted",
+        client.display()
+    );
     client
 }
 
@@ -150,9 +154,17 @@ fn app_image(dir: &Path) -> PathBuf {
         )
         .unwrap();
     }
-    std::fs::write(root.join("opt/app/data/one"), "the one file the job reads\n").unwrap();
+    std::fs::write(
+        root.join("opt/app/data/one"),
+        "the one file the job reads\n",
+    )
+    .unwrap();
     std::fs::hard_link(root.join("opt/app/data/one"), root.join("opt/app/one-link")).unwrap();
-    run_ok(Command::new("chown").args(["1000:1000"]).arg(root.join("home/user")));
+    run_ok(
+        Command::new("chown")
+            .args(["1000:1000"])
+            .arg(root.join("home/user")),
+    );
     let tar = dir.join("app.tar");
     run_ok(
         Command::new("tar")
@@ -205,7 +217,7 @@ impl UserMount {
             "--repo".as_ref(),
             repo.as_os_str(),
         ];
-        args.extend(extra.iter().map(|s| std::ffi::OsStr::new(s)));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         args.extend([std::ffi::OsStr::new(image), mnt.as_os_str()]);
         let out = as_user(&args);
         assert!(
@@ -299,7 +311,11 @@ fn an_image_from_a_real_cernvm_fs_client() {
     let repo = tmp.path().join("repo");
     let layout = app_image(tmp.path());
     let out = convert(&repo, &layout, "example.org/sci/app:1", &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sub = format!(
         "stratafs-e2e/{}-{}",
         std::process::id(),
@@ -330,7 +346,12 @@ fn an_image_from_a_real_cernvm_fs_client() {
     );
 
     // The image by name, as stratafs images lists it.
-    let images = run_ok(Command::new(BIN).arg("images").arg("--repo").arg(&client_repo));
+    let images = run_ok(
+        Command::new(BIN)
+            .arg("images")
+            .arg("--repo")
+            .arg(&client_repo),
+    );
     let images = String::from_utf8_lossy(&images.stdout);
     assert!(images.contains("example.org/sci/app:1"), "{images}");
 
@@ -342,8 +363,17 @@ fn an_image_from_a_real_cernvm_fs_client() {
     // 1. Listing everything downloads no file content.
     let mark = log_lines();
     {
-        let _m = UserMount::new(&client_repo, "example.org/sci/app:1", &mnt, &["--no-prefetch"]);
-        let listed = run_ok(Command::new("find").arg(&mnt).args(["-printf", "%p %s %u %m\n"]));
+        let _m = UserMount::new(
+            &client_repo,
+            "example.org/sci/app:1",
+            &mnt,
+            &["--no-prefetch"],
+        );
+        let listed = run_ok(
+            Command::new("find")
+                .arg(&mnt)
+                .args(["-printf", "%p %s %u %m\n"]),
+        );
         let listed = String::from_utf8_lossy(&listed.stdout);
         assert!(listed.contains("opt/app/data/f39"), "{listed}");
         assert!(
@@ -353,7 +383,10 @@ fn an_image_from_a_real_cernvm_fs_client() {
         let content: BTreeSet<&String> = hashes.iter().map(|(_, h)| h).collect();
         let got = downloads_since(mark);
         let leaked: Vec<_> = got.iter().filter(|h| content.contains(h)).collect();
-        assert!(leaked.is_empty(), "listing downloaded file content: {leaked:?}");
+        assert!(
+            leaked.is_empty(),
+            "listing downloaded file content: {leaked:?}"
+        );
 
         // Owners: the image's (root), whatever the client claims.
         let st = std::fs::metadata(mnt.join("etc/msg")).unwrap();
@@ -362,7 +395,7 @@ fn an_image_from_a_real_cernvm_fs_client() {
         for x in ["user.fqrn", "user.pid", "user.hash", "user.revision"] {
             let mut buf = [0u8; 256];
             assert_eq!(
-                rustix::fs::getxattr(&mnt.join("etc/msg"), x, &mut buf[..]).err(),
+                rustix::fs::getxattr(mnt.join("etc/msg"), x, &mut buf[..]).err(),
                 Some(rustix::io::Errno::NODATA),
                 "{x} must not show through the mount"
             );
@@ -391,7 +424,12 @@ fn an_image_from_a_real_cernvm_fs_client() {
         );
     }
     let read = logged_paths(&log1);
-    for want in ["bin/busybox", "opt/app/run.sh", "etc/msg", "opt/app/data/one"] {
+    for want in [
+        "bin/busybox",
+        "opt/app/run.sh",
+        "etc/msg",
+        "opt/app/data/one",
+    ] {
         assert!(read.iter().any(|p| p == want), "{want} not in {read:?}");
     }
     let expected: BTreeSet<String> = read
@@ -410,7 +448,12 @@ fn an_image_from_a_real_cernvm_fs_client() {
 
     // 3. A trace from that log, published with the image, makes the next mount fetch the
     //    job's files before the job runs.
-    run_ok(Command::new(BIN).args(["trace", "--repo"]).arg(&repo).arg(&log1));
+    run_ok(
+        Command::new(BIN)
+            .args(["trace", "--repo"])
+            .arg(&repo)
+            .arg(&log1),
+    );
     let client_repo = publish(&repo, &sub);
     drop_client_cache();
     let log2 = work.join("run2.log");
@@ -509,8 +552,11 @@ fn convert_publishes_in_one_transaction_or_not_at_all() {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bad.join("index.json")).unwrap()).unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(blob_path(&bad, index["manifests"][0]["digest"].as_str().unwrap()))
-            .unwrap(),
+        &std::fs::read(blob_path(
+            &bad,
+            index["manifests"][0]["digest"].as_str().unwrap(),
+        ))
+        .unwrap(),
     )
     .unwrap();
     let app_blob = blob_path(&bad, manifest["layers"][1]["digest"].as_str().unwrap());
@@ -525,7 +571,10 @@ fn convert_publishes_in_one_transaction_or_not_at_all() {
         "example.org/sci/app:1",
         &["--publish", &target],
     );
-    assert!(!out.status.success(), "a corrupt layer must fail the convert");
+    assert!(
+        !out.status.success(),
+        "a corrupt layer must fail the convert"
+    );
     assert!(!in_txn(), "the transaction was aborted");
     cvmfs_up();
     assert!(
@@ -541,11 +590,20 @@ fn convert_publishes_in_one_transaction_or_not_at_all() {
         "example.org/sci/app:1",
         &["--publish", &target],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!in_txn());
     cvmfs_up();
     let published = client.join(&sub);
-    let images = run_ok(Command::new(BIN).arg("images").arg("--repo").arg(&published));
+    let images = run_ok(
+        Command::new(BIN)
+            .arg("images")
+            .arg("--repo")
+            .arg(&published),
+    );
     assert!(
         String::from_utf8_lossy(&images.stdout).contains("example.org/sci/app:1"),
         "{}",

@@ -9,7 +9,15 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// Subcommand names: anything else is the mount form.
-pub const SUBCOMMANDS: &[&str] = &["convert", "gc", "images", "mount", "report", "snapshotter", "trace"];
+pub const SUBCOMMANDS: &[&str] = &[
+    "convert",
+    "gc",
+    "images",
+    "mount",
+    "report",
+    "snapshotter",
+    "trace",
+];
 
 fn init_logging(default: &str) {
     tracing_subscriber::fmt()

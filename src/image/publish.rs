@@ -49,7 +49,9 @@ impl Target {
     pub fn check_dir(&self, dir: &Path) -> Result<(), ConvertError> {
         let abs = std::path::absolute(dir).map_err(|e| ConvertError::io(dir, e))?;
         let inside = abs.starts_with(self.root())
-            && !abs.components().any(|c| c == std::path::Component::ParentDir);
+            && !abs
+                .components()
+                .any(|c| c == std::path::Component::ParentDir);
         if inside {
             Ok(())
         } else {
@@ -84,15 +86,18 @@ fn cvmfs_server(target: &Target, args: &[&str]) -> Result<(), ConvertError> {
     if out.status.success() {
         return Ok(());
     }
-    let text = String::from_utf8_lossy(&out.stderr).into_owned()
-        + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     let last = text
         .lines()
         .map(str::trim)
         .rfind(|l| !l.is_empty())
         .unwrap_or("no output")
         .to_string();
-    Err(fail(format!("cvmfs_server {} failed: {last}", args.join(" "))))
+    Err(fail(format!(
+        "cvmfs_server {} failed: {last}",
+        args.join(" ")
+    )))
 }
 
 impl Transaction {
@@ -135,11 +140,26 @@ mod tests {
     fn targets() {
         let t = Target::parse("cvmfs:unpacked.example.org").unwrap();
         assert_eq!(t.root(), Path::new("/cvmfs/unpacked.example.org"));
-        assert!(t.check_dir(Path::new("/cvmfs/unpacked.example.org")).is_ok());
-        assert!(t.check_dir(Path::new("/cvmfs/unpacked.example.org/sub")).is_ok());
-        assert!(t.check_dir(Path::new("/cvmfs/unpacked.example.org/../x")).is_err());
+        assert!(
+            t.check_dir(Path::new("/cvmfs/unpacked.example.org"))
+                .is_ok()
+        );
+        assert!(
+            t.check_dir(Path::new("/cvmfs/unpacked.example.org/sub"))
+                .is_ok()
+        );
+        assert!(
+            t.check_dir(Path::new("/cvmfs/unpacked.example.org/../x"))
+                .is_err()
+        );
         assert!(t.check_dir(Path::new("/tmp/repo")).is_err());
-        for bad in ["unpacked.example.org", "cvmfs:", "cvmfs:a/b", "cvmfs:noDot", "s3:x.y"] {
+        for bad in [
+            "unpacked.example.org",
+            "cvmfs:",
+            "cvmfs:a/b",
+            "cvmfs:noDot",
+            "s3:x.y",
+        ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
     }

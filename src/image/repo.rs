@@ -390,7 +390,9 @@ impl Repo {
         for xx in read_names(&traces)? {
             let xdir = traces.join(&xx);
             for f in read_names(&xdir)? {
-                if f.strip_suffix(".json").is_some_and(|h| !live_flat.contains(h)) {
+                if f.strip_suffix(".json")
+                    .is_some_and(|h| !live_flat.contains(h))
+                {
                     dead.push(xdir.join(f));
                 }
             }

@@ -113,14 +113,28 @@ pub fn save_from_log(
         .and_then(|l| serde_json::from_str(l).ok())
         .ok_or_else(|| bad("not an access log (no header line)".into()))?;
     let config = match image {
-        Some(name) => repo.find_image(name)?.0.manifest.config.digest.hex().to_string(),
+        Some(name) => repo
+            .find_image(name)?
+            .0
+            .manifest
+            .config
+            .digest
+            .hex()
+            .to_string(),
         None => {
             let dirs: Vec<PathBuf> = header["layers"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(PathBuf::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(PathBuf::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             image_of_log_layers(repo, &dirs).ok_or_else(|| {
-                bad("its layers are no image of this repository: name the image with --image".into())
+                bad(
+                    "its layers are no image of this repository: name the image with --image"
+                        .into(),
+                )
             })?
         }
     };

@@ -84,7 +84,9 @@ pub struct Client {
 
 /// FNV-1a, 64 bits: stable across runs and versions, unlike std's hasher.
 fn fnv(seed: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(seed, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    bytes
+        .iter()
+        .fold(seed, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 impl Client {
@@ -127,7 +129,10 @@ pub fn detect(
     }
     Some(Client {
         claimed: claimed_owner(root, root_owner).ok().flatten(),
-        ino_seed: fnv(0xcbf2_9ce4_8422_2325, layer_path.as_os_str().as_encoded_bytes()),
+        ino_seed: fnv(
+            0xcbf2_9ce4_8422_2325,
+            layer_path.as_os_str().as_encoded_bytes(),
+        ),
         fqrn,
     })
 }
@@ -167,10 +172,7 @@ mod tests {
         };
         assert_eq!(c.owner(999, 995), (0, 0));
         assert_eq!(c.owner(1000, 995), (1000, 0));
-        let n = Client {
-            claimed: None,
-            ..c
-        };
+        let n = Client { claimed: None, ..c };
         assert_eq!(n.owner(999, 995), (999, 995));
     }
 

@@ -289,10 +289,7 @@ impl Layer {
         // only listed, published names are content.
         if self.cvmfs.is_some()
             && (cvmfs::is_magic_xattr(name)
-                || !self
-                    .list_xattrs(rel)?
-                    .split(|&b| b == 0)
-                    .any(|n| n == name))
+                || !self.list_xattrs(rel)?.split(|&b| b == 0).any(|n| n == name))
         {
             return Ok(None);
         }

@@ -122,11 +122,7 @@ mod tests {
         tr.save(&p).unwrap();
         assert_eq!(Trace::load(&p).unwrap(), tr);
         for bad in ["../etc/passwd", "/etc/passwd", "a//b", "a/./b", ""] {
-            std::fs::write(
-                &p,
-                format!(r#"{{"files":[{{"path":{bad:?},"bytes":1}}]}}"#),
-            )
-            .unwrap();
+            std::fs::write(&p, format!(r#"{{"files":[{{"path":{bad:?},"bytes":1}}]}}"#)).unwrap();
             let e = Trace::load(&p).unwrap_err().to_string();
             assert!(e.contains("leaves the tree"), "{bad}: {e}");
         }
