@@ -311,6 +311,144 @@ fn access_log_and_report() {
     );
 }
 
+/// Run the image's script on `mnt`, unmount, and return the access log `log`'s header once the
+/// daemon has written it whole.
+fn run_and_log(mnt: &Path, guard: Unmount, log: &Path) -> serde_json::Value {
+    let out = run_ok(
+        Command::new("chroot")
+            .arg(mnt)
+            .args(["/bin/sh", "/hello.sh"]),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from fresh\n");
+    drop(guard);
+    wait_until("access log written", || {
+        std::fs::read_to_string(log).is_ok_and(|t| t.lines().count() > 1) && !is_mountpoint(mnt)
+    });
+    let text = std::fs::read_to_string(log).unwrap();
+    serde_json::from_str(text.lines().next().unwrap()).unwrap()
+}
+
+/// A trace saved from an access log is found by every way of stacking the image: by name, its
+/// layers as lowerdirs (the snapshotter's mounts), its flat root through podman's store.
+/// `-o prefetch=off` and `--no-prefetch` turn it off; a named trace that is not there fails
+/// the mount with one line.
+#[test]
+fn traces_are_found_by_every_mount_path() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = runnable_image(tmp.path());
+    let repo = tmp.path().join("repo");
+    convert(&repo, &layout, "example.org/hpc/app:v1");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let log = |n: &str| tmp.path().join(format!("{n}.log"));
+    let by_name = |extra: &[&OsStr]| mount_image(&repo, extra, "example.org/hpc/app:v1", &mnt);
+
+    let rec = log("record");
+    let header = run_and_log(
+        &mnt,
+        by_name(&[OsStr::new("--access-log"), rec.as_os_str()]),
+        &rec,
+    );
+    assert!(header.get("prefetch").is_none(), "no trace yet: {header}");
+    let layers: Vec<PathBuf> = header["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| PathBuf::from(v.as_str().unwrap()))
+        .collect();
+    run_ok(
+        Command::new(BIN)
+            .args(["trace", "--repo"])
+            .arg(&repo)
+            .arg(&rec),
+    );
+    let traces: Vec<PathBuf> = std::fs::read_dir(repo.join(".traces"))
+        .unwrap()
+        .flat_map(|xx| std::fs::read_dir(xx.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(traces.len(), 1, "{traces:?}");
+    let trace = &traces[0];
+    let saved = std::fs::read_to_string(trace).unwrap();
+    assert!(
+        saved.contains("\"hello.sh\"") && saved.contains("\"tmp/fresh\""),
+        "{saved}"
+    );
+
+    let flat_link: PathBuf = std::fs::read_dir(repo.join("podmanStore/overlay"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("diff"))
+        .find(|p| p.exists())
+        .unwrap();
+    let mount_form = |lower: String, log: &Path| {
+        run_ok(
+            Command::new(BIN)
+                .arg("-o")
+                .arg(format!("{lower},access_log={}", log.display()))
+                .arg(&mnt),
+        );
+        Unmount(mnt.clone())
+    };
+    let ways: Vec<(&str, Box<dyn Fn(&Path) -> Unmount>)> = vec![
+        (
+            "by name",
+            Box::new(|l: &Path| by_name(&[OsStr::new("--access-log"), l.as_os_str()])),
+        ),
+        (
+            "its layers",
+            Box::new(|l: &Path| mount_form(lowerdir_opt(&layers), l)),
+        ),
+        (
+            "podman's store",
+            Box::new(|l: &Path| mount_form(format!("lowerdir={}", flat_link.display()), l)),
+        ),
+    ];
+    for (what, mount) in &ways {
+        let l = log(&what.replace(' ', "-"));
+        let header = run_and_log(&mnt, mount(&l), &l);
+        let p = &header["prefetch"];
+        assert_eq!(p["trace"].as_str(), trace.to_str(), "{what}: {header}");
+        assert_eq!(p["fetched"], 3, "{what}: {header}");
+    }
+
+    let off = log("off");
+    let header = run_and_log(
+        &mnt,
+        by_name(&[
+            OsStr::new("--no-prefetch"),
+            OsStr::new("--access-log"),
+            off.as_os_str(),
+        ]),
+        &off,
+    );
+    assert!(header.get("prefetch").is_none(), "--no-prefetch: {header}");
+    let header = run_and_log(
+        &mnt,
+        mount_form(
+            format!("lowerdir={},prefetch=off", flat_link.display()),
+            &off,
+        ),
+        &off,
+    );
+    assert!(header.get("prefetch").is_none(), "prefetch=off: {header}");
+
+    let out = run(Command::new(BIN)
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={},prefetch=/nonexistent/trace.json",
+            flat_link.display()
+        ))
+        .arg(&mnt));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !is_mountpoint(&mnt));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("prefetch") && err.contains("/nonexistent/trace.json"),
+        "{err}"
+    );
+}
+
 /// Thin images: `convert --thin` writes a docker archive whose only file is thin.json, podman
 /// loads it, and `stratafs mount --thin` mounts what it points to under a CVMFS root.
 #[test]
