@@ -390,7 +390,8 @@ fn traces_are_found_by_every_mount_path() {
         );
         Unmount(mnt.clone())
     };
-    let ways: Vec<(&str, Box<dyn Fn(&Path) -> Unmount>)> = vec![
+    type Way<'a> = Box<dyn Fn(&Path) -> Unmount + 'a>;
+    let ways: Vec<(&str, Way)> = vec![
         (
             "by name",
             Box::new(|l: &Path| by_name(&[OsStr::new("--access-log"), l.as_os_str()])),
