@@ -98,7 +98,7 @@ run_mode() { # mode -> "seconds bytes"
     pull)
       curl -sf -o $W/pulled.tar http://127.0.0.1:$port/stratafs-big.tar
       p load -q -i $W/pulled.tar >/dev/null
-      p run --rm $IMAGE sh -c "$JOB" >/dev/null ;;
+      p run --rm bench/big:t sh -c "$JOB" >/dev/null ;;
   esac
   e=$(now)
   case $1 in

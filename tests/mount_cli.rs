@@ -71,6 +71,15 @@ fn bad_input_is_one_line_naming_the_culprit() {
     let e = fails(&["-o", "ro", m], &mnt);
     assert!(e.contains("lowerdir"), "{e}");
 
+    // Files the daemon cannot write, found after it forked: still one line.
+    for opt in ["stats", "access_log"] {
+        let e = fails(
+            &["-o", &format!("lowerdir={top},{opt}=/no/such/dir/f"), m],
+            &mnt,
+        );
+        assert!(e.contains(opt) && e.contains("/no/such/dir/f"), "{e}");
+    }
+
     let nomnt = tmp.path().join("no-such-mountpoint");
     let e = fails(
         &["-o", &format!("lowerdir={top}"), nomnt.to_str().unwrap()],
@@ -340,4 +349,41 @@ fn an_ordinary_user_mounts_through_fusermount3() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "bottom");
     as_user(&["fusermount3".as_ref(), "-u".as_ref(), mnt.as_os_str()]);
     assert!(!is_mountpoint(&mnt));
+}
+
+/// `-o stats=FILE`: every request the daemon served, by opcode, with its time, written at
+/// unmount.
+#[test]
+fn request_statistics_at_unmount() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = two_layers(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    let stats = tmp.path().join("stats.json");
+    {
+        let _m = StrataMount::with_opts(&layers, &mnt, &[&format!("stats={}", stats.display())]);
+        run_ok(Command::new("ls").arg("-lR").arg(&mnt));
+        run_ok(Command::new("cat").arg(mnt.join("d/top.txt")));
+    }
+    wait_until("stats written", || {
+        std::fs::read(&stats)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["requests"].as_u64() > Some(0))
+    });
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let ops = &v["ops"];
+    assert!(
+        ops["readdirplus"]["count"].as_u64() > Some(0)
+            || ops["readdir"]["count"].as_u64() > Some(0),
+        "{v}"
+    );
+    assert_eq!(ops["read"]["count"], 1, "one read of one small file: {v}");
+    let sum: u64 = ops
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|o| o["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(v["requests"].as_u64(), Some(sum), "{v}");
 }

@@ -26,10 +26,14 @@ impl Ready {
         }
     }
 
-    /// Report a failure line to the waiting parent.
+    /// Report a failure line to the waiting parent, which prints it and exits 1; the daemon
+    /// child then exits too, so the line is printed once. In the foreground this does nothing
+    /// and the caller's error is the one printed.
     pub fn fail(&mut self, msg: &str) {
         if let Some(mut f) = self.0.take() {
             let _ = f.write_all(format!("err:{msg}\n").as_bytes());
+            drop(f);
+            std::process::exit(1);
         }
     }
 

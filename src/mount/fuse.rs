@@ -15,6 +15,8 @@ use std::collections::hash_map::Entry;
 
 use std::num::NonZeroUsize;
 
+use super::stats::{Op, Stats, Timer};
+
 use dashmap::DashMap;
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
@@ -101,6 +103,8 @@ pub struct StrataFs {
     next_fh: AtomicU64,
     /// Files read, for `stratafs report`.
     access: Option<Arc<crate::mount::access::AccessLog>>,
+    /// Requests by opcode, for `-o stats=FILE`.
+    stats: Option<Arc<Stats>>,
 }
 
 impl StrataFs {
@@ -130,7 +134,18 @@ impl StrataFs {
             }),
             next_fh: AtomicU64::new(1),
             access: None,
+            stats: None,
         }
+    }
+
+    /// Count requests and their time in `stats`.
+    pub fn with_stats(mut self, stats: Option<Arc<Stats>>) -> StrataFs {
+        self.stats = stats;
+        self
+    }
+
+    fn timed(&self, op: Op) -> Option<Timer<'_>> {
+        self.stats.as_ref().map(|s| s.time(op))
     }
 }
 
@@ -229,6 +244,7 @@ impl Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = self.timed(Op::Lookup);
         match self.ov.lookup(parent.0, name.as_bytes()) {
             Ok(Some(node)) => self.reply_entry(&node, reply),
             // A negative entry the kernel may cache as long as a positive one.
@@ -238,6 +254,7 @@ impl Filesystem for StrataFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _t = self.timed(Op::Forget);
         self.ov.forget(ino.0, nlookup);
     }
 
@@ -246,6 +263,7 @@ impl Filesystem for StrataFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = self.timed(Op::Getattr);
         match self.ov.getattr(ino.0) {
             Ok(mut a) => {
                 if ino.0 == ROOT_INO {
@@ -258,6 +276,7 @@ impl Filesystem for StrataFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = self.timed(Op::Readlink);
         match self.ov.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err(e)),
@@ -265,6 +284,7 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.timed(Op::Open);
         if self.ov.writable() {
             match self.ov.open(ino.0, flags.0, lacks_fsetid(req)) {
                 Ok((fd, writable)) => {
@@ -336,6 +356,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _t = self.timed(Op::Read);
         let fd = match self.handles.get(&fh.0) {
             Some(h) => Ok(Arc::clone(&h.fd)),
             None => self.ov.cached_file(ino.0),
@@ -369,6 +390,7 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Flush);
         // Writes go straight to the layer, so there is nothing to flush; ENOSYS makes the
         // kernel stop sending FLUSH on every close.
         reply.error(Errno::ENOSYS);
@@ -384,6 +406,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Release);
         if let Some((_, h)) = self.handles.remove(&fh.0) {
             if h.passthrough {
                 self.backings.lock().release(h.ino);
@@ -393,6 +416,7 @@ impl Filesystem for StrataFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.timed(Op::Opendir);
         // Zero-message opendir: the kernel then caches listings (FOPEN_CACHE_DIR).
         reply.error(Errno::ENOSYS);
     }
@@ -405,6 +429,7 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _t = self.timed(Op::Readdir);
         let r = self.ov.read_dir(ino.0, offset, |e| {
             reply.add(
                 INodeNo(e.ino),
@@ -427,6 +452,7 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _t = self.timed(Op::Readdirplus);
         let r = self.ov.read_dir_plus(ino.0, offset, |e| {
             let attr = to_fuse(&e.attr);
             let ttl = if e.counted { TTL } else { Duration::ZERO };
@@ -453,10 +479,12 @@ impl Filesystem for StrataFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Releasedir);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.timed(Op::Statfs);
         match self.ov.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -473,6 +501,7 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _t = self.timed(Op::Getxattr);
         match self.ov.get_xattr(ino.0, name.as_bytes()) {
             Ok(Some(v)) => reply_xattr(reply, size, &v),
             Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
@@ -481,6 +510,7 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = self.timed(Op::Listxattr);
         match self.ov.list_xattrs(ino.0) {
             Ok(v) => reply_xattr(reply, size, &v),
             Err(e) => reply.error(err(e)),
@@ -488,6 +518,7 @@ impl Filesystem for StrataFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = self.timed(Op::Access);
         match self.ov.access(ino.0, mask.bits(), req.uid(), req.gid()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -508,6 +539,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _t = self.timed(Op::Write);
         let Some(fd) = self.writable_fd(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -530,6 +562,7 @@ impl Filesystem for StrataFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Fsync);
         let Some(fd) = self.handles.get(&fh.0).map(|h| Arc::clone(&h.fd)) else {
             return reply.ok();
         };
@@ -547,6 +580,7 @@ impl Filesystem for StrataFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Fsyncdir);
         reply.ok();
     }
 
@@ -560,6 +594,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Fallocate);
         let Some(fd) = self.writable_fd(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -591,6 +626,7 @@ impl Filesystem for StrataFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _t = self.timed(Op::Setattr);
         let sa = SetAttr {
             mode,
             uid,
@@ -618,6 +654,7 @@ impl Filesystem for StrataFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _t = self.timed(Op::Create);
         match self.ov.create(
             parent.0,
             name.as_bytes(),
@@ -654,6 +691,7 @@ impl Filesystem for StrataFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.timed(Op::Mkdir);
         let r = self.ov.create(
             parent.0,
             name.as_bytes(),
@@ -675,6 +713,7 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.timed(Op::Mknod);
         let what = if mode & libc::S_IFMT == libc::S_IFREG {
             NewEntry::File
         } else {
@@ -699,6 +738,7 @@ impl Filesystem for StrataFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        let _t = self.timed(Op::Symlink);
         let what = NewEntry::Symlink(target.as_os_str().as_bytes());
         let r = self.ov.create(
             parent.0,
@@ -719,12 +759,14 @@ impl Filesystem for StrataFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _t = self.timed(Op::Link);
         let r = self.ov.link(ino.0, newparent.0, newname.as_bytes());
         self.reply_new(r, reply);
         self.notify_stale();
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.timed(Op::Unlink);
         match self.ov.remove(parent.0, name.as_bytes(), false) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -733,6 +775,7 @@ impl Filesystem for StrataFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.timed(Op::Rmdir);
         match self.ov.remove(parent.0, name.as_bytes(), true) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -750,6 +793,7 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Rename);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
@@ -776,6 +820,7 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.timed(Op::Setxattr);
         if !self.ov.writable() {
             return reply.error(Errno::from_i32(libc::EROFS));
         }
@@ -795,6 +840,7 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.timed(Op::Removexattr);
         if !self.ov.writable() {
             return reply.error(Errno::from_i32(libc::EROFS));
         }

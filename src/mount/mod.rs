@@ -11,5 +11,6 @@ pub mod options;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod stats;
 
 pub use error::Error;

@@ -28,6 +28,8 @@ pub struct MountOptions {
     pub access_log: Option<PathBuf>,
     /// Prefetch from a trace: found in the image's repository, off, or a named file.
     pub prefetch: Prefetch,
+    /// Write request counts by opcode here at unmount.
+    pub stats: Option<PathBuf>,
     /// Options we accept and ignore, with a warning.
     pub ignored: Vec<String>,
 }
@@ -57,6 +59,7 @@ impl Default for MountOptions {
             ids: IdMap::default(),
             access_log: None,
             prefetch: Prefetch::Auto,
+            stats: None,
             ignored: Vec::new(),
         }
     }
@@ -235,6 +238,7 @@ impl MountOptions {
             "access_log" => {
                 self.access_log = Some(PathBuf::from(nonempty(key, val)?));
             }
+            "stats" => self.stats = Some(PathBuf::from(nonempty(key, val)?)),
             "prefetch" => {
                 self.prefetch = match nonempty(key, val)?.as_str() {
                     "off" => Prefetch::Off,

@@ -13,6 +13,7 @@ use super::daemon::{self, Ready};
 use super::fuse::StrataFs;
 use super::options::Prefetch;
 use super::plan::MountPlan;
+use super::stats::Stats;
 use crate::overlay::Overlay;
 use crate::overlay::prefetch::Prefetcher;
 use crate::stack::trace::Trace;
@@ -252,12 +253,27 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         }
         None => None,
     };
+    let stats = match &opts.stats {
+        Some(f) => match Stats::create(f, &mountpoint) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                let e = Error::BadOption {
+                    option: "stats".into(),
+                    reason: format!("{}: {e}", f.display()),
+                };
+                ready.fail(&e.to_string());
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let fs = StrataFs::new(
         Arc::clone(&overlay),
         opts.passthrough,
         Arc::clone(&notifier),
     )
-    .with_access_log(access.clone());
+    .with_access_log(access.clone())
+    .with_stats(stats.clone());
     let session = match open_session(fs, &mountpoint, plan, config) {
         Ok(s) => s,
         Err(e) => {
@@ -290,6 +306,12 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
     });
     if let Some(p) = &prefetch {
         p.stop("unmounted");
+    }
+    if let Some(s) = &stats {
+        info!(mountpoint = %mountpoint.display(), "{}", s.summary());
+        if let Err(e) = s.write() {
+            warn!("stats: {e}");
+        }
     }
     if let Some(log) = &access {
         if let Err(e) = log.write() {

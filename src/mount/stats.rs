@@ -1,0 +1,163 @@
+//! Per-mount request statistics (`-o stats=FILE`): how many FUSE requests of each opcode the
+//! daemon served and the time it spent in them (from the request's arrival in its handler to
+//! the reply written), so that a benchmark states requests per file next to its time and a
+//! change is judged by the requests it removed. Written at unmount, as JSON:
+//!
+//! ```json
+//! {"mount":"/mnt","seconds":12.5,"requests":1234,"ops":{"lookup":{"count":1000,"us":4321}, …}}
+//! ```
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+macro_rules! ops {
+    ($($v:ident => $n:literal),* $(,)?) => {
+        /// The requests the adapter handles.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Op { $($v),* }
+        const NAMES: &[&str] = &[$($n),*];
+    };
+}
+
+ops! {
+    Lookup => "lookup", Forget => "forget", Getattr => "getattr", Setattr => "setattr",
+    Readlink => "readlink", Open => "open", Read => "read", Write => "write", Flush => "flush",
+    Release => "release", Fsync => "fsync", Opendir => "opendir", Readdir => "readdir",
+    Readdirplus => "readdirplus", Releasedir => "releasedir", Fsyncdir => "fsyncdir",
+    Statfs => "statfs", Getxattr => "getxattr", Listxattr => "listxattr",
+    Setxattr => "setxattr", Removexattr => "removexattr", Access => "access",
+    Create => "create", Mkdir => "mkdir", Mknod => "mknod", Symlink => "symlink",
+    Link => "link", Unlink => "unlink", Rmdir => "rmdir", Rename => "rename",
+    Fallocate => "fallocate",
+}
+
+pub struct Stats {
+    file: PathBuf,
+    mount: PathBuf,
+    start: Instant,
+    count: Vec<AtomicU64>,
+    nanos: Vec<AtomicU64>,
+}
+
+/// Counts one request when dropped.
+pub struct Timer<'a> {
+    stats: &'a Stats,
+    op: Op,
+    t0: Instant,
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        let i = self.op as usize;
+        self.stats.count[i].fetch_add(1, Ordering::Relaxed);
+        self.stats.nanos[i].fetch_add(self.t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+#[derive(Serialize)]
+struct OpLine {
+    count: u64,
+    us: u64,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    mount: &'a Path,
+    seconds: f64,
+    requests: u64,
+    ops: BTreeMap<&'static str, OpLine>,
+}
+
+impl Stats {
+    /// Checks now that `file` can be written (the error is the mount's, before it starts).
+    pub fn create(file: &Path, mount: &Path) -> io::Result<Stats> {
+        let s = Stats {
+            file: std::path::absolute(file)?,
+            mount: mount.to_path_buf(),
+            start: Instant::now(),
+            count: NAMES.iter().map(|_| AtomicU64::new(0)).collect(),
+            nanos: NAMES.iter().map(|_| AtomicU64::new(0)).collect(),
+        };
+        s.write()?;
+        Ok(s)
+    }
+
+    pub fn time(&self, op: Op) -> Timer<'_> {
+        Timer {
+            stats: self,
+            op,
+            t0: Instant::now(),
+        }
+    }
+
+    /// Count `n` requests of `op` that took no measurable time (forgets of a batch).
+    pub fn add(&self, op: Op, n: u64) {
+        self.count[op as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn report(&self) -> Report<'_> {
+        let mut ops = BTreeMap::new();
+        let mut requests = 0;
+        for (i, name) in NAMES.iter().enumerate() {
+            let count = self.count[i].load(Ordering::Relaxed);
+            if count > 0 {
+                requests += count;
+                let us = self.nanos[i].load(Ordering::Relaxed) / 1000;
+                ops.insert(*name, OpLine { count, us });
+            }
+        }
+        Report {
+            mount: &self.mount,
+            seconds: self.start.elapsed().as_secs_f64(),
+            requests,
+            ops,
+        }
+    }
+
+    /// One line for the log: `requests=N lookup=… getattr=…`.
+    pub fn summary(&self) -> String {
+        let r = self.report();
+        let mut s = format!("requests={}", r.requests);
+        for (name, l) in &r.ops {
+            s.push_str(&format!(" {name}={}/{}us", l.count, l.us));
+        }
+        s
+    }
+
+    /// Write the whole report (temporary name, then rename).
+    pub fn write(&self) -> io::Result<()> {
+        let tmp = self.file.with_file_name(format!(
+            ".{}.tmp",
+            self.file.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        std::fs::write(&tmp, serde_json::to_vec(&self.report())?)?;
+        std::fs::rename(&tmp, &self.file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_writes() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("stats.json");
+        let s = Stats::create(&f, Path::new("/mnt")).unwrap();
+        drop(s.time(Op::Lookup));
+        drop(s.time(Op::Lookup));
+        s.add(Op::Forget, 3);
+        s.write().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        assert_eq!(v["requests"], 5);
+        assert_eq!(v["ops"]["lookup"]["count"], 2);
+        assert_eq!(v["ops"]["forget"]["count"], 3);
+        assert!(v["ops"].get("read").is_none());
+        assert!(s.summary().starts_with("requests=5 "));
+    }
+}
