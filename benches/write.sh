@@ -1,8 +1,11 @@
 #!/bin/bash
-# Writable-layer benchmarks (issue 3): untar 10,000 files into the mount, copy-up of a 1 GB
-# file (append one byte), each on kernel overlayfs, fuse-overlayfs and stratafs over the same
-# lower layer, upper and work on the same filesystem. Prints a markdown table of medians.
-# Usage (as root): bash benches/write.sh     RUNS=5 for more runs.
+# Writable-layer benchmarks: untar 10,000 files into the mount, rm -rf / chmod -R of 10,000
+# lower files, append a line to 2,000 lower files, copy-up of a 1 GB file (append one byte),
+# each on kernel overlayfs, fuse-overlayfs and stratafs over the same lower layers, upper and
+# work on the same filesystem. Prints a markdown table of medians, and for stratafs the FUSE
+# requests per file of one more run (`-o stats=`), with the three commonest opcodes.
+# Usage (as root): bash benches/write.sh     RUNS=5 for more runs; FUSE_OVERLAYFS=path for
+# another fuse-overlayfs build (fuse-overlayfs 2.0: cargo install fuse-overlayfs --version 2.0.0).
 set -euo pipefail
 RUNS=${RUNS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,12 +21,15 @@ if [ ! -f $W/src.tar ]; then
   for d in $(seq 1 100); do mkdir -p $W/src/d$d; for f in $(seq 1 100); do echo "file $d $f" > $W/src/d$d/f$f; done; done
   tar -C $W/src -cf $W/src.tar .
 fi
+FOVL=${FUSE_OVERLAYFS:-fuse-overlayfs}
+STATS=""
 mount_it() { # kind
   rm -rf $W/u $W/w; mkdir -p $W/u $W/w $W/m
+  local lower=$W/src:$W/low
   case $1 in
-    kernel) mount -t overlay overlay -o lowerdir=$W/low,upperdir=$W/u,workdir=$W/w $W/m ;;
-    fuse-overlayfs) fuse-overlayfs -o lowerdir=$W/low,upperdir=$W/u,workdir=$W/w $W/m ;;
-    stratafs) $BIN -o lowerdir=$W/low,upperdir=$W/u,workdir=$W/w $W/m ;;
+    kernel) mount -t overlay overlay -o lowerdir=$lower,upperdir=$W/u,workdir=$W/w $W/m ;;
+    fuse-overlayfs) $FOVL -o lowerdir=$lower,upperdir=$W/u,workdir=$W/w $W/m ;;
+    stratafs) $BIN -o lowerdir=$lower,upperdir=$W/u,workdir=$W/w${STATS:+,stats=$STATS} $W/m ;;
   esac
 }
 umount_it() { umount $W/m 2>/dev/null || fusermount3 -u $W/m; }
@@ -38,8 +44,26 @@ timeit() { # kind, command
 }
 echo "| workload | kernel overlayfs | fuse-overlayfs | stratafs | stratafs / kernel |"
 echo "|---|---|---|---|---|"
-for w in "untar 10,000 files|tar -C $W/m -xf $W/src.tar && sync" "copy-up of a 1 GB file|echo x >> $W/m/big && sync"; do
-  name=${w%%|*}; cmd=${w#*|}
+requests() { # command, files -> "N.N/file (op a, op b, op c)"
+  STATS=$W/stats.json
+  mount_it stratafs; bash -c "$1"; umount_it; sleep 0.5
+  STATS=""
+  python3 - "$W/stats.json" "$2" <<'PY'
+import json, sys
+v = json.load(open(sys.argv[1])); n = int(sys.argv[2])
+top = sorted(v["ops"].items(), key=lambda kv: -kv[1]["count"])[:3]
+print(f'{v["requests"] / n:.1f}/file (' + ", ".join(f'{k} {o["count"] / n:.1f}' for k, o in top) + ")")
+PY
+}
+echo "| workload | kernel overlayfs | fuse-overlayfs | stratafs | stratafs / kernel | stratafs requests |"
+echo "|---|---|---|---|---|---|"
+for w in "untar 10,000 files|10000|mkdir $W/m/new && tar -C $W/m/new -xf $W/src.tar && sync" \
+         "rm -rf of 10,000 lower files|10000|rm -rf $W/m/d* && sync" \
+         "chmod -R over 10,000 lower files|10000|chmod -R g+w $W/m/d* && sync" \
+         "append a line to 2,000 lower files|2000|for f in $W/m/d{1..20}/f*; do echo x >> \$f; done; sync" \
+         "copy-up of a 1 GB file|1|echo x >> $W/m/big && sync"; do
+  name=${w%%|*}; rest=${w#*|}; n=${rest%%|*}; cmd=${rest#*|}
   k=$(timeit kernel "$cmd"); f=$(timeit fuse-overlayfs "$cmd"); s=$(timeit stratafs "$cmd")
-  printf "| %s | %.2f s | %.2f s | %.2f s | %.2fx |\n" "$name" $k $f $s $(echo "$s / $k" | bc -l)
+  r=$(requests "$cmd" $n)
+  printf "| %s | %.2f s | %.2f s | %.2f s | %.2fx | %s |\n" "$name" $k $f $s $(echo "$s / $k" | bc -l) "$r"
 done
