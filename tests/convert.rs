@@ -899,12 +899,7 @@ fn moved_tag_is_scheduled_and_gc_removes_what_no_image_uses() {
 fn unprivileged_convert_records_what_it_cannot_apply() {
     require_root();
     require_tool("runuser");
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let tmp = shared_tempdir();
     let layout = tmp.path().join("l");
     let mut owned = tar::Header::new_gnu();
     owned.set_entry_type(tar::EntryType::Regular);

@@ -302,12 +302,7 @@ fn an_image_from_a_real_cernvm_fs_client() {
         require_tool(t);
     }
     cvmfs_up();
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let tmp = shared_tempdir();
     let repo = tmp.path().join("repo");
     let layout = app_image(tmp.path());
     let out = convert(&repo, &layout, "example.org/sci/app:1", &[]);

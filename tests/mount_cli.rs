@@ -112,8 +112,7 @@ fn unreadable_lowerdir_is_refused_for_an_ordinary_user() {
             .success(),
         "test user stratafs-test missing: run scripts/setup.sh"
     );
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = shared_tempdir();
     let secret = tmp.path().join("secret-layer");
     std::fs::create_dir(&secret).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -321,8 +320,7 @@ fn an_ordinary_user_mounts_through_fusermount3() {
     require_root();
     require_tool("runuser");
     require_tool("fusermount3");
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = shared_tempdir();
     let layers = two_layers(tmp.path());
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();

@@ -187,12 +187,7 @@ fn rootful_podman_matches_fuse_overlayfs() {
 #[test]
 fn rootless_podman() {
     require_root(); // to create the test user's private store and switch to it
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let tmp = shared_tempdir();
     let ours = Store::new(
         &tmp.path().join("strata"),
         Path::new(BIN),

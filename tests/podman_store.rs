@@ -85,12 +85,7 @@ fn check(p: &Store, repo: &Path) {
 #[test]
 fn podman_runs_images_from_the_repository_store() {
     require_root();
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let tmp = shared_tempdir();
     let repo = tmp.path().join("repo");
     let one = image(tmp.path(), "one", "one");
     convert(&repo, &one, "one", "example.org/store/one:1");

@@ -2,6 +2,7 @@
 //! ourselves where we may, else through fusermount3), daemonize once the mount is live, run
 //! until unmounted.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -213,6 +214,19 @@ fn load_trace(plan: &MountPlan) -> Result<Option<(Trace, PathBuf)>, Error> {
     }
 }
 
+/// A file an option names could not be made after the fork: report it to the waiting parent
+/// as the option's error.
+fn or_fail<T>(ready: &mut Ready, option: &str, file: &Path, r: io::Result<T>) -> Result<T, Error> {
+    r.map_err(|e| {
+        let e = Error::BadOption {
+            option: option.into(),
+            reason: format!("{}: {e}", file.display()),
+        };
+        ready.fail(&e.to_string());
+        e
+    })
+}
+
 /// Mount `plan` and serve it. Returns only in the foreground or on error.
 pub fn run(plan: &MountPlan) -> Result<(), Error> {
     let opts = &plan.options;
@@ -239,32 +253,16 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
                 .into_iter()
                 .map(|p| std::path::absolute(&p).unwrap_or(p))
                 .collect();
-            match crate::mount::access::AccessLog::create(f, &mountpoint, layers) {
-                Ok(l) => Some(Arc::new(l)),
-                Err(e) => {
-                    let e = Error::BadOption {
-                        option: "access_log".into(),
-                        reason: format!("{}: {e}", f.display()),
-                    };
-                    ready.fail(&e.to_string());
-                    return Err(e);
-                }
-            }
+            let log = crate::mount::access::AccessLog::create(f, &mountpoint, layers);
+            Some(Arc::new(or_fail(&mut ready, "access_log", f, log)?))
         }
         None => None,
     };
     let stats = match &opts.stats {
-        Some(f) => match Stats::create(f, &mountpoint) {
-            Ok(s) => Some(Arc::new(s)),
-            Err(e) => {
-                let e = Error::BadOption {
-                    option: "stats".into(),
-                    reason: format!("{}: {e}", f.display()),
-                };
-                ready.fail(&e.to_string());
-                return Err(e);
-            }
-        },
+        Some(f) => {
+            let s = Stats::create(f, &mountpoint);
+            Some(Arc::new(or_fail(&mut ready, "stats", f, s)?))
+        }
         None => None,
     };
     let fs = StrataFs::new(

@@ -31,6 +31,17 @@ pub fn require_tool(tool: &str) {
     );
 }
 
+/// A temporary directory other users may enter (the test user, rootless podman's processes).
+pub fn shared_tempdir() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    t
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
