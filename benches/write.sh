@@ -42,8 +42,6 @@ timeit() { # kind, command
     echo "$e - $s" | bc
   done | median
 }
-echo "| workload | kernel overlayfs | fuse-overlayfs | stratafs | stratafs / kernel |"
-echo "|---|---|---|---|---|"
 requests() { # command, files -> "N.N/file (op a, op b, op c)"
   STATS=$W/stats.json
   mount_it stratafs; bash -c "$1"; umount_it; sleep 0.5
