@@ -30,6 +30,8 @@ pub struct MountOptions {
     pub prefetch: Prefetch,
     /// Write request counts by opcode here at unmount.
     pub stats: Option<PathBuf>,
+    /// Read subdirectories of listed directories ahead (`lookahead=off` turns it off).
+    pub lookahead: bool,
     /// Options we accept and ignore, with a warning.
     pub ignored: Vec<String>,
 }
@@ -60,6 +62,7 @@ impl Default for MountOptions {
             access_log: None,
             prefetch: Prefetch::Auto,
             stats: None,
+            lookahead: true,
             ignored: Vec::new(),
         }
     }
@@ -239,6 +242,18 @@ impl MountOptions {
                 self.access_log = Some(PathBuf::from(nonempty(key, val)?));
             }
             "stats" => self.stats = Some(PathBuf::from(nonempty(key, val)?)),
+            "lookahead" => {
+                self.lookahead = match val {
+                    Some("on") | None => true,
+                    Some("off") => false,
+                    Some(v) => {
+                        return Err(Error::BadOption {
+                            option: opt.into(),
+                            reason: format!("expected on or off, got '{v}'"),
+                        });
+                    }
+                }
+            }
             "prefetch" => {
                 self.prefetch = match nonempty(key, val)?.as_str() {
                     "off" => Prefetch::Off,

@@ -194,6 +194,8 @@ fn open_session(
 
 /// Prefetch readers: each waits on one download at a time, so more than the CPUs.
 const PREFETCH_THREADS: usize = 8;
+/// Look-ahead readers of listed directories' subdirectories (disk reads, mostly waiting).
+const LOOKAHEAD_THREADS: usize = 4;
 
 /// The plan's trace, read before mounting: a named one (`prefetch=FILE`) that cannot be read
 /// fails the mount; one found in a repository only warns.
@@ -291,6 +293,9 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         daemon::detach_stdio();
     }
     // Threads start here, in the process that serves the mount (after the fork).
+    if opts.lookahead {
+        crate::overlay::lookahead::start(&overlay, LOOKAHEAD_THREADS);
+    }
     let prefetch = trace.map(|(t, from)| {
         let p = Prefetcher::start(Arc::clone(&overlay), t, from, PREFETCH_THREADS);
         if let Some(log) = &access {

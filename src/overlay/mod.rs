@@ -17,6 +17,7 @@ pub mod dir;
 pub mod error;
 pub mod idmap;
 pub mod inode;
+pub mod lookahead;
 pub mod namespace;
 pub mod prefetch;
 pub mod readdir;
@@ -78,6 +79,8 @@ pub struct Overlay {
     /// so reads find their descriptor here.
     files: Mutex<LruCache<Ino, Arc<OwnedFd>>>,
     forgotten: AtomicU64,
+    /// Background readers of subdirectories of listed directories, when started.
+    pub(crate) lookahead: std::sync::OnceLock<lookahead::Lookahead>,
 }
 
 /// Release freed memory to the system after this many nodes went.
@@ -165,6 +168,7 @@ impl Overlay {
             files: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DEFAULT_OPEN_FILES).expect("nonzero"),
             )),
+            lookahead: std::sync::OnceLock::new(),
         })
     }
 
@@ -396,6 +400,18 @@ impl Overlay {
             let c = self.compose_ino(layer, real);
             self.names.number_of(c)
         })?;
+        if let Some(la) = self.lookahead.get() {
+            let path = dir.path();
+            let lower = |l: &&u16| !(self.upper.is_some() && **l == 0);
+            for e in listing.entries().iter().filter(|e| e.kind == libc::S_IFDIR) {
+                for &l in state.layers.iter().filter(lower) {
+                    la.offer(lookahead::Job {
+                        layer: l,
+                        rel: join(&path, &e.name),
+                    });
+                }
+            }
+        }
         let mut slot = dir.listing.write();
         if slot.is_none() {
             *slot = Some(listing);
