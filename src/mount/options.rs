@@ -346,6 +346,19 @@ mod tests {
     }
 
     #[test]
+    fn read_ahead_options() {
+        let o = MountOptions::parse(&["lowerdir=/a,prefetch=off,lookahead=off,stats=/s"]).unwrap();
+        assert_eq!(o.prefetch, Prefetch::Off);
+        assert!(!o.lookahead);
+        assert_eq!(o.stats.as_deref(), Some(std::path::Path::new("/s")));
+        let o = MountOptions::parse(&["lowerdir=/a,prefetch=/t.json"]).unwrap();
+        assert_eq!(o.prefetch, Prefetch::File("/t.json".into()));
+        assert!(o.lookahead);
+        let e = MountOptions::parse(&["lowerdir=/a,lookahead=maybe"]).unwrap_err();
+        assert!(e.to_string().contains("lookahead=maybe"), "{e}");
+    }
+
+    #[test]
     fn quotes_and_escapes() {
         let v = split_options(r#"lowerdir=/a,context="system_u:object_r:c,s0",fsync=0"#).unwrap();
         assert_eq!(
