@@ -281,6 +281,44 @@ fn set_id_bits_clear_on_unprivileged_writes_and_fallocate() {
     );
 }
 
+/// File capabilities go with a write, a truncate and a chown, as the filesystem drops them;
+/// asked for before and after (stratafs keeps each file's xattr names between changes), the
+/// answers must be the kernel's.
+#[test]
+fn capabilities_go_with_writes_truncates_and_chowns() {
+    let both = Both::new(
+        |l| {
+            for f in ["w", "t", "c", "keep"] {
+                std::fs::write(l.join(f), "lower\n").unwrap();
+            }
+        },
+        &[],
+    );
+    let cap = "0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=";
+    let out = both.same(
+        None,
+        &format!(
+            r#"
+        for f in w t c keep new; do
+          [ -e $f ] || echo new > $f
+          setfattr -n security.capability -v {cap} $f
+          getfattr --absolute-names -n security.capability $f 2>&1 | grep -c capability
+          getfattr --absolute-names -n user.none $f 2>&1 | grep -c 'No such attribute'
+        done
+        echo more >> w; echo more >> new
+        truncate -s 2 t
+        chown 1:1 c
+        for f in w t c keep new; do
+          echo "$f $(getfattr --absolute-names -n security.capability $f 2>&1 | grep -c 'No such attribute')"
+        done
+        "#
+        ),
+    );
+    for (f, gone) in [("w", 1), ("t", 1), ("c", 1), ("keep", 0), ("new", 1)] {
+        assert!(out.contains(&format!("{f} {gone}\n")), "{f}: {out}");
+    }
+}
+
 #[test]
 fn a_listing_ends_while_its_entries_are_renamed_away_and_back() {
     require_tool("python3");

@@ -199,6 +199,7 @@ impl Overlay {
             };
             s.real = real;
         }
+        node.xattrs_changed();
         let dropped = node.keep_only_name(parent.ino, &name);
         self.names.stale_entries(dropped);
         if let Some(l) = parent.listing.write().as_mut() {

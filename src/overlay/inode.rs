@@ -95,6 +95,17 @@ pub struct Node {
     pub listing: RwLock<Option<Listing>>,
     /// A descriptor of one open handle: attributes of an unlinked file come from it.
     pub open_fd: Mutex<Weak<OwnedFd>>,
+    /// The top copy's xattr names as last listed: the kernel asks for `security.capability`
+    /// before every write and chown, and an absent name is then answered without a syscall.
+    xattrs: Mutex<XattrNames>,
+}
+
+/// Cached xattr names and the generation they belong to; a change bumps the generation, so a
+/// listing that raced with it is not stored.
+#[derive(Debug, Default)]
+struct XattrNames {
+    generation: u64,
+    names: Option<Arc<[u8]>>,
 }
 
 impl Node {
@@ -107,7 +118,45 @@ impl Node {
             detached: AtomicBool::new(false),
             listing: RwLock::new(None),
             open_fd: Mutex::new(Weak::new()),
+            xattrs: Mutex::new(XattrNames::default()),
         }
+    }
+
+    /// The cached xattr names (NUL-separated) if any, and the generation to store new ones at.
+    pub fn cached_xattr_names(&self) -> (u64, Option<Arc<[u8]>>) {
+        let x = self.xattrs.lock();
+        (x.generation, x.names.clone())
+    }
+
+    /// Keep `names`, listed at generation `generation`, unless the xattrs changed since.
+    pub fn store_xattr_names(&self, generation: u64, names: Arc<[u8]>) {
+        let mut x = self.xattrs.lock();
+        if x.generation == generation {
+            x.names = Some(names);
+        }
+    }
+
+    /// A write, truncate or chown happened: the filesystem drops `security.capability` then,
+    /// which is the only name such a change can take away. Names known not to hold it stay.
+    pub fn xattrs_after_content_change(&self) {
+        let keep = {
+            let x = self.xattrs.lock();
+            x.names.as_ref().is_some_and(|n| {
+                !n.split(|&b| b == 0)
+                    .any(|name| name == b"security.capability")
+            })
+        };
+        if !keep {
+            self.xattrs_changed();
+        }
+    }
+
+    /// The top copy's xattrs may have changed (set, removed, copied up, or killed by a write
+    /// or chown): list them again next time.
+    pub fn xattrs_changed(&self) {
+        let mut x = self.xattrs.lock();
+        x.generation += 1;
+        x.names = None;
     }
 
     /// The node's path relative to every layer root (overlays align layers by path).

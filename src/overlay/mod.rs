@@ -495,7 +495,7 @@ impl Overlay {
     /// Xattr names of a node, overlay-internal ones removed; NUL-separated.
     pub fn list_xattrs(&self, ino: Ino) -> io::Result<Vec<u8>> {
         let node = self.node(ino)?;
-        let raw = self.top_layer(&node).list_xattrs(&node.path())?;
+        let raw = self.xattr_names(&node)?;
         let mut out = Vec::with_capacity(raw.len());
         for name in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
             if !self.is_hidden_xattr(name) {
@@ -517,7 +517,25 @@ impl Overlay {
             return Ok(None);
         }
         let node = self.node(ino)?;
+        if !self
+            .xattr_names(&node)?
+            .split(|&b| b == 0)
+            .any(|n| n == name)
+        {
+            return Ok(None);
+        }
         self.top_layer(&node).get_xattr(&node.path(), name)
+    }
+
+    /// The top copy's xattr names, NUL-separated: cached on the node until a change.
+    fn xattr_names(&self, node: &Node) -> io::Result<Arc<[u8]>> {
+        let (generation, cached) = node.cached_xattr_names();
+        if let Some(names) = cached {
+            return Ok(names);
+        }
+        let names: Arc<[u8]> = self.top_layer(node).list_xattrs(&node.path())?.into();
+        node.store_xattr_names(generation, Arc::clone(&names));
+        Ok(names)
     }
 
     pub fn statfs(&self) -> io::Result<rustix::fs::StatVfs> {

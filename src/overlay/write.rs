@@ -682,6 +682,15 @@ impl Overlay {
 
     /// chmod, chown, truncate, utimens. `fd` is the caller's open file when it gave one.
     pub fn setattr(&self, ino: u64, sa: &SetAttr, fd: Option<&OwnedFd>) -> io::Result<Attr> {
+        let r = self.setattr_inner(ino, sa, fd);
+        // A chown or truncate drops `security.capability` (whether or not it succeeded in full).
+        if let Ok(node) = self.node(ino) {
+            node.xattrs_after_content_change();
+        }
+        r
+    }
+
+    fn setattr_inner(&self, ino: u64, sa: &SetAttr, fd: Option<&OwnedFd>) -> io::Result<Attr> {
         let node = self.node(ino)?;
         self.upper()?;
         let detached_fd = if node.is_detached() {
@@ -854,6 +863,7 @@ impl Overlay {
             self.attr(&node)?;
             self.names.stale_inode(node.ino);
         }
+        node.xattrs_changed();
         Ok(())
     }
 
@@ -881,7 +891,9 @@ impl Overlay {
         self.upper()?;
         let _ns = self.ns.write();
         self.copy_up(&node, Data::Copy)?;
-        self.layers[0].remove_xattr(&node.path(), name)
+        let r = self.layers[0].remove_xattr(&node.path(), name);
+        node.xattrs_changed();
+        r
     }
 
     /// Open a file. Opens for writing (or truncating) copy it up first; the descriptor is the
@@ -913,6 +925,7 @@ impl Overlay {
         let fd = self.layers[0].open_rw(&node.path())?;
         if trunc {
             rustix::fs::ftruncate(&fd, 0)?;
+            node.xattrs_after_content_change();
             if let Some(gid) = kill_suidgid {
                 self.kill_suidgid(&node, &fd, gid)?;
             }
@@ -943,6 +956,7 @@ impl Overlay {
         // have the front end tell it, and keep ours current.
         self.attr(node)?;
         self.names.stale_inode(node.ino);
+        node.xattrs_changed();
         Ok(())
     }
 
@@ -968,6 +982,9 @@ impl Overlay {
                 Err(e) => return Err(e.into()),
             }
         }
+        if let Ok(node) = self.node(ino) {
+            node.xattrs_after_content_change();
+        }
         Ok(done)
     }
 
@@ -986,6 +1003,9 @@ impl Overlay {
     ) -> io::Result<()> {
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
         rustix::fs::fallocate(fd, flags, offset, length)?;
+        if let Ok(node) = self.node(ino) {
+            node.xattrs_after_content_change();
+        }
         if let Some(gid) = kill_suidgid {
             let node = self.node(ino)?;
             self.kill_suidgid(&node, fd, gid)?;
