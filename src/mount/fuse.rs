@@ -105,6 +105,8 @@ pub struct StrataFs {
     access: Option<Arc<crate::mount::access::AccessLog>>,
     /// Requests by opcode, for `-o stats=FILE`.
     stats: Option<Arc<Stats>>,
+    /// Ask for the kernel's writeback cache on a writable mount.
+    writeback: bool,
 }
 
 impl StrataFs {
@@ -135,7 +137,14 @@ impl StrataFs {
             next_fh: AtomicU64::new(1),
             access: None,
             stats: None,
+            writeback: false,
         }
+    }
+
+    /// Let the kernel cache writes (`writeback=on`).
+    pub fn with_writeback(mut self, on: bool) -> StrataFs {
+        self.writeback = on;
+        self
     }
 
     /// Count requests and their time in `stats`.
@@ -219,6 +228,9 @@ impl Filesystem for StrataFs {
             // POSIX ACLs take effect: the kernel checks them and leaves the umask to us, so
             // that a directory's default ACL can decide a new entry's mode (Overlay::create).
             want |= InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK;
+            if self.writeback {
+                want |= InitFlags::FUSE_WRITEBACK_CACHE;
+            }
         } else {
             want |= InitFlags::FUSE_NO_OPEN_SUPPORT;
         }

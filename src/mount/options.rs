@@ -32,6 +32,8 @@ pub struct MountOptions {
     pub stats: Option<PathBuf>,
     /// Read subdirectories of listed directories ahead (`lookahead=off` turns it off).
     pub lookahead: bool,
+    /// The kernel's writeback cache on a writable mount (`writeback=on`).
+    pub writeback: bool,
     /// Options we accept and ignore, with a warning.
     pub ignored: Vec<String>,
 }
@@ -63,6 +65,7 @@ impl Default for MountOptions {
             prefetch: Prefetch::Auto,
             stats: None,
             lookahead: true,
+            writeback: false,
             ignored: Vec::new(),
         }
     }
@@ -242,6 +245,18 @@ impl MountOptions {
                 self.access_log = Some(PathBuf::from(nonempty(key, val)?));
             }
             "stats" => self.stats = Some(PathBuf::from(nonempty(key, val)?)),
+            "writeback" => {
+                self.writeback = match val {
+                    Some("on") | None => true,
+                    Some("off") => false,
+                    Some(v) => {
+                        return Err(Error::BadOption {
+                            option: opt.into(),
+                            reason: format!("expected on or off, got '{v}'"),
+                        });
+                    }
+                }
+            }
             "lookahead" => {
                 self.lookahead = match val {
                     Some("on") | None => true,

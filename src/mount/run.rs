@@ -273,7 +273,8 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         Arc::clone(&notifier),
     )
     .with_access_log(access.clone())
-    .with_stats(stats.clone());
+    .with_stats(stats.clone())
+    .with_writeback(opts.writeback);
     let session = match open_session(fs, &mountpoint, plan, config) {
         Ok(s) => s,
         Err(e) => {
