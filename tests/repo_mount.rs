@@ -45,6 +45,18 @@ fn convert(repo: &Path, layout: &Path, name: &str) {
     ]));
 }
 
+/// The runnable image converted as `example.org/hpc/app:v1` into `<tmp>/repo`, and an empty
+/// `<tmp>/mnt`.
+fn converted_app() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = runnable_image(tmp.path());
+    let repo = tmp.path().join("repo");
+    convert(&repo, &layout, "example.org/hpc/app:v1");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    (tmp, repo, mnt)
+}
+
 /// `stratafs mount --repo REPO EXTRA... IMAGE MNT`; unmounted when the guard goes.
 fn mount_image(repo: &Path, extra: &[&OsStr], image: &str, mnt: &Path) -> Unmount {
     run_ok(
@@ -257,12 +269,7 @@ fn unprivileged_user_runs_an_image_from_the_repository() {
 #[test]
 fn access_log_and_report() {
     require_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = runnable_image(tmp.path());
-    let repo = tmp.path().join("repo");
-    convert(&repo, &layout, "example.org/hpc/app:v1");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
+    let (tmp, repo, mnt) = converted_app();
     let log = tmp.path().join("access.log");
     let guard = mount_image(
         &repo,
@@ -322,12 +329,7 @@ fn run_and_log(mnt: &Path, guard: Unmount, log: &Path) -> serde_json::Value {
 #[test]
 fn traces_are_found_by_every_mount_path() {
     require_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = runnable_image(tmp.path());
-    let repo = tmp.path().join("repo");
-    convert(&repo, &layout, "example.org/hpc/app:v1");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
+    let (tmp, repo, mnt) = converted_app();
     let log = |n: &str| tmp.path().join(format!("{n}.log"));
     let by_name = |extra: &[&OsStr]| mount_image(&repo, extra, "example.org/hpc/app:v1", &mnt);
 

@@ -38,6 +38,18 @@ pub struct MountOptions {
     pub ignored: Vec<String>,
 }
 
+/// A switch: `name`, `name=on` or `name=off`.
+fn on_off(opt: &str, val: Option<&str>) -> Result<bool, Error> {
+    match val {
+        Some("on") | None => Ok(true),
+        Some("off") => Ok(false),
+        Some(v) => Err(Error::BadOption {
+            option: opt.into(),
+            reason: format!("expected on or off, got '{v}'"),
+        }),
+    }
+}
+
 /// `prefetch=`: where the trace of files to read ahead comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prefetch {
@@ -230,45 +242,18 @@ impl MountOptions {
             "allow_root" => self.allow_root = true,
             "fsname" => self.fsname = Some(nonempty(key, val)?),
             "passthrough" => {
-                self.passthrough = match val {
-                    Some("on") | None => Passthrough::On,
-                    Some("off") => Passthrough::Off,
-                    Some(v) => {
-                        return Err(Error::BadOption {
-                            option: opt.into(),
-                            reason: format!("expected on or off, got '{v}'"),
-                        });
-                    }
+                self.passthrough = if on_off(opt, val)? {
+                    Passthrough::On
+                } else {
+                    Passthrough::Off
                 }
             }
             "access_log" => {
                 self.access_log = Some(PathBuf::from(nonempty(key, val)?));
             }
             "stats" => self.stats = Some(PathBuf::from(nonempty(key, val)?)),
-            "writeback" => {
-                self.writeback = match val {
-                    Some("on") | None => true,
-                    Some("off") => false,
-                    Some(v) => {
-                        return Err(Error::BadOption {
-                            option: opt.into(),
-                            reason: format!("expected on or off, got '{v}'"),
-                        });
-                    }
-                }
-            }
-            "lookahead" => {
-                self.lookahead = match val {
-                    Some("on") | None => true,
-                    Some("off") => false,
-                    Some(v) => {
-                        return Err(Error::BadOption {
-                            option: opt.into(),
-                            reason: format!("expected on or off, got '{v}'"),
-                        });
-                    }
-                }
-            }
+            "writeback" => self.writeback = on_off(opt, val)?,
+            "lookahead" => self.lookahead = on_off(opt, val)?,
             "prefetch" => {
                 self.prefetch = match nonempty(key, val)?.as_str() {
                     "off" => Prefetch::Off,
