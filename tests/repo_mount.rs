@@ -399,7 +399,8 @@ fn traces_are_found_by_every_mount_path() {
         let header = run_and_log(&mnt, mount(&l), &l);
         let p = &header["prefetch"];
         assert_eq!(p["trace"].as_str(), trace.to_str(), "{what}: {header}");
-        assert_eq!(p["fetched"], 3, "{what}: {header}");
+        // The trace's three files; how many were read ahead before the unmount is a race.
+        assert_eq!(p["files"], 3, "{what}: {header}");
     }
 
     let off = log("off");
