@@ -102,8 +102,8 @@ pub fn save_from_log(
     log: &Path,
     image: Option<&str>,
 ) -> Result<(PathBuf, usize), ConvertError> {
-    let bad = |reason: String| ConvertError::Repo {
-        path: log.into(),
+    let bad = |reason: String| ConvertError::Format {
+        what: format!("access log {}", log.display()),
         reason,
     };
     let text = std::fs::read_to_string(log).map_err(|e| ConvertError::io(log, e))?;
