@@ -1,5 +1,6 @@
 //! Laziness, observed with strace on the daemon: mounting reads no directory, and using one
-//! file touches only the directories on its path and opens only that file.
+//! file touches only the directories on its path and opens only that file (look-ahead off:
+//! with it on, reading a file also reads ahead its small siblings, and nothing else).
 
 mod common;
 
@@ -48,7 +49,8 @@ fn mount_walks_nothing_and_a_read_opens_one_file() {
     std::fs::create_dir(&mnt).unwrap();
     let log = tmp.path().join("trace");
     let lower = lowerdir_opt(&[small.clone(), big.clone()]);
-    let child = traced_mount("getdents64,openat,openat2,open", &log, &lower, &mnt);
+    let opts = format!("{lower},lookahead=off");
+    let child = traced_mount("getdents64,openat,openat2,open", &log, &opts, &mnt);
     let after_mount = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
         std::fs::read_to_string(mnt.join("pkg042/wanted.txt")).unwrap(),
@@ -126,5 +128,50 @@ fn passthrough_reads_bypass_the_daemon() {
     assert!(
         on.contains("ioctl("),
         "no backing file was registered:\n{on}"
+    );
+}
+
+/// With look-ahead on, reading one file reads ahead the small files of its own directory, in
+/// every lower layer that has it, and opens nothing outside that directory.
+#[test]
+fn look_ahead_reads_only_the_siblings_of_a_read_file() {
+    require_root();
+    require_tool("strace");
+    let tmp = tempfile::tempdir().unwrap();
+    let (top, bottom) = (tmp.path().join("top"), tmp.path().join("bottom"));
+    for d in ["a", "b"] {
+        std::fs::create_dir_all(bottom.join(d)).unwrap();
+        for f in 0..20 {
+            std::fs::write(bottom.join(d).join(format!("f{f:02}")), "x").unwrap();
+        }
+    }
+    std::fs::create_dir_all(top.join("a")).unwrap();
+    std::fs::write(top.join("a/wanted"), "wanted").unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let log = tmp.path().join("trace");
+    let child = traced_mount("openat2", &log, &lowerdir_opt(&[top, bottom]), &mnt);
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("a/wanted")).unwrap(),
+        "wanted"
+    );
+    wait_until("the siblings read ahead", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("a/f19"))
+    });
+    unmount(child, &mnt);
+    let trace = std::fs::read_to_string(&log).unwrap();
+    let opened: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("openat2(") && !l.contains("= -1"))
+        .collect();
+    assert!(
+        opened
+            .iter()
+            .all(|l| l.contains("\"a") || l.contains("\".\"")),
+        "{trace}"
+    );
+    assert!(
+        !trace.contains("\"b"),
+        "nothing outside the read file's directory:\n{trace}"
     );
 }

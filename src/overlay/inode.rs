@@ -95,6 +95,8 @@ pub struct Node {
     pub listing: RwLock<Option<Listing>>,
     /// A descriptor of one open handle: attributes of an unlinked file come from it.
     pub open_fd: Mutex<Weak<OwnedFd>>,
+    /// Look-ahead has been asked to read this directory's small files (a file in it was read).
+    pub(crate) siblings_offered: AtomicBool,
     /// The top copy's xattr names as last listed: the kernel asks for `security.capability`
     /// before every write and chown, and an absent name is then answered without a syscall.
     xattrs: Mutex<XattrNames>,
@@ -118,6 +120,7 @@ impl Node {
             detached: AtomicBool::new(false),
             listing: RwLock::new(None),
             open_fd: Mutex::new(Weak::new()),
+            siblings_offered: AtomicBool::new(false),
             xattrs: Mutex::new(XattrNames::default()),
         }
     }

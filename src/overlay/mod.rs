@@ -408,6 +408,7 @@ impl Overlay {
                     la.offer(lookahead::Job {
                         layer: l,
                         rel: join(&path, &e.name),
+                        siblings: false,
                     });
                 }
             }
@@ -470,7 +471,34 @@ impl Overlay {
         let node = self.node(ino)?;
         let fd = Arc::new(self.open_file(&node)?);
         self.files.lock().put(ino, Arc::clone(&fd));
+        self.offer_siblings(&node);
         Ok(fd)
+    }
+
+    /// A file of a lower layer is read for the first time: have look-ahead read its small
+    /// siblings, once per directory.
+    pub(crate) fn offer_siblings(&self, node: &Node) {
+        let Some(la) = self.lookahead.get() else {
+            return;
+        };
+        let Some((parent, _)) = node.link() else {
+            return;
+        };
+        if parent.siblings_offered.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let layers = parent.state.read().layers.clone();
+        let path = parent.path();
+        for l in layers {
+            let lower = !(self.upper.is_some() && l == 0);
+            if lower && self.layers[l as usize].cvmfs.is_none() {
+                la.offer(lookahead::Job {
+                    layer: l,
+                    rel: path.clone(),
+                    siblings: true,
+                });
+            }
+        }
     }
 
     /// Drop a cached descriptor (the node was forgotten).

@@ -915,7 +915,11 @@ impl Overlay {
         let trunc = flags & libc::O_TRUNC != 0;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || trunc;
         if !write {
-            return Ok((self.open_file(&node)?, false));
+            let fd = self.open_file(&node)?;
+            if node.top() != 0 {
+                self.offer_siblings(&node);
+            }
+            return Ok((fd, false));
         }
         self.upper()?;
         {
