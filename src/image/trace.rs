@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::Error as ConvertError;
 use super::repo::{Image, Repo};
-use crate::stack::trace::{self, Trace, TraceFile};
+use crate::stack::trace::{self, RepoDir, Trace, TraceFile};
 
 /// What a stack of directories is in the repository that holds them.
 enum Stacked {
@@ -16,25 +16,12 @@ enum Stacked {
     Layers { root: PathBuf, layers: Vec<String> },
 }
 
-/// `(is it a flat root, hex digest, depth below the repository root)` when `dir` is named as
-/// a flat root (`.flat/<xx>/<hex>`) or a layer directory (`.layers/<xx>/<hex>/layerfs`).
-fn kind_of(dir: &Path) -> Option<(bool, String, usize)> {
-    let parts: Vec<&str> = dir.iter().filter_map(|c| c.to_str()).collect();
-    let (flat, hex, depth) = match parts.as_slice() {
-        [.., ".layers", _, h, "layerfs"] => (false, *h, 4),
-        [.., ".flat", _, h] => (true, *h, 3),
-        _ => return None,
-    };
-    let is_hex = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-    is_hex.then(|| (flat, hex.to_string(), depth))
-}
-
 /// `(repository root, is it a flat root, hex)` of `dir`, symlinks resolved (podman's store
 /// links to flat roots).
 fn place(dir: &Path) -> Option<(PathBuf, bool, String)> {
     let real = std::fs::canonicalize(dir).ok()?;
-    let (flat, hex, depth) = kind_of(&real)?;
-    Some((real.ancestors().nth(depth)?.to_path_buf(), flat, hex))
+    let d = RepoDir::parse(&real)?;
+    Some((real.ancestors().nth(d.depth)?.to_path_buf(), d.flat, d.hex))
 }
 
 fn stacked(dirs: &[PathBuf]) -> Option<Stacked> {
@@ -164,7 +151,7 @@ pub fn save_from_log(
 /// writable layer listed first is skipped.
 fn image_of_log_layers(repo: &Repo, dirs: &[PathBuf]) -> Option<String> {
     let hex_of = |p: &Path, flat: bool| -> Option<String> {
-        kind_of(p).filter(|(f, _, _)| *f == flat).map(|(_, h, _)| h)
+        RepoDir::parse(p).filter(|d| d.flat == flat).map(|d| d.hex)
     };
     for skip in 0..dirs.len().min(2) {
         let rest = &dirs[skip..];

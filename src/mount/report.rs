@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::mount::Error;
 use crate::mount::access::{Header, Record};
 use crate::overlay::prefetch::State;
+use crate::stack::trace::RepoDir;
 
 #[derive(Default, Clone, Copy)]
 struct Count {
@@ -43,20 +44,10 @@ fn totals(dir: &Path) -> std::io::Result<Count> {
 /// through podmanStore's links) as `flat sha256:<hex>`; other layers by their path.
 fn label(p: &Path) -> String {
     let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let parts: Vec<String> = real
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
-    match parts.as_slice() {
-        [.., layers, _, hex, last]
-            if layers == ".layers" && last == "layerfs" && hex.len() == 64 =>
-        {
-            format!("sha256:{}", &hex[..12])
-        }
-        [.., flat, _, hex] if flat == ".flat" && hex.len() == 64 => {
-            format!("flat sha256:{}", &hex[..12])
-        }
-        _ => p.display().to_string(),
+    match RepoDir::parse(&real) {
+        Some(d) if d.flat => format!("flat sha256:{}", &d.hex[..12]),
+        Some(d) => format!("sha256:{}", &d.hex[..12]),
+        None => p.display().to_string(),
     }
 }
 

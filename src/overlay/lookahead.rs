@@ -57,14 +57,17 @@ pub fn start(ov: &Arc<Overlay>, threads: usize) {
             .name(format!("lookahead-{i}"))
             .spawn(move || {
                 super::prefetch::lowest_priority();
-                let mut n = 0u64;
+                let (mut n, mut short) = (0u64, false);
                 while let Ok(job) = rx.recv() {
                     let Some(ov) = weak.upgrade() else { break };
-                    n += 1;
-                    if n % 64 == 0 && super::prefetch::memory_short() {
-                        continue;
+                    // Memory is looked at every 64 jobs; while short, jobs are dropped.
+                    if n % 64 == 0 {
+                        short = super::prefetch::memory_short();
                     }
-                    warm(&ov, &job);
+                    n += 1;
+                    if !short {
+                        warm(&ov, &job);
+                    }
                 }
             });
         if let Err(e) = spawned {

@@ -182,6 +182,11 @@ impl Overlay {
         self.upper.is_some() && !self.read_only
     }
 
+    /// Whether stack index `l` is a read-only layer (not the writable one).
+    pub(crate) fn is_lower(&self, l: u16) -> bool {
+        !(self.upper.is_some() && l == 0)
+    }
+
     pub fn layers(&self) -> &[Layer] {
         &self.layers
     }
@@ -402,9 +407,8 @@ impl Overlay {
         })?;
         if let Some(la) = self.lookahead.get() {
             let path = dir.path();
-            let lower = |l: &&u16| !(self.upper.is_some() && **l == 0);
             for e in listing.entries().iter().filter(|e| e.kind == libc::S_IFDIR) {
-                for &l in state.layers.iter().filter(lower) {
+                for &l in state.layers.iter().filter(|l| self.is_lower(**l)) {
                     la.offer(lookahead::Job {
                         layer: l,
                         rel: join(&path, &e.name),
@@ -490,8 +494,7 @@ impl Overlay {
         let layers = parent.state.read().layers.clone();
         let path = parent.path();
         for l in layers {
-            let lower = !(self.upper.is_some() && l == 0);
-            if lower && self.layers[l as usize].cvmfs.is_none() {
+            if self.is_lower(l) && self.layers[l as usize].cvmfs.is_none() {
                 la.offer(lookahead::Job {
                     layer: l,
                     rel: path.clone(),

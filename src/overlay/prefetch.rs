@@ -198,7 +198,7 @@ fn fetch(ov: &Overlay, f: &TraceFile, buf: &mut [u8]) -> io::Result<Option<u64>>
         return Ok(None);
     };
     let top = holders[0];
-    if (ov.upper.is_some() && top == 0) || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    if !ov.is_lower(top) || st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Ok(None);
     }
     let fd = ov.layers[top as usize].open_read(rel)?;
