@@ -78,6 +78,15 @@ fn publish(dir: &Path, sub: &str) -> PathBuf {
     p
 }
 
+/// A name no earlier run published (the stratum-0 outlives test runs).
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
 /// Empty the client's cache: every object is downloaded again on first use.
 fn drop_client_cache() {
     run_ok(Command::new("cvmfs_talk").args(["-i", REPO, "cleanup", "0"]));
@@ -311,14 +320,7 @@ fn an_image_from_a_real_cernvm_fs_client() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let sub = format!(
-        "stratafs-e2e/{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let sub = format!("stratafs-e2e/{}", unique());
     let client_repo = publish(&repo, &sub);
     let layers = client_layers(&client_repo);
     assert_eq!(layers.len(), 2, "{layers:?}");
@@ -526,15 +528,17 @@ fn convert_publishes_in_one_transaction_or_not_at_all() {
     let client = cvmfs_up();
     let tmp = tempfile::tempdir().unwrap();
     let layout = app_image(tmp.path());
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let unique = unique();
     let target = format!("cvmfs:{REPO}");
+    // `convert --publish` into /cvmfs/REPO/<sub>.
+    let convert_into = |sub: &str, layout: &Path| {
+        convert(
+            Path::new(&format!("/cvmfs/{REPO}/{sub}")),
+            layout,
+            "example.org/sci/app:1",
+            &["--publish", &target],
+        )
+    };
     let in_txn = || Path::new(&format!("/var/spool/cvmfs/{REPO}/in_transaction.lock")).exists();
 
     // --repo outside the repository's tree: refused before any transaction.
@@ -570,12 +574,7 @@ fn convert_publishes_in_one_transaction_or_not_at_all() {
     bytes[mid] ^= 0xff;
     std::fs::write(&app_blob, bytes).unwrap();
     let failed_sub = format!("stratafs-e2e/failed-{unique}");
-    let out = convert(
-        Path::new(&format!("/cvmfs/{REPO}/{failed_sub}")),
-        &bad,
-        "example.org/sci/app:1",
-        &["--publish", &target],
-    );
+    let out = convert_into(&failed_sub, &bad);
     assert!(
         !out.status.success(),
         "a corrupt layer must fail the convert"
@@ -589,12 +588,7 @@ fn convert_publishes_in_one_transaction_or_not_at_all() {
 
     // The good one: published whole, without stratafs' scratch.
     let sub = format!("stratafs-e2e/published-{unique}");
-    let out = convert(
-        Path::new(&format!("/cvmfs/{REPO}/{sub}")),
-        &layout,
-        "example.org/sci/app:1",
-        &["--publish", &target],
-    );
+    let out = convert_into(&sub, &layout);
     assert!(
         out.status.success(),
         "{}",
