@@ -24,8 +24,9 @@ pub struct Cli {
     /// fsname=NAME, passthrough[=on|off] (read-only mounts), threads=N, prefetch=off|FILE
     /// (read ahead the files of a trace; by default the image's own, if its repository has one),
     /// access_log=FILE, stats=FILE (FUSE requests by opcode and the time in each, written at
-    /// unmount), lookahead=on|off (read subdirectories of a listed directory ahead, on by
-    /// default), context="..." (accepted),
+    /// unmount), lookahead=on|off (read subdirectories of a listed directory and small siblings
+    /// of a read file ahead, on by default), writeback=on|off (the kernel's writeback cache on
+    /// a writable mount, off by default), context="..." (accepted),
     /// and the kernel flags ro, rw, dev, nodev, suid, nosuid, exec, noexec. Unknown options are
     /// warned about and ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]
