@@ -54,6 +54,11 @@ fn kit() -> PathBuf {
 /// revision. Returns the client's mount of the repository.
 fn cvmfs_up() -> PathBuf {
     require_root();
+    let mut first = false;
+    FIRST_UP.call_once(|| {
+        first = true;
+        detach_dead_mounts();
+    });
     let out = run_ok(Command::new("bash").arg(kit().join("cvmfs-up.sh")));
     let client = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     assert!(
@@ -61,7 +66,51 @@ fn cvmfs_up() -> PathBuf {
         "{} is not mounted",
         client.display()
     );
+    if first {
+        abort_stale_transaction();
+    }
     client
+}
+
+/// Mends, once per run, what an earlier run killed from outside (a job runner ending stray
+/// processes, the OOM killer) leaves behind.
+static FIRST_UP: std::sync::Once = std::sync::Once::new();
+
+/// A killed CernVM-FS daemon leaves its mount answering ENOTCONN, and the kit's scripts take
+/// a mount point for a live mount. Detach dead ones (every copy stacked on the same point) so
+/// that cvmfs-up.sh mounts afresh: the client, and the stratum-0's read-only mount with the
+/// overlay on top of it.
+fn detach_dead_mounts() {
+    // The kernel may still answer stat from cached attributes; a listing asks the daemon.
+    let dead = |p: &Path| {
+        std::fs::read_dir(p).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
+    };
+    let client = PathBuf::from(format!("/var/tmp/cvmfs-client/{REPO}"));
+    let rdonly = PathBuf::from(format!("/var/spool/cvmfs/{REPO}/rdonly"));
+    let union = PathBuf::from(format!("/cvmfs/{REPO}"));
+    let mut stale = Vec::new();
+    if dead(&client) {
+        stale.push(client);
+    }
+    if dead(&rdonly) {
+        stale.push(union);
+        stale.push(rdonly);
+    }
+    for m in stale {
+        while is_mountpoint(&m) {
+            eprintln!("cvmfs: detaching the dead mount {}", m.display());
+            run_ok(Command::new("umount").arg("-l").arg(&m));
+        }
+    }
+}
+
+/// A transaction a killed run left open would make every publish fail; the repository is
+/// this suite's own.
+fn abort_stale_transaction() {
+    if Path::new(&format!("/var/spool/cvmfs/{REPO}/in_transaction.lock")).exists() {
+        eprintln!("cvmfs: aborting the transaction an earlier run left open");
+        run_ok(Command::new("cvmfs_server").args(["abort", "-f", REPO]));
+    }
 }
 
 /// Publish `dir` at `/cvmfs/REPO/<sub>` in one transaction and make the client see it.
