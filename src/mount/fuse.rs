@@ -91,7 +91,19 @@ impl Backings {
     }
 }
 
-pub struct StrataFs {
+/// The fuser session's filesystem and, with `-o io_uring`, the ring queues' too: a cheap
+/// handle on one shared state.
+#[derive(Clone)]
+pub struct StrataFs(Arc<Shared>);
+
+impl std::ops::Deref for StrataFs {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     ov: Arc<Overlay>,
     /// Set once the session exists: tells the kernel what a copy-up made stale.
     notifier: Arc<OnceLock<fuser::Notifier>>,
@@ -107,6 +119,9 @@ pub struct StrataFs {
     stats: Option<Arc<Stats>>,
     /// Ask for the kernel's writeback cache on a writable mount.
     writeback: bool,
+    /// Rings made before INIT (`-o io_uring`); still here after INIT if the kernel agreed
+    /// to use them, until [`StrataFs::start_io_uring`].
+    uring: Mutex<Option<crate::mount::uring::Rings>>,
 }
 
 impl StrataFs {
@@ -115,8 +130,35 @@ impl StrataFs {
         mut self,
         log: Option<Arc<crate::mount::access::AccessLog>>,
     ) -> StrataFs {
-        self.access = log;
+        self.configure().access = log;
         self
+    }
+
+    /// Settings are made before the session shares the state.
+    fn configure(&mut self) -> &mut Shared {
+        Arc::get_mut(&mut self.0).expect("configured before the session starts")
+    }
+
+    /// Offer `rings` to the kernel at INIT.
+    pub fn with_io_uring(mut self, rings: Option<crate::mount::uring::Rings>) -> StrataFs {
+        self.configure().uring = Mutex::new(rings);
+        self
+    }
+
+    /// After the handshake: serve the rings the kernel agreed to at INIT, on `dev` (the
+    /// session's `/dev/fuse`). Until every queue is registered the kernel holds requests
+    /// back, so a mount that cannot serve them ends here rather than hang.
+    pub fn start_io_uring(&self, dev: std::os::fd::BorrowedFd<'_>) {
+        let Some(rings) = self.uring.lock().take() else {
+            return;
+        };
+        match dev.try_clone_to_owned() {
+            Ok(dev) => rings.start(dev, self.clone()),
+            Err(e) => {
+                tracing::error!("io_uring: /dev/fuse: {e}; ending the mount");
+                std::process::exit(1);
+            }
+        }
     }
 
     pub fn new(
@@ -124,7 +166,7 @@ impl StrataFs {
         passthrough: Passthrough,
         notifier: Arc<OnceLock<fuser::Notifier>>,
     ) -> StrataFs {
-        StrataFs {
+        StrataFs(Arc::new(Shared {
             ov,
             notifier,
             passthrough,
@@ -138,23 +180,60 @@ impl StrataFs {
             access: None,
             stats: None,
             writeback: false,
-        }
+            uring: Mutex::new(None),
+        }))
     }
 
     /// Let the kernel cache writes (`writeback=on`).
     pub fn with_writeback(mut self, on: bool) -> StrataFs {
-        self.writeback = on;
+        self.configure().writeback = on;
         self
     }
 
     /// Count requests and their time in `stats`.
     pub fn with_stats(mut self, stats: Option<Arc<Stats>>) -> StrataFs {
-        self.stats = stats;
+        self.configure().stats = stats;
         self
     }
 
-    fn timed(&self, op: Op) -> Option<Timer<'_>> {
+    pub(crate) fn timed(&self, op: Op) -> Option<Timer<'_>> {
         self.stats.as_ref().map(|s| s.time(op))
+    }
+
+    pub(crate) fn overlay(&self) -> &Overlay {
+        &self.ov
+    }
+
+    /// Read from file `ino` (through handle `fh` when it has one) into `buf`, and record
+    /// the read for the access log.
+    pub(crate) fn read_into(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        let fd = match self.handles.get(&fh) {
+            Some(h) => Arc::clone(&h.fd),
+            None => self.ov.cached_file(ino)?,
+        };
+        let n = Overlay::read_at(&fd, buf, offset)?;
+        if let Some(log) = &self.access {
+            log.record(ino, n, || {
+                let (path, layer) = self.ov.origin(ino)?;
+                Some((String::from_utf8_lossy(&path).into_owned(), layer))
+            });
+        }
+        Ok(n)
+    }
+
+    /// Forget handle `fh` and its backing file's use.
+    pub(crate) fn release_handle(&self, fh: u64) {
+        if let Some((_, h)) = self.handles.remove(&fh) {
+            if h.passthrough {
+                self.backings.lock().release(h.ino);
+            }
+        }
     }
 }
 
@@ -236,9 +315,12 @@ impl Filesystem for StrataFs {
         }
         // Readdirplus (the kernel picks when): a listing also answers the lookups that follow.
         want |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        let rings = self.uring.lock().take();
+        let rings = rings.filter(|_| self.ring_usable(caps));
         let root = rustix::process::geteuid().is_root();
         if self.passthrough == Passthrough::On
             && !self.ov.writable()
+            && rings.is_none()
             && root
             && caps.contains(InitFlags::FUSE_PASSTHROUGH)
             && config.set_max_stack_depth(1).is_ok()
@@ -246,8 +328,15 @@ impl Filesystem for StrataFs {
             want |= InitFlags::FUSE_PASSTHROUGH;
             self.handle_opens.store(true, Ordering::Relaxed);
         }
+        if rings.is_some() {
+            want |= InitFlags::FUSE_OVER_IO_URING;
+            // Each ring entry holds a buffer of the largest request.
+            let _ = config.set_max_write(crate::mount::uring::MAX_PAYLOAD);
+        }
         let _ = config.add_capabilities(want & caps);
         let _ = config.set_max_readahead(1 << 20);
+        // Kept for start_io_uring, once fuser has sent this reply.
+        *self.uring.lock() = rings;
         info!(
             passthrough = self.handle_opens.load(Ordering::Relaxed),
             "mount is live"
@@ -369,26 +458,10 @@ impl Filesystem for StrataFs {
         reply: ReplyData,
     ) {
         let _t = self.timed(Op::Read);
-        let fd = match self.handles.get(&fh.0) {
-            Some(h) => Ok(Arc::clone(&h.fd)),
-            None => self.ov.cached_file(ino.0),
-        };
-        let fd = match fd {
-            Ok(fd) => fd,
-            Err(e) => return reply.error(err(e)),
-        };
         READ_BUF.with_borrow_mut(|buf| {
             buf.resize(size as usize, 0);
-            match Overlay::read_at(&fd, &mut buf[..size as usize], offset) {
-                Ok(n) => {
-                    reply.data(&buf[..n]);
-                    if let Some(log) = &self.access {
-                        log.record(ino.0, n, || {
-                            let (path, layer) = self.ov.origin(ino.0)?;
-                            Some((String::from_utf8_lossy(&path).into_owned(), layer))
-                        });
-                    }
-                }
+            match self.read_into(ino.0, fh.0, offset, &mut buf[..size as usize]) {
+                Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -419,11 +492,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         let _t = self.timed(Op::Release);
-        if let Some((_, h)) = self.handles.remove(&fh.0) {
-            if h.passthrough {
-                self.backings.lock().release(h.ino);
-            }
-        }
+        self.release_handle(fh.0);
         reply.ok();
     }
 
@@ -865,6 +934,19 @@ impl Filesystem for StrataFs {
 }
 
 impl StrataFs {
+    /// Whether this mount can be served through the rings; says why not otherwise.
+    fn ring_usable(&self, caps: InitFlags) -> bool {
+        let why_not = if self.ov.writable() {
+            "the rings serve read-only mounts so far"
+        } else if !caps.contains(InitFlags::FUSE_OVER_IO_URING) {
+            "the kernel does not offer it (/sys/module/fuse/parameters/enable_uring is N)"
+        } else {
+            return true;
+        };
+        info!("io_uring not used: {why_not}; serving through /dev/fuse");
+        false
+    }
+
     /// After a reply: invalidate what the request made stale in the kernel's caches.
     fn notify_stale(&self) {
         let stale = self.ov.take_stale();

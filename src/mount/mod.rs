@@ -1,6 +1,6 @@
 //! Front ends that put the overlay core in front of the kernel: the fuser adapter
 //! ([`fuse`]), the fuse-overlayfs option language ([`options`]) and the typed mount plan built
-//! from it ([`plan`]), daemonizing ([`daemon`]), and measuring what a mount was asked for
+//! from it ([`plan`]), daemonizing ([`daemon`]), FUSE over io_uring ([`uring`]), and measuring what a mount was asked for
 //! ([`access`], [`report`]).
 
 pub mod access;
@@ -12,5 +12,6 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod uring;
 
 pub use error::Error;

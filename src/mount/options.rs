@@ -32,6 +32,8 @@ pub struct MountOptions {
     pub stats: Option<PathBuf>,
     /// Read subdirectories of listed directories ahead (`lookahead=off` turns it off).
     pub lookahead: bool,
+    /// Serve requests through FUSE over io_uring when the kernel allows it (`io_uring`).
+    pub io_uring: bool,
     /// The kernel's writeback cache on a writable mount (`writeback=on`).
     pub writeback: bool,
     /// Options we accept and ignore, with a warning.
@@ -77,6 +79,7 @@ impl Default for MountOptions {
             prefetch: Prefetch::Auto,
             stats: None,
             lookahead: true,
+            io_uring: false,
             writeback: false,
             ignored: Vec::new(),
         }
@@ -254,6 +257,7 @@ impl MountOptions {
             "stats" => self.stats = Some(PathBuf::from(nonempty(key, val)?)),
             "writeback" => self.writeback = on_off(opt, val)?,
             "lookahead" => self.lookahead = on_off(opt, val)?,
+            "io_uring" => self.io_uring = on_off(opt, val)?,
             "prefetch" => {
                 self.prefetch = match nonempty(key, val)?.as_str() {
                     "off" => Prefetch::Off,

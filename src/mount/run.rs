@@ -3,6 +3,7 @@
 //! until unmounted.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -229,6 +230,20 @@ fn or_fail<T>(ready: &mut Ready, option: &str, file: &Path, r: io::Result<T>) ->
     })
 }
 
+/// The rings for `-o io_uring`, made before the mount so that a failure only means none.
+fn rings(wanted: bool) -> Option<crate::mount::uring::Rings> {
+    if !wanted {
+        return None;
+    }
+    if !crate::mount::uring::kernel_enabled() {
+        info!("io_uring not used: /sys/module/fuse/parameters/enable_uring is not Y");
+        return None;
+    }
+    crate::mount::uring::Rings::new()
+        .inspect_err(|e| warn!("io_uring not used: {e}"))
+        .ok()
+}
+
 /// Mount `plan` and serve it. Returns only in the foreground or on error.
 pub fn run(plan: &MountPlan) -> Result<(), Error> {
     let opts = &plan.options;
@@ -274,7 +289,9 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
     )
     .with_access_log(access.clone())
     .with_stats(stats.clone())
-    .with_writeback(opts.writeback);
+    .with_writeback(opts.writeback)
+    .with_io_uring(rings(opts.io_uring));
+    let shared = fs.clone();
     let session = match open_session(fs, &mountpoint, plan, config) {
         Ok(s) => s,
         Err(e) => {
@@ -287,6 +304,7 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         }
     };
     let _ = notifier.set(session.notifier());
+    shared.start_io_uring(session.as_fd());
     info!(mountpoint = %mountpoint.display(), layers = plan.lowerdirs.len(), "mounted");
     let daemonized = ready.is_daemon();
     ready.ok();

@@ -20,7 +20,7 @@ pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
 
 /// Attributes of a merged inode, independent of any front end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Attr {
     pub ino: Ino,
     pub mode: u32,

@@ -1,0 +1,209 @@
+//! FUSE over io_uring (Linux 6.14+, `/sys/module/fuse/parameters/enable_uring`): one queue
+//! per CPU, each served by a thread pinned to that CPU, so a request is answered on the CPU
+//! that sent it instead of waking a `/dev/fuse` reader elsewhere (benches/RESULTS.md, "The
+//! ceiling for FUSE over io_uring").
+//!
+//! fuser keeps the session: INIT, FORGET and INTERRUPT (which the kernel still sends through
+//! `/dev/fuse`), notifications, and every request until all queues are registered. The kernel
+//! blocks requests from INIT until every queue has an entry, so the rings are made before
+//! INIT (a failure there means no ring, never a hung mount) and FUSE_OVER_IO_URING is only
+//! answered when each queue's thread is about to register.
+
+mod serve;
+pub mod wire;
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::thread;
+use std::time::Duration;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use tracing::{debug, error, info, warn};
+
+use crate::mount::fuse::StrataFs;
+
+/// Requests in flight per queue: enough that a queue's next request is already in its
+/// buffer when the thread comes back from the last one.
+const DEPTH: usize = 4;
+
+/// The largest write and read the mount negotiates when it uses the rings; each ring entry
+/// holds a payload buffer of this size (allocated lazily by the kernel's zero pages).
+pub const MAX_PAYLOAD: u32 = 1 << 20;
+
+type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
+
+/// One ring per possible CPU, made before the mount's INIT.
+pub struct Rings {
+    rings: Vec<Ring>,
+}
+
+/// Whether the kernel lets FUSE use io_uring at all (root may turn it on at any time).
+pub fn kernel_enabled() -> bool {
+    fs::read_to_string("/sys/module/fuse/parameters/enable_uring").is_ok_and(|s| s.trim() == "Y")
+}
+
+/// The kernel's queue count: its possible CPUs, which must be numbered 0..n.
+fn possible_cpus() -> io::Result<usize> {
+    let s = fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    let s = s.trim();
+    let n = match s.split_once('-') {
+        Some(("0", hi)) => hi.parse::<usize>().ok().map(|h| h + 1),
+        None if s == "0" => Some(1),
+        _ => None,
+    };
+    n.ok_or_else(|| io::Error::other(format!("possible CPUs {s:?} are not 0..n")))
+}
+
+impl Rings {
+    pub fn new() -> io::Result<Rings> {
+        let n = possible_cpus()?;
+        let rings = (0..n)
+            .map(|_| Ring::builder().build(DEPTH as u32))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Rings { rings })
+    }
+
+    /// Serve every queue from its own thread on `dev` (a descriptor of the session's
+    /// `/dev/fuse`). Called from INIT, once FUSE_OVER_IO_URING is in its reply: registration
+    /// waits for the reply to reach the kernel. A queue that cannot be served would hang the
+    /// mount, so such a failure ends the daemon instead.
+    pub fn start(self, dev: OwnedFd, fs: StrataFs) {
+        let dev = std::sync::Arc::new(dev);
+        for (qid, ring) in self.rings.into_iter().enumerate() {
+            let dev = std::sync::Arc::clone(&dev);
+            let fs = fs.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("fuse-ring-{qid}"))
+                .spawn(move || {
+                    if let Err(e) = Queue::new(ring, qid as u16, &dev).and_then(|q| q.run(&fs)) {
+                        error!(queue = qid, error = %e, "io_uring queue failed; ending the mount");
+                        std::process::exit(1);
+                    }
+                });
+            if let Err(e) = spawned {
+                error!(queue = qid, error = %e, "io_uring queue thread; ending the mount");
+                std::process::exit(1);
+            }
+        }
+        info!("serving through io_uring");
+    }
+}
+
+/// A ring entry's buffers: the kernel keeps their addresses from REGISTER on.
+struct Ent {
+    header: Box<[u8]>,
+    payload: Box<[u8]>,
+    iov: Box<[libc::iovec; 2]>,
+}
+
+struct Queue<'d> {
+    ring: Ring,
+    qid: u16,
+    dev: &'d OwnedFd,
+    ents: Vec<Ent>,
+}
+
+impl<'d> Queue<'d> {
+    fn new(ring: Ring, qid: u16, dev: &'d OwnedFd) -> io::Result<Queue<'d>> {
+        let mut cpus = rustix::thread::CpuSet::new();
+        cpus.set(qid as usize);
+        // The queue is named after the CPU whose requests it receives; answering them there
+        // is the point. An offline CPU's queue still needs a thread, pinned or not.
+        if let Err(e) = rustix::thread::sched_setaffinity(None, &cpus) {
+            debug!(queue = qid, error = %e, "not pinned");
+        }
+        let ents = (0..DEPTH)
+            .map(|_| {
+                let mut header = vec![0u8; wire::HEADER_LEN].into_boxed_slice();
+                let mut payload = vec![0u8; MAX_PAYLOAD as usize].into_boxed_slice();
+                let iov = Box::new([
+                    libc::iovec {
+                        iov_base: header.as_mut_ptr().cast(),
+                        iov_len: header.len(),
+                    },
+                    libc::iovec {
+                        iov_base: payload.as_mut_ptr().cast(),
+                        iov_len: payload.len(),
+                    },
+                ]);
+                Ent {
+                    header,
+                    payload,
+                    iov,
+                }
+            })
+            .collect();
+        Ok(Queue {
+            ring,
+            qid,
+            dev,
+            ents,
+        })
+    }
+
+    fn push(&mut self, i: usize, cmd: u32, commit_id: u64) -> io::Result<()> {
+        let sqe = opcode::UringCmd80::new(types::Fd(self.dev.as_raw_fd()), cmd)
+            .cmd(wire::cmd_req(commit_id, self.qid))
+            .addr(Some(self.ents[i].iov.as_ptr() as u64))
+            .build()
+            .user_data(i as u64);
+        let sqe = with_len(sqe, 2);
+        // SAFETY: the iovecs and the buffers they name live in `self.ents` as long as the
+        // ring (the kernel drops its references when the ring is closed first: field order).
+        unsafe { self.ring.submission().push(&sqe) }
+            .map_err(|_| io::Error::other("submission queue full"))
+    }
+
+    fn run(mut self, fs: &StrataFs) -> io::Result<()> {
+        for i in 0..DEPTH {
+            self.push(i, wire::CMD_REGISTER, 0)?;
+        }
+        let mut live = DEPTH;
+        let mut served = 0u64;
+        while live > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            let done: Vec<(usize, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data() as usize, c.result()))
+                .collect();
+            for (i, res) in done {
+                if res == -libc::EAGAIN {
+                    // INIT's reply has not reached the kernel yet.
+                    thread::sleep(Duration::from_millis(1));
+                    self.push(i, wire::CMD_REGISTER, 0)?;
+                    continue;
+                }
+                if res < 0 {
+                    // ENOTCONN / ECANCELED: the mount is gone.
+                    if res != -libc::ENOTCONN && res != -libc::ECANCELED {
+                        warn!(queue = self.qid, error = %io::Error::from_raw_os_error(-res), "ring entry ended");
+                    }
+                    live -= 1;
+                    continue;
+                }
+                let ent = &mut self.ents[i];
+                let commit = wire::commit_id(&ent.header);
+                serve::request(fs, &mut ent.header, &mut ent.payload);
+                served += 1;
+                self.push(i, wire::CMD_COMMIT_AND_FETCH, commit)?;
+            }
+        }
+        debug!(queue = self.qid, served, "io_uring queue done");
+        Ok(())
+    }
+}
+
+/// io-uring's URING_CMD builder has no `len`; FUSE wants the iovec count there.
+fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
+    // SAFETY: Entry128 is repr(C): a 64-byte io_uring_sqe, then 64 command bytes. `len` is
+    // the u32 at byte 24 of io_uring_sqe in the kernel ABI.
+    let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+    raw[24..28].copy_from_slice(&len.to_le_bytes());
+    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
+}
