@@ -584,7 +584,12 @@ fn kill_9_leaves_upper_consistent() {
     );
     let m = base.join("m");
     for round in 0..3 {
-        run_ok(Command::new(BIN).arg("-o").arg(&opts).arg(&m));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-o").arg(&opts);
+        for e in common::transport_opts() {
+            cmd.arg("-o").arg(e);
+        }
+        run_ok(cmd.arg(&m));
         let pid = daemon_pid(&m);
         // Writers: copy-ups (appends to big files) and renames, in the background.
         let script = format!(

@@ -29,7 +29,6 @@ use parking_lot::Mutex;
 use tracing::{debug, info};
 
 use crate::overlay::Overlay;
-use crate::overlay::acl;
 use crate::overlay::inode::{Attr, Node, ROOT_INO};
 use crate::overlay::write::{Caller, NewEntry, SetAttr, SetTime};
 
@@ -49,11 +48,11 @@ pub enum Passthrough {
     Off,
 }
 
-struct Handle {
-    ino: u64,
-    fd: Arc<OwnedFd>,
-    passthrough: bool,
-    writable: bool,
+pub(super) struct Handle {
+    pub(super) ino: u64,
+    pub(super) fd: Arc<OwnedFd>,
+    pub(super) passthrough: bool,
+    pub(super) writable: bool,
 }
 
 /// The kernel's backing file of one inode. Every passthrough open of an inode must name the
@@ -104,15 +103,15 @@ impl std::ops::Deref for StrataFs {
 }
 
 pub struct Shared {
-    ov: Arc<Overlay>,
+    pub(super) ov: Arc<Overlay>,
     /// Set once the session exists: tells the kernel what a copy-up made stale.
     notifier: Arc<OnceLock<fuser::Notifier>>,
     passthrough: Passthrough,
     /// Set in init: OPEN is answered (for passthrough) instead of declined.
     handle_opens: AtomicBool,
-    handles: DashMap<u64, Handle>,
+    pub(super) handles: DashMap<u64, Handle>,
     backings: Mutex<Backings>,
-    next_fh: AtomicU64,
+    pub(super) next_fh: AtomicU64,
     /// Files read, for `stratafs report`.
     access: Option<Arc<crate::mount::access::AccessLog>>,
     /// Requests by opcode, for `-o stats=FILE`.
@@ -200,6 +199,10 @@ impl StrataFs {
         self.stats.as_ref().map(|s| s.time(op))
     }
 
+    pub(crate) fn stats(&self) -> Option<&Stats> {
+        self.stats.as_deref()
+    }
+
     pub(crate) fn overlay(&self) -> &Overlay {
         &self.ov
     }
@@ -278,6 +281,13 @@ fn to_fuse(a: &Attr) -> FileAttr {
         rdev: a.rdev as u32,
         blksize: a.blksize,
         flags: 0,
+    }
+}
+
+fn reply_made(r: io::Result<Attr>, reply: ReplyEntry) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &to_fuse(&a), Generation(0)),
+        Err(e) => reply.error(err(e)),
     }
 }
 
@@ -387,11 +397,8 @@ impl Filesystem for StrataFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _t = self.timed(Op::Open);
         if self.ov.writable() {
-            match self.ov.open(ino.0, flags.0, lacks_fsetid(req)) {
-                Ok((fd, writable)) => {
-                    let fh = self.add_handle(ino.0, fd, writable);
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
-                }
+            match self.open_handle(ino.0, flags.0, lacks_fsetid(req)) {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
                 Err(e) => reply.error(err(e)),
             }
             return self.notify_stale();
@@ -621,13 +628,10 @@ impl Filesystem for StrataFs {
         reply: ReplyWrite,
     ) {
         let _t = self.timed(Op::Write);
-        let Some(fd) = self.writable_fd(fh) else {
-            return reply.error(Errno::EBADF);
-        };
         let kill = write_flags
             .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
             .then(|| req.gid());
-        let r = self.ov.write_data(ino.0, &fd, offset, data, kill);
+        let r = self.write_handle(ino.0, fh.0, offset, data, kill);
         self.notify_stale();
         match r {
             Ok(n) => reply.written(n as u32),
@@ -644,10 +648,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         let _t = self.timed(Op::Fsync);
-        let Some(fd) = self.handles.get(&fh.0).map(|h| Arc::clone(&h.fd)) else {
-            return reply.ok();
-        };
-        match self.ov.fsync(&fd, datasync) {
+        match self.fsync_handle(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -676,12 +677,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         let _t = self.timed(Op::Fallocate);
-        let Some(fd) = self.writable_fd(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        let r = self
-            .ov
-            .fallocate(ino.0, &fd, offset, length, mode, lacks_fsetid(req));
+        let r = self.fallocate_handle(ino.0, fh.0, (offset, length, mode), lacks_fsetid(req));
         self.notify_stale();
         match r {
             Ok(()) => reply.ok(),
@@ -717,8 +713,7 @@ impl Filesystem for StrataFs {
             mtime: mtime.map(set_time),
             kill_suidgid: lacks_fsetid(req),
         };
-        let fd = fh.and_then(|fh| self.handles.get(&fh.0).map(|h| Arc::clone(&h.fd)));
-        match self.ov.setattr(ino.0, &sa, fd.as_deref()) {
+        match self.set_attr(ino.0, &sa, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&TTL, &to_fuse(&a)),
             Err(e) => reply.error(err(e)),
         }
@@ -736,28 +731,15 @@ impl Filesystem for StrataFs {
         reply: ReplyCreate,
     ) {
         let _t = self.timed(Op::Create);
-        match self.ov.create(
-            parent.0,
-            name.as_bytes(),
-            NewEntry::File,
-            mode,
-            caller_with_umask(req, umask),
-        ) {
-            Ok((node, Some(fd))) => {
-                let attr = match self.ov.attr(&node) {
-                    Ok(a) => to_fuse(&a),
-                    Err(e) => return reply.error(err(e)),
-                };
-                let fh = self.add_handle(node.ino, fd, true);
-                reply.created(
-                    &TTL,
-                    &attr,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                );
-            }
-            Ok((_, None)) => reply.error(Errno::EIO),
+        let who = caller_with_umask(req, umask);
+        match self.create_file(parent.0, name.as_bytes(), mode, who) {
+            Ok((attr, fh)) => reply.created(
+                &TTL,
+                &to_fuse(&attr),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(err(e)),
         }
         self.notify_stale();
@@ -773,14 +755,9 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         let _t = self.timed(Op::Mkdir);
-        let r = self.ov.create(
-            parent.0,
-            name.as_bytes(),
-            NewEntry::Dir,
-            mode,
-            caller_with_umask(req, umask),
-        );
-        self.reply_new(r.map(|(n, _)| n), reply);
+        let who = caller_with_umask(req, umask);
+        let r = self.make(parent.0, name.as_bytes(), NewEntry::Dir, mode, who);
+        reply_made(r, reply);
         self.notify_stale();
     }
 
@@ -800,14 +777,8 @@ impl Filesystem for StrataFs {
         } else {
             NewEntry::Node(rdev as u64)
         };
-        let r = self.ov.create(
-            parent.0,
-            name.as_bytes(),
-            what,
-            mode,
-            caller_with_umask(req, umask),
-        );
-        self.reply_new(r.map(|(n, _)| n), reply);
+        let who = caller_with_umask(req, umask);
+        reply_made(self.make(parent.0, name.as_bytes(), what, mode, who), reply);
         self.notify_stale();
     }
 
@@ -821,14 +792,8 @@ impl Filesystem for StrataFs {
     ) {
         let _t = self.timed(Op::Symlink);
         let what = NewEntry::Symlink(target.as_os_str().as_bytes());
-        let r = self.ov.create(
-            parent.0,
-            link_name.as_bytes(),
-            what,
-            libc::S_IFLNK | 0o777,
-            caller(req),
-        );
-        self.reply_new(r.map(|(n, _)| n), reply);
+        let (name, mode) = (link_name.as_bytes(), libc::S_IFLNK | 0o777);
+        reply_made(self.make(parent.0, name, what, mode, caller(req)), reply);
         self.notify_stale();
     }
 
@@ -841,8 +806,10 @@ impl Filesystem for StrataFs {
         reply: ReplyEntry,
     ) {
         let _t = self.timed(Op::Link);
-        let r = self.ov.link(ino.0, newparent.0, newname.as_bytes());
-        self.reply_new(r, reply);
+        reply_made(
+            self.hard_link(ino.0, newparent.0, newname.as_bytes()),
+            reply,
+        );
         self.notify_stale();
     }
 
@@ -875,16 +842,8 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         let _t = self.timed(Op::Rename);
-        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
-            return reply.error(Errno::EINVAL);
-        }
-        match self.ov.rename(
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            flags.bits(),
-        ) {
+        let from = (parent.0, name.as_bytes());
+        match self.rename_entry(from, (newparent.0, newname.as_bytes()), flags.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -902,18 +861,8 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         let _t = self.timed(Op::Setxattr);
-        if !self.ov.writable() {
-            return reply.error(Errno::from_i32(libc::EROFS));
-        }
-        let mut r = self.ov.set_xattr(ino.0, name.as_bytes(), value, flags);
-        if r.is_ok() && name.as_bytes() == acl::ACCESS.as_bytes() && req.uid() != 0 {
-            r = match self.ov.getattr(ino.0) {
-                Ok(a) if !in_group(req, a.gid) => self.ov.clear_sgid(ino.0),
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            };
-        }
-        match r {
+        let who = (req.uid(), req.gid(), req.pid());
+        match self.set_xattr(ino.0, (name.as_bytes(), value, flags), who) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -922,10 +871,7 @@ impl Filesystem for StrataFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _t = self.timed(Op::Removexattr);
-        if !self.ov.writable() {
-            return reply.error(Errno::from_i32(libc::EROFS));
-        }
-        match self.ov.remove_xattr(ino.0, name.as_bytes()) {
+        match self.remove_xattr(ino.0, name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -936,9 +882,7 @@ impl Filesystem for StrataFs {
 impl StrataFs {
     /// Whether this mount can be served through the rings; says why not otherwise.
     fn ring_usable(&self, caps: InitFlags) -> bool {
-        let why_not = if self.ov.writable() {
-            "the rings serve read-only mounts so far"
-        } else if !caps.contains(InitFlags::FUSE_OVER_IO_URING) {
+        let why_not = if !caps.contains(InitFlags::FUSE_OVER_IO_URING) {
             "the kernel does not offer it (/sys/module/fuse/parameters/enable_uring is N)"
         } else {
             return true;
@@ -948,7 +892,7 @@ impl StrataFs {
     }
 
     /// After a reply: invalidate what the request made stale in the kernel's caches.
-    fn notify_stale(&self) {
+    pub(crate) fn notify_stale(&self) {
         let stale = self.ov.take_stale();
         let Some(n) = self.notifier.get() else { return };
         for ino in stale.inodes {
@@ -964,37 +908,6 @@ impl StrataFs {
             Ok(a) => reply.entry(&TTL, &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(err(e)),
         }
-    }
-
-    fn reply_new(&self, r: io::Result<Arc<Node>>, reply: ReplyEntry) {
-        match r {
-            Ok(node) => self.reply_entry(&node, reply),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    /// The descriptor behind a handle opened for writing.
-    fn writable_fd(&self, fh: FileHandle) -> Option<Arc<OwnedFd>> {
-        self.handles
-            .get(&fh.0)
-            .filter(|h| h.writable)
-            .map(|h| Arc::clone(&h.fd))
-    }
-
-    fn add_handle(&self, ino: u64, fd: OwnedFd, writable: bool) -> u64 {
-        let fd = Arc::new(fd);
-        self.ov.opened(ino, &fd);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(
-            fh,
-            Handle {
-                ino,
-                fd,
-                passthrough: false,
-                writable,
-            },
-        );
-        fh
     }
 }
 
@@ -1017,20 +930,6 @@ fn caller_with_umask(req: &Request, umask: u32) -> Caller {
         umask,
         ..caller(req)
     }
-}
-
-/// Whether the process behind `req` is in group `gid` (its primary or a supplementary group).
-fn in_group(req: &Request, gid: u32) -> bool {
-    if req.gid() == gid {
-        return true;
-    }
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
 }
 
 fn set_time(t: TimeOrNow) -> SetTime {

@@ -10,6 +10,7 @@ pub mod fuse;
 pub mod options;
 pub mod plan;
 pub mod report;
+mod requests;
 pub mod run;
 pub mod stats;
 pub mod uring;

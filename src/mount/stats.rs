@@ -4,7 +4,7 @@
 //! change is judged by the requests it removed. Written at unmount, as JSON:
 //!
 //! ```json
-//! {"mount":"/mnt","seconds":12.5,"requests":1234,"ops":{"lookup":{"count":1000,"us":4321}, …}}
+//! {"mount":"/mnt","seconds":12.5,"requests":1234,"io_uring_requests":0,"ops":{"lookup":{"count":1000,"us":4321}, …}}
 //! ```
 
 use std::collections::BTreeMap;
@@ -42,6 +42,8 @@ pub struct Stats {
     start: Instant,
     count: Vec<AtomicU64>,
     nanos: Vec<AtomicU64>,
+    /// Of all requests, those that came through FUSE over io_uring.
+    ring: AtomicU64,
 }
 
 /// Counts one request when dropped.
@@ -70,6 +72,7 @@ struct Report<'a> {
     mount: &'a Path,
     seconds: f64,
     requests: u64,
+    io_uring_requests: u64,
     ops: BTreeMap<&'static str, OpLine>,
 }
 
@@ -82,6 +85,7 @@ impl Stats {
             start: Instant::now(),
             count: NAMES.iter().map(|_| AtomicU64::new(0)).collect(),
             nanos: NAMES.iter().map(|_| AtomicU64::new(0)).collect(),
+            ring: AtomicU64::new(0),
         };
         s.write()?;
         Ok(s)
@@ -100,6 +104,11 @@ impl Stats {
         self.count[op as usize].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Count one request that came through the rings.
+    pub fn ring_request(&self) {
+        self.ring.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn report(&self) -> Report<'_> {
         let mut ops = BTreeMap::new();
         let mut requests = 0;
@@ -115,6 +124,7 @@ impl Stats {
             mount: &self.mount,
             seconds: self.start.elapsed().as_secs_f64(),
             requests,
+            io_uring_requests: self.ring.load(Ordering::Relaxed),
             ops,
         }
     }
@@ -123,6 +133,9 @@ impl Stats {
     pub fn summary(&self) -> String {
         let r = self.report();
         let mut s = format!("requests={}", r.requests);
+        if r.io_uring_requests > 0 {
+            s.push_str(&format!(" io_uring={}", r.io_uring_requests));
+        }
         for (name, l) in &r.ops {
             s.push_str(&format!(" {name}={}/{}us", l.count, l.us));
         }

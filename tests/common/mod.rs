@@ -94,6 +94,26 @@ pub fn lowerdir_opt(layers: &[PathBuf]) -> String {
     format!("lowerdir={}", parts.join(":"))
 }
 
+/// Mount options that pick the transport the suites run over: `STRATAFS_TEST_TRANSPORT=io_uring`
+/// (scripts/test.sh runs the differential suites again that way) serves every stratafs mount
+/// of a suite through FUSE over io_uring, which the kernel must then allow.
+pub fn transport_opts() -> Vec<&'static str> {
+    match std::env::var("STRATAFS_TEST_TRANSPORT").as_deref() {
+        Ok("io_uring") => {
+            let p = "/sys/module/fuse/parameters/enable_uring";
+            let on = std::fs::read_to_string(p).unwrap_or_default();
+            assert_eq!(
+                on.trim(),
+                "Y",
+                "STRATAFS_TEST_TRANSPORT=io_uring needs `echo Y > {p}` (as root)"
+            );
+            vec!["io_uring"]
+        }
+        Ok("dev") | Err(_) => vec![],
+        Ok(t) => panic!("STRATAFS_TEST_TRANSPORT={t}: expected io_uring or dev"),
+    }
+}
+
 /// A stratafs mount, unmounted on drop.
 pub struct StrataMount {
     pub path: PathBuf,
@@ -110,6 +130,9 @@ impl StrataMount {
         let mut cmd = Command::new(BIN);
         cmd.arg("-o").arg(lowerdir_opt(layers));
         for e in extra {
+            cmd.arg("-o").arg(e);
+        }
+        for e in transport_opts() {
             cmd.arg("-o").arg(e);
         }
         cmd.arg(mountpoint);

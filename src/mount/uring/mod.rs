@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::thread;
 use std::time::Duration;
 
+use crossbeam_channel::Sender;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use tracing::{debug, error, info, warn};
 
@@ -70,13 +71,16 @@ impl Rings {
     /// mount, so such a failure ends the daemon instead.
     pub fn start(self, dev: OwnedFd, fs: StrataFs) {
         let dev = std::sync::Arc::new(dev);
+        let stale = notifier(&fs);
         for (qid, ring) in self.rings.into_iter().enumerate() {
             let dev = std::sync::Arc::clone(&dev);
             let fs = fs.clone();
+            let stale = stale.clone();
             let spawned = thread::Builder::new()
                 .name(format!("fuse-ring-{qid}"))
                 .spawn(move || {
-                    if let Err(e) = Queue::new(ring, qid as u16, &dev).and_then(|q| q.run(&fs)) {
+                    let q = Queue::new(ring, qid as u16, &dev);
+                    if let Err(e) = q.and_then(|q| q.run(&fs, &stale)) {
                         error!(queue = qid, error = %e, "io_uring queue failed; ending the mount");
                         std::process::exit(1);
                     }
@@ -88,6 +92,24 @@ impl Rings {
         }
         info!("serving through io_uring");
     }
+}
+
+/// A thread that tells the kernel what writes made stale. A queue's thread must not do it
+/// itself: an invalidation may wait for a lock held by a request queued behind it.
+fn notifier(fs: &StrataFs) -> Sender<()> {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    let fs = fs.clone();
+    let spawned = thread::Builder::new()
+        .name("fuse-ring-notify".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                fs.notify_stale();
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "no notifier thread: kernel caches may stay stale after copy-up");
+    }
+    tx
 }
 
 /// A ring entry's buffers: the kernel keeps their addresses from REGISTER on.
@@ -155,12 +177,13 @@ impl<'d> Queue<'d> {
             .map_err(|_| io::Error::other("submission queue full"))
     }
 
-    fn run(mut self, fs: &StrataFs) -> io::Result<()> {
+    fn run(mut self, fs: &StrataFs, stale: &Sender<()>) -> io::Result<()> {
         for i in 0..DEPTH {
             self.push(i, wire::CMD_REGISTER, 0)?;
         }
         let mut live = DEPTH;
         let mut served = 0u64;
+        let mut changed = false;
         while live > 0 {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -189,9 +212,15 @@ impl<'d> Queue<'d> {
                 }
                 let ent = &mut self.ents[i];
                 let commit = wire::commit_id(&ent.header);
-                serve::request(fs, &mut ent.header, &mut ent.payload);
+                changed |= serve::request(fs, &mut ent.header, &mut ent.payload);
                 served += 1;
                 self.push(i, wire::CMD_COMMIT_AND_FETCH, commit)?;
+            }
+            if changed {
+                // After the replies are on their way (a full channel: one is pending).
+                self.ring.submit()?;
+                let _ = stale.try_send(());
+                changed = false;
             }
         }
         debug!(queue = self.qid, served, "io_uring queue done");

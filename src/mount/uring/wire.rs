@@ -36,31 +36,63 @@ pub mod op {
     pub const ACCESS: u32 = 34;
     pub const DESTROY: u32 = 38;
     pub const READDIRPLUS: u32 = 44;
+    pub const SETATTR: u32 = 4;
+    pub const SYMLINK: u32 = 6;
+    pub const MKNOD: u32 = 8;
+    pub const MKDIR: u32 = 9;
+    pub const UNLINK: u32 = 10;
+    pub const RMDIR: u32 = 11;
+    pub const RENAME: u32 = 12;
+    pub const LINK: u32 = 13;
+    pub const WRITE: u32 = 16;
+    pub const SETXATTR: u32 = 21;
+    pub const REMOVEXATTR: u32 = 24;
+    pub const CREATE: u32 = 35;
+    pub const FALLOCATE: u32 = 43;
+    pub const RENAME2: u32 = 45;
     /// Requests that change something: refused on a read-only mount.
     pub const MUTATING: &[u32] = &[
-        4,  // SETATTR
-        6,  // SYMLINK
-        8,  // MKNOD
-        9,  // MKDIR
-        10, // UNLINK
-        11, // RMDIR
-        12, // RENAME
-        13, // LINK
-        16, // WRITE
-        21, // SETXATTR
-        24, // REMOVEXATTR
-        35, // CREATE
-        43, // FALLOCATE
-        45, // RENAME2
+        SETATTR,
+        SYMLINK,
+        MKNOD,
+        MKDIR,
+        UNLINK,
+        RMDIR,
+        RENAME,
+        LINK,
+        WRITE,
+        SETXATTR,
+        REMOVEXATTR,
+        CREATE,
+        FALLOCATE,
+        RENAME2,
         47, // COPY_FILE_RANGE
         51, // TMPFILE
     ];
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+/// `fuse_setattr_in.valid` bits.
+pub mod fattr {
+    pub const MODE: u32 = 1 << 0;
+    pub const UID: u32 = 1 << 1;
+    pub const GID: u32 = 1 << 2;
+    pub const SIZE: u32 = 1 << 3;
+    pub const ATIME: u32 = 1 << 4;
+    pub const MTIME: u32 = 1 << 5;
+    pub const FH: u32 = 1 << 6;
+    pub const ATIME_NOW: u32 = 1 << 7;
+    pub const MTIME_NOW: u32 = 1 << 8;
+}
+
+/// `FUSE_WRITE_KILL_SUIDGID` in `fuse_write_in.write_flags`.
+pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
+/// `FOPEN_KEEP_CACHE` in `fuse_open_out.open_flags`.
+pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+
+pub fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
@@ -122,6 +154,40 @@ pub fn cmd_req(commit_id: u64, qid: u16) -> [u8; 80] {
 /// A name argument: NUL-terminated in the payload.
 pub fn name(payload: &[u8]) -> &[u8] {
     payload.split(|&b| b == 0).next().unwrap_or(&[])
+}
+
+/// Two NUL-terminated names in a row (SYMLINK: name and target; RENAME: old and new).
+pub fn two_names(payload: &[u8]) -> (&[u8], &[u8]) {
+    let mut it = payload.split(|&b| b == 0);
+    (it.next().unwrap_or(&[]), it.next().unwrap_or(&[]))
+}
+
+/// `fuse_setattr_in`: the fields a SETATTR sets, by `fattr` bit.
+#[derive(Debug, Clone, Copy)]
+pub struct SetattrIn {
+    pub valid: u32,
+    pub fh: u64,
+    pub size: u64,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl SetattrIn {
+    pub fn parse(o: &[u8]) -> SetattrIn {
+        SetattrIn {
+            valid: u32_at(o, 0),
+            fh: u64_at(o, 8),
+            size: u64_at(o, 16),
+            atime: (u64_at(o, 32) as i64, u32_at(o, 56)),
+            mtime: (u64_at(o, 40) as i64, u32_at(o, 60)),
+            mode: u32_at(o, 68),
+            uid: u32_at(o, 76),
+            gid: u32_at(o, 80),
+        }
+    }
 }
 
 /// `fuse_read_in` (READ, READDIR, READDIRPLUS): file handle, offset, size.
@@ -260,6 +326,19 @@ impl<'a> Out<'a> {
         self.u32(s.f_namemax as u32);
         self.u32(s.f_frsize as u32);
         self.bytes(&[0u8; 28]);
+    }
+
+    /// `struct fuse_open_out` (16 bytes).
+    pub fn open_out(&mut self, fh: u64, flags: u32) {
+        self.u64(fh);
+        self.u32(flags);
+        self.u32(0);
+    }
+
+    /// `struct fuse_write_out` (8 bytes).
+    pub fn write_out(&mut self, size: u32) {
+        self.u32(size);
+        self.u32(0);
     }
 
     /// `struct fuse_getxattr_out`: the size a value or list needs.

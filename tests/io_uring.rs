@@ -1,0 +1,180 @@
+//! FUSE over io_uring (`-o io_uring`): with the kernel's `enable_uring` on, every request but
+//! FORGET (which the kernel still sends through /dev/fuse) reaches the daemon through the rings;
+//! with it off the same mount serves everything through /dev/fuse; a daemon killed while its
+//! rings are registered leaves a dead mount, never a hung one. What the answers are is checked
+//! by the differential suites, which scripts/test.sh runs a second time over io_uring.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const ENABLE: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Sets the kernel switch for the test and puts the old value back; one test at a time.
+struct Switch(
+    String,
+    #[allow(dead_code)] std::sync::MutexGuard<'static, ()>,
+);
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Switch {
+    fn set(on: bool) -> Switch {
+        let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::fs::read_to_string(ENABLE).unwrap_or_else(|e| {
+            panic!("{ENABLE}: {e}: this kernel has no FUSE over io_uring (Linux 6.14+)")
+        });
+        std::fs::write(ENABLE, if on { "Y" } else { "N" }).unwrap();
+        Switch(old.trim().to_string(), guard)
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        let _ = std::fs::write(ENABLE, &self.0);
+    }
+}
+
+fn stats_of(file: &Path, mountpoint: &Path) -> serde_json::Value {
+    // Written by the daemon as it exits, after the unmount.
+    let mut v = serde_json::Value::Null;
+    wait_until("the daemon's stats file", || {
+        v = std::fs::read(file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        v["requests"].as_u64().unwrap_or(0) > 0 && !is_mountpoint(mountpoint)
+    });
+    v
+}
+
+fn sh(script: &str) {
+    run_ok(Command::new("bash").arg("-c").arg(script));
+}
+
+/// A writable mount: untar, reads, copy-ups, chmod, rm -rf. Returns (requests, io_uring
+/// requests, forgets).
+fn workload(base: &Path, name: &str) -> (u64, u64, u64) {
+    let lower = base.join("lower");
+    let (u, w, m) = (
+        base.join(format!("u-{name}")),
+        base.join(format!("w-{name}")),
+        base.join(format!("m-{name}")),
+    );
+    for d in [&u, &w] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let stats = base.join(format!("{name}.json"));
+    {
+        let _m = StrataMount::with_opts(
+            &[lower],
+            &m,
+            &[
+                &format!("upperdir={},workdir={}", u.display(), w.display()),
+                "io_uring",
+                &format!("stats={}", stats.display()),
+            ],
+        );
+        sh(&format!(
+            "set -e; cd {m}; mkdir new; tar -C new -xf {tar}; cat d1/* > /dev/null; \
+             for f in d2/*; do echo more >> $f; done; chmod -R go-r d3; rm -rf d4; \
+             test $(find new -type f | wc -l) = 200; test \"$(cat d2/f1)\" = \"$(printf 'file 2 1\\nmore')\"; \
+             test ! -e d4; test $(stat -c %a d3/f1) = 600",
+            m = m.display(),
+            tar = base.join("src.tar").display()
+        ));
+    }
+    let v = stats_of(&stats, &m);
+    let forgets = v["ops"]["forget"]["count"].as_u64().unwrap_or(0);
+    (
+        v["requests"].as_u64().unwrap(),
+        v["io_uring_requests"].as_u64().unwrap(),
+        forgets,
+    )
+}
+
+#[test]
+fn requests_go_through_the_rings_when_the_kernel_allows_it() {
+    require_root();
+    let tmp = shared_tempdir();
+    let base = tmp.path();
+    sh(&format!(
+        "set -e; cd {b}; mkdir lower; for d in 1 2 3 4; do mkdir lower/d$d; \
+         for f in $(seq 1 50); do echo \"file $d $f\" > lower/d$d/f$f; done; done; \
+         tar -C lower -cf src.tar d1 d2 d3 d4",
+        b = base.display()
+    ));
+
+    let off = Switch::set(false);
+    let (requests, ring, _) = workload(base, "off");
+    assert!(requests > 500, "{requests} requests");
+    assert_eq!(ring, 0, "enable_uring=N: everything through /dev/fuse");
+    drop(off);
+
+    let _on = Switch::set(true);
+    let (requests, ring, forgets) = workload(base, "on");
+    assert!(requests > 500, "{requests} requests");
+    assert_eq!(
+        ring,
+        requests - forgets,
+        "every request but FORGET through the rings ({requests} requests, {forgets} forgets)"
+    );
+
+    // A read-only mount (zero-message opens, reads served by the rings).
+    let stats = base.join("ro.json");
+    let m = base.join("m-ro");
+    {
+        let _m = StrataMount::with_opts(
+            &[base.join("lower")],
+            &m,
+            &["io_uring", &format!("stats={}", stats.display())],
+        );
+        sh(&format!(
+            "set -e; cd {}; test $(cat d*/* | wc -l) = 200; test $(ls d1 | wc -l) = 50; ! touch x 2>/dev/null",
+            m.display()
+        ));
+    }
+    let v = stats_of(&stats, &m);
+    let forgets = v["ops"]["forget"]["count"].as_u64().unwrap_or(0);
+    let requests = v["requests"].as_u64().unwrap();
+    assert!(v["ops"]["read"]["count"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(
+        v["io_uring_requests"].as_u64().unwrap(),
+        requests - forgets,
+        "{v}"
+    );
+}
+
+#[test]
+fn a_killed_daemon_leaves_a_dead_mount_not_a_hung_one() {
+    require_root();
+    let _on = Switch::set(true);
+    let tmp = shared_tempdir();
+    let base = tmp.path();
+    sh(&format!(
+        "mkdir -p {b}/lower {b}/m && echo x > {b}/lower/f",
+        b = base.display()
+    ));
+    let m = base.join("m");
+    let _mount = StrataMount::with_opts(&[base.join("lower")], &m, &["io_uring"]);
+    sh(&format!("cat {}/f > /dev/null", m.display()));
+    sh(&format!("pkill -9 -f '{} .*{}$'", BIN, m.display()));
+    let t0 = std::time::Instant::now();
+    // A name never looked up, so that the kernel must ask (cached attributes would answer).
+    let out = run(Command::new("timeout")
+        .arg("10")
+        .arg("stat")
+        .arg(m.join("g")));
+    assert!(!out.status.success(), "stat on a dead mount succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not connected") || err.contains("connection abort"),
+        "{err}"
+    );
+    assert_ne!(out.status.code(), Some(124), "stat hung on the dead mount");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
