@@ -893,7 +893,11 @@ impl StrataFs {
 
     /// After a reply: invalidate what the request made stale in the kernel's caches.
     pub(crate) fn notify_stale(&self) {
-        let stale = self.ov.take_stale();
+        self.notify(self.ov.take_stale());
+    }
+
+    /// Tell the kernel what `stale` names.
+    pub(crate) fn notify(&self, stale: crate::overlay::namespace::Stale) {
         let Some(n) = self.notifier.get() else { return };
         for ino in stale.inodes {
             let _ = n.inval_inode(INodeNo(ino), -1, 0);

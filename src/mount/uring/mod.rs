@@ -23,6 +23,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use tracing::{debug, error, info, warn};
 
 use crate::mount::fuse::StrataFs;
+use crate::overlay::namespace::Stale;
 
 /// Requests in flight per queue: enough that a queue's next request is already in its
 /// buffer when the thread comes back from the last one.
@@ -96,14 +97,14 @@ impl Rings {
 
 /// A thread that tells the kernel what writes made stale. A queue's thread must not do it
 /// itself: an invalidation may wait for a lock held by a request queued behind it.
-fn notifier(fs: &StrataFs) -> Sender<()> {
-    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+fn notifier(fs: &StrataFs) -> Sender<Stale> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Stale>();
     let fs = fs.clone();
     let spawned = thread::Builder::new()
         .name("fuse-ring-notify".into())
         .spawn(move || {
-            while rx.recv().is_ok() {
-                fs.notify_stale();
+            while let Ok(stale) = rx.recv() {
+                fs.notify(stale);
             }
         });
     if let Err(e) = spawned {
@@ -177,7 +178,7 @@ impl<'d> Queue<'d> {
             .map_err(|_| io::Error::other("submission queue full"))
     }
 
-    fn run(mut self, fs: &StrataFs, stale: &Sender<()>) -> io::Result<()> {
+    fn run(mut self, fs: &StrataFs, notify: &Sender<Stale>) -> io::Result<()> {
         for i in 0..DEPTH {
             self.push(i, wire::CMD_REGISTER, 0)?;
         }
@@ -217,10 +218,13 @@ impl<'d> Queue<'d> {
                 self.push(i, wire::CMD_COMMIT_AND_FETCH, commit)?;
             }
             if changed {
-                // After the replies are on their way (a full channel: one is pending).
-                self.ring.submit()?;
-                let _ = stale.try_send(());
                 changed = false;
+                let stale = fs.overlay().take_stale();
+                if !stale.inodes.is_empty() || !stale.entries.is_empty() {
+                    // After the replies are on their way.
+                    self.ring.submit()?;
+                    let _ = notify.send(stale);
+                }
             }
         }
         debug!(queue = self.qid, served, "io_uring queue done");
