@@ -213,7 +213,17 @@ impl<'d> Queue<'d> {
                 }
                 let ent = &mut self.ents[i];
                 let commit = wire::commit_id(&ent.header);
-                changed |= serve::request(fs, &mut ent.header, &mut ent.payload);
+                // A queue's thread must outlive any request: the kernel would wait on it.
+                let (header, payload) = (&mut ent.header, &mut ent.payload);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve::request(fs, header, payload)
+                }));
+                changed |= r.unwrap_or_else(|_| {
+                    let unique = wire::InHeader::parse(&ent.header).unique;
+                    error!(queue = self.qid, "request handler panicked; answered EIO");
+                    wire::set_reply(&mut ent.header, unique, -libc::EIO, 0);
+                    true
+                });
                 served += 1;
                 self.push(i, wire::CMD_COMMIT_AND_FETCH, commit)?;
             }

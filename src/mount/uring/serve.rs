@@ -293,7 +293,8 @@ fn dispatch(
         op::READDIR => {
             let _t = fs.timed(Op::Readdir);
             let (_, offset, size) = wire::read_in(op_in);
-            let mut dir = Out::new(&mut out.tail()[..size as usize]);
+            let size = (size as usize).min(out.room());
+            let mut dir = Out::new(&mut out.tail()[..size]);
             ov.read_dir(h.nodeid, offset, |e| {
                 !dir.dirent(e.ino, e.next, e.kind, e.name)
             })
@@ -304,7 +305,8 @@ fn dispatch(
         op::READDIRPLUS => {
             let _t = fs.timed(Op::Readdirplus);
             let (_, offset, size) = wire::read_in(op_in);
-            let mut dir = Out::new(&mut out.tail()[..size as usize]);
+            let size = (size as usize).min(out.room());
+            let mut dir = Out::new(&mut out.tail()[..size]);
             ov.read_dir_plus(h.nodeid, offset, |e| {
                 let ttl = if e.counted { ttl } else { 0 };
                 !dir.direntplus(&e.attr, ttl, e.next, e.name)
