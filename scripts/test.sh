@@ -9,14 +9,15 @@ cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo check --quiet --no-default-features --bin stratafs
 cargo test --all-targets 2>&1
-# The differential suites again, with every stratafs mount served through FUSE over io_uring
-# (the kernel's switch is put back afterwards).
+# The differential and podman suites again, with every stratafs mount served through FUSE
+# over io_uring (the kernel's switch is put back afterwards).
 uring=/sys/module/fuse/parameters/enable_uring
 [ -f $uring ] || { echo "test.sh: $uring missing: this kernel has no FUSE over io_uring" >&2; exit 1; }
 was=$(cat $uring)
 echo Y > $uring
 STRATAFS_TEST_TRANSPORT=io_uring cargo test --test write_differential --test posix \
-  --test differential --test whiteout_rules --test reads --test readdir 2>&1 || { echo "$was" > $uring; exit 1; }
+  --test differential --test whiteout_rules --test reads --test readdir --test podman \
+  --test podman_store 2>&1 || { echo "$was" > $uring; exit 1; }
 echo "$was" > $uring
 # The unit tests work on temporary directories only: run the same binary as stratafs-test,
 # from a copy it can reach wherever this checkout lives.

@@ -30,12 +30,19 @@ impl Store {
                 )
             })
             .unwrap_or_default();
+        // Podman passes mountopt to the mount program: ours takes the suites' transport.
+        let transport = transport_opts();
+        let mountopt = if mount_program == Path::new(BIN) && !transport.is_empty() {
+            format!("mountopt = \"{}\"\n", transport.join(","))
+        } else {
+            String::new()
+        };
         std::fs::write(
             dir.join("storage.conf"),
             format!(
                 "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/graph\"\nrunroot = \"{0}/run\"\n\
                  {extra}\
-                 [storage.options.overlay]\nmount_program = \"{1}\"\n",
+                 [storage.options.overlay]\nmount_program = \"{1}\"\n{mountopt}",
                 dir.display(),
                 mount_program.display()
             ),
