@@ -94,9 +94,10 @@ pub fn lowerdir_opt(layers: &[PathBuf]) -> String {
     format!("lowerdir={}", parts.join(":"))
 }
 
-/// Mount options that pick the transport the suites run over: `STRATAFS_TEST_TRANSPORT=io_uring`
-/// (scripts/test.sh runs the differential and podman suites again that way) serves every stratafs mount
-/// of a suite through FUSE over io_uring, which the kernel must then allow.
+/// Mount options that pick the transport the suites run over:
+/// `STRATAFS_TEST_TRANSPORT=io_uring` (scripts/test.sh runs the differential and podman suites
+/// again that way) serves every stratafs mount of a suite through FUSE over io_uring, which the
+/// kernel must then allow.
 pub fn transport_opts() -> Vec<&'static str> {
     match std::env::var("STRATAFS_TEST_TRANSPORT").as_deref() {
         Ok("io_uring") => {
