@@ -3,7 +3,10 @@
 # `podman commit` of a container that changed 10,000 files, each with podman's overlay driver
 # on kernel overlayfs (no mount_program), with fuse-overlayfs and with stratafs as
 # mount_program. One private store per kind under /var/tmp/stratafs-bench/podman.
-# Prints a markdown table of medians.   Usage (as root): bash benches/podman.sh   RUNS=5 for more.
+# Prints a markdown table of medians.   Usage (as root): bash benches/podman.sh   RUNS=5 for more;
+# PEERS='label=PROGRAM[ -o OPTS];...' adds mount programs (OPTS go to podman's mountopt), e.g.
+# PEERS="fuse-overlayfs-2.0=/opt/fuse-overlayfs-2.0/bin/fuse-overlayfs;stratafs-io_uring=$PWD/target/release/stratafs -o io_uring"
+# (labels without spaces; io_uring also needs `echo Y > /sys/module/fuse/parameters/enable_uring`).
 set -euo pipefail
 shopt -s inherit_errexit
 RUNS=${RUNS:-5}
@@ -22,7 +25,7 @@ if [ ! -f $W/base.tar ]; then
 fi
 
 setup_store() { # kind
-  local d=$W/$1
+  local d=$W/${DIR[$1]}
   if [ -d $d/graph ]; then
     podman_ $1 rm -af >/dev/null 2>&1 || true
     podman_ $1 rmi -af >/dev/null 2>&1 || true
@@ -34,14 +37,28 @@ setup_store() { # kind
     echo "graphroot = \"$d/graph\""
     echo "runroot = \"$d/run\""
     case $1 in
+      kernel) ;;
       fuse-overlayfs) printf '[storage.options.overlay]\nmount_program = "%s"\n' "$(command -v fuse-overlayfs)" ;;
       stratafs) printf '[storage.options.overlay]\nmount_program = "%s"\n' "$BIN" ;;
+      *) local spec=${PEER[$1]}
+         printf '[storage.options.overlay]\nmount_program = "%s"\n' "${spec%% -o *}"
+         [[ $spec == *" -o "* ]] && printf 'mountopt = "%s"\n' "${spec#* -o }" ;;
     esac
   } > $d/storage.conf
   printf '[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\nnetns = "none"\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n' > $d/containers.conf
   podman_ $1 import -q $W/base.tar base >/dev/null
 }
-podman_() { local k=$1; shift; CONTAINERS_STORAGE_CONF=$W/$k/storage.conf CONTAINERS_CONF=$W/$k/containers.conf podman "$@"; }
+# Stores of peers go under short names: conmon's socket paths under a longer runroot pass the
+# 108-byte limit and podman then waits 20 s for every container's exit.
+declare -A PEER DIR=([kernel]=kernel [fuse-overlayfs]=fuse-overlayfs [stratafs]=stratafs)
+KINDS=(kernel fuse-overlayfs)
+IFS=';' read -ra peers <<< "${PEERS:-}"
+for p in "${peers[@]}"; do
+  [ -n "$p" ] || continue
+  PEER[${p%%=*}]=${p#*=}; DIR[${p%%=*}]=p${#KINDS[@]}; KINDS+=("${p%%=*}")
+done
+KINDS+=(stratafs)
+podman_() { local d=$W/${DIR[$1]}; shift; CONTAINERS_STORAGE_CONF=$d/storage.conf CONTAINERS_CONF=$d/containers.conf podman "$@"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
 
@@ -62,14 +79,19 @@ commit_time() { # kind
 }
 
 declare -A start commit
-for k in kernel fuse-overlayfs stratafs; do
-  setup_store $k
-  start[$k]=$(start_time $k)
-  commit[$k]=$(commit_time $k)
-  podman_ $k rm -af >/dev/null 2>&1 || true
+for k in "${KINDS[@]}"; do
+  setup_store "$k"
+  start[$k]=$(start_time "$k")
+  commit[$k]=$(commit_time "$k")
+  podman_ "$k" rm -af >/dev/null 2>&1 || true
 done
-echo "| workload | kernel overlayfs | fuse-overlayfs | stratafs | stratafs / kernel |"
-echo "|---|---|---|---|---|"
-row() { printf "| %s | %.2f s | %.2f s | %.2f s | %.2fx |\n" "$1" $2 $3 $4 $(echo "$4 / $2" | bc -l); }
-row "podman run --rm IMAGE true" ${start[kernel]} ${start[fuse-overlayfs]} ${start[stratafs]}
-row "podman commit, 10,000 changed files" ${commit[kernel]} ${commit[fuse-overlayfs]} ${commit[stratafs]}
+head="| workload"; rule="|---"
+for k in "${KINDS[@]}"; do head+=" | ${k/kernel/kernel overlayfs}"; rule+="|---"; done
+echo "$head | stratafs / kernel |"; echo "$rule|---|"
+row() { # name, array name
+  local -n t=$2; local line="| $1"
+  for k in "${KINDS[@]}"; do line+=$(printf " | %.2f s" "${t[$k]}"); done
+  printf "%s | %.2fx |\n" "$line" "$(echo "${t[stratafs]} / ${t[kernel]}" | bc -l)"
+}
+row "podman run --rm IMAGE true" start
+row "podman commit, 10,000 changed files" commit
