@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use tracing::{debug, info};
 
 use crate::overlay::Overlay;
-use crate::overlay::inode::{Attr, Node, ROOT_INO};
+use crate::overlay::inode::Attr;
 use crate::overlay::write::{Caller, NewEntry, SetAttr, SetTime};
 
 /// How long the kernel may trust what we told it: the lower layers are immutable, and every
@@ -356,8 +356,8 @@ impl Filesystem for StrataFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _t = self.timed(Op::Lookup);
-        match self.ov.lookup(parent.0, name.as_bytes()) {
-            Ok(Some(node)) => self.reply_entry(&node, reply),
+        match self.lookup_attr(parent.0, name.as_bytes()) {
+            Ok(Some(a)) => reply.entry(&TTL, &to_fuse(&a), Generation(0)),
             // A negative entry the kernel may cache as long as a positive one.
             Ok(None) => reply.entry(&TTL, &negative(), Generation(0)),
             Err(e) => reply.error(err(e)),
@@ -375,13 +375,8 @@ impl Filesystem for StrataFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _t = self.timed(Op::Getattr);
-        match self.ov.getattr(ino.0) {
-            Ok(mut a) => {
-                if ino.0 == ROOT_INO {
-                    a.ino = ROOT_INO;
-                }
-                reply.attr(&TTL, &to_fuse(&a))
-            }
+        match self.getattr_of(ino.0) {
+            Ok(a) => reply.attr(&TTL, &to_fuse(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -906,19 +901,10 @@ impl StrataFs {
             let _ = n.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
         }
     }
-
-    fn reply_entry(&self, node: &Node, reply: ReplyEntry) {
-        match self.ov.attr(node) {
-            Ok(a) => reply.entry(&TTL, &to_fuse(&a), Generation(0)),
-            Err(e) => reply.error(err(e)),
-        }
-    }
 }
 
-/// The caller's group if it would lack CAP_FSETID. FUSE does not pass capabilities; the
-/// mount's root (also root of a rootless user namespace) is taken to hold it, others not.
 fn lacks_fsetid(req: &Request) -> Option<u32> {
-    (req.uid() != 0).then(|| req.gid())
+    super::requests::lacks_fsetid(req.uid(), req.gid())
 }
 
 fn caller(req: &Request) -> Caller {

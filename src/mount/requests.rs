@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use super::fuse::{Handle, StrataFs};
 use crate::overlay::acl;
-use crate::overlay::inode::Attr;
+use crate::overlay::inode::{Attr, ROOT_INO};
 use crate::overlay::write::{Caller, NewEntry, SetAttr};
 
 /// `RENAME_WHITEOUT`: only overlayfs itself may ask for it.
@@ -19,7 +19,30 @@ fn ebadf() -> io::Error {
     io::Error::from_raw_os_error(libc::EBADF)
 }
 
+/// The caller's group if it would lack CAP_FSETID. FUSE does not pass capabilities; the
+/// mount's root (also root of a rootless user namespace) is taken to hold it, others not.
+pub(crate) fn lacks_fsetid(uid: u32, gid: u32) -> Option<u32> {
+    (uid != 0).then_some(gid)
+}
+
 impl StrataFs {
+    /// The attributes of `name` in `parent`; `None` is a negative entry.
+    pub(crate) fn lookup_attr(&self, parent: u64, name: &[u8]) -> io::Result<Option<Attr>> {
+        match self.ov.lookup(parent, name)? {
+            Some(node) => self.ov.attr(&node).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The attributes of `ino`; the root keeps the kernel's fixed number.
+    pub(crate) fn getattr_of(&self, ino: u64) -> io::Result<Attr> {
+        let mut a = self.ov.getattr(ino)?;
+        if ino == ROOT_INO {
+            a.ino = ROOT_INO;
+        }
+        Ok(a)
+    }
+
     /// Open `ino` on the writable mount; the new handle.
     pub(crate) fn open_handle(&self, ino: u64, flags: i32, kill: Option<u32>) -> io::Result<u64> {
         let (fd, writable) = self.ov.open(ino, flags, kill)?;

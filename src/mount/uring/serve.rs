@@ -7,7 +7,6 @@ use std::io;
 use super::wire::{self, InHeader, Out, fattr, op};
 use crate::mount::fuse::{StrataFs, TTL};
 use crate::mount::stats::Op;
-use crate::overlay::inode::ROOT_INO;
 use crate::overlay::write::{Caller, NewEntry, SetAttr, SetTime};
 
 fn errno(e: io::Error) -> i32 {
@@ -43,9 +42,8 @@ pub fn request(fs: &StrataFs, header: &mut [u8], payload: &mut [u8]) -> bool {
     fs.overlay().writable() && (op::MUTATING.contains(&h.opcode) || h.opcode == op::OPEN)
 }
 
-/// The caller's group if it would lack CAP_FSETID (as the fuser adapter decides).
 fn lacks_fsetid(h: &InHeader) -> Option<u32> {
-    (h.uid != 0).then_some(h.gid)
+    crate::mount::requests::lacks_fsetid(h.uid, h.gid)
 }
 
 fn caller(h: &InHeader, umask: u32) -> Caller {
@@ -230,19 +228,13 @@ fn dispatch(
     match h.opcode {
         op::LOOKUP => {
             let _t = fs.timed(Op::Lookup);
-            match ov.lookup(h.nodeid, wire::name(args)).map_err(errno)? {
-                Some(node) => out.entry(Some(&ov.attr(&node).map_err(errno)?), ttl),
-                // A negative entry the kernel may cache as long as a positive one.
-                None => out.entry(None, ttl),
-            }
+            // A negative entry the kernel may cache as long as a positive one.
+            let a = fs.lookup_attr(h.nodeid, wire::name(args)).map_err(errno)?;
+            out.entry(a.as_ref(), ttl);
         }
         op::GETATTR => {
             let _t = fs.timed(Op::Getattr);
-            let mut a = ov.getattr(h.nodeid).map_err(errno)?;
-            if h.nodeid == ROOT_INO {
-                a.ino = ROOT_INO;
-            }
-            out.attr_out(&a, ttl);
+            out.attr_out(&fs.getattr_of(h.nodeid).map_err(errno)?, ttl);
         }
         op::READLINK => {
             let _t = fs.timed(Op::Readlink);
@@ -293,27 +285,21 @@ fn dispatch(
         op::READDIR => {
             let _t = fs.timed(Op::Readdir);
             let (_, offset, size) = wire::read_in(op_in);
-            let size = (size as usize).min(out.room());
-            let mut dir = Out::new(&mut out.tail()[..size]);
+            out.limit(size as usize);
             ov.read_dir(h.nodeid, offset, |e| {
-                !dir.dirent(e.ino, e.next, e.kind, e.name)
+                !out.dirent(e.ino, e.next, e.kind, e.name)
             })
             .map_err(errno)?;
-            let n = dir.len();
-            out.advance(n);
         }
         op::READDIRPLUS => {
             let _t = fs.timed(Op::Readdirplus);
             let (_, offset, size) = wire::read_in(op_in);
-            let size = (size as usize).min(out.room());
-            let mut dir = Out::new(&mut out.tail()[..size]);
+            out.limit(size as usize);
             ov.read_dir_plus(h.nodeid, offset, |e| {
                 let ttl = if e.counted { ttl } else { 0 };
-                !dir.direntplus(&e.attr, ttl, e.next, e.name)
+                !out.direntplus(&e.attr, ttl, e.next, e.name)
             })
             .map_err(errno)?;
-            let n = dir.len();
-            out.advance(n);
         }
         // Zero-message opens on a read-only mount and no FLUSH, as the fuser adapter answers
         // them: the kernel then stops asking.

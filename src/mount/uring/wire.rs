@@ -243,6 +243,13 @@ impl<'a> Out<'a> {
         let pad = (8 - self.len % 8) % 8;
         self.bytes(&[0u8; 8][..pad]);
     }
+    /// Hold at most `n` bytes (the size the kernel asked for).
+    pub fn limit(&mut self, n: usize) {
+        let buf = std::mem::take(&mut self.buf);
+        let n = n.min(buf.len());
+        self.buf = &mut buf[..n];
+    }
+
     /// The rest of the buffer, for a handler that fills it itself (READ).
     pub fn tail(&mut self) -> &mut [u8] {
         &mut self.buf[self.len..]
