@@ -56,9 +56,9 @@ fn sh(script: &str) {
     run_ok(Command::new("bash").arg("-c").arg(script));
 }
 
-/// A writable mount: untar, reads, copy-ups, chmod, rm -rf. Returns (requests, io_uring
-/// requests, forgets).
-fn workload(base: &Path, name: &str) -> (u64, u64, u64) {
+/// A writable mount with `transport` among its options: untar, reads, copy-ups, chmod,
+/// rm -rf. Returns (requests, io_uring requests, forgets).
+fn workload(base: &Path, name: &str, transport: &str) -> (u64, u64, u64) {
     let lower = base.join("lower");
     let (u, w, m) = (
         base.join(format!("u-{name}")),
@@ -75,7 +75,7 @@ fn workload(base: &Path, name: &str) -> (u64, u64, u64) {
             &m,
             &[
                 &format!("upperdir={},workdir={}", u.display(), w.display()),
-                "io_uring",
+                transport,
                 &format!("stats={}", stats.display()),
             ],
         );
@@ -110,19 +110,25 @@ fn requests_go_through_the_rings_when_the_kernel_allows_it() {
     ));
 
     let off = Switch::set(false);
-    let (requests, ring, _) = workload(base, "off");
+    let (requests, ring, _) = workload(base, "off", "io_uring");
     assert!(requests > 500, "{requests} requests");
     assert_eq!(ring, 0, "enable_uring=N: everything through /dev/fuse");
     drop(off);
 
     let _on = Switch::set(true);
-    let (requests, ring, forgets) = workload(base, "on");
+    // Asked for, and by default (io_uring=auto).
+    for (name, transport) in [("on", "io_uring"), ("auto", "rw")] {
+        let (requests, ring, forgets) = workload(base, name, transport);
+        assert!(requests > 500, "{requests} requests");
+        assert_eq!(
+            ring,
+            requests - forgets,
+            "{transport}: every request but FORGET through the rings ({requests} requests, {forgets} forgets)"
+        );
+    }
+    let (requests, ring, _) = workload(base, "declined", "io_uring=off");
     assert!(requests > 500, "{requests} requests");
-    assert_eq!(
-        ring,
-        requests - forgets,
-        "every request but FORGET through the rings ({requests} requests, {forgets} forgets)"
-    );
+    assert_eq!(ring, 0, "io_uring=off: everything through /dev/fuse");
 
     // A read-only mount (zero-message opens, reads served by the rings).
     let stats = base.join("ro.json");
@@ -177,4 +183,64 @@ fn a_killed_daemon_leaves_a_dead_mount_not_a_hung_one() {
     );
     assert_ne!(out.status.code(), Some(124), "stat hung on the dead mount");
     assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+/// Over the rings a listing leaves out the attributes of files nobody has looked up, so that a
+/// plain `find` costs the daemon no stat of them, yet still gives every entry's d_ino (the
+/// number a stat then shows) and d_type; once a lookup in a directory shows that its entries
+/// are wanted, the directories listed below it carry attributes again. `readdirplus=full`
+/// sends attributes always: the same walk then needs (almost) no lookup.
+#[test]
+fn listings_leave_out_attributes_until_they_are_wanted() {
+    require_root();
+    let _on = Switch::set(true);
+    let tmp = shared_tempdir();
+    let base = tmp.path();
+    sh(&format!(
+        "set -e; cd {b}; mkdir -p lower/t/a lower/t/c/d; \
+         for f in $(seq 1 50); do echo $f > lower/t/a/f$f; echo $f > lower/t/c/f$f; \
+         echo $f > lower/t/c/d/f$f; done; ln -s f1 lower/t/a/link; mkfifo lower/t/a/fifo",
+        b = base.display()
+    ));
+    // d_ino and d_type of every entry are what lstat shows.
+    std::fs::write(
+        base.join("check.py"),
+        "import os, stat, sys\n\
+         for e in os.scandir(sys.argv[1]):\n\
+         \x20   st = os.lstat(e.path)\n\
+         \x20   assert e.inode() == st.st_ino, (e.path, e.inode(), st.st_ino)\n\
+         \x20   assert e.is_symlink() == stat.S_ISLNK(st.st_mode), e.path\n\
+         \x20   assert e.is_file(follow_symlinks=False) == stat.S_ISREG(st.st_mode), e.path\n",
+    )
+    .unwrap();
+    let lookups = |name: &str, mode: &str| -> u64 {
+        let stats = base.join(format!("{name}.json"));
+        let m = base.join(format!("m-{name}"));
+        {
+            let _m = StrataMount::with_opts(
+                &[base.join("lower")],
+                &m,
+                &[mode, &format!("stats={}", stats.display())],
+            );
+            sh(&format!(
+                "set -e; cd {m}/t; \
+                 test $(find a -type f | wc -l) = 50; test $(find a -type l) = a/link; \
+                 test $(find a -type p) = a/fifo; \
+                 stat -c %s c/f* > /dev/null; \
+                 test $(find c/d -type f | xargs stat -c %s | wc -l) = 50; \
+                 python3 {check} a",
+                m = m.display(),
+                check = base.join("check.py").display()
+            ));
+        }
+        stats_of(&stats, &m)["ops"]["lookup"]["count"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    // Lazy: c/f* are looked up (50), which marks c, so c/d is listed with attributes (0);
+    // the scandir check looks up a's 52 entries.
+    let lazy = lookups("lazy", "readdirplus=lazy");
+    assert!((102..=110).contains(&lazy), "{lazy} lookups");
+    let full = lookups("full", "readdirplus=full");
+    assert!(full <= 8, "{full} lookups");
 }

@@ -26,9 +26,12 @@ pub struct Cli {
     /// access_log=FILE, stats=FILE (FUSE requests by opcode and the time in each, written at
     /// unmount), lookahead=on|off (read subdirectories of a listed directory and small siblings
     /// of a read file ahead, on by default), writeback=on|off (the kernel's writeback cache on
-    /// a writable mount, off by default), io_uring[=on|off] (serve requests through FUSE over
-    /// io_uring, one queue per CPU, when /sys/module/fuse/parameters/enable_uring is Y;
-    /// /dev/fuse otherwise; off by default), context="..." (accepted),
+    /// a writable mount, off by default), io_uring[=on|off|auto] (serve requests through FUSE
+    /// over io_uring, one queue per CPU, when /sys/module/fuse/parameters/enable_uring is Y;
+    /// /dev/fuse otherwise; auto, the default, is on unless passthrough was asked for),
+    /// readdirplus=lazy|full (over io_uring, listings leave out the attributes of files nobody
+    /// has looked up until a lookup in the directory shows they are wanted: lazy, the default;
+    /// or carry every entry's: full), context="..." (accepted),
     /// and the kernel flags ro, rw, dev, nodev, suid, nosuid, exec, noexec. Unknown options are
     /// warned about and ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]

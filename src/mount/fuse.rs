@@ -30,6 +30,7 @@ use tracing::{debug, info};
 
 use crate::overlay::Overlay;
 use crate::overlay::inode::Attr;
+use crate::overlay::readdir::{Bare, PlusEntry};
 use crate::overlay::write::{Caller, NewEntry, SetAttr, SetTime};
 
 /// How long the kernel may trust what we told it: the lower layers are immutable, and every
@@ -118,6 +119,8 @@ pub struct Shared {
     stats: Option<Arc<Stats>>,
     /// Ask for the kernel's writeback cache on a writable mount.
     writeback: bool,
+    /// Whether ring READDIRPLUS replies may leave attributes out (`readdirplus=`).
+    bare: Bare,
     /// Rings made before INIT (`-o io_uring`); still here after INIT if the kernel agreed
     /// to use them, until [`StrataFs::start_io_uring`].
     uring: Mutex<Option<crate::mount::uring::Rings>>,
@@ -179,6 +182,7 @@ impl StrataFs {
             access: None,
             stats: None,
             writeback: false,
+            bare: Bare::Lazy,
             uring: Mutex::new(None),
         }))
     }
@@ -187,6 +191,16 @@ impl StrataFs {
     pub fn with_writeback(mut self, on: bool) -> StrataFs {
         self.configure().writeback = on;
         self
+    }
+
+    /// `readdirplus=full`: every READDIRPLUS entry with attributes, on the rings too.
+    pub fn with_bare_entries(mut self, bare: Bare) -> StrataFs {
+        self.configure().bare = bare;
+        self
+    }
+
+    pub(crate) fn bare_entries(&self) -> Bare {
+        self.bare
     }
 
     /// Count requests and their time in `stats`.
@@ -536,9 +550,14 @@ impl Filesystem for StrataFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _t = self.timed(Op::Readdirplus);
-        let r = self.ov.read_dir_plus(ino.0, offset, |e| {
-            let attr = to_fuse(&e.attr);
-            let ttl = if e.counted { TTL } else { Duration::ZERO };
+        // fuser writes an entry's d_ino from its node id, so it cannot send one without
+        // attributes.
+        let r = self.ov.read_dir_plus(ino.0, offset, Bare::Never, |e| {
+            let (attr, ttl) = match e.entry {
+                PlusEntry::Linked(a) => (to_fuse(&a), TTL),
+                PlusEntry::Dot(a) => (to_fuse(&a), Duration::ZERO),
+                PlusEntry::Bare { .. } => unreachable!("Bare::Never"),
+            };
             reply.add(
                 attr.ino,
                 e.next,

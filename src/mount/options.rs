@@ -32,8 +32,11 @@ pub struct MountOptions {
     pub stats: Option<PathBuf>,
     /// Read subdirectories of listed directories ahead (`lookahead=off` turns it off).
     pub lookahead: bool,
-    /// Serve requests through FUSE over io_uring when the kernel allows it (`io_uring`).
-    pub io_uring: bool,
+    /// Serve requests through FUSE over io_uring when the kernel allows it.
+    pub io_uring: IoUring,
+    /// READDIRPLUS over io_uring leaves out attributes nobody looks at (`readdirplus=lazy`,
+    /// the default) or sends every entry's (`readdirplus=full`).
+    pub readdirplus_lazy: bool,
     /// The kernel's writeback cache on a writable mount (`writeback=on`).
     pub writeback: bool,
     /// Options we accept and ignore, with a warning.
@@ -50,6 +53,18 @@ fn on_off(opt: &str, val: Option<&str>) -> Result<bool, Error> {
             reason: format!("expected on or off, got '{v}'"),
         }),
     }
+}
+
+/// `io_uring=`: which transport serves requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoUring {
+    /// The rings whenever the kernel offers them (its `enable_uring` switch is root's
+    /// decision), unless passthrough was asked for: a passthrough open needs /dev/fuse.
+    Auto,
+    /// The rings whenever the kernel offers them; a note in the log when it does not.
+    On,
+    /// /dev/fuse only.
+    Off,
 }
 
 /// `prefetch=`: where the trace of files to read ahead comes from.
@@ -79,7 +94,8 @@ impl Default for MountOptions {
             prefetch: Prefetch::Auto,
             stats: None,
             lookahead: true,
-            io_uring: false,
+            io_uring: IoUring::Auto,
+            readdirplus_lazy: true,
             writeback: false,
             ignored: Vec::new(),
         }
@@ -257,7 +273,31 @@ impl MountOptions {
             "stats" => self.stats = Some(PathBuf::from(nonempty(key, val)?)),
             "writeback" => self.writeback = on_off(opt, val)?,
             "lookahead" => self.lookahead = on_off(opt, val)?,
-            "io_uring" => self.io_uring = on_off(opt, val)?,
+            "readdirplus" => {
+                self.readdirplus_lazy = match val {
+                    Some("lazy") => true,
+                    Some("full") => false,
+                    v => {
+                        return Err(Error::BadOption {
+                            option: opt.into(),
+                            reason: format!("expected lazy or full, got '{}'", v.unwrap_or("")),
+                        });
+                    }
+                }
+            }
+            "io_uring" => {
+                self.io_uring = match val {
+                    Some("auto") => IoUring::Auto,
+                    Some("on") | None => IoUring::On,
+                    Some("off") => IoUring::Off,
+                    Some(v) => {
+                        return Err(Error::BadOption {
+                            option: opt.into(),
+                            reason: format!("expected on, off or auto, got '{v}'"),
+                        });
+                    }
+                }
+            }
             "prefetch" => {
                 self.prefetch = match nonempty(key, val)?.as_str() {
                     "off" => Prefetch::Off,
@@ -347,6 +387,25 @@ mod tests {
             let e = parse_mapping("uidmapping", bad).unwrap_err().to_string();
             assert!(e.contains("uidmapping"), "{e}");
         }
+    }
+
+    #[test]
+    fn io_uring_is_auto_unless_said() {
+        let parse = |o: &str| MountOptions::parse(&[o]).map(|m| m.io_uring);
+        assert_eq!(parse("lowerdir=/a").unwrap(), IoUring::Auto);
+        assert_eq!(parse("lowerdir=/a,io_uring").unwrap(), IoUring::On);
+        assert_eq!(parse("lowerdir=/a,io_uring=off").unwrap(), IoUring::Off);
+        assert_eq!(parse("lowerdir=/a,io_uring=auto").unwrap(), IoUring::Auto);
+        let e = parse("lowerdir=/a,io_uring=yes").unwrap_err().to_string();
+        assert!(e.contains("io_uring") && e.contains("auto"), "{e}");
+        let o = MountOptions::parse(&["lowerdir=/a,readdirplus=full"]).unwrap();
+        assert!(!o.readdirplus_lazy);
+        assert!(
+            MountOptions::parse(&["lowerdir=/a"])
+                .unwrap()
+                .readdirplus_lazy
+        );
+        assert!(MountOptions::parse(&["lowerdir=/a,readdirplus"]).is_err());
     }
 
     #[test]

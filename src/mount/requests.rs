@@ -29,7 +29,13 @@ impl StrataFs {
     /// The attributes of `name` in `parent`; `None` is a negative entry.
     pub(crate) fn lookup_attr(&self, parent: u64, name: &[u8]) -> io::Result<Option<Attr>> {
         match self.ov.lookup(parent, name)? {
-            Some(node) => self.ov.attr(&node).map(Some),
+            Some(node) => {
+                let attr = self.ov.attr(&node)?;
+                if !attr.is_dir() {
+                    self.ov.looked_up_in(parent);
+                }
+                Ok(Some(attr))
+            }
             None => Ok(None),
         }
     }

@@ -8,16 +8,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Error;
 use super::daemon::{self, Ready};
-use super::fuse::StrataFs;
-use super::options::Prefetch;
+use super::fuse::{Passthrough, StrataFs};
+use super::options::{IoUring, MountOptions, Prefetch};
 use super::plan::MountPlan;
 use super::stats::Stats;
 use crate::overlay::Overlay;
 use crate::overlay::prefetch::Prefetcher;
+use crate::overlay::readdir::Bare;
 use crate::stack::trace::Trace;
 
 /// Whether `path` (canonical) is already a mount point, and of what type.
@@ -230,13 +231,21 @@ fn or_fail<T>(ready: &mut Ready, option: &str, file: &Path, r: io::Result<T>) ->
     })
 }
 
-/// The rings for `-o io_uring`, made before the mount so that a failure only means none.
-fn rings(wanted: bool) -> Option<crate::mount::uring::Rings> {
-    if !wanted {
-        return None;
+/// The rings for FUSE over io_uring, made before the mount so that a failure only means none.
+fn rings(opts: &MountOptions) -> Option<crate::mount::uring::Rings> {
+    let passthrough = opts.passthrough == Passthrough::On && opts.upperdir.is_none();
+    match opts.io_uring {
+        IoUring::Off => return None,
+        IoUring::Auto if passthrough => return None,
+        IoUring::Auto | IoUring::On => {}
     }
     if !crate::mount::uring::kernel_enabled() {
-        info!("io_uring not used: /sys/module/fuse/parameters/enable_uring is not Y");
+        let why = "io_uring not used: /sys/module/fuse/parameters/enable_uring is not Y";
+        if opts.io_uring == IoUring::On {
+            info!("{why}");
+        } else {
+            debug!("{why}");
+        }
         return None;
     }
     crate::mount::uring::Rings::new()
@@ -290,7 +299,12 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
     .with_access_log(access.clone())
     .with_stats(stats.clone())
     .with_writeback(opts.writeback)
-    .with_io_uring(rings(opts.io_uring));
+    .with_bare_entries(if opts.readdirplus_lazy {
+        Bare::Lazy
+    } else {
+        Bare::Never
+    })
+    .with_io_uring(rings(opts));
     let shared = fs.clone();
     let session = match open_session(fs, &mountpoint, plan, config) {
         Ok(s) => s,

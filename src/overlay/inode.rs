@@ -97,6 +97,12 @@ pub struct Node {
     pub open_fd: Mutex<Weak<OwnedFd>>,
     /// Look-ahead has been asked to read this directory's small files (a file in it was read).
     pub(crate) siblings_offered: AtomicBool,
+    /// A listing of this directory left out the attributes of some entries (see
+    /// [`super::readdir::Bare`]).
+    pub(crate) listed_bare: AtomicBool,
+    /// Whoever lists this directory also looks at its entries: its listings, and those of
+    /// its subdirectories, carry every entry's attributes.
+    pub(crate) attrs_wanted: AtomicBool,
     /// The top copy's xattr names as last listed: the kernel asks for `security.capability`
     /// before every write and chown, and an absent name is then answered without a syscall.
     xattrs: Mutex<XattrNames>,
@@ -121,6 +127,8 @@ impl Node {
             listing: RwLock::new(None),
             open_fd: Mutex::new(Weak::new()),
             siblings_offered: AtomicBool::new(false),
+            listed_bare: AtomicBool::new(false),
+            attrs_wanted: AtomicBool::new(false),
             xattrs: Mutex::new(XattrNames::default()),
         }
     }

@@ -7,6 +7,7 @@ use std::io;
 use super::wire::{self, InHeader, Out, fattr, op};
 use crate::mount::fuse::{StrataFs, TTL};
 use crate::mount::stats::Op;
+use crate::overlay::readdir::PlusEntry;
 use crate::overlay::write::{Caller, NewEntry, SetAttr, SetTime};
 
 fn errno(e: io::Error) -> i32 {
@@ -295,9 +296,10 @@ fn dispatch(
             let _t = fs.timed(Op::Readdirplus);
             let (_, offset, size) = wire::read_in(op_in);
             out.limit(size as usize);
-            ov.read_dir_plus(h.nodeid, offset, |e| {
-                let ttl = if e.counted { ttl } else { 0 };
-                !out.direntplus(&e.attr, ttl, e.next, e.name)
+            ov.read_dir_plus(h.nodeid, offset, fs.bare_entries(), |e| !match e.entry {
+                PlusEntry::Linked(a) => out.direntplus(&a, ttl, e.next, e.name),
+                PlusEntry::Dot(a) => out.direntplus(&a, 0, e.next, e.name),
+                PlusEntry::Bare { ino, kind } => out.direntplus_bare(ino, kind, e.next, e.name),
             })
             .map_err(errno)?;
         }

@@ -324,6 +324,17 @@ impl<'a> Out<'a> {
         self.dirent(a.ino, next, a.mode, name)
     }
 
+    /// One `struct fuse_direntplus` without attributes: node id 0 tells the kernel to link
+    /// nothing and to look the name up when it needs it; `false` when it does not fit.
+    pub fn direntplus_bare(&mut self, ino: u64, kind: u32, next: u64, name: &[u8]) -> bool {
+        let size = (128 + 24 + name.len()).next_multiple_of(8);
+        if size > self.room() {
+            return false;
+        }
+        self.entry(None, 0);
+        self.dirent(ino, next, kind, name)
+    }
+
     /// `struct fuse_statfs_out` (80 bytes).
     pub fn statfs(&mut self, s: &rustix::fs::StatVfs) {
         for v in [s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree] {
@@ -404,6 +415,20 @@ mod tests {
             "160 bytes do not fit in 150"
         );
         assert!(o.is_empty());
+        let mut o = Out::new(&mut buf);
+        assert!(o.direntplus_bare(9, libc::S_IFLNK, 4, b"ab"));
+        assert_eq!(o.len(), 160);
+        assert_eq!(
+            u64::from_le_bytes(buf[..8].try_into().unwrap()),
+            0,
+            "node id"
+        );
+        assert_eq!(
+            u64::from_le_bytes(buf[128..136].try_into().unwrap()),
+            9,
+            "d_ino"
+        );
+        assert_eq!(u32_at(&buf, 148), libc::DT_LNK as u32);
         assert_eq!(&cmd_req(9, 1)[8..18], &[9, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
     }
 }
