@@ -7,7 +7,8 @@
 //! entries without attributes (node id 0: the kernel links nothing and looks the name up when
 //! it needs to) may ask for [`Bare::Lazy`]: non-directories not yet known then go without, until
 //! a LOOKUP in the directory shows that whoever lists it also looks at what it lists (`ls -l`,
-//! `tar`, `du`); from then on that directory and the ones below it are listed with attributes.
+//! `tar`, `du`, `rm -rf`); from then on that directory, its parent and every directory listed
+//! below them carry attributes.
 //! Directories always carry them, since a walk descends into them.
 
 use std::io;
@@ -232,12 +233,16 @@ impl Overlay {
     }
 
     /// The kernel looked up a non-directory in `parent`: if a listing left attributes out there,
-    /// whoever listed it wants them after all.
+    /// whoever listed it wants them after all, and most likely in the directories beside it
+    /// too (`rm -rf d*`, `tar c .`), so the grandparent is marked as well.
     pub fn looked_up_in(&self, parent: Ino) {
         if let Ok(dir) = self.node(parent)
             && dir.listed_bare.load(Ordering::Relaxed)
         {
             dir.attrs_wanted.store(true, Ordering::Relaxed);
+            if let Some(up) = dir.parent() {
+                up.attrs_wanted.store(true, Ordering::Relaxed);
+            }
         }
     }
 }
