@@ -8,8 +8,7 @@
 //! it needs to) may ask for [`Bare::Lazy`]: non-directories not yet known then go without, until
 //! a LOOKUP in the directory shows that whoever lists it also looks at what it lists (`ls -l`,
 //! `tar`, `du`, `rm -rf`); from then on that directory, its parent and every directory listed
-//! below them carry attributes.
-//! Directories always carry them, since a walk descends into them.
+//! below them carry attributes. Directories always carry them, since a walk descends into them.
 
 use std::io;
 use std::sync::atomic::Ordering;
