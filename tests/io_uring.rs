@@ -130,29 +130,36 @@ fn requests_go_through_the_rings_when_the_kernel_allows_it() {
     assert!(requests > 500, "{requests} requests");
     assert_eq!(ring, 0, "io_uring=off: everything through /dev/fuse");
 
-    // A read-only mount (zero-message opens, reads served by the rings).
-    let stats = base.join("ro.json");
-    let m = base.join("m-ro");
-    {
-        let _m = StrataMount::with_opts(
-            &[base.join("lower")],
-            &m,
-            &["io_uring", &format!("stats={}", stats.display())],
+    // A read-only mount (zero-message opens, reads served by the rings); with passthrough
+    // asked for, io_uring=auto leaves it to /dev/fuse (a passthrough open needs it).
+    for (name, transport, rings) in [("ro", "io_uring", true), ("ro-pt", "passthrough", false)] {
+        let stats = base.join(format!("{name}.json"));
+        let m = base.join(format!("m-{name}"));
+        {
+            let _m = StrataMount::with_opts(
+                &[base.join("lower")],
+                &m,
+                &[transport, &format!("stats={}", stats.display())],
+            );
+            sh(&format!(
+                "set -e; cd {}; test $(cat d*/* | wc -l) = 200; test $(ls d1 | wc -l) = 50; ! touch x 2>/dev/null",
+                m.display()
+            ));
+        }
+        let v = stats_of(&stats, &m);
+        let forgets = v["ops"]["forget"]["count"].as_u64().unwrap_or(0);
+        let requests = v["requests"].as_u64().unwrap();
+        let ring = v["io_uring_requests"].as_u64().unwrap();
+        assert!(v["ops"]["lookup"]["count"].as_u64().unwrap_or(0) > 0, "{v}");
+        if rings {
+            assert!(v["ops"]["read"]["count"].as_u64().unwrap_or(0) > 0, "{v}");
+        }
+        assert_eq!(
+            ring,
+            if rings { requests - forgets } else { 0 },
+            "{name}: {v}"
         );
-        sh(&format!(
-            "set -e; cd {}; test $(cat d*/* | wc -l) = 200; test $(ls d1 | wc -l) = 50; ! touch x 2>/dev/null",
-            m.display()
-        ));
     }
-    let v = stats_of(&stats, &m);
-    let forgets = v["ops"]["forget"]["count"].as_u64().unwrap_or(0);
-    let requests = v["requests"].as_u64().unwrap();
-    assert!(v["ops"]["read"]["count"].as_u64().unwrap_or(0) > 0, "{v}");
-    assert_eq!(
-        v["io_uring_requests"].as_u64().unwrap(),
-        requests - forgets,
-        "{v}"
-    );
 }
 
 #[test]
