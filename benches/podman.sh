@@ -7,6 +7,7 @@
 # PEERS='label=PROGRAM[ -o OPTS];...' adds mount programs (OPTS go to podman's mountopt), e.g.
 # PEERS="fuse-overlayfs-2.0=/opt/fuse-overlayfs-2.0/bin/fuse-overlayfs;stratafs-io_uring=$PWD/target/release/stratafs -o io_uring"
 # (labels without spaces; io_uring also needs `echo Y > /sys/module/fuse/parameters/enable_uring`).
+# Ends with the requests stratafs served in both workloads; STATS_ONLY=1 prints only those.
 set -euo pipefail
 shopt -s inherit_errexit
 RUNS=${RUNS:-5}
@@ -78,6 +79,29 @@ commit_time() { # kind
   done | median
 }
 
+# Requests stratafs served, from `-o stats=` (written as each mount goes): a container start,
+# and the container that writes the 10,000 files of the commit row.
+stats_of() { # FILE FILES
+  python3 - "$@" <<'PY'
+import json, sys
+v = json.load(open(sys.argv[1])); n = int(sys.argv[2]); r = v["requests"]
+per = f" ({r / n:.1f}/file)" if n > 1 else ""
+print(f'{r} requests{per}, {v["io_uring_requests"]} through io_uring')
+PY
+}
+request_counts() {
+  PEER[stats]="$BIN -o stats=$W/stats.json"; DIR[stats]=ps
+  setup_store stats
+  rm -f $W/stats.json; podman_ stats run --rm base true
+  echo "- stratafs, \`podman run --rm IMAGE true\`: $(stats_of $W/stats.json 1)"
+  rm -f $W/stats.json
+  podman_ stats run --name c base sh -c 'mkdir /data && cd /data && for d in $(seq 100); do mkdir $d; for f in $(seq 100); do echo $d$f > $d/$f; done; done'
+  podman_ stats rm -f c >/dev/null
+  echo "- stratafs, a container writing the commit row's 10,000 files: $(stats_of $W/stats.json 10000)"
+  podman_ stats rmi -af >/dev/null 2>&1 || true
+}
+if [ -n "${STATS_ONLY:-}" ]; then request_counts; exit 0; fi
+
 declare -A start commit
 for k in "${KINDS[@]}"; do
   setup_store "$k"
@@ -95,3 +119,4 @@ row() { # name, array name
 }
 row "podman run --rm IMAGE true" start
 row "podman commit, 10,000 changed files" commit
+request_counts

@@ -383,6 +383,8 @@ impl Filesystem for StrataFs {
         self.ov.forget(ino.0, nlookup);
     }
 
+    // Not counted in the stats: fuser calls this at the end of every session, whether or not
+    // the kernel sent DESTROY.
     fn destroy(&mut self) {
         debug!(live_nodes = self.ov.live_nodes(), "unmounting");
     }

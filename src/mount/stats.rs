@@ -33,7 +33,9 @@ ops! {
     Setxattr => "setxattr", Removexattr => "removexattr", Access => "access",
     Create => "create", Mkdir => "mkdir", Mknod => "mknod", Symlink => "symlink",
     Link => "link", Unlink => "unlink", Rmdir => "rmdir", Rename => "rename",
-    Fallocate => "fallocate",
+    Fallocate => "fallocate", Destroy => "destroy",
+    // Opcodes answered ENOSYS (through the rings; fuser answers those itself).
+    Other => "other",
 }
 
 pub struct Stats {

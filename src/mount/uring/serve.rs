@@ -320,9 +320,19 @@ fn dispatch(
         op::FSYNCDIR => {
             let _t = fs.timed(Op::Fsyncdir);
         }
-        op::FSYNC | op::DESTROY => {}
+        // Read-only: nothing to write back.
+        op::FSYNC => {
+            let _t = fs.timed(Op::Fsync);
+        }
+        op::DESTROY => {
+            let _t = fs.timed(Op::Destroy);
+        }
         o if op::MUTATING.contains(&o) => return Err(libc::EROFS),
-        _ => return Err(libc::ENOSYS),
+        o => {
+            let _t = fs.timed(Op::Other);
+            tracing::debug!(opcode = o, "not implemented");
+            return Err(libc::ENOSYS);
+        }
     }
     Ok(())
 }
