@@ -52,6 +52,27 @@ fn stats_of(file: &Path, mountpoint: &Path) -> serde_json::Value {
     v
 }
 
+/// Mount `base/lower` read-only with `opt` and `-o stats=`, run the shell script made for its
+/// mount point, unmount, and give the stats the daemon wrote.
+fn read_only_stats(
+    base: &Path,
+    name: &str,
+    opt: &str,
+    script: impl Fn(&Path) -> String,
+) -> serde_json::Value {
+    let stats = base.join(format!("{name}.json"));
+    let m = base.join(format!("m-{name}"));
+    {
+        let _m = StrataMount::with_opts(
+            &[base.join("lower")],
+            &m,
+            &[opt, &format!("stats={}", stats.display())],
+        );
+        sh(&script(&m));
+    }
+    stats_of(&stats, &m)
+}
+
 fn sh(script: &str) {
     run_ok(Command::new("bash").arg("-c").arg(script));
 }
@@ -133,20 +154,12 @@ fn requests_go_through_the_rings_when_the_kernel_allows_it() {
     // A read-only mount (zero-message opens, reads served by the rings); with passthrough
     // asked for, io_uring=auto leaves it to /dev/fuse (a passthrough open needs it).
     for (name, transport, rings) in [("ro", "io_uring", true), ("ro-pt", "passthrough", false)] {
-        let stats = base.join(format!("{name}.json"));
-        let m = base.join(format!("m-{name}"));
-        {
-            let _m = StrataMount::with_opts(
-                &[base.join("lower")],
-                &m,
-                &[transport, &format!("stats={}", stats.display())],
-            );
-            sh(&format!(
+        let v = read_only_stats(base, name, transport, |m| {
+            format!(
                 "set -e; cd {}; test $(cat d*/* | wc -l) = 200; test $(ls d1 | wc -l) = 50; ! touch x 2>/dev/null",
                 m.display()
-            ));
-        }
-        let v = stats_of(&stats, &m);
+            )
+        });
         let forgets = v["ops"]["forget"]["count"].as_u64().unwrap_or(0);
         let requests = v["requests"].as_u64().unwrap();
         let ring = v["io_uring_requests"].as_u64().unwrap();
@@ -222,15 +235,8 @@ fn listings_leave_out_attributes_until_they_are_wanted() {
     )
     .unwrap();
     let lookups = |name: &str, mode: &str| -> u64 {
-        let stats = base.join(format!("{name}.json"));
-        let m = base.join(format!("m-{name}"));
-        {
-            let _m = StrataMount::with_opts(
-                &[base.join("lower")],
-                &m,
-                &[mode, &format!("stats={}", stats.display())],
-            );
-            sh(&format!(
+        let v = read_only_stats(base, name, mode, |m| {
+            format!(
                 "set -e; cd {m}/t; \
                  test $(find a -type f | wc -l) = 50; test $(find a -type l) = a/link; \
                  test $(find a -type p) = a/fifo; python3 {check} a; \
@@ -239,11 +245,9 @@ fn listings_leave_out_attributes_until_they_are_wanted() {
                  test $(stat -c %s c/f* | wc -l) = 50",
                 m = m.display(),
                 check = base.join("check.py").display()
-            ));
-        }
-        stats_of(&stats, &m)["ops"]["lookup"]["count"]
-            .as_u64()
-            .unwrap_or(0)
+            )
+        });
+        v["ops"]["lookup"]["count"].as_u64().unwrap_or(0)
     };
     // Lazy: the check looks up a's 52 entries, which marks a and t; so e and c, listed after
     // it below t, carry attributes (0 lookups), c/d (below c, listed before c) does not (50).
