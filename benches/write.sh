@@ -5,9 +5,12 @@
 # work on the same filesystem. Prints a markdown table of medians, and for stratafs the FUSE
 # requests per file of one more run (`-o stats=`), with the three commonest opcodes.
 # Usage (as root): bash benches/write.sh     RUNS=5 for more runs; FUSE_OVERLAYFS=path for
-# another fuse-overlayfs build (fuse-overlayfs 2.0: cargo install fuse-overlayfs --version 2.0.0).
+# another fuse-overlayfs build (fuse-overlayfs 2.0: cargo install fuse-overlayfs --version 2.0.0);
+# OPTS=volatile adds that mount option to all three (no fsync of copy-ups: podman's
+# `--volatile` containers); ONLY="chmod|append" for the rows whose names match.
 set -euo pipefail
 RUNS=${RUNS:-3}
+OPTS=${OPTS:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release -q --manifest-path "$ROOT/Cargo.toml"
 BIN=${BIN:-$ROOT/target/release/stratafs}
@@ -27,9 +30,9 @@ mount_it() { # kind
   rm -rf $W/u $W/w; mkdir -p $W/u $W/w $W/m
   local lower=$W/src:$W/low
   case $1 in
-    kernel) mount -t overlay overlay -o lowerdir=$lower,upperdir=$W/u,workdir=$W/w $W/m ;;
-    fuse-overlayfs) $FOVL -o lowerdir=$lower,upperdir=$W/u,workdir=$W/w $W/m ;;
-    stratafs) $BIN -o lowerdir=$lower,upperdir=$W/u,workdir=$W/w${STATS:+,stats=$STATS} $W/m ;;
+    kernel) mount -t overlay overlay -o lowerdir=$lower,upperdir=$W/u,workdir=$W/w${OPTS:+,$OPTS} $W/m ;;
+    fuse-overlayfs) $FOVL -o lowerdir=$lower,upperdir=$W/u,workdir=$W/w${OPTS:+,$OPTS} $W/m ;;
+    stratafs) $BIN -o lowerdir=$lower,upperdir=$W/u,workdir=$W/w${OPTS:+,$OPTS}${STATS:+,stats=$STATS} $W/m ;;
   esac
 }
 umount_it() { umount $W/m 2>/dev/null || fusermount3 -u $W/m; }
@@ -61,6 +64,7 @@ for w in "untar 10,000 files|10000|mkdir $W/m/new && tar -C $W/m/new -xf $W/src.
          "append a line to 2,000 lower files|2000|for f in $W/m/d{1..20}/f*; do echo x >> \$f; done; sync" \
          "copy-up of a 1 GB file|1|echo x >> $W/m/big && sync"; do
   name=${w%%|*}; rest=${w#*|}; n=${rest%%|*}; cmd=${rest#*|}
+  [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]] && continue
   k=$(timeit kernel "$cmd"); f=$(timeit fuse-overlayfs "$cmd"); s=$(timeit stratafs "$cmd")
   r=$(requests "$cmd" $n)
   printf "| %s | %.2f s | %.2f s | %.2f s | %.2fx | %s |\n" "$name" $k $f $s $(echo "$s / $k" | bc -l) "$r"
