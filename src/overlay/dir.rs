@@ -24,6 +24,9 @@ pub struct DirEntry {
     pub ino: Ino,
     /// Index of the topmost layer holding the entry.
     pub top: u16,
+    /// A lower layer below `top` may hold the name too (always assumed for names added since
+    /// the listing was built): a lookup must look there.
+    pub below: bool,
     /// Removed since the listing was built; kept so later offsets stay put.
     pub removed: bool,
 }
@@ -48,17 +51,39 @@ impl Listing {
         rel: &RelPath,
         ino_of: impl Fn(&Layer, u64) -> Ino,
     ) -> io::Result<Listing> {
+        let merged = resolve::merge_dir(stack, layers, rel)?;
         let mut l = Listing::default();
-        for m in resolve::merge_dir(stack, layers, rel)? {
-            let layer = &stack[m.top as usize];
-            l.add(
-                &m.entry.name,
+        l.entries.reserve_exact(merged.len());
+        l.by_name.reserve(merged.len(), |_| 0); // empty: nothing to rehash
+        for m in merged {
+            let ino = ino_of(&stack[m.top as usize], m.entry.ino);
+            l.push_unique(
+                m.entry.name.into_boxed_slice(),
                 m.entry.kind,
-                ino_of(layer, m.entry.ino),
+                ino,
                 m.top,
+                m.below,
             );
         }
         Ok(l)
+    }
+
+    /// Append a name the listing does not hold (merge_dir gives each name once).
+    fn push_unique(&mut self, name: Box<[u8]>, kind: u32, ino: Ino, top: u16, below: bool) {
+        let h = self.hash(&name);
+        let i = self.entries.len() as u32;
+        self.entries.push(DirEntry {
+            name,
+            kind,
+            ino,
+            top,
+            below,
+            removed: false,
+        });
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.by_name
+            .insert_unique(h, i, |&j| hasher.hash_one(&*entries[j as usize].name));
+        self.live += 1;
     }
 
     fn hash(&self, name: &[u8]) -> u64 {
@@ -98,6 +123,7 @@ impl Listing {
                     kind,
                     ino,
                     top,
+                    below: true,
                     removed: false,
                 };
                 i
@@ -109,6 +135,7 @@ impl Listing {
                     kind,
                     ino,
                     top,
+                    below: true,
                     removed: false,
                 });
                 i

@@ -363,9 +363,18 @@ impl Overlay {
         };
         if let Some(listing) = listing.as_ref().and_then(|l| l.as_ref()) {
             // The listing already knows which names exist and where the topmost one is.
+            // And whether a layer below it holds the name at all: if not, the lookup looks at
+            // one layer, not at every one for the name, its whiteout and an opaque marker.
             match listing.find(name) {
                 None => return Ok(None),
-                Some(e) => start = dir_layers.iter().position(|&l| l == e.top).unwrap_or(0),
+                Some(e) => {
+                    if let Some(i) = dir_layers.iter().position(|&l| l == e.top) {
+                        start = i;
+                        if !e.below {
+                            dir_layers.truncate(i + 1);
+                        }
+                    }
+                }
             }
         }
         resolve::child(&self.layers, &dir_layers[start..], &dir.path(), name)

@@ -2,7 +2,7 @@
 //! numbers that no longer follow from disk (kept across copy-up, or reassigned while an
 //! unlinked file still holds the derived one), and what the kernel must forget.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -21,6 +21,8 @@ pub struct Namespace {
     pub(super) table: InodeTable,
     /// Composed real number -> node number, where they differ.
     remap: DashMap<Ino, Ino>,
+    /// Whether `remap` was ever written: until then a listing looks nothing up in it.
+    remapped: AtomicBool,
     alt_seq: AtomicU64,
     stale: Mutex<Stale>,
 }
@@ -30,6 +32,7 @@ impl Namespace {
         Namespace {
             table: InodeTable::new(root),
             remap: DashMap::new(),
+            remapped: AtomicBool::new(false),
             alt_seq: AtomicU64::new(0),
             stale: Mutex::new(Stale::default()),
         }
@@ -37,11 +40,15 @@ impl Namespace {
 
     /// The node number an entry whose real (composed) number is `real` has.
     pub fn number_of(&self, real: Ino) -> Ino {
+        if !self.remapped.load(Ordering::Acquire) {
+            return real;
+        }
         self.remap.get(&real).map_or(real, |v| *v)
     }
 
     /// From now on `real` is known as `ino` (a copy-up keeps the kernel's number).
     pub fn keep_number(&self, real: Ino, ino: Ino) {
+        self.remapped.store(true, Ordering::Release);
         self.remap.insert(real, ino);
     }
 
@@ -51,6 +58,7 @@ impl Namespace {
         let n = self.alt_seq.fetch_add(1, Ordering::Relaxed);
         let ino =
             (1 << 62) | ((real.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n) & ((1 << 62) - 1)) | 1;
+        self.remapped.store(true, Ordering::Release);
         self.remap.insert(real, ino);
         ino
     }

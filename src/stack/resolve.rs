@@ -7,7 +7,8 @@
 //!   (`.wh..wh..opq` or an opaque xattr), holds a whiteout for it, or holds a non-directory.
 //! - A whiteout hides names of the layers below only, never those of its own layer.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io;
 
 use rustix::fs::Stat;
@@ -42,8 +43,10 @@ pub fn child(
 ) -> io::Result<Option<(Holders, Stat)>> {
     let rel = join(dir, name);
     let mut found: Option<(Holders, Stat)> = None;
-    for &l in layers {
+    for (i, &l) in layers.iter().enumerate() {
         let layer = &stack[l as usize];
+        // Whiteout files and opaque markers only decide whether to go on below this layer.
+        let last = i + 1 == layers.len();
         match layer.stat(&rel)? {
             Some(st) if whiteout::is_char_whiteout(st.st_mode, st.st_rdev) => break,
             Some(st) => {
@@ -54,12 +57,12 @@ pub fn child(
                     Some((ls, _)) => ls.push(l),
                 }
                 let merging = found.as_ref().is_some_and(|(_, top)| is_dir(top));
-                if !merging || wh_file(layer, dir, name)? || layer.is_opaque_dir(&rel)? {
+                if last || !merging || wh_file(layer, dir, name)? || layer.is_opaque_dir(&rel)? {
                     break;
                 }
             }
             None => {
-                if wh_file(layer, dir, name)? {
+                if last || wh_file(layer, dir, name)? {
                     break;
                 }
             }
@@ -100,20 +103,26 @@ pub struct Merged {
     pub entry: RawEntry,
     /// Stack index of the topmost layer holding it.
     pub top: u16,
+    /// A layer below `top` holds the name too (a directory there may merge with it).
+    pub below: bool,
 }
 
 /// The visible entries of the merged directory `dir` whose copies are in `layers` (top first,
 /// already cut at the first opaque one), in layer order, each once.
 pub fn merge_dir(stack: &[Layer], layers: &[u16], dir: &RelPath) -> io::Result<Vec<Merged>> {
-    let mut out = Vec::new();
-    // Names decided by an upper layer: shown, or hidden by a whiteout.
-    let mut decided: HashSet<Vec<u8>> = HashSet::new();
-    for &l in layers {
+    let mut out: Vec<Merged> = Vec::new();
+    // Names decided by an upper layer: shown (at that index of `out`) or hidden by a whiteout.
+    let mut decided: HashMap<Vec<u8>, Option<usize>> = HashMap::new();
+    for (i, &l) in layers.iter().enumerate() {
         let raw = match stack[l as usize].read_dir(dir) {
             Ok(r) => r,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(e) => return Err(e),
         };
+        // The bottom layer decides nothing for a layer below it: its names are only looked up
+        // (most directories of an image live in one layer, so most listings hash nothing).
+        let bottom = i + 1 == layers.len();
+        out.reserve(raw.len());
         let mut hidden_below: Vec<Vec<u8>> = Vec::new();
         for e in raw {
             match whiteout::classify(&e.name) {
@@ -121,15 +130,33 @@ pub fn merge_dir(stack: &[Layer], layers: &[u16], dir: &RelPath) -> io::Result<V
                 Marker::Opaque | Marker::Internal => {}
                 Marker::Entry if e.char_whiteout => hidden_below.push(e.name),
                 Marker::Entry => {
-                    if !decided.insert(e.name.clone()) {
-                        continue;
+                    let seen = if bottom {
+                        decided.get(&e.name).copied()
+                    } else {
+                        match decided.entry(e.name.clone()) {
+                            Entry::Occupied(o) => Some(*o.get()),
+                            Entry::Vacant(v) => {
+                                v.insert(Some(out.len()));
+                                None
+                            }
+                        }
+                    };
+                    match seen {
+                        None => out.push(Merged {
+                            entry: e,
+                            top: l,
+                            below: false,
+                        }),
+                        Some(Some(shown)) => out[shown].below = true,
+                        Some(None) => {} // whited out above
                     }
-                    out.push(Merged { entry: e, top: l });
                 }
             }
         }
         // A whiteout hides names of the layers below only, never its own layer's.
-        decided.extend(hidden_below);
+        for name in hidden_below {
+            decided.entry(name).or_insert(None);
+        }
     }
     Ok(out)
 }
@@ -202,6 +229,20 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["d", "f", "keep", "m"]);
+        // Which names a layer below the top one holds too (x is whited out, not listed).
+        let mut below: Vec<(String, u16, bool)> = merge_dir(&s, &[0, 1], b"")
+            .unwrap()
+            .into_iter()
+            .map(|m| (String::from_utf8(m.entry.name).unwrap(), m.top, m.below))
+            .collect();
+        below.sort();
+        let want = [
+            ("d", 0, true),
+            ("f", 0, true),
+            ("keep", 1, false),
+            ("m", 0, true),
+        ];
+        assert_eq!(below, want.map(|(n, t, b)| (n.to_string(), t, b)));
         let m: Vec<_> = merge_dir(&s, &[0, 1], b"m").unwrap();
         assert_eq!(m.len(), 2);
     }
