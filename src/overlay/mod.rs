@@ -67,8 +67,10 @@ pub struct Overlay {
     read_only: bool,
     pub(crate) ids: IdMap,
     /// Taken shared by lookups and listings, exclusively by anything that changes the upper
-    /// layer's namespace, so a lookup never sees half of a rename or copy-up.
-    pub(crate) ns: RwLock<()>,
+    /// layer's namespace, so a lookup never sees half of a rename or copy-up. It counts those
+    /// changes (see [`Overlay::ns_write`]): a listing built ahead without the lock is kept
+    /// only if the count did not move meanwhile.
+    pub(crate) ns: RwLock<u64>,
     /// Inode table, number remaps and what the kernel must forget (a copy-up makes a
     /// directory merged, or separates hard links).
     pub(crate) names: Namespace,
@@ -161,7 +163,7 @@ impl Overlay {
             upper,
             read_only: cfg.read_only,
             ids: cfg.ids.clone(),
-            ns: RwLock::new(()),
+            ns: RwLock::new(0),
             dev_index,
             forgotten: AtomicU64::new(0),
             names: Namespace::new(root),
@@ -414,23 +416,77 @@ impl Overlay {
             let c = self.compose_ino(layer, real);
             self.names.number_of(c)
         })?;
-        if let Some(la) = self.lookahead.get() {
-            let path = dir.path();
-            for e in listing.entries().iter().filter(|e| e.kind == libc::S_IFDIR) {
-                for &l in state.layers.iter().filter(|l| self.is_lower(**l)) {
-                    la.offer(lookahead::Job {
-                        layer: l,
-                        rel: join(&path, &e.name),
-                        siblings: false,
-                    });
-                }
-            }
-        }
         let mut slot = dir.listing.write();
         if slot.is_none() {
             *slot = Some(listing);
         }
         Ok(())
+    }
+
+    /// Take the namespace lock to change the upper layer's namespace, and count the change.
+    pub(crate) fn ns_write(&self) -> parking_lot::RwLockWriteGuard<'_, u64> {
+        let mut ns = self.ns.write();
+        *ns += 1;
+        ns
+    }
+
+    /// Build `dir`'s merged listing for look-ahead, without the namespace lock (so no write
+    /// waits on it): the namespace count it started from, and the listing. `None` if the
+    /// directory has one already or cannot be listed.
+    pub(crate) fn listing_ahead(&self, dir: &Node) -> Option<(u64, Listing)> {
+        let before = *self.ns.read_recursive();
+        if dir.listing.read_recursive().is_some() {
+            return None;
+        }
+        let state = dir.state.read().clone();
+        if !state.attr.is_dir() {
+            return None;
+        }
+        let listing = Listing::build(&self.layers, &state.layers, &dir.path(), |layer, real| {
+            self.names.number_of(self.compose_ino(layer, real))
+        })
+        .ok()?;
+        Some((before, listing))
+    }
+
+    /// Store a listing built by [`Self::listing_ahead`] unless the namespace changed since
+    /// (it may be stale then) or the directory got one meanwhile. Never waits for the lock.
+    pub(crate) fn keep_listing_ahead(&self, dir: &Node, before: u64, listing: Listing) -> bool {
+        let Some(ns) = self.ns.try_read_recursive() else {
+            return false;
+        };
+        if *ns != before {
+            return false;
+        }
+        let mut slot = dir.listing.write();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(listing);
+        true
+    }
+
+    /// `dir` was just listed in its parent: have look-ahead build its listing, and when
+    /// `stats` (the listing's entries will carry attributes) read its lower directories and
+    /// stat their entries, so the next READDIRPLUS finds all of it done or cached.
+    pub(crate) fn offer_lookahead(&self, dir: &Arc<Node>, stats: bool) {
+        let Some(la) = self.lookahead.get() else {
+            return;
+        };
+        if dir.listing.read_recursive().is_some() {
+            return;
+        }
+        la.offer(lookahead::Job::Listing(Arc::downgrade(dir)));
+        if stats {
+            let path = dir.path();
+            for l in dir.layers().into_iter().filter(|l| self.is_lower(*l)) {
+                la.offer(lookahead::Job::Warm {
+                    layer: l,
+                    rel: path.clone(),
+                    siblings: false,
+                });
+            }
+        }
     }
 
     /// Run `f` on the directory's merged listing.
@@ -504,7 +560,7 @@ impl Overlay {
         let path = parent.path();
         for l in layers {
             if self.is_lower(l) && self.layers[l as usize].cvmfs.is_none() {
-                la.offer(lookahead::Job {
+                la.offer(lookahead::Job::Warm {
                     layer: l,
                     rel: path.clone(),
                     siblings: true,

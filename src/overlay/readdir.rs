@@ -197,6 +197,10 @@ impl Overlay {
                     }
                 };
                 let attr = self.attr(&child).unwrap_or_else(|_| child.attr());
+                if attr.is_dir() {
+                    // A walk is likely to list it next.
+                    self.offer_lookahead(&child, !lazy);
+                }
                 let item = PlusItem {
                     next: i as u64 + 3,
                     name: &name,

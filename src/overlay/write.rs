@@ -254,7 +254,7 @@ impl Overlay {
         }
         let dir = self.node(parent)?;
         let upper = self.upper()?;
-        let _ns = self.ns.write();
+        let _ns = self.ns_write();
         if dir.is_detached() {
             return Err(errno(libc::ENOENT));
         }
@@ -479,7 +479,7 @@ impl Overlay {
     pub fn remove(&self, parent: u64, name: &[u8], rmdir: bool) -> io::Result<()> {
         let dir = self.node(parent)?;
         let upper = self.upper()?;
-        let _ns = self.ns.write();
+        let _ns = self.ns_write();
         let f = self.peek(&dir, name)?.ok_or_else(|| errno(libc::ENOENT))?;
         match (rmdir, f.is_dir()) {
             (true, false) => return Err(errno(libc::ENOTDIR)),
@@ -523,7 +523,7 @@ impl Overlay {
         let dir = self.node(parent)?;
         let newdir = self.node(newparent)?;
         let upper = self.upper()?;
-        let _ns = self.ns.write();
+        let _ns = self.ns_write();
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let src = self.peek(&dir, name)?.ok_or_else(|| errno(libc::ENOENT))?;
         let dst = self.peek(&newdir, newname)?;
@@ -644,7 +644,7 @@ impl Overlay {
         let node = self.node(ino)?;
         let newdir = self.node(newparent)?;
         let upper = self.upper()?;
-        let _ns = self.ns.write();
+        let _ns = self.ns_write();
         if node.attr().is_dir() {
             return Err(errno(libc::EPERM));
         }
@@ -711,7 +711,7 @@ impl Overlay {
         if let Some(f) = &detached_fd {
             return self.setattr_fd(&node, sa, f);
         }
-        let _ns = self.ns.write();
+        let _ns = self.ns_write();
         let data = if sa.size == Some(0) {
             Data::Skip
         } else {
@@ -854,7 +854,7 @@ impl Overlay {
         }
         let node = self.node(ino)?;
         self.upper()?;
-        let _ns = self.ns.write();
+        let _ns = self.ns_write();
         self.copy_up(&node, Data::Copy)?;
         self.layers[0].set_xattr(&node.path(), name, value, flags)?;
         if name == acl::ACCESS.as_bytes() {
@@ -889,7 +889,7 @@ impl Overlay {
         }
         let node = self.node(ino)?;
         self.upper()?;
-        let _ns = self.ns.write();
+        let _ns = self.ns_write();
         self.copy_up(&node, Data::Copy)?;
         let r = self.layers[0].remove_xattr(&node.path(), name);
         node.xattrs_changed();
@@ -923,7 +923,7 @@ impl Overlay {
         }
         self.upper()?;
         {
-            let _ns = self.ns.write();
+            let _ns = self.ns_write();
             self.copy_up(&node, if trunc { Data::Skip } else { Data::Copy })?;
         }
         let fd = self.layers[0].open_rw(&node.path())?;

@@ -210,3 +210,44 @@ fn whiteout_forms_and_the_work_dir() {
     let work = f.upper.parent().unwrap().join("w/work");
     assert_eq!(std::fs::read_dir(work).unwrap().count(), 0);
 }
+
+/// Names in `dir`'s stored listing (none stored: `None`).
+fn listed(dir: &Node) -> Option<Vec<String>> {
+    let guard = dir.listing.read();
+    let l = guard.as_ref()?;
+    Some(
+        l.entries()
+            .iter()
+            .filter(|e| !e.removed)
+            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+            .collect(),
+    )
+}
+
+#[test]
+fn a_listing_built_ahead_is_dropped_when_the_namespace_changed_meanwhile() {
+    let f = fixture();
+    let dir = look(&f.ov, ROOT_INO, "dir").unwrap();
+    // Built, then a file is made in the directory before the listing is stored: it would
+    // miss the new name, so it is not kept; the next listing is built afresh.
+    let (before, listing) = f.ov.listing_ahead(&dir).unwrap();
+    f.ov.create(dir.ino, b"new", NewEntry::File, libc::S_IFREG | 0o644, me())
+        .unwrap();
+    assert!(!f.ov.keep_listing_ahead(&dir, before, listing));
+    assert_eq!(listed(&dir), None);
+    let mut names =
+        f.ov.with_listing(&dir, |_| ())
+            .map(|_| listed(&dir))
+            .unwrap()
+            .unwrap();
+    names.sort();
+    assert_eq!(names, ["file", "new", "sub"]);
+    // Nothing changed between building and storing: kept, and then it is what lookups use.
+    let sub = look(&f.ov, dir.ino, "sub").unwrap();
+    let (before, listing) = f.ov.listing_ahead(&sub).unwrap();
+    assert!(f.ov.keep_listing_ahead(&sub, before, listing));
+    assert_eq!(listed(&sub), Some(vec!["deep".to_string()]));
+    assert!(look(&f.ov, sub.ino, "deep").is_some());
+    // A directory with a listing gets none built ahead.
+    assert!(f.ov.listing_ahead(&sub).is_none());
+}
