@@ -24,9 +24,9 @@ pub struct Cli {
     /// fsname=NAME, passthrough[=on|off] (read-only mounts), threads=N, prefetch=off|FILE
     /// (read ahead the files of a trace; by default the image's own, if its repository has one),
     /// access_log=FILE, stats=FILE (FUSE requests by opcode and the time in each, written at
-    /// unmount), lookahead=on|off (read subdirectories of a listed directory and small siblings
-    /// of a read file ahead, on by default), writeback=on|off (the kernel's writeback cache on
-    /// a writable mount, off by default), io_uring[=on|off|auto] (serve requests through FUSE
+    /// unmount), lookahead=on|off (build the listings of a listed directory's subdirectories
+    /// and read small siblings of a read file ahead, on by default), writeback=on|off (the
+    /// kernel's writeback cache on a writable mount, off by default), io_uring[=on|off|auto] (serve requests through FUSE
     /// over io_uring, one queue per CPU, when /sys/module/fuse/parameters/enable_uring is Y;
     /// /dev/fuse otherwise; auto, the default, is on unless passthrough was asked for),
     /// readdirplus=lazy|full (over io_uring, listings leave out the attributes of files nobody

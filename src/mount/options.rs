@@ -30,7 +30,8 @@ pub struct MountOptions {
     pub prefetch: Prefetch,
     /// Write request counts by opcode here at unmount.
     pub stats: Option<PathBuf>,
-    /// Read subdirectories of listed directories ahead (`lookahead=off` turns it off).
+    /// List subdirectories of listed directories and read small siblings of read files ahead
+    /// (`lookahead=off` turns it off).
     pub lookahead: bool,
     /// Serve requests through FUSE over io_uring when the kernel allows it.
     pub io_uring: IoUring,
