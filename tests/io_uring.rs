@@ -197,8 +197,12 @@ fn a_killed_daemon_leaves_a_dead_mount_not_a_hung_one() {
         .arg(m.join("g")));
     assert!(!out.status.success(), "stat on a dead mount succeeded");
     let err = String::from_utf8_lossy(&out.stderr);
+    // ENOTCONN once the connection is gone; a request caught while the kernel tears the rings
+    // down ends with ECONNABORTED or, seen 2 times in 25 runs, ECANCELED.
     assert!(
-        err.contains("not connected") || err.contains("connection abort"),
+        err.contains("not connected")
+            || err.contains("connection abort")
+            || err.contains("Operation canceled"),
         "{err}"
     );
     assert_ne!(out.status.code(), Some(124), "stat hung on the dead mount");

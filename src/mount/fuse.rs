@@ -387,6 +387,7 @@ impl Filesystem for StrataFs {
     // the kernel sent DESTROY.
     fn destroy(&mut self) {
         debug!(live_nodes = self.ov.live_nodes(), "unmounting");
+        self.ov.unmounted();
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

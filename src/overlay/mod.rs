@@ -185,6 +185,13 @@ impl Overlay {
     }
 
     /// Whether stack index `l` is a read-only layer (not the writable one).
+    /// The mount ends: leave the work directory as empty as it was found.
+    pub fn unmounted(&self) {
+        if let Some(u) = &self.upper {
+            u.unmounted();
+        }
+    }
+
     pub(crate) fn is_lower(&self, l: u16) -> bool {
         !(self.upper.is_some() && l == 0)
     }

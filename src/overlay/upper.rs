@@ -47,6 +47,9 @@ pub struct Upper {
 
 pub use crate::confined::cstr as cname;
 
+/// The whiteout in W that new whiteouts are hard links of (kept from mount to unmount).
+const SHARED: &str = "whiteout";
+
 fn ignore_absent(r: rustix::io::Result<()>) -> io::Result<()> {
     match r {
         Ok(()) | Err(Errno::NOENT) => Ok(()),
@@ -106,7 +109,7 @@ impl Upper {
     /// Remove what an interrupted copy-up, rename or removal left in W.
     fn clean(&self) -> io::Result<()> {
         let names = list(&self.work)?;
-        if !names.is_empty() {
+        if names.iter().any(|n| n.as_slice() != SHARED.as_bytes()) {
             warn!(
                 entries = names.len(),
                 "removing leftovers of an interrupted run from workdir"
@@ -223,6 +226,43 @@ impl Upper {
                 self.remove(dir, name)
             }
         }
+    }
+
+    /// Put a whiteout at `dir/name` where the upper layer holds nothing (a lower entry is
+    /// removed): a hard link of one shared 0:0 device in W, as kernel overlayfs shares one, so
+    /// the upper filesystem allocates no inode and the link appears in one step. Anything
+    /// unexpected (the name is taken, the filesystem refuses links) takes the general path.
+    pub fn whiteout_fresh(&self, dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
+        if self.whiteouts == WhiteoutForm::CharDevice {
+            let cn = cname(name)?;
+            for _ in 0..2 {
+                match rustix::fs::linkat(&self.work, SHARED, dir, &cn, AtFlags::empty()) {
+                    Ok(()) => return Ok(()),
+                    // None yet, or it reached the filesystem's link limit: a new one.
+                    Err(Errno::NOENT | Errno::MLINK) => {
+                        if self.new_shared_whiteout().is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        self.whiteout(dir, name)
+    }
+
+    /// The mount ends: W is left empty (a killed daemon's shared whiteout goes at the next
+    /// mount).
+    pub fn unmounted(&self) {
+        let _ = rustix::fs::unlinkat(&self.work, SHARED, AtFlags::empty());
+    }
+
+    /// Make (or replace) W's shared whiteout.
+    fn new_shared_whiteout(&self) -> io::Result<()> {
+        let t = self.temp();
+        rustix::fs::mknodat(&self.work, &*t, FileType::CharacterDevice, Mode::empty(), 0)?;
+        rustix::fs::renameat(&self.work, &*t, &self.work, SHARED)?;
+        Ok(())
     }
 
     /// Whether the upper layer holds a whiteout for `name` in `dir`.

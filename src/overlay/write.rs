@@ -493,7 +493,10 @@ impl Overlay {
             }
         }
         let pdir = self.upper_dir(&dir)?;
-        if self.lower_visible(&dir, name)? {
+        if f.layers[0] != 0 {
+            // Only lower layers hold it.
+            upper.whiteout_fresh(&pdir, name)?;
+        } else if self.lower_visible(&dir, name)? {
             upper.whiteout(&pdir, name)?;
         } else {
             upper.remove(&pdir, name)?;

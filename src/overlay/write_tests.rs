@@ -206,9 +206,28 @@ fn whiteout_forms_and_the_work_dir() {
         WhiteoutForm::CharDevice | WhiteoutForm::WhFile
     ));
     f.ov.remove(ROOT_INO, b"top", false).unwrap();
-    // Nothing is left in W/work after an operation.
+    let dir = look(&f.ov, ROOT_INO, "dir").unwrap();
+    f.ov.remove(dir.ino, b"file", false).unwrap();
+    // Nothing is left in W/work after an operation but the shared whiteout, which the
+    // character-device whiteouts of lower files are hard links of (as the kernel's are).
     let work = f.upper.parent().unwrap().join("w/work");
-    assert_eq!(std::fs::read_dir(work).unwrap().count(), 0);
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    if u.whiteouts == WhiteoutForm::CharDevice {
+        assert_eq!(left, ["whiteout"]);
+        let shared = work.join("whiteout").symlink_metadata().unwrap();
+        for w in [f.upper.join("top"), f.upper.join("dir/file")] {
+            let m = w.symlink_metadata().unwrap();
+            assert!(m.file_type().is_char_device() && m.rdev() == 0);
+            assert_eq!(m.ino(), shared.ino());
+        }
+        assert_eq!(shared.nlink(), 3);
+    } else {
+        assert!(left.is_empty(), "{left:?}");
+        assert!(whited(&f.upper, "top") && whited(&f.upper.join("dir"), "file"));
+    }
 }
 
 /// Names in `dir`'s stored listing (none stored: `None`).
