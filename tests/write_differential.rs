@@ -64,6 +64,22 @@ fn make_lowers(base: &Path) -> Vec<PathBuf> {
         rustix::fs::lsetxattr(c(p), k, v.as_bytes(), rustix::fs::XattrFlags::empty()).unwrap()
     };
     setx(&bottom.join("etc/passwd"), "user.origin", "bottom");
+    // File capabilities (cap_net_raw, effective): a copy-up keeps them, a chown drops them.
+    let mut cap = Vec::new();
+    for w in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        cap.extend_from_slice(&w.to_le_bytes());
+    }
+    for f in ["caps", "caps-chown"] {
+        std::fs::write(bottom.join(f), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(bottom.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+        rustix::fs::lsetxattr(
+            c(&bottom.join(f)),
+            "security.capability",
+            &cap,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    }
     setx(&bottom.join("usr/lib"), "user.dir", "d");
 
     for d in ["etc", "usr/lib", "opq"] {
@@ -258,6 +274,8 @@ fn script() -> Vec<Op> {
         Chown("suid", 0, 0),
         Utime("lowdir/y", 1_234_567_890, 123_456_789),
         Utime("lowdir", 1_111_111_111, 5),
+        Utime("caps", 1_234_567_890, 0),
+        Chown("caps-chown", 0, 0),
         SetXattr("etc/passwd", "user.new", "v"),
         RemoveXattr("etc/passwd", "user.origin"),
         SetXattr("usr/lib", "user.more", "w"),

@@ -126,8 +126,22 @@ impl Overlay {
                 rustix::fs::mknodat(work, &*tmp, ft, Mode::from_raw_mode(0o600), st.st_rdev)?;
             }
         }
-        // Metadata on the temporary entry: xattrs, then owner (which clears set-id bits), then
-        // mode, then times.
+        // Metadata on the temporary entry: owner first (a chown clears set-id bits and drops
+        // `security.capability`, as the kernel does on every chown), then xattrs, then mode
+        // (which puts set-id bits back), then times.
+        match rustix::fs::chownat(
+            work,
+            &*tmp,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) => {}
+            // An unprivileged daemon keeps files as its own; the override xattr (copied below)
+            // carries the owner where the mount uses one.
+            Err(Errno::PERM | Errno::INVAL) => debug!("owner not kept on copy-up"),
+            Err(e) => return Err(e.into()),
+        }
         let tp = proc_path(work, tmp.as_bytes())?;
         let names = src.list_xattrs(&rel)?;
         for xname in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
@@ -141,19 +155,6 @@ impl Overlay {
                     debug!(xattr = %String::from_utf8_lossy(xname), error = %e, "xattr not copied up");
                 }
             }
-        }
-        match rustix::fs::chownat(
-            work,
-            &*tmp,
-            Some(rustix::fs::Uid::from_raw(st.st_uid)),
-            Some(rustix::fs::Gid::from_raw(st.st_gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        ) {
-            Ok(()) => {}
-            // An unprivileged daemon keeps files as its own; the override xattr (copied above)
-            // carries the owner where the mount uses one.
-            Err(Errno::PERM | Errno::INVAL) => debug!("owner not kept on copy-up"),
-            Err(e) => return Err(e.into()),
         }
         if kind != libc::S_IFLNK {
             rustix::fs::chmodat(
