@@ -34,7 +34,11 @@ ops! {
     Create => "create", Mkdir => "mkdir", Mknod => "mknod", Symlink => "symlink",
     Link => "link", Unlink => "unlink", Rmdir => "rmdir", Rename => "rename",
     Fallocate => "fallocate", Destroy => "destroy",
-    // Opcodes answered ENOSYS (through the rings; fuser answers those itself).
+    // Answered ENOTTY: the kernel sends every ioctl on a file to the daemon, with no negative
+    // cache (Python's isatty() on each file it opens is one).
+    Ioctl => "ioctl",
+    // Opcodes answered ENOSYS through the rings. Over /dev/fuse fuser answers them itself, and
+    // the kernel stops sending each (lseek, poll, locks, copy_file_range) after the first.
     Other => "other",
 }
 

@@ -327,6 +327,11 @@ fn dispatch(
         op::DESTROY => {
             let _t = fs.timed(Op::Destroy);
         }
+        // No ioctl is served: what a regular file says to a terminal ioctl.
+        op::IOCTL => {
+            let _t = fs.timed(Op::Ioctl);
+            return Err(libc::ENOTTY);
+        }
         o if op::MUTATING.contains(&o) => return Err(libc::EROFS),
         o => {
             let _t = fs.timed(Op::Other);

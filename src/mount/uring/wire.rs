@@ -35,6 +35,7 @@ pub mod op {
     pub const FSYNCDIR: u32 = 30;
     pub const ACCESS: u32 = 34;
     pub const DESTROY: u32 = 38;
+    pub const IOCTL: u32 = 39;
     pub const READDIRPLUS: u32 = 44;
     pub const SETATTR: u32 = 4;
     pub const SYMLINK: u32 = 6;
