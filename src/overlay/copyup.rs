@@ -1,9 +1,12 @@
 //! Copy-up: give a lower entry a copy in the writable layer before it changes.
 //!
-//! The copy is built in W under a temporary name with its content (reflink, else
-//! copy_file_range, else read/write), xattrs, owner, mode and ns times, then renamed into U in
-//! one step, so U never shows a partial file. As overlayfs does, the parent's times are put
-//! back afterwards: a copy-up is not a change of the directory.
+//! The copy is built whole, with its content (reflink, else copy_file_range, else
+//! read/write), owner, xattrs, mode and ns times, before it gets its name in U, so U never
+//! shows a partial file: a regular file as an unnamed inode (O_TMPFILE) in its upper directory,
+//! then linked in (as overlayfs does, and the inode lands near its directory); anything else,
+//! or where O_TMPFILE is missing, under a temporary name in W, then renamed into U in one step.
+//! As overlayfs does, the parent's times are put back afterwards: a copy-up is not a change of
+//! the directory.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -16,8 +19,9 @@ use tracing::debug;
 
 use crate::confined::proc_path;
 use crate::overlay::inode::Node;
+use crate::overlay::upper::{Upper, cname};
 use crate::overlay::{Overlay, errno};
-use crate::stack::whiteout;
+use crate::stack::{Layer, RelPath, whiteout};
 
 /// Whether a copy-up carries the content (not when the file is about to be truncated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,87 +98,12 @@ impl Overlay {
         let st = src.stat(&rel)?.ok_or_else(|| errno(libc::ENOENT))?;
         let pdir = self.layers[0].open_dir(&parent.path())?;
         let pst = rustix::fs::fstat(&pdir)?;
-        let work = upper.work();
-        let tmp = upper.temp();
         let kind = st.st_mode & libc::S_IFMT;
-        let mut file = None;
-        match kind {
-            libc::S_IFDIR => rustix::fs::mkdirat(work, &*tmp, Mode::from_raw_mode(0o700))?,
-            libc::S_IFREG => {
-                let out = rustix::fs::openat(
-                    work,
-                    &*tmp,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )?;
-                if data == Data::Copy {
-                    let input = src.open_read(&rel)?;
-                    copy_data(&input, &out, st.st_size as u64)?;
-                }
-                file = Some(out);
-            }
-            libc::S_IFLNK => {
-                let target = src.readlink(&rel)?;
-                rustix::fs::symlinkat(
-                    crate::overlay::upper::cname(&target)?.as_c_str(),
-                    work,
-                    &*tmp,
-                )?;
-            }
-            _ => {
-                let ft = FileType::from_raw_mode(st.st_mode);
-                rustix::fs::mknodat(work, &*tmp, ft, Mode::from_raw_mode(0o600), st.st_rdev)?;
-            }
+        let in_place = kind == libc::S_IFREG
+            && Self::copy_file_in_place(upper, src, &rel, &st, &pdir, &name, data)?;
+        if !in_place {
+            Self::copy_in_work(upper, src, &rel, &st, &pdir, &name, data)?;
         }
-        // Metadata on the temporary entry: owner first (a chown clears set-id bits and drops
-        // `security.capability`, as the kernel does on every chown), then xattrs, then mode
-        // (which puts set-id bits back), then times.
-        match rustix::fs::chownat(
-            work,
-            &*tmp,
-            Some(rustix::fs::Uid::from_raw(st.st_uid)),
-            Some(rustix::fs::Gid::from_raw(st.st_gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        ) {
-            Ok(()) => {}
-            // An unprivileged daemon keeps files as its own; the override xattr (copied below)
-            // carries the owner where the mount uses one.
-            Err(Errno::PERM | Errno::INVAL) => debug!("owner not kept on copy-up"),
-            Err(e) => return Err(e.into()),
-        }
-        let tp = proc_path(work, tmp.as_bytes())?;
-        let names = src.list_xattrs(&rel)?;
-        for xname in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            if whiteout::is_internal_xattr(xname) {
-                continue;
-            }
-            if let Some(v) = src.get_xattr(&rel, xname)? {
-                let cn = crate::overlay::upper::cname(xname)?;
-                if let Err(e) = rustix::fs::lsetxattr(&tp, &cn, &v, rustix::fs::XattrFlags::empty())
-                {
-                    debug!(xattr = %String::from_utf8_lossy(xname), error = %e, "xattr not copied up");
-                }
-            }
-        }
-        if kind != libc::S_IFLNK {
-            rustix::fs::chmodat(
-                work,
-                &*tmp,
-                Mode::from_raw_mode(st.st_mode & 0o7777),
-                AtFlags::empty(),
-            )?;
-        }
-        if let Some(f) = &file {
-            if upper.fsync {
-                rustix::fs::fsync(f)?;
-            }
-        }
-        let times = Timestamps {
-            last_access: ts(st.st_atime, st.st_atime_nsec),
-            last_modification: ts(st.st_mtime, st.st_mtime_nsec),
-        };
-        rustix::fs::utimensat(work, &*tmp, &times, AtFlags::SYMLINK_NOFOLLOW)?;
-        upper.install(&tmp, &pdir, &name, kind == libc::S_IFDIR)?;
         let ptimes = Timestamps {
             last_access: ts(pst.st_atime, pst.st_atime_nsec),
             last_modification: ts(pst.st_mtime, pst.st_mtime_nsec),
@@ -210,4 +139,169 @@ impl Overlay {
         debug!(path = %String::from_utf8_lossy(&rel), "copied up");
         Ok(())
     }
+
+    /// Build the copy of a lower entry under a temporary name in W, then move it to
+    /// `pdir/name` in one step (directories, symlinks, devices; files where O_TMPFILE is
+    /// missing).
+    fn copy_in_work(
+        upper: &Upper,
+        src: &Layer,
+        rel: &RelPath,
+        st: &rustix::fs::Stat,
+        pdir: &OwnedFd,
+        name: &[u8],
+        data: Data,
+    ) -> io::Result<()> {
+        let work = upper.work();
+        let tmp = upper.temp();
+        let kind = st.st_mode & libc::S_IFMT;
+        let mut file = None;
+        match kind {
+            libc::S_IFDIR => rustix::fs::mkdirat(work, &*tmp, Mode::from_raw_mode(0o700))?,
+            libc::S_IFREG => {
+                let out = rustix::fs::openat(
+                    work,
+                    &*tmp,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?;
+                if data == Data::Copy {
+                    let input = src.open_read(rel)?;
+                    copy_data(&input, &out, st.st_size as u64)?;
+                }
+                file = Some(out);
+            }
+            libc::S_IFLNK => {
+                let target = src.readlink(rel)?;
+                rustix::fs::symlinkat(cname(&target)?.as_c_str(), work, &*tmp)?;
+            }
+            _ => {
+                let ft = FileType::from_raw_mode(st.st_mode);
+                rustix::fs::mknodat(work, &*tmp, ft, Mode::from_raw_mode(0o600), st.st_rdev)?;
+            }
+        }
+        // Metadata on the temporary entry: owner first (a chown clears set-id bits and drops
+        // `security.capability`, as the kernel does on every chown), then xattrs, then mode
+        // (which puts set-id bits back), then times.
+        match rustix::fs::chownat(
+            work,
+            &*tmp,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) => {}
+            // An unprivileged daemon keeps files as its own; the override xattr (copied below)
+            // carries the owner where the mount uses one.
+            Err(Errno::PERM | Errno::INVAL) => debug!("owner not kept on copy-up"),
+            Err(e) => return Err(e.into()),
+        }
+        let tp = proc_path(work, tmp.as_bytes())?;
+        copy_xattrs(src, rel, |n, v| {
+            rustix::fs::lsetxattr(&tp, n, v, rustix::fs::XattrFlags::empty())
+        })?;
+        if kind != libc::S_IFLNK {
+            rustix::fs::chmodat(
+                work,
+                &*tmp,
+                Mode::from_raw_mode(st.st_mode & 0o7777),
+                AtFlags::empty(),
+            )?;
+        }
+        if let Some(f) = &file {
+            if upper.fsync {
+                rustix::fs::fsync(f)?;
+            }
+        }
+        let times = Timestamps {
+            last_access: ts(st.st_atime, st.st_atime_nsec),
+            last_modification: ts(st.st_mtime, st.st_mtime_nsec),
+        };
+        rustix::fs::utimensat(work, &*tmp, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        upper.install(&tmp, pdir, name, kind == libc::S_IFDIR)
+    }
+
+    /// Copy a lower regular file as an unnamed inode (O_TMPFILE) in its upper directory, made
+    /// whole (content, owner, xattrs, mode, times, fsync) and then linked in: a crash before
+    /// the link leaves nothing, and there is no W entry to make and rename away. `false`:
+    /// the filesystem (or /proc) cannot do it; the caller takes the W path.
+    fn copy_file_in_place(
+        upper: &Upper,
+        src: &Layer,
+        rel: &RelPath,
+        st: &rustix::fs::Stat,
+        pdir: &OwnedFd,
+        name: &[u8],
+        data: Data,
+    ) -> io::Result<bool> {
+        let out = match rustix::fs::openat(
+            pdir,
+            c".",
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if data == Data::Copy {
+            copy_data(&src.open_read(rel)?, &out, st.st_size as u64)?;
+        }
+        // Owner first (a chown drops set-id bits and file capabilities), then xattrs, mode.
+        match rustix::fs::fchown(
+            &out,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+        ) {
+            Ok(()) => {}
+            Err(Errno::PERM | Errno::INVAL) => debug!("owner not kept on copy-up"),
+            Err(e) => return Err(e.into()),
+        }
+        copy_xattrs(src, rel, |n, v| {
+            rustix::fs::fsetxattr(&out, n, v, rustix::fs::XattrFlags::empty())
+        })?;
+        rustix::fs::fchmod(&out, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+        if upper.fsync {
+            rustix::fs::fsync(&out)?;
+        }
+        let times = Timestamps {
+            last_access: ts(st.st_atime, st.st_atime_nsec),
+            last_modification: ts(st.st_mtime, st.st_mtime_nsec),
+        };
+        rustix::fs::futimens(&out, &times)?;
+        // linkat(AT_EMPTY_PATH) wants CAP_DAC_READ_SEARCH; the /proc form works for anyone.
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&out));
+        match rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc.as_str(),
+            pdir,
+            cname(name)?.as_c_str(),
+            AtFlags::SYMLINK_FOLLOW,
+        ) {
+            Ok(()) => Ok(true),
+            // No /proc, or something in the way after all: the W path replaces in one step.
+            Err(Errno::NOENT | Errno::EXIST) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Copy `rel`'s xattrs but the overlay's own with `set` (a refusal is logged, not fatal).
+fn copy_xattrs(
+    src: &Layer,
+    rel: &RelPath,
+    set: impl Fn(&std::ffi::CStr, &[u8]) -> rustix::io::Result<()>,
+) -> io::Result<()> {
+    let names = src.list_xattrs(rel)?;
+    for xname in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if whiteout::is_internal_xattr(xname) {
+            continue;
+        }
+        if let Some(v) = src.get_xattr(rel, xname)? {
+            if let Err(e) = set(&cname(xname)?, &v) {
+                debug!(xattr = %String::from_utf8_lossy(xname), error = %e, "xattr not copied up");
+            }
+        }
+    }
+    Ok(())
 }
