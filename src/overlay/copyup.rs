@@ -19,7 +19,7 @@ use tracing::debug;
 
 use crate::confined::proc_path;
 use crate::overlay::inode::Node;
-use crate::overlay::upper::{Upper, cname};
+use crate::overlay::upper::{self, Upper, cname};
 use crate::overlay::{Overlay, errno};
 use crate::stack::{Layer, RelPath, whiteout};
 
@@ -28,6 +28,17 @@ use crate::stack::{Layer, RelPath, whiteout};
 pub enum Data {
     Copy,
     Skip,
+}
+
+/// One entry to copy up: where it is read from and the upper directory and name it gets.
+#[derive(Clone, Copy)]
+struct CopyUp<'a> {
+    src: &'a Layer,
+    rel: &'a RelPath,
+    st: &'a rustix::fs::Stat,
+    pdir: &'a OwnedFd,
+    name: &'a [u8],
+    data: Data,
 }
 
 fn ts(sec: i64, nsec: u64) -> Timespec {
@@ -99,10 +110,16 @@ impl Overlay {
         let pdir = self.layers[0].open_dir(&parent.path())?;
         let pst = rustix::fs::fstat(&pdir)?;
         let kind = st.st_mode & libc::S_IFMT;
-        let in_place = kind == libc::S_IFREG
-            && Self::copy_file_in_place(upper, src, &rel, &st, &pdir, &name, data)?;
-        if !in_place {
-            Self::copy_in_work(upper, src, &rel, &st, &pdir, &name, data)?;
+        let c = CopyUp {
+            src,
+            rel: &rel,
+            st: &st,
+            pdir: &pdir,
+            name: &name,
+            data,
+        };
+        if !(kind == libc::S_IFREG && Self::copy_file_in_place(upper, &c)?) {
+            Self::copy_in_work(upper, &c)?;
         }
         let ptimes = Timestamps {
             last_access: ts(pst.st_atime, pst.st_atime_nsec),
@@ -143,18 +160,10 @@ impl Overlay {
     /// Build the copy of a lower entry under a temporary name in W, then move it to
     /// `pdir/name` in one step (directories, symlinks, devices; files where O_TMPFILE is
     /// missing).
-    fn copy_in_work(
-        upper: &Upper,
-        src: &Layer,
-        rel: &RelPath,
-        st: &rustix::fs::Stat,
-        pdir: &OwnedFd,
-        name: &[u8],
-        data: Data,
-    ) -> io::Result<()> {
+    fn copy_in_work(upper: &Upper, c: &CopyUp<'_>) -> io::Result<()> {
         let work = upper.work();
         let tmp = upper.temp();
-        let kind = st.st_mode & libc::S_IFMT;
+        let kind = c.st.st_mode & libc::S_IFMT;
         let mut file = None;
         match kind {
             libc::S_IFDIR => rustix::fs::mkdirat(work, &*tmp, Mode::from_raw_mode(0o700))?,
@@ -165,19 +174,19 @@ impl Overlay {
                     OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
-                if data == Data::Copy {
-                    let input = src.open_read(rel)?;
-                    copy_data(&input, &out, st.st_size as u64)?;
+                if c.data == Data::Copy {
+                    let input = c.src.open_read(c.rel)?;
+                    copy_data(&input, &out, c.st.st_size as u64)?;
                 }
                 file = Some(out);
             }
             libc::S_IFLNK => {
-                let target = src.readlink(rel)?;
+                let target = c.src.readlink(c.rel)?;
                 rustix::fs::symlinkat(cname(&target)?.as_c_str(), work, &*tmp)?;
             }
             _ => {
-                let ft = FileType::from_raw_mode(st.st_mode);
-                rustix::fs::mknodat(work, &*tmp, ft, Mode::from_raw_mode(0o600), st.st_rdev)?;
+                let ft = FileType::from_raw_mode(c.st.st_mode);
+                rustix::fs::mknodat(work, &*tmp, ft, Mode::from_raw_mode(0o600), c.st.st_rdev)?;
             }
         }
         // Metadata on the temporary entry: owner first (a chown clears set-id bits and drops
@@ -186,8 +195,8 @@ impl Overlay {
         match rustix::fs::chownat(
             work,
             &*tmp,
-            Some(rustix::fs::Uid::from_raw(st.st_uid)),
-            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            Some(rustix::fs::Uid::from_raw(c.st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(c.st.st_gid)),
             AtFlags::SYMLINK_NOFOLLOW,
         ) {
             Ok(()) => {}
@@ -197,14 +206,14 @@ impl Overlay {
             Err(e) => return Err(e.into()),
         }
         let tp = proc_path(work, tmp.as_bytes())?;
-        copy_xattrs(src, rel, |n, v| {
+        copy_xattrs(c.src, c.rel, |n, v| {
             rustix::fs::lsetxattr(&tp, n, v, rustix::fs::XattrFlags::empty())
         })?;
         if kind != libc::S_IFLNK {
             rustix::fs::chmodat(
                 work,
                 &*tmp,
-                Mode::from_raw_mode(st.st_mode & 0o7777),
+                Mode::from_raw_mode(c.st.st_mode & 0o7777),
                 AtFlags::empty(),
             )?;
         }
@@ -214,75 +223,47 @@ impl Overlay {
             }
         }
         let times = Timestamps {
-            last_access: ts(st.st_atime, st.st_atime_nsec),
-            last_modification: ts(st.st_mtime, st.st_mtime_nsec),
+            last_access: ts(c.st.st_atime, c.st.st_atime_nsec),
+            last_modification: ts(c.st.st_mtime, c.st.st_mtime_nsec),
         };
         rustix::fs::utimensat(work, &*tmp, &times, AtFlags::SYMLINK_NOFOLLOW)?;
-        upper.install(&tmp, pdir, name, kind == libc::S_IFDIR)
+        upper.install(&tmp, c.pdir, c.name, kind == libc::S_IFDIR)
     }
 
     /// Copy a lower regular file as an unnamed inode (O_TMPFILE) in its upper directory, made
     /// whole (content, owner, xattrs, mode, times, fsync) and then linked in: a crash before
     /// the link leaves nothing, and there is no W entry to make and rename away. `false`:
     /// the filesystem (or /proc) cannot do it; the caller takes the W path.
-    fn copy_file_in_place(
-        upper: &Upper,
-        src: &Layer,
-        rel: &RelPath,
-        st: &rustix::fs::Stat,
-        pdir: &OwnedFd,
-        name: &[u8],
-        data: Data,
-    ) -> io::Result<bool> {
-        let out = match rustix::fs::openat(
-            pdir,
-            c".",
-            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        ) {
-            Ok(fd) => fd,
-            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(e.into()),
+    fn copy_file_in_place(upper: &Upper, c: &CopyUp<'_>) -> io::Result<bool> {
+        let Some(out) = upper::unnamed_file(c.pdir)? else {
+            return Ok(false);
         };
-        if data == Data::Copy {
-            copy_data(&src.open_read(rel)?, &out, st.st_size as u64)?;
+        if c.data == Data::Copy {
+            copy_data(&c.src.open_read(c.rel)?, &out, c.st.st_size as u64)?;
         }
         // Owner first (a chown drops set-id bits and file capabilities), then xattrs, mode.
         match rustix::fs::fchown(
             &out,
-            Some(rustix::fs::Uid::from_raw(st.st_uid)),
-            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            Some(rustix::fs::Uid::from_raw(c.st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(c.st.st_gid)),
         ) {
             Ok(()) => {}
             Err(Errno::PERM | Errno::INVAL) => debug!("owner not kept on copy-up"),
             Err(e) => return Err(e.into()),
         }
-        copy_xattrs(src, rel, |n, v| {
+        copy_xattrs(c.src, c.rel, |n, v| {
             rustix::fs::fsetxattr(&out, n, v, rustix::fs::XattrFlags::empty())
         })?;
-        rustix::fs::fchmod(&out, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+        rustix::fs::fchmod(&out, Mode::from_raw_mode(c.st.st_mode & 0o7777))?;
         if upper.fsync {
             rustix::fs::fsync(&out)?;
         }
         let times = Timestamps {
-            last_access: ts(st.st_atime, st.st_atime_nsec),
-            last_modification: ts(st.st_mtime, st.st_mtime_nsec),
+            last_access: ts(c.st.st_atime, c.st.st_atime_nsec),
+            last_modification: ts(c.st.st_mtime, c.st.st_mtime_nsec),
         };
         rustix::fs::futimens(&out, &times)?;
-        // linkat(AT_EMPTY_PATH) wants CAP_DAC_READ_SEARCH; the /proc form works for anyone.
-        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&out));
-        match rustix::fs::linkat(
-            rustix::fs::CWD,
-            proc.as_str(),
-            pdir,
-            cname(name)?.as_c_str(),
-            AtFlags::SYMLINK_FOLLOW,
-        ) {
-            Ok(()) => Ok(true),
-            // No /proc, or something in the way after all: the W path replaces in one step.
-            Err(Errno::NOENT | Errno::EXIST) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        upper::link_unnamed(&out, c.pdir, c.name)
     }
 }
 

@@ -341,6 +341,39 @@ impl Upper {
     }
 }
 
+/// An unnamed regular file (O_TMPFILE, mode 0600) in `dir`, to be made whole and then named
+/// with [`link_unnamed`]: a crash before that leaves nothing. `None` where the filesystem has
+/// no O_TMPFILE.
+pub fn unnamed_file(dir: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    match rustix::fs::openat(
+        dir,
+        c".",
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Name the unnamed file `fd` as `dir/name` in one step; `false` where /proc is missing.
+pub fn link_unnamed(fd: &OwnedFd, dir: &OwnedFd, name: &[u8]) -> io::Result<bool> {
+    // linkat(AT_EMPTY_PATH) wants CAP_DAC_READ_SEARCH; the /proc form works for anyone.
+    let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+    match rustix::fs::linkat(
+        rustix::fs::CWD,
+        proc.as_str(),
+        dir,
+        cname(name)?.as_c_str(),
+        AtFlags::SYMLINK_FOLLOW,
+    ) {
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A temporary entry in W. Whatever it holds goes when it is dropped, so a failed copy-up or
 /// create leaves nothing behind (a killed daemon's leftovers go at the next mount).
 pub struct Temp<'a> {

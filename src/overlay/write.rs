@@ -14,7 +14,7 @@ use rustix::io::Errno;
 use super::acl;
 use crate::overlay::copyup::Data;
 use crate::overlay::inode::{Attr, LayerList, Node, NodeState};
-use crate::overlay::upper::{Upper, WhiteoutForm, cname};
+use crate::overlay::upper::{self, Upper, WhiteoutForm, cname};
 use crate::overlay::{Overlay, errno};
 use crate::stack::layer::join;
 use crate::stack::override_stat::Override;
@@ -393,15 +393,8 @@ impl Overlay {
         gid: Option<u32>,
     ) -> io::Result<Option<OwnedFd>> {
         let perm = inherited.perm;
-        let fd = match rustix::fs::openat(
-            pdir,
-            c".",
-            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        ) {
-            Ok(fd) => fd,
-            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(fd) = upper::unnamed_file(pdir)? else {
+            return Ok(None);
         };
         let override_x = self.ids.override_xattr;
         self.set_owner_at(&fd, c"", uid, gid, override_x.is_some())?;
@@ -427,19 +420,7 @@ impl Overlay {
         acl::apply(inherited, |name, value| {
             rustix::fs::fsetxattr(&fd, name, value, rustix::fs::XattrFlags::empty())
         })?;
-        // linkat(AT_EMPTY_PATH) wants CAP_DAC_READ_SEARCH; the /proc form works for anyone.
-        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-        match rustix::fs::linkat(
-            rustix::fs::CWD,
-            proc.as_str(),
-            pdir,
-            cname(name)?.as_c_str(),
-            AtFlags::SYMLINK_FOLLOW,
-        ) {
-            Ok(()) => Ok(Some(fd)),
-            Err(Errno::NOENT) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(upper::link_unnamed(&fd, pdir, name)?.then_some(fd))
     }
 
     /// Set the owner of `dir/name` (no-follow; `name` empty: `dir` itself); with `soft`
