@@ -201,7 +201,7 @@ fn a_killed_daemon_leaves_a_dead_mount_not_a_hung_one() {
     assert!(!out.status.success(), "stat on a dead mount succeeded");
     let err = String::from_utf8_lossy(&out.stderr);
     // ENOTCONN once the connection is gone; a request caught while the kernel tears the rings
-    // down ends with ECONNABORTED or, seen 2 times in 25 runs, ECANCELED.
+    // down ends with ECONNABORTED or, seen in 2 of 24 runs here, ECANCELED.
     assert!(
         err.contains("not connected")
             || err.contains("connection abort")

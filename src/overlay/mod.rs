@@ -184,7 +184,6 @@ impl Overlay {
         self.upper.is_some() && !self.read_only
     }
 
-    /// Whether stack index `l` is a read-only layer (not the writable one).
     /// The mount ends: leave the work directory as empty as it was found.
     pub fn unmounted(&self) {
         if let Some(u) = &self.upper {
@@ -192,6 +191,7 @@ impl Overlay {
         }
     }
 
+    /// Whether stack index `l` is a read-only layer (not the writable one).
     pub(crate) fn is_lower(&self, l: u16) -> bool {
         !(self.upper.is_some() && l == 0)
     }
@@ -415,19 +415,23 @@ impl Overlay {
         if dir.listing.read_recursive().is_some() {
             return Ok(());
         }
-        let state = dir.state.read().clone();
-        if !state.attr.is_dir() {
-            return Err(errno(libc::ENOTDIR));
-        }
-        let listing = Listing::build(&self.layers, &state.layers, &dir.path(), |layer, real| {
-            let c = self.compose_ino(layer, real);
-            self.names.number_of(c)
-        })?;
+        let listing = self.build_listing(dir)?;
         let mut slot = dir.listing.write();
         if slot.is_none() {
             *slot = Some(listing);
         }
         Ok(())
+    }
+
+    /// Merge `dir` over its layers as they are now (the caller decides whether to keep it).
+    fn build_listing(&self, dir: &Node) -> io::Result<Listing> {
+        let state = dir.state.read().clone();
+        if !state.attr.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        Listing::build(&self.layers, &state.layers, &dir.path(), |layer, real| {
+            self.names.number_of(self.compose_ino(layer, real))
+        })
     }
 
     /// Take the namespace lock to change the upper layer's namespace, and count the change.
@@ -445,15 +449,7 @@ impl Overlay {
         if dir.listing.read_recursive().is_some() {
             return None;
         }
-        let state = dir.state.read().clone();
-        if !state.attr.is_dir() {
-            return None;
-        }
-        let listing = Listing::build(&self.layers, &state.layers, &dir.path(), |layer, real| {
-            self.names.number_of(self.compose_ino(layer, real))
-        })
-        .ok()?;
-        Some((before, listing))
+        Some((before, self.build_listing(dir).ok()?))
     }
 
     /// Store a listing built by [`Self::listing_ahead`] unless the namespace changed since
