@@ -47,6 +47,7 @@ fn make_lowers(base: &Path) -> Vec<PathBuf> {
     std::fs::write(bottom.join("full/a"), "a").unwrap();
     std::fs::write(bottom.join("full/sub/b"), "b").unwrap();
     std::fs::write(bottom.join("lowdir/y"), "y").unwrap();
+    std::fs::write(bottom.join("lowdir/z"), "z").unwrap();
     std::fs::write(bottom.join("suid"), "#!/bin/sh\n").unwrap();
     std::fs::set_permissions(bottom.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
     std::os::unix::fs::lchown(bottom.join("etc/hosts"), Some(1000), Some(1000)).unwrap();
@@ -149,6 +150,14 @@ enum Op {
     Fallocate(&'static str, u64),
     /// Open, unlink, then read and write through the descriptor.
     UnlinkOpen(&'static str),
+    /// As tar extracts: create, write, then times, owner and mode through the descriptor
+    /// (set-ID bits in the mode, which a later chown would clear).
+    Extract(&'static str, u32),
+    /// Open a file read-only, chmod it by path (a copy-up of a lower file), then chmod,
+    /// chown and utimens through the descriptor opened before; the mode the descriptor sees.
+    SetattrOpenBefore(&'static str),
+    /// Open, unlink, then chown and chmod through the descriptor; the mode it sees.
+    SetattrUnlinked(&'static str),
     Read(&'static str),
     List(&'static str),
 }
@@ -246,6 +255,57 @@ fn apply(root: &Path, op: &Op) -> Result<Vec<u8>, i32> {
                 s.extend(format!(" nlink={}", fd.metadata()?.nlink()).bytes());
                 return Ok(s);
             }
+            Op::Extract(f, mode) => {
+                let mut fd = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(p(f))?;
+                fd.write_all(b"extracted")?;
+                let t = Timespec {
+                    tv_sec: 1_000_000_000,
+                    tv_nsec: 0,
+                };
+                rustix::fs::futimens(
+                    &fd,
+                    &Timestamps {
+                        last_access: t,
+                        last_modification: t,
+                    },
+                )?;
+                rustix::fs::fchown(
+                    &fd,
+                    Some(rustix::fs::Uid::from_raw(7)),
+                    Some(rustix::fs::Gid::from_raw(8)),
+                )?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+                return Ok(format!("{:o}", fd.metadata()?.mode()).into_bytes());
+            }
+            Op::SetattrOpenBefore(f) => {
+                let fd = fs::File::open(p(f))?;
+                fs::set_permissions(p(f), fs::Permissions::from_mode(0o640))?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o4711))?;
+                rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(9)), None)?;
+                let t = Timespec {
+                    tv_sec: 1_200_000_000,
+                    tv_nsec: 7,
+                };
+                rustix::fs::futimens(
+                    &fd,
+                    &Timestamps {
+                        last_access: t,
+                        last_modification: t,
+                    },
+                )?;
+                return Ok(format!("{:o}", fd.metadata()?.mode()).into_bytes());
+            }
+            Op::SetattrUnlinked(f) => {
+                let fd = fs::OpenOptions::new().read(true).write(true).open(p(f))?;
+                fs::remove_file(p(f))?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o6755))?;
+                rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(5)), None)?;
+                let m = fd.metadata()?;
+                return Ok(format!("{:o} {}", m.mode(), m.uid()).into_bytes());
+            }
             Op::Read(f) => return fs::read(p(f)),
             Op::List(d) => {
                 let mut v: Vec<Vec<u8>> = fs::read_dir(p(d))?
@@ -317,6 +377,16 @@ fn script() -> Vec<Op> {
         Fallocate("usr/lib/deep/er/new", 65536),
         UnlinkOpen("abs-link/../etc/rel-link"),
         UnlinkOpen("etc/passwd.bak"),
+        Extract("usr/lib/deep/er/tarred", 0o4755),
+        Mkdir("newdir3"),
+        Extract("newdir3/x", 0o2750),
+        Extract("newdir3/x", 0o644),
+        List("newdir3"),
+        SetattrOpenBefore("lowdir/z"),
+        SetattrOpenBefore("usr/lib/deep/er/tarred"),
+        Write("tmpfile", b"t"),
+        SetattrUnlinked("tmpfile"),
+        SetattrUnlinked("usr/lib/libc.so"),
         List("etc"),
         List("usr/lib/deep/er"),
         List(""),

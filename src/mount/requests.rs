@@ -130,7 +130,8 @@ impl StrataFs {
     ) -> io::Result<(Attr, u64)> {
         match self.ov.create(parent, name, NewEntry::File, mode, who)? {
             (node, Some(fd)) => {
-                let attr = self.ov.attr(&node)?;
+                // Fresh: the node was made from the new file's stat.
+                let attr = node.attr();
                 Ok((attr, self.add_handle(node.ino, fd, true)))
             }
             (_, None) => Err(io::Error::from_raw_os_error(libc::EIO)),

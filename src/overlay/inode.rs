@@ -93,8 +93,9 @@ pub struct Node {
     /// The merged listing, built on the first READDIR (or a lookup that needs it) and kept
     /// current by the writable layer.
     pub listing: RwLock<Option<Listing>>,
-    /// A descriptor of one open handle: attributes of an unlinked file come from it.
-    pub open_fd: Mutex<Weak<OwnedFd>>,
+    /// A descriptor of one open handle: attributes of an unlinked file come from it. The flag
+    /// says it was opened on the writable layer's copy (not a lower one copied up since).
+    pub open_fd: Mutex<(Weak<OwnedFd>, bool)>,
     /// Look-ahead has been asked to read this directory's small files (a file in it was read).
     pub(crate) siblings_offered: AtomicBool,
     /// A listing of this directory left out the attributes of some entries (see
@@ -125,7 +126,7 @@ impl Node {
             lookups: AtomicU64::new(0),
             detached: AtomicBool::new(false),
             listing: RwLock::new(None),
-            open_fd: Mutex::new(Weak::new()),
+            open_fd: Mutex::new((Weak::new(), false)),
             siblings_offered: AtomicBool::new(false),
             listed_bare: AtomicBool::new(false),
             attrs_wanted: AtomicBool::new(false),
@@ -269,6 +270,17 @@ impl Node {
 
     pub fn layers(&self) -> LayerList {
         self.state.read().layers.clone()
+    }
+
+    /// The open descriptor of this node's writable-layer copy, while a handle holds one.
+    pub fn upper_fd(&self) -> Option<Arc<OwnedFd>> {
+        let slot = self.open_fd.lock();
+        if slot.1 { slot.0.upgrade() } else { None }
+    }
+
+    /// The descriptor of any open handle of this node.
+    pub fn any_open_fd(&self) -> Option<Arc<OwnedFd>> {
+        self.open_fd.lock().0.upgrade()
     }
 
     pub fn top(&self) -> u16 {

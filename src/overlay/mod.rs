@@ -253,7 +253,7 @@ impl Overlay {
             return Ok(cached);
         }
         let st = if node.is_detached() {
-            match node.open_fd.lock().upgrade() {
+            match node.any_open_fd() {
                 Some(fd) => rustix::fs::fstat(&*fd)?,
                 None => return Ok(Attr { nlink: 0, ..cached }),
             }
@@ -263,13 +263,24 @@ impl Overlay {
                 None => return Ok(cached),
             }
         };
-        let mut a = Attr::from_stat(node.ino, &st);
+        Ok(self.fresh_attr(node, &st, merged))
+    }
+
+    /// The attributes of a writable-layer entry read through `fd`, an open descriptor of it.
+    pub(crate) fn attr_by_fd(&self, node: &Node, fd: &OwnedFd) -> io::Result<Attr> {
+        let merged = node.state.read().layers.len() > 1;
+        Ok(self.fresh_attr(node, &rustix::fs::fstat(fd)?, merged))
+    }
+
+    /// Attributes from a fresh stat of the writable layer's copy; kept as the node's.
+    fn fresh_attr(&self, node: &Node, st: &rustix::fs::Stat, merged: bool) -> Attr {
+        let mut a = Attr::from_stat(node.ino, st);
         if a.is_dir() && merged {
             a.nlink = 1;
         }
         self.present(&mut a, 0, &node.path());
         node.state.write().attr = a;
-        Ok(a)
+        a
     }
 
     /// Apply the mount's ownership view to attributes of `rel` in layer `layer`.
@@ -317,12 +328,24 @@ impl Overlay {
         let Some((layers, st)) = self.resolve(dir, name, false)? else {
             return Ok(None);
         };
+        Ok(Some(self.node_for(dir, name, layers, &st)))
+    }
+
+    /// The node of `name` under `dir`, found in `layers` (top first) with the top entry's
+    /// stat `st`; one more kernel reference.
+    pub(crate) fn node_for(
+        &self,
+        dir: &Arc<Node>,
+        name: &[u8],
+        layers: LayerList,
+        st: &rustix::fs::Stat,
+    ) -> Arc<Node> {
         let top = &self.layers[layers[0] as usize];
         let real = self.compose_ino(top, st.st_ino);
         let mut ino = self.names.number_of(real);
         loop {
             let make = || {
-                let mut attr = Attr::from_stat(ino, &st);
+                let mut attr = Attr::from_stat(ino, st);
                 // As overlayfs: counting subdirectories of a merged dir is not worth it.
                 if attr.is_dir() && layers.len() > 1 {
                     attr.nlink = 1;
@@ -343,7 +366,7 @@ impl Overlay {
                 if !node.attr().is_dir() {
                     node.add_name(dir, name); // a hard link seen under another name
                 }
-                return Ok(Some(node));
+                return node;
             }
             // The number still belongs to another (unlinked or copied-up) file the kernel
             // holds: give this one a number of its own, remembered while the mount lives.
@@ -510,7 +533,10 @@ impl Overlay {
     /// A front end opened `ino` as `fd`: an unlinked file's attributes come from it.
     pub fn opened(&self, ino: Ino, fd: &Arc<OwnedFd>) {
         if let Ok(node) = self.node(ino) {
-            *node.open_fd.lock() = Arc::downgrade(fd);
+            let mut slot = node.open_fd.lock();
+            // Under the slot's lock, so the flag always describes the descriptor beside it.
+            let upper = self.upper.is_some() && node.top() == 0;
+            *slot = (Arc::downgrade(fd), upper);
         }
     }
 
@@ -632,7 +658,12 @@ impl Overlay {
         if let Some(names) = cached {
             return Ok(names);
         }
-        let names: Arc<[u8]> = self.top_layer(node).list_xattrs(&node.path())?.into();
+        // An open copy in the writable layer is read without a path walk (the kernel asks
+        // for security.capability before a new file's first write and before its chown).
+        let names: Arc<[u8]> = match node.upper_fd() {
+            Some(fd) => crate::stack::layer::list_xattrs_fd(&fd)?.into(),
+            None => self.top_layer(node).list_xattrs(&node.path())?.into(),
+        };
         node.store_xattr_names(generation, Arc::clone(&names));
         Ok(names)
     }

@@ -181,13 +181,31 @@ impl Overlay {
         let st = self.layers[0]
             .stat(&join(&dir.path(), name))?
             .ok_or_else(|| errno(libc::ENOENT))?;
+        self.listed(dir, name, &st);
+        self.lookup_locked(dir, name)?
+            .ok_or_else(|| errno(libc::ENOENT))
+    }
+
+    /// A new file `fd` was linked in as `name`, where no layer held that name: its node, from
+    /// the descriptor's stat without a lookup by path.
+    fn entered_new_file(
+        &self,
+        dir: &Arc<Node>,
+        name: &[u8],
+        fd: &OwnedFd,
+    ) -> io::Result<Arc<Node>> {
+        let st = rustix::fs::fstat(fd)?;
+        self.listed(dir, name, &st);
+        Ok(self.node_for(dir, name, smallvec::smallvec![0], &st))
+    }
+
+    /// Add `name`, the writable layer's entry `st`, to the listing of `dir`, if it has one.
+    fn listed(&self, dir: &Node, name: &[u8], st: &rustix::fs::Stat) {
         let real = self.compose_ino(&self.layers[0], st.st_ino);
         let ino = self.names.number_of(real);
         if let Some(l) = dir.listing.write().as_mut() {
             l.add(name, st.st_mode & libc::S_IFMT, ino, 0);
         }
-        self.lookup_locked(dir, name)?
-            .ok_or_else(|| errno(libc::ENOENT))
     }
 
     /// `name` left `dir`: drop it from the listing and detach its node.
@@ -282,7 +300,8 @@ impl Overlay {
         };
         if matches!(what, NewEntry::File) && !whited {
             if let Some(fd) = self.create_file_in_place(&pdir, name, &inherited, uid, gid)? {
-                let node = self.entered(&dir, name)?;
+                // No layer holds the name (peek) and no whiteout hides one: only the new file.
+                let node = self.entered_new_file(&dir, name, &fd)?;
                 return Ok((node, Some(fd)));
             }
         }
@@ -375,6 +394,11 @@ impl Overlay {
         }
         upper.install(&tmp, &pdir, name, is_dir)?;
         let node = self.entered(&dir, name)?;
+        if is_dir {
+            // Empty, and only in the writable layer: a listing now answers lookups of names
+            // not yet in it (an untar's, before each create) without a system call.
+            self.ensure_listing_locked(&node)?;
+        }
         Ok((node, file))
     }
 
@@ -677,23 +701,24 @@ impl Overlay {
     fn setattr_inner(&self, ino: u64, sa: &SetAttr, fd: Option<&OwnedFd>) -> io::Result<Attr> {
         let node = self.node(ino)?;
         self.upper()?;
-        let detached_fd = if node.is_detached() {
-            Some(match fd {
+        if node.is_detached() {
+            let f = match fd {
                 Some(f) => rustix::io::dup(f)?,
                 None => {
-                    let w = node
-                        .open_fd
-                        .lock()
-                        .upgrade()
-                        .ok_or_else(|| errno(libc::ENOENT))?;
+                    let w = node.any_open_fd().ok_or_else(|| errno(libc::ENOENT))?;
                     rustix::io::dup(&*w)?
                 }
-            })
-        } else {
-            None
-        };
-        if let Some(f) = &detached_fd {
-            return self.setattr_fd(&node, sa, f);
+            };
+            return self.setattr_fd(&node, sa, &f, &f);
+        }
+        // A file open on the writable layer is reached through its descriptor, without a path
+        // walk per change: tar, cp -p, dpkg and pip set owner, mode and times on the file they
+        // have just written. A truncate needs a descriptor open for writing: the caller's.
+        if self.ids.override_xattr.is_none() && (sa.size.is_none() || fd.is_some()) {
+            if let Some(open) = node.upper_fd() {
+                let _ns = self.ns_write();
+                return self.setattr_fd(&node, sa, &open, fd.unwrap_or(&open));
+            }
         }
         let _ns = self.ns_write();
         let data = if sa.size == Some(0) {
@@ -740,20 +765,27 @@ impl Overlay {
         self.attr(&node)
     }
 
-    /// setattr of an unlinked file, through a descriptor.
-    fn setattr_fd(&self, node: &Node, sa: &SetAttr, f: &OwnedFd) -> io::Result<Attr> {
+    /// setattr of a writable-layer file through a descriptor of it, `sized` the one open for
+    /// writing that a truncate uses. The order is the path variant's: owner before mode, as a
+    /// chown clears set-ID bits.
+    fn setattr_fd(
+        &self,
+        node: &Node,
+        sa: &SetAttr,
+        f: &OwnedFd,
+        sized: &OwnedFd,
+    ) -> io::Result<Attr> {
+        if sa.uid.is_some() || sa.gid.is_some() {
+            let (u, g) = self.disk_owner(sa.uid, sa.gid)?;
+            rustix::fs::fchown(f, u.map(Uid::from_raw), g.map(Gid::from_raw))?;
+        }
         if let Some(m) = sa.mode {
             rustix::fs::fchmod(f, Mode::from_raw_mode(m & 0o7777))?;
         }
-        if sa.uid.is_some() || sa.gid.is_some() {
-            let u = sa.uid.and_then(|u| self.ids.uid_to_disk(u));
-            let g = sa.gid.and_then(|g| self.ids.gid_to_disk(g));
-            rustix::fs::fchown(f, u.map(Uid::from_raw), g.map(Gid::from_raw))?;
-        }
         if let Some(size) = sa.size {
-            rustix::fs::ftruncate(f, size)?;
+            rustix::fs::ftruncate(sized, size)?;
             if let Some(gid) = sa.kill_suidgid {
-                self.kill_suidgid(node, f, gid)?;
+                self.kill_suidgid(node, sized, gid)?;
             }
         }
         if sa.atime.is_some() || sa.mtime.is_some() {
@@ -763,17 +795,16 @@ impl Overlay {
             };
             rustix::fs::futimens(f, &t)?;
         }
-        self.attr(node)
+        self.attr_by_fd(node, f)
     }
 
-    fn chown(
+    /// The on-disk owner for a chown to presented `uid`/`gid`: `None` leaves one as it is
+    /// (not asked for, or squashed); an id outside the mount's map is EINVAL.
+    fn disk_owner(
         &self,
-        node: &Node,
-        pdir: &OwnedFd,
-        cn: &CString,
         uid: Option<u32>,
         gid: Option<u32>,
-    ) -> io::Result<()> {
+    ) -> io::Result<(Option<u32>, Option<u32>)> {
         let map = |v: Option<u32>,
                    squash: bool,
                    f: &dyn Fn(u32) -> Option<u32>|
@@ -790,6 +821,18 @@ impl Overlay {
         let g = map(gid, self.ids.squash_gid.is_some(), &|v| {
             self.ids.gid_to_disk(v)
         })?;
+        Ok((u, g))
+    }
+
+    fn chown(
+        &self,
+        node: &Node,
+        pdir: &OwnedFd,
+        cn: &CString,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> io::Result<()> {
+        let (u, g) = self.disk_owner(uid, gid)?;
         if let Some(x) = self.ids.override_xattr {
             return self.update_override(node, x.name(), |o| {
                 if let Some(u) = u {

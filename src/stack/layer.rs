@@ -319,8 +319,26 @@ impl Layer {
 
 /// All xattr names at a path (not following it), NUL-separated.
 fn list_xattrs_at(p: &CString) -> io::Result<Vec<u8>> {
+    list_xattrs_with(
+        || rustix::fs::llistxattr_query(p),
+        |buf| rustix::fs::llistxattr(p, buf),
+    )
+}
+
+/// The xattr names of an open file, NUL-separated.
+pub fn list_xattrs_fd(fd: &OwnedFd) -> io::Result<Vec<u8>> {
+    list_xattrs_with(
+        || rustix::fs::flistxattr_query(fd),
+        |buf| rustix::fs::flistxattr(fd, buf),
+    )
+}
+
+fn list_xattrs_with(
+    query: impl Fn() -> rustix::io::Result<usize>,
+    list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> io::Result<Vec<u8>> {
     loop {
-        let n = match rustix::fs::llistxattr_query(p) {
+        let n = match query() {
             Ok(n) => n,
             Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
@@ -329,7 +347,7 @@ fn list_xattrs_at(p: &CString) -> io::Result<Vec<u8>> {
             return Ok(Vec::new());
         }
         let mut buf = vec![0u8; n];
-        match rustix::fs::llistxattr(p, &mut buf[..]) {
+        match list(&mut buf[..]) {
             Ok(m) => {
                 buf.truncate(m);
                 return Ok(buf);
