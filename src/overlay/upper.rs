@@ -14,7 +14,10 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
 
+use parking_lot::Mutex;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 use tracing::{debug, warn};
@@ -43,6 +46,15 @@ pub struct Upper {
     /// fsync copied-up data before it becomes visible (off with `fsync=0` or `volatile`).
     pub fsync: bool,
     seq: AtomicU64,
+    /// Deletes removed directory trees moved into W, off the request path.
+    reaper: Mutex<Option<Reaper>>,
+}
+
+/// A thread deleting the trees in W it is sent the names of; joined at unmount.
+#[derive(Debug)]
+struct Reaper {
+    names: mpsc::Sender<CString>,
+    thread: thread::JoinHandle<()>,
 }
 
 pub use crate::confined::cstr as cname;
@@ -94,6 +106,7 @@ impl Upper {
             trusted_xattrs: false,
             fsync,
             seq: AtomicU64::new(0),
+            reaper: Mutex::new(None),
         };
         up.clean()
             .map_err(|e| bad(format!("cleaning work/: {e}")))?;
@@ -193,7 +206,15 @@ impl Upper {
         match self.whiteouts {
             WhiteoutForm::CharDevice => {
                 let t = self.temp();
-                rustix::fs::mknodat(&self.work, &*t, FileType::CharacterDevice, Mode::empty(), 0)?;
+                if !self.link_shared(&self.work, &t) {
+                    rustix::fs::mknodat(
+                        &self.work,
+                        &*t,
+                        FileType::CharacterDevice,
+                        Mode::empty(),
+                        0,
+                    )?;
+                }
                 let exists = rustix::fs::statat(dir, &cn, AtFlags::SYMLINK_NOFOLLOW);
                 match exists {
                     Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
@@ -204,7 +225,8 @@ impl Upper {
                             &cn,
                             RenameFlags::EXCHANGE,
                         )?;
-                        remove_tree(&self.work, t.as_bytes())
+                        self.discard(t);
+                        Ok(())
                     }
                     _ => Ok(rustix::fs::renameat(&self.work, &*t, dir, &cn)?),
                 }
@@ -233,27 +255,38 @@ impl Upper {
     /// the upper filesystem allocates no inode and the link appears in one step. Anything
     /// unexpected (the name is taken, the filesystem refuses links) takes the general path.
     pub fn whiteout_fresh(&self, dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
-        if self.whiteouts == WhiteoutForm::CharDevice {
-            let cn = cname(name)?;
-            for _ in 0..2 {
-                match rustix::fs::linkat(&self.work, SHARED, dir, &cn, AtFlags::empty()) {
-                    Ok(()) => return Ok(()),
-                    // None yet, or it reached the filesystem's link limit: a new one.
-                    Err(Errno::NOENT | Errno::MLINK) => {
-                        if self.new_shared_whiteout().is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
+        if self.whiteouts == WhiteoutForm::CharDevice && self.link_shared(dir, &cname(name)?) {
+            return Ok(());
         }
         self.whiteout(dir, name)
+    }
+
+    /// Link W's shared whiteout as `dir/name`; false where that cannot be done.
+    fn link_shared(&self, dir: &OwnedFd, name: &std::ffi::CStr) -> bool {
+        for _ in 0..2 {
+            match rustix::fs::linkat(&self.work, SHARED, dir, name, AtFlags::empty()) {
+                Ok(()) => return true,
+                // None yet, or it reached the filesystem's link limit: a new one.
+                Err(Errno::NOENT | Errno::MLINK) => {
+                    if self.new_shared_whiteout().is_err() {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// The mount ends: W is left empty (a killed daemon's shared whiteout goes at the next
     /// mount).
     pub fn unmounted(&self) {
+        // Trees still being deleted first, so that W is left empty.
+        let reaper = self.reaper.lock().take();
+        if let Some(r) = reaper {
+            drop(r.names);
+            let _ = r.thread.join();
+        }
         let _ = rustix::fs::unlinkat(&self.work, SHARED, AtFlags::empty());
     }
 
@@ -306,7 +339,49 @@ impl Upper {
         }
         let t = self.temp();
         rustix::fs::renameat(dir, &cn, &self.work, &*t)?;
-        remove_tree(&self.work, t.as_bytes())
+        self.discard(t);
+        Ok(())
+    }
+
+    /// Delete `t`, a tree already moved out of U into W, in the background: a removed
+    /// directory of a lower one holds a whiteout per removed entry, and deleting them one by
+    /// one (0.65-0.9 ms for 100) need not delay the rmdir's reply. What a killed daemon leaves
+    /// there, the next mount deletes.
+    fn discard(&self, t: Temp<'_>) {
+        let name = t.keep();
+        let mut slot = self.reaper.lock();
+        if slot.is_none() {
+            match self.start_reaper() {
+                Ok(r) => *slot = Some(r),
+                Err(e) => debug!(error = %e, "no reaper thread: deleting in place"),
+            }
+        }
+        let name = match slot.as_ref() {
+            Some(r) => match r.names.send(name) {
+                Ok(()) => return,
+                Err(mpsc::SendError(name)) => name,
+            },
+            None => name,
+        };
+        drop(slot);
+        if let Err(e) = remove_tree(&self.work, name.as_bytes()) {
+            warn!(error = %e, "deleting a removed tree in workdir");
+        }
+    }
+
+    fn start_reaper(&self) -> io::Result<Reaper> {
+        let work = self.work.try_clone()?;
+        let (names, rx) = mpsc::channel::<CString>();
+        let thread = thread::Builder::new()
+            .name("stratafs-reaper".into())
+            .spawn(move || {
+                for name in rx {
+                    if let Err(e) = remove_tree(&work, name.as_bytes()) {
+                        warn!(error = %e, "deleting a removed tree in workdir");
+                    }
+                }
+            })?;
+        Ok(Reaper { names, thread })
     }
 
     /// Move the new entry `W/tmp` to `dir/name`, where the upper layer may hold a whiteout
@@ -391,6 +466,14 @@ impl std::ops::Deref for Temp<'_> {
 impl AsRef<std::ffi::CStr> for Temp<'_> {
     fn as_ref(&self) -> &std::ffi::CStr {
         &self.name
+    }
+}
+
+impl Temp<'_> {
+    /// The name, without deleting what it names when dropped.
+    fn keep(self) -> CString {
+        let mut me = std::mem::ManuallyDrop::new(self);
+        std::mem::take(&mut me.name)
     }
 }
 

@@ -230,6 +230,33 @@ fn whiteout_forms_and_the_work_dir() {
     }
 }
 
+#[test]
+fn a_removed_directory_is_deleted_from_w_by_unmount() {
+    let f = fixture();
+    let dir = look(&f.ov, ROOT_INO, "dir").unwrap();
+    let sub = look(&f.ov, dir.ino, "sub").unwrap();
+    // dir/sub gets an upper copy holding the whiteout of deep; removing it moves that copy
+    // into W (a whiteout takes its place) and a background thread deletes it there.
+    f.ov.remove(sub.ino, b"deep", false).unwrap();
+    assert!(f.upper.join("dir/sub").is_dir());
+    f.ov.remove(dir.ino, b"sub", true).unwrap();
+    let m = f.upper.join("dir/sub").symlink_metadata().unwrap();
+    assert!(!m.is_dir(), "dir/sub is whited out, not a directory");
+    assert!(look(&f.ov, dir.ino, "sub").is_none());
+    f.ov.unmounted();
+    let work = f.upper.parent().unwrap().join("w/work");
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "W/work after unmount: {left:?}");
+    assert_eq!(
+        std::fs::read_to_string(f.lower.join("dir/sub/deep")).unwrap(),
+        "deep",
+        "the lower layer is untouched"
+    );
+}
+
 /// Names in `dir`'s stored listing (none stored: `None`).
 fn listed(dir: &Node) -> Option<Vec<String>> {
     let guard = dir.listing.read();
