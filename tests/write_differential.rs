@@ -162,6 +162,18 @@ enum Op {
     List(&'static str),
 }
 
+/// Access and modification time both set to `s`.`n`.
+fn both_times(s: i64, n: i64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: s,
+        tv_nsec: n as _,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
 fn errno_of(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(-1)
 }
@@ -185,19 +197,7 @@ fn apply(root: &Path, op: &Op) -> Result<Vec<u8>, i32> {
             Op::Chmod(f, m) => fs::set_permissions(p(f), fs::Permissions::from_mode(m))?,
             Op::Chown(f, u, g) => std::os::unix::fs::lchown(p(f), Some(u), Some(g))?,
             Op::Utime(f, s, n) => {
-                let t = Timespec {
-                    tv_sec: s,
-                    tv_nsec: n as _,
-                };
-                rustix::fs::utimensat(
-                    CWD,
-                    c(&p(f)),
-                    &Timestamps {
-                        last_access: t,
-                        last_modification: t,
-                    },
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?
+                rustix::fs::utimensat(CWD, c(&p(f)), &both_times(s, n), AtFlags::SYMLINK_NOFOLLOW)?
             }
             Op::SetXattr(f, k, v) => {
                 rustix::fs::lsetxattr(c(&p(f)), k, v.as_bytes(), rustix::fs::XattrFlags::empty())?
@@ -261,17 +261,7 @@ fn apply(root: &Path, op: &Op) -> Result<Vec<u8>, i32> {
                     .create_new(true)
                     .open(p(f))?;
                 fd.write_all(b"extracted")?;
-                let t = Timespec {
-                    tv_sec: 1_000_000_000,
-                    tv_nsec: 0,
-                };
-                rustix::fs::futimens(
-                    &fd,
-                    &Timestamps {
-                        last_access: t,
-                        last_modification: t,
-                    },
-                )?;
+                rustix::fs::futimens(&fd, &both_times(1_000_000_000, 0))?;
                 rustix::fs::fchown(
                     &fd,
                     Some(rustix::fs::Uid::from_raw(7)),
@@ -285,17 +275,7 @@ fn apply(root: &Path, op: &Op) -> Result<Vec<u8>, i32> {
                 fs::set_permissions(p(f), fs::Permissions::from_mode(0o640))?;
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o4711))?;
                 rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(9)), None)?;
-                let t = Timespec {
-                    tv_sec: 1_200_000_000,
-                    tv_nsec: 7,
-                };
-                rustix::fs::futimens(
-                    &fd,
-                    &Timestamps {
-                        last_access: t,
-                        last_modification: t,
-                    },
-                )?;
+                rustix::fs::futimens(&fd, &both_times(1_200_000_000, 7))?;
                 return Ok(format!("{:o}", fd.metadata()?.mode()).into_bytes());
             }
             Op::SetattrUnlinked(f) => {
