@@ -172,6 +172,11 @@ impl Listing {
     pub fn update(&mut self, name: &[u8], top: u16, ino: Ino) {
         if let Some(i) = self.index_of(name) {
             let e = &mut self.entries[i as usize];
+            if e.top != top {
+                // The layer that held it before (a copy-up leaves the lower entry under the
+                // new upper one) may still hold it below.
+                e.below = true;
+            }
             e.top = top;
             e.ino = ino;
         }
@@ -213,6 +218,18 @@ mod tests {
         assert_eq!(l.len(), 3);
         assert_eq!(l.find(b"b").unwrap().kind, libc::S_IFDIR);
         assert!(l.find(b"x").is_none());
+    }
+
+    #[test]
+    fn a_copy_up_leaves_the_lower_entry_below() {
+        let mut l = Listing::default();
+        // Built: only layer 2 holds "d".
+        l.push_unique(b"d".as_slice().into(), libc::S_IFDIR, 5, 2, false);
+        assert!(!l.find(b"d").unwrap().below);
+        l.update(b"d", 0, 5);
+        let e = l.find(b"d").unwrap();
+        assert_eq!(e.top, 0);
+        assert!(e.below, "layer 2 still holds d under the new copy");
     }
 
     #[test]
