@@ -43,6 +43,8 @@ pub(crate) fn errno(e: i32) -> io::Error {
 
 /// Default bound on layer files kept open for reading.
 pub const DEFAULT_OPEN_FILES: usize = 1024;
+/// Writable-layer directories kept open (an untar or rm -rf works in a few at a time).
+const UPPER_DIRS_OPEN: usize = 64;
 
 pub use namespace::Stale;
 
@@ -80,6 +82,10 @@ pub struct Overlay {
     /// Layer files opened for reads, bounded: the kernel does not send OPEN in no-open mode,
     /// so reads find their descriptor here.
     files: Mutex<LruCache<Ino, Arc<OwnedFd>>>,
+    /// Open writable-layer directories by node, for the entries made and removed in them:
+    /// a descriptor follows its directory through renames; dropped when the kernel forgets
+    /// the node, never used for a removed one.
+    pub(crate) upper_dirs: Mutex<LruCache<Ino, Arc<OwnedFd>>>,
     forgotten: AtomicU64,
     /// Background readers of subdirectories of listed directories, when started.
     pub(crate) lookahead: std::sync::OnceLock<lookahead::Lookahead>,
@@ -169,6 +175,9 @@ impl Overlay {
             names: Namespace::new(root),
             files: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DEFAULT_OPEN_FILES).expect("nonzero"),
+            )),
+            upper_dirs: Mutex::new(LruCache::new(
+                NonZeroUsize::new(UPPER_DIRS_OPEN).expect("nonzero"),
             )),
             lookahead: std::sync::OnceLock::new(),
         })
@@ -601,6 +610,7 @@ impl Overlay {
     /// Drop a cached descriptor (the node was forgotten).
     pub fn evict_file(&self, ino: Ino) {
         self.files.lock().pop(&ino);
+        self.upper_dirs.lock().pop(&ino);
     }
 
     /// Read from `fd` at `offset` until `buf` is full or the file ends.

@@ -147,9 +147,19 @@ impl Overlay {
     }
 
     /// The directory `dir` in the writable layer (copied up if needed), opened.
-    fn upper_dir(&self, dir: &Arc<Node>) -> io::Result<OwnedFd> {
+    fn upper_dir(&self, dir: &Arc<Node>) -> io::Result<Arc<OwnedFd>> {
+        let live = !dir.is_detached();
+        if live {
+            if let Some(fd) = self.upper_dirs.lock().get(&dir.ino) {
+                return Ok(Arc::clone(fd));
+            }
+        }
         self.copy_up(dir, Data::Copy)?;
-        self.layers[0].open_dir(&dir.path())
+        let fd = Arc::new(self.layers[0].open_dir(&dir.path())?);
+        if live {
+            self.upper_dirs.lock().put(dir.ino, Arc::clone(&fd));
+        }
+        Ok(fd)
     }
 
     /// Whether removing the upper entry `name` of `dir` would uncover a lower one.
