@@ -539,7 +539,8 @@ impl Overlay {
         Some((node.path(), layer))
     }
 
-    /// A front end opened `ino` as `fd`: an unlinked file's attributes come from it.
+    /// A front end opened `ino` as `fd`: an unlinked file's attributes come from it, and
+    /// changes of an open writable-layer file go through it (see [`Node::upper_fd`]).
     pub fn opened(&self, ino: Ino, fd: &Arc<OwnedFd>) {
         if let Ok(node) = self.node(ino) {
             let mut slot = node.open_fd.lock();
