@@ -621,7 +621,7 @@ fn random_writes_match_kernel_overlayfs() {
         for _ in 0..80 {
             let a = PATHS[rng.random_range(0..PATHS.len())];
             let b = PATHS[rng.random_range(0..PATHS.len())];
-            ops.push(match rng.random_range(0..14) {
+            ops.push(match rng.random_range(0..18) {
                 0 => Op::Write(a, b"data"),
                 1 => Op::Append(a, b"+"),
                 2 => Op::Truncate(a, 1),
@@ -635,10 +635,14 @@ fn random_writes_match_kernel_overlayfs() {
                 10 => Op::SetXattr(a, "user.r", "1"),
                 11 => Op::RemoveAll(a),
                 12 => Op::List(a),
+                13 => Op::Extract(a, 0o4755),
+                14 => Op::SetattrOpenBefore(a),
+                15 => Op::SetattrUnlinked(a),
+                16 => Op::UnlinkOpen(a),
                 _ => Op::Read(a),
             });
         }
-        eprintln!("seed {seed}");
+        eprintln!("seed {seed}: {ops:?}");
         run_and_compare(&ops);
     }
 }
