@@ -345,7 +345,7 @@ impl Upper {
 
     /// Delete `t`, a tree already moved out of U into W, in the background: a removed
     /// directory of a lower one holds a whiteout per removed entry, and deleting them one by
-    /// one (0.65-0.9 ms for 100) need not delay the rmdir's reply. What a killed daemon leaves
+    /// one (about 1 ms for 100) need not delay the rmdir's reply. What a killed daemon leaves
     /// there, the next mount deletes.
     fn discard(&self, t: Temp<'_>) {
         let name = t.keep();

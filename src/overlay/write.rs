@@ -712,14 +712,10 @@ impl Overlay {
         let node = self.node(ino)?;
         self.upper()?;
         if node.is_detached() {
-            let f = match fd {
-                Some(f) => rustix::io::dup(f)?,
-                None => {
-                    let w = node.any_open_fd().ok_or_else(|| errno(libc::ENOENT))?;
-                    rustix::io::dup(&*w)?
-                }
-            };
-            return self.setattr_fd(&node, sa, &f, &f);
+            // Only descriptors reach it now: the caller's, else any open handle's.
+            let open = node.any_open_fd();
+            let f = fd.or(open.as_deref()).ok_or_else(|| errno(libc::ENOENT))?;
+            return self.setattr_fd(&node, sa, f, f);
         }
         // A file open on the writable layer is reached through its descriptor, without a path
         // walk per change: tar, cp -p, dpkg and pip set owner, mode and times on the file they
