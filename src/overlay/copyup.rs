@@ -218,9 +218,7 @@ impl Overlay {
             )?;
         }
         if let Some(f) = &file {
-            if upper.fsync {
-                rustix::fs::fsync(f)?;
-            }
+            upper.settle(f)?;
         }
         let times = Timestamps {
             last_access: ts(c.st.st_atime, c.st.st_atime_nsec),
@@ -255,9 +253,7 @@ impl Overlay {
             rustix::fs::fsetxattr(&out, n, v, rustix::fs::XattrFlags::empty())
         })?;
         rustix::fs::fchmod(&out, Mode::from_raw_mode(c.st.st_mode & 0o7777))?;
-        if upper.fsync {
-            rustix::fs::fsync(&out)?;
-        }
+        upper.settle(&out)?;
         let times = Timestamps {
             last_access: ts(c.st.st_atime, c.st.st_atime_nsec),
             last_modification: ts(c.st.st_mtime, c.st.st_mtime_nsec),
