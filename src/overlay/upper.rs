@@ -523,12 +523,10 @@ fn ordered_journal(dir: &OwnedFd) -> bool {
     let Ok(fs) = rustix::fs::fstatfs(dir) else {
         return false;
     };
-    let magic = fs.f_type as i64;
-    if magic == libc::XFS_SUPER_MAGIC as i64 || magic == libc::BTRFS_SUPER_MAGIC as i64 {
-        return true;
-    }
-    if magic != libc::EXT4_SUPER_MAGIC as i64 {
-        return false;
+    match fs.f_type {
+        libc::XFS_SUPER_MAGIC | libc::BTRFS_SUPER_MAGIC => return true,
+        libc::EXT4_SUPER_MAGIC => {}
+        _ => return false,
     }
     let Ok(st) = rustix::fs::fstat(dir) else {
         return false;
