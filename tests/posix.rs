@@ -263,6 +263,7 @@ fn set_id_bits_clear_on_unprivileged_writes_and_fallocate() {
             "head -c 65536 /dev/zero > {f}; chown stratafs-test:stratafs-test {f}; chmod 6666 {f}; stat -c '%n %a' {f} >/dev/null\n"
         ));
     }
+    setup.push_str("mkdir -m 1777 pub\n");
     both.same(None, &setup);
     let out = both.same(
         Some("stratafs-test"),
@@ -272,11 +273,13 @@ fn set_id_bits_clear_on_unprivileged_writes_and_fallocate() {
         fallocate -p -o 0 -l 4096 punch
         fallocate -z -o 0 -l 4096 zero
         cat keep > /dev/null
-        stat -c '%n %a' write falloc punch zero keep
+        exec 3> pub/new; chmod 6775 pub/new; echo x >&3; exec 3>&-
+        stat -c '%n %a' write falloc punch zero keep pub/new
         "#,
     );
+    // pub/new was created write-only, so its writes bypass the page cache (direct I/O).
     assert!(
-        out.contains("write 2666") && out.contains("keep 6666"),
+        out.contains("write 2666") && out.contains("keep 6666") && out.contains("pub/new 775"),
         "{out}"
     );
 }

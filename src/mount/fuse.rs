@@ -762,10 +762,11 @@ impl Filesystem for StrataFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let _t = self.timed(Op::Create);
+        let open = crate::mount::uring::wire::create_open_flags(flags as u32);
         let who = caller_with_umask(req, umask);
         match self.create_file(parent.0, name.as_bytes(), mode, who) {
             Ok((attr, fh)) => reply.created(
@@ -773,7 +774,7 @@ impl Filesystem for StrataFs {
                 &to_fuse(&attr),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                FopenFlags::from_bits_retain(open),
             ),
             Err(e) => reply.error(err(e)),
         }
