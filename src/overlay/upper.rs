@@ -49,6 +49,8 @@ pub struct Upper {
     /// The upper filesystem journals its metadata in order (ext4, xfs, btrfs): writing a new
     /// file's data out before it is linked in is enough, no journal commit per copy-up.
     ordered: bool,
+    /// The daemon's effective uid and gid and its umask, read at open (see [`Upper::create_whole`]).
+    me: (u32, u32, u32),
     seq: AtomicU64,
     /// Deletes removed directory trees moved into W, off the request path.
     reaper: Mutex<Option<Reaper>>,
@@ -111,6 +113,11 @@ impl Upper {
             trusted_xattrs: false,
             fsync,
             ordered,
+            me: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+                own_umask(),
+            ),
             seq: AtomicU64::new(0),
             reaper: Mutex::new(None),
         };
@@ -194,6 +201,49 @@ impl Upper {
             return Err(io::Error::last_os_error());
         }
         Ok(rustix::fs::fsync(f)?)
+    }
+
+    /// Create the regular file `name` in `dir` in one step, whole: where the new file's owner
+    /// (`uid`, `gid`; `None`: the daemon's) is the daemon's own and the permission bits
+    /// `perm` survive its umask, O_CREAT|O_EXCL gives it its final owner and mode at once,
+    /// so a crash cannot leave it half made and the unnamed-inode detour (O_TMPFILE, chown,
+    /// chmod, link: 34 against 21 us per file on ext4 here) is not needed. A root daemon
+    /// creating root's files, as in most image builds, takes this path. `None`: it does not
+    /// apply (or `dir` has a default ACL, which the filesystem would apply on its own).
+    pub fn create_whole(
+        &self,
+        dir: &OwnedFd,
+        name: &[u8],
+        perm: u32,
+        (uid, gid): (Option<u32>, Option<u32>),
+        dir_has_default_acl: bool,
+    ) -> io::Result<Option<(OwnedFd, rustix::fs::Stat)>> {
+        let (euid, egid, umask) = self.me;
+        if dir_has_default_acl
+            || uid.is_some_and(|u| u != euid)
+            || gid.is_some_and(|g| g != egid)
+            || perm & umask != 0
+        {
+            return Ok(None);
+        }
+        let fd = rustix::fs::openat(
+            dir,
+            cname(name)?.as_c_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(perm),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        // The kernel may still have dropped set-group-ID or picked a set-gid directory's
+        // group: put the requested ones back (as the detour would have).
+        if st.st_mode & 0o7777 != perm || gid.is_some_and(|g| g != st.st_gid) {
+            if gid.is_some_and(|g| g != st.st_gid) {
+                rustix::fs::fchown(&fd, None, gid.map(rustix::fs::Gid::from_raw))?;
+            }
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm))?;
+            let st = rustix::fs::fstat(&fd)?;
+            return Ok(Some((fd, st)));
+        }
+        Ok(Some((fd, st)))
     }
 
     /// A fresh name in W, removed again when dropped unless it was installed.
@@ -540,4 +590,17 @@ fn ordered_journal(dir: &OwnedFd) -> bool {
     };
     let options = Path::new("/proc/fs/ext4").join(name).join("options");
     std::fs::read_to_string(options).is_ok_and(|o| o.lines().any(|l| l.starts_with("data=")))
+}
+
+/// This process's umask, from /proc (umask(2) can only be read by changing it, which would
+/// race with other threads creating files); 0o777 where it cannot be read, so that
+/// [`Upper::create_whole`] never applies.
+fn own_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Umask:"))?;
+            u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+        })
+        .unwrap_or(0o777)
 }

@@ -202,11 +202,10 @@ impl Overlay {
         &self,
         dir: &Arc<Node>,
         name: &[u8],
-        fd: &OwnedFd,
+        st: &rustix::fs::Stat,
     ) -> io::Result<Arc<Node>> {
-        let st = rustix::fs::fstat(fd)?;
-        self.listed(dir, name, &st);
-        Ok(self.node_for(dir, name, smallvec::smallvec![0], &st))
+        self.listed(dir, name, st);
+        Ok(self.node_for(dir, name, smallvec::smallvec![0], st))
     }
 
     /// Add `name`, the writable layer's entry `st`, to the listing of `dir`, if it has one.
@@ -298,20 +297,29 @@ impl Overlay {
         let is_dir = matches!(what, NewEntry::Dir);
         let override_x = self.ids.override_xattr;
         // The parent's default ACL, else the umask, decides the new entry's mode.
-        let inherited = if override_x.is_none() {
-            acl::inherit(
-                mode & 0o7777,
-                caller.umask,
-                acl::default_of(&pdir)?.as_deref(),
-                is_dir,
-            )
-        } else {
-            acl::inherit(mode & 0o7777, caller.umask, None, is_dir)
+        let parent_acl = match override_x {
+            None => acl::default_of(&pdir)?,
+            Some(_) => None,
         };
+        let inherited = acl::inherit(mode & 0o7777, caller.umask, parent_acl.as_deref(), is_dir);
         if matches!(what, NewEntry::File) && !whited {
-            if let Some(fd) = self.create_file_in_place(&pdir, name, &inherited, uid, gid)? {
-                // No layer holds the name (peek) and no whiteout hides one: only the new file.
-                let node = self.entered_new_file(&dir, name, &fd)?;
+            // No layer holds the name (peek) and no whiteout hides one: only the new file.
+            let made = match override_x {
+                None => upper.create_whole(
+                    &pdir,
+                    name,
+                    inherited.perm,
+                    (uid, gid),
+                    parent_acl.is_some(),
+                )?,
+                Some(_) => None,
+            };
+            let made = match made {
+                Some(m) => Some(m),
+                None => self.create_file_in_place(&pdir, name, &inherited, uid, gid)?,
+            };
+            if let Some((fd, st)) = made {
+                let node = self.entered_new_file(&dir, name, &st)?;
                 return Ok((node, Some(fd)));
             }
         }
@@ -425,7 +433,7 @@ impl Overlay {
         inherited: &acl::Inherited,
         uid: Option<u32>,
         gid: Option<u32>,
-    ) -> io::Result<Option<OwnedFd>> {
+    ) -> io::Result<Option<(OwnedFd, rustix::fs::Stat)>> {
         let perm = inherited.perm;
         let Some(fd) = upper::unnamed_file(pdir)? else {
             return Ok(None);
@@ -454,7 +462,11 @@ impl Overlay {
         acl::apply(inherited, |name, value| {
             rustix::fs::fsetxattr(&fd, name, value, rustix::fs::XattrFlags::empty())
         })?;
-        Ok(upper::link_unnamed(&fd, pdir, name)?.then_some(fd))
+        if !upper::link_unnamed(&fd, pdir, name)? {
+            return Ok(None);
+        }
+        let st = rustix::fs::fstat(&fd)?;
+        Ok(Some((fd, st)))
     }
 
     /// Set the owner of `dir/name` (no-follow; `name` empty: `dir` itself); with `soft`
