@@ -264,3 +264,79 @@ fn listings_leave_out_attributes_until_they_are_wanted() {
     let full = lookups("full", "readdirplus=full");
     assert!(full <= 8, "{full} lookups");
 }
+
+/// Handoff (`uring::Queue::commit`): on a writable mount over the rings, a ring thread sends
+/// its replies as SCHED_IDLE, so that the callers they wake may run on its CPU, and is
+/// SCHED_OTHER again before it waits for more; `handoff=off` and read-only mounts never
+/// change its policy. Seen with strace on the daemon.
+#[test]
+fn ring_threads_hand_their_cpu_to_callers_on_writable_mounts() {
+    require_root();
+    require_tool("strace");
+    let _on = Switch::set(true);
+    let tmp = shared_tempdir();
+    let base = tmp.path();
+    sh(&format!(
+        "mkdir -p {b}/lower && echo x > {b}/lower/f",
+        b = base.display()
+    ));
+    for (name, writable, extra, hands_off) in [
+        ("rw", true, "", true),
+        ("rw-off", true, ",handoff=off", false),
+        ("ro", false, "", false),
+    ] {
+        let (u, w, m) = (
+            base.join(format!("u-{name}")),
+            base.join(format!("w-{name}")),
+            base.join(format!("m-{name}")),
+        );
+        for d in [&u, &w, &m] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let upper = if writable {
+            format!(",upperdir={},workdir={}", u.display(), w.display())
+        } else {
+            String::new()
+        };
+        let opts = format!(
+            "{},io_uring{upper}{extra}",
+            lowerdir_opt(&[base.join("lower")])
+        );
+        let log = base.join(format!("{name}.trace"));
+        let mut daemon = Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=sched_setscheduler", "-o"])
+            .arg(&log)
+            .arg(BIN)
+            .args(["-f", "-o", &opts])
+            .arg(&m)
+            .spawn()
+            .unwrap();
+        wait_until("mount under strace", || is_mountpoint(&m));
+        let work = if writable {
+            "for i in $(seq 1 50); do echo $i > new$i; cat f > /dev/null; done"
+        } else {
+            "for i in $(seq 1 50); do cat f > /dev/null; stat new$i 2>/dev/null; done; true"
+        };
+        sh(&format!("cd {} && {work}", m.display()));
+        run_ok(Command::new("fusermount3").arg("-u").arg(&m));
+        assert!(
+            daemon.wait().unwrap().success(),
+            "{name}: daemon exit status"
+        );
+        let trace = std::fs::read_to_string(&log).unwrap();
+        let count = |p: &str| trace.lines().filter(|l| l.contains(p)).count();
+        let (idle, other) = (
+            count("sched_setscheduler(0, SCHED_IDLE"),
+            count("sched_setscheduler(0, SCHED_OTHER"),
+        );
+        if hands_off {
+            assert!(
+                idle >= 50,
+                "{name}: {idle} handoffs for 100 requests\n{trace}"
+            );
+            assert_eq!(idle, other, "{name}: every handoff ends in SCHED_OTHER");
+        } else {
+            assert_eq!((idle, other), (0, 0), "{name}: no policy change expected");
+        }
+    }
+}

@@ -31,7 +31,9 @@ pub struct Cli {
     /// /dev/fuse otherwise; auto, the default, is on unless passthrough was asked for),
     /// readdirplus=lazy|full (over io_uring, listings leave out the attributes of files nobody
     /// has looked up until a lookup in the directory shows they are wanted: lazy, the default;
-    /// or carry every entry's: full), context="..." (accepted),
+    /// or carry every entry's: full), handoff=on|off (over io_uring, let the caller a reply
+    /// wakes run on the CPU that answered it; on by default for writable mounts),
+    /// context="..." (accepted),
     /// and the kernel flags ro, rw, dev, nodev, suid, nosuid, exec, noexec. Unknown options are
     /// warned about and ignored.
     #[arg(short = 'o', value_name = "OPTIONS")]

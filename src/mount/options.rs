@@ -40,6 +40,9 @@ pub struct MountOptions {
     pub readdirplus_lazy: bool,
     /// The kernel's writeback cache on a writable mount (`writeback=on`).
     pub writeback: bool,
+    /// Over io_uring, hand the CPU to the caller a reply wakes (`handoff=on|off`; `None`:
+    /// on for writable mounts, see [`crate::mount::uring`]).
+    pub handoff: Option<bool>,
     /// Options we accept and ignore, with a warning.
     pub ignored: Vec<String>,
 }
@@ -98,6 +101,7 @@ impl Default for MountOptions {
             io_uring: IoUring::Auto,
             readdirplus_lazy: true,
             writeback: false,
+            handoff: None,
             ignored: Vec::new(),
         }
     }
@@ -273,6 +277,7 @@ impl MountOptions {
             }
             "stats" => self.stats = Some(PathBuf::from(nonempty(key, val)?)),
             "writeback" => self.writeback = on_off(opt, val)?,
+            "handoff" => self.handoff = Some(on_off(opt, val)?),
             "lookahead" => self.lookahead = on_off(opt, val)?,
             "readdirplus" => {
                 self.readdirplus_lazy = match val {
@@ -388,6 +393,16 @@ mod tests {
             let e = parse_mapping("uidmapping", bad).unwrap_err().to_string();
             assert!(e.contains("uidmapping"), "{e}");
         }
+    }
+
+    #[test]
+    fn handoff_follows_the_mount_unless_said() {
+        let parse = |o: &str| MountOptions::parse(&[o]).map(|m| m.handoff);
+        assert_eq!(parse("lowerdir=/a").unwrap(), None);
+        assert_eq!(parse("lowerdir=/a,handoff").unwrap(), Some(true));
+        assert_eq!(parse("lowerdir=/a,handoff=off").unwrap(), Some(false));
+        let e = parse("lowerdir=/a,handoff=2").unwrap_err().to_string();
+        assert!(e.contains("handoff") && e.contains("on or off"), "{e}");
     }
 
     #[test]

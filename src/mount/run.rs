@@ -248,7 +248,8 @@ fn rings(opts: &MountOptions) -> Option<crate::mount::uring::Rings> {
         }
         return None;
     }
-    crate::mount::uring::Rings::new()
+    let handoff = opts.handoff.unwrap_or(opts.upperdir.is_some());
+    crate::mount::uring::Rings::new(handoff)
         .inspect_err(|e| warn!("io_uring not used: {e}"))
         .ok()
 }

@@ -38,6 +38,7 @@ type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
 /// One ring per possible CPU, made before the mount's INIT.
 pub struct Rings {
     rings: Vec<Ring>,
+    handoff: bool,
 }
 
 /// Whether the kernel lets FUSE use io_uring at all (root may turn it on at any time).
@@ -58,12 +59,13 @@ fn possible_cpus() -> io::Result<usize> {
 }
 
 impl Rings {
-    pub fn new() -> io::Result<Rings> {
+    /// One ring per possible CPU; `handoff`: see [`Queue::commit`].
+    pub fn new(handoff: bool) -> io::Result<Rings> {
         let n = possible_cpus()?;
         let rings = (0..n)
             .map(|_| Ring::builder().build(DEPTH as u32))
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(Rings { rings })
+        Ok(Rings { rings, handoff })
     }
 
     /// Serve every queue from its own thread on `dev` (a descriptor of the session's
@@ -73,6 +75,7 @@ impl Rings {
     pub fn start(self, dev: OwnedFd, fs: StrataFs) {
         let dev = std::sync::Arc::new(dev);
         let stale = notifier(&fs);
+        let handoff = self.handoff;
         for (qid, ring) in self.rings.into_iter().enumerate() {
             let dev = std::sync::Arc::clone(&dev);
             let fs = fs.clone();
@@ -80,7 +83,7 @@ impl Rings {
             let spawned = thread::Builder::new()
                 .name(format!("fuse-ring-{qid}"))
                 .spawn(move || {
-                    let q = Queue::new(ring, qid as u16, &dev);
+                    let q = Queue::new(ring, qid as u16, &dev, handoff);
                     if let Err(e) = q.and_then(|q| q.run(&fs, &stale)) {
                         error!(queue = qid, error = %e, "io_uring queue failed; ending the mount");
                         std::process::exit(1);
@@ -125,10 +128,11 @@ struct Queue<'d> {
     qid: u16,
     dev: &'d OwnedFd,
     ents: Vec<Ent>,
+    handoff: bool,
 }
 
 impl<'d> Queue<'d> {
-    fn new(ring: Ring, qid: u16, dev: &'d OwnedFd) -> io::Result<Queue<'d>> {
+    fn new(ring: Ring, qid: u16, dev: &'d OwnedFd, handoff: bool) -> io::Result<Queue<'d>> {
         let mut cpus = rustix::thread::CpuSet::new();
         cpus.set(qid as usize);
         // The queue is named after the CPU whose requests it receives; answering them there
@@ -162,7 +166,29 @@ impl<'d> Queue<'d> {
             qid,
             dev,
             ents,
+            handoff,
         })
+    }
+
+    /// Send the replies queued so far. The kernel wakes each caller while this thread is
+    /// still running on the caller's CPU, so the scheduler sees that CPU busy and wakes the
+    /// caller on another, idle one: a caller that sends its next request at once (tar, rm,
+    /// a package manager) then moves between CPUs on almost every request, and waking an
+    /// idle CPU is what a round trip costs most on VMs (65,000 migrations for 90,000
+    /// requests in an untar). With `handoff` the thread is SCHED_IDLE just while it sends
+    /// them, which the scheduler counts as an idle CPU, so the caller stays and runs at
+    /// once; the thread takes its policy back before it waits for the next request. Two
+    /// system calls (3 us) per wakeup: worth it where requests come in such chains
+    /// (writable mounts: untar 3.08 -> 1.68 s), not on cold reads that wait for the disk
+    /// (100,000 small files 4.2 -> 4.7 s), hence the default.
+    fn commit(&mut self) -> io::Result<()> {
+        if !self.handoff {
+            return Ok(());
+        }
+        set_policy(libc::SCHED_IDLE);
+        let r = self.ring.submit();
+        set_policy(libc::SCHED_OTHER);
+        r.map(drop)
     }
 
     fn push(&mut self, i: usize, cmd: u32, commit_id: u64) -> io::Result<()> {
@@ -186,6 +212,9 @@ impl<'d> Queue<'d> {
         let mut served = 0u64;
         let mut changed = false;
         while live > 0 {
+            if served > 0 {
+                self.commit()?;
+            }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -240,6 +269,15 @@ impl<'d> Queue<'d> {
         }
         debug!(queue = self.qid, served, "io_uring queue done");
         Ok(())
+    }
+}
+
+/// This thread's scheduling policy (priority 0, the only one these policies take).
+fn set_policy(policy: i32) {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a plain system call about the calling thread.
+    if unsafe { libc::sched_setscheduler(0, policy, &p) } != 0 {
+        debug!(error = %io::Error::last_os_error(), policy, "scheduling policy unchanged");
     }
 }
 
