@@ -268,11 +268,14 @@ fn listings_leave_out_attributes_until_they_are_wanted() {
 /// Handoff (`uring::Queue::commit`): on a writable mount over the rings, a ring thread sends
 /// its replies as SCHED_IDLE, so that the callers they wake may run on its CPU, and is
 /// SCHED_OTHER again before it waits for more; `handoff=off` and read-only mounts never
-/// change its policy. Seen with strace on the daemon.
+/// change its policy, and neither does a daemon that could not take SCHED_OTHER back (an
+/// unprivileged one: only its probe thread tries, and stays idle). Seen with strace on the
+/// daemon.
 #[test]
 fn ring_threads_hand_their_cpu_to_callers_on_writable_mounts() {
     require_root();
     require_tool("strace");
+    require_tool("runuser");
     let _on = Switch::set(true);
     let tmp = shared_tempdir();
     let base = tmp.path();
@@ -280,21 +283,21 @@ fn ring_threads_hand_their_cpu_to_callers_on_writable_mounts() {
         "mkdir -p {b}/lower && echo x > {b}/lower/f",
         b = base.display()
     ));
-    for (name, writable, extra, hands_off) in [
-        ("rw", true, "", true),
-        ("rw-off", true, ",handoff=off", false),
-        ("ro", false, "", false),
+    for (name, user, writable, extra) in [
+        ("rw", None, true, ""),
+        ("rw-off", None, true, ",handoff=off"),
+        ("ro", None, false, ""),
+        ("rw-user", Some("stratafs-test"), true, ""),
     ] {
-        let (u, w, m) = (
-            base.join(format!("u-{name}")),
-            base.join(format!("w-{name}")),
-            base.join(format!("m-{name}")),
-        );
-        for d in [&u, &w, &m] {
-            std::fs::create_dir_all(d).unwrap();
+        let dir = base.join(name);
+        for d in ["u", "w", "m"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        if let Some(u) = user {
+            run_ok(Command::new("chown").args(["-R", u]).arg(&dir));
         }
         let upper = if writable {
-            format!(",upperdir={},workdir={}", u.display(), w.display())
+            format!(",upperdir={d}/u,workdir={d}/w", d = dir.display())
         } else {
             String::new()
         };
@@ -302,41 +305,91 @@ fn ring_threads_hand_their_cpu_to_callers_on_writable_mounts() {
             "{},io_uring{upper}{extra}",
             lowerdir_opt(&[base.join("lower")])
         );
-        let log = base.join(format!("{name}.trace"));
-        let mut daemon = Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=sched_setscheduler", "-o"])
-            .arg(&log)
-            .arg(BIN)
-            .args(["-f", "-o", &opts])
-            .arg(&m)
-            .spawn()
-            .unwrap();
-        wait_until("mount under strace", || is_mountpoint(&m));
+        let (m, log) = (dir.join("m"), dir.join("trace"));
+        // A traced process runs fusermount3 without its set-uid bit: the unprivileged daemon
+        // is not traced, its ring threads' policies are read instead.
+        let mut daemon = match user {
+            Some(u) => Command::new("runuser")
+                .args(["-u", u, "--"])
+                .arg(BIN)
+                .args(["-f", "-o", &opts])
+                .arg(&m)
+                .spawn()
+                .unwrap(),
+            None => Command::new("strace")
+                .args(["-f", "-qq", "-e", "trace=sched_setscheduler", "-o"])
+                .arg(&log)
+                .arg(BIN)
+                .args(["-f", "-o", &opts])
+                .arg(&m)
+                .spawn()
+                .unwrap(),
+        };
+        wait_until("mount", || is_mountpoint(&m));
         let work = if writable {
             "for i in $(seq 1 50); do echo $i > new$i; cat f > /dev/null; done"
         } else {
             "for i in $(seq 1 50); do cat f > /dev/null; stat new$i 2>/dev/null; done; true"
         };
-        sh(&format!("cd {} && {work}", m.display()));
+        let script = format!("cd {} && {work}", m.display());
+        match user {
+            Some(u) => run_ok(Command::new("runuser").args(["-u", u, "--", "bash", "-c", &script])),
+            None => run_ok(Command::new("bash").arg("-c").arg(&script)),
+        };
+        let policies = user.map(ring_policies);
         run_ok(Command::new("fusermount3").arg("-u").arg(&m));
         assert!(
             daemon.wait().unwrap().success(),
             "{name}: daemon exit status"
         );
+        if let Some(policies) = policies {
+            assert!(!policies.is_empty(), "{name}: no ring threads");
+            assert!(
+                policies.iter().all(|&p| p == 0),
+                "{name}: a ring thread left SCHED_OTHER: {policies:?}"
+            );
+            continue;
+        }
         let trace = std::fs::read_to_string(&log).unwrap();
         let count = |p: &str| trace.lines().filter(|l| l.contains(p)).count();
-        let (idle, other) = (
-            count("sched_setscheduler(0, SCHED_IDLE"),
-            count("sched_setscheduler(0, SCHED_OTHER"),
-        );
-        if hands_off {
-            assert!(
-                idle >= 50,
-                "{name}: {idle} handoffs for 100 requests\n{trace}"
-            );
-            assert_eq!(idle, other, "{name}: every handoff ends in SCHED_OTHER");
-        } else {
-            assert_eq!((idle, other), (0, 0), "{name}: no policy change expected");
+        let idle = count("sched_setscheduler(0, SCHED_IDLE");
+        let other = count("sched_setscheduler(0, SCHED_OTHER");
+        let refused = count("SCHED_OTHER, [0]) = -1");
+        match name {
+            "rw" => {
+                assert!(
+                    idle >= 50,
+                    "{name}: {idle} handoffs for 100 requests\n{trace}"
+                );
+                assert_eq!(
+                    (idle, refused),
+                    (other, 0),
+                    "{name}: every handoff ends in SCHED_OTHER"
+                );
+            }
+            _ => assert_eq!((idle, other), (0, 0), "{name}: no policy change expected"),
         }
     }
+}
+
+/// The scheduling policies (0: SCHED_OTHER, 5: SCHED_IDLE) of the `fuse-ring-N` threads of
+/// `user`'s stratafs daemons.
+fn ring_policies(user: &str) -> Vec<u32> {
+    let out = run_ok(Command::new("pgrep").args(["-u", user, "-x", "stratafs"]));
+    let mut policies = Vec::new();
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let t = t.unwrap().path();
+            let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+            let c = comm.trim();
+            if !c.starts_with("fuse-ring-") || c == "fuse-ring-notif" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(t.join("stat")).unwrap();
+            // Fields after the command's closing parenthesis start at field 3; policy is 41.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            policies.push(rest.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+        }
+    }
+    policies
 }

@@ -75,7 +75,7 @@ impl Rings {
     pub fn start(self, dev: OwnedFd, fs: StrataFs) {
         let dev = std::sync::Arc::new(dev);
         let stale = notifier(&fs);
-        let handoff = self.handoff;
+        let handoff = self.handoff && can_leave_idle();
         for (qid, ring) in self.rings.into_iter().enumerate() {
             let dev = std::sync::Arc::clone(&dev);
             let fs = fs.clone();
@@ -180,14 +180,21 @@ impl<'d> Queue<'d> {
     /// once; the thread takes its policy back before it waits for the next request. Two
     /// system calls (3 us) per wakeup: worth it where requests come in such chains
     /// (writable mounts: untar 3.08 -> 1.68 s), not on cold reads that wait for the disk
-    /// (100,000 small files 4.2 -> 4.7 s), hence the default.
+    /// (100,000 small files 4.2 -> 4.7 s), hence the default. Only where SCHED_OTHER can be
+    /// taken back ([`can_leave_idle`]: not without CAP_SYS_NICE).
     fn commit(&mut self) -> io::Result<()> {
         if !self.handoff {
             return Ok(());
         }
         set_policy(libc::SCHED_IDLE);
         let r = self.ring.submit();
-        set_policy(libc::SCHED_OTHER);
+        if !set_policy(libc::SCHED_OTHER) {
+            warn!(
+                queue = self.qid,
+                "cannot leave SCHED_IDLE: no more handoffs"
+            );
+            self.handoff = false;
+        }
         r.map(drop)
     }
 
@@ -272,13 +279,32 @@ impl<'d> Queue<'d> {
     }
 }
 
-/// This thread's scheduling policy (priority 0, the only one these policies take).
-fn set_policy(policy: i32) {
+/// Set this thread's scheduling policy (priority 0, the only one these policies take).
+fn set_policy(policy: i32) -> bool {
     let p = libc::sched_param { sched_priority: 0 };
     // SAFETY: a plain system call about the calling thread.
     if unsafe { libc::sched_setscheduler(0, policy, &p) } != 0 {
         debug!(error = %io::Error::last_os_error(), policy, "scheduling policy unchanged");
+        return false;
     }
+    true
+}
+
+/// Whether a thread of this process may take SCHED_OTHER back after SCHED_IDLE: that needs
+/// CAP_SYS_NICE or an RLIMIT_NICE of 20, which an unprivileged (rootless) daemon lacks, and a
+/// ring thread would then stay idle for good. Tried on a scratch thread, the only one that
+/// stays idle if not.
+fn can_leave_idle() -> bool {
+    let ok = thread::Builder::new()
+        .name("handoff-probe".into())
+        .spawn(|| set_policy(libc::SCHED_IDLE) && set_policy(libc::SCHED_OTHER))
+        .ok()
+        .and_then(|t| t.join().ok())
+        .unwrap_or(false);
+    if !ok {
+        debug!("no handoff: SCHED_IDLE could not be left again (no CAP_SYS_NICE)");
+    }
+    ok
 }
 
 /// io-uring's URING_CMD builder has no `len`; FUSE wants the iovec count there.
