@@ -52,6 +52,16 @@ fn stats_of(file: &Path, mountpoint: &Path) -> serde_json::Value {
     v
 }
 
+/// A shared temporary directory with `lower/f` and an empty `m`.
+fn one_file_lower() -> tempfile::TempDir {
+    let tmp = shared_tempdir();
+    sh(&format!(
+        "mkdir -p {b}/lower {b}/m && echo x > {b}/lower/f",
+        b = tmp.path().display()
+    ));
+    tmp
+}
+
 /// Mount `base/lower` read-only with `opt` and `-o stats=`, run the shell script made for its
 /// mount point, unmount, and give the stats the daemon wrote.
 fn read_only_stats(
@@ -182,12 +192,8 @@ fn requests_go_through_the_rings_when_the_kernel_allows_it() {
 fn a_killed_daemon_leaves_a_dead_mount_not_a_hung_one() {
     require_root();
     let _on = Switch::set(true);
-    let tmp = shared_tempdir();
+    let tmp = one_file_lower();
     let base = tmp.path();
-    sh(&format!(
-        "mkdir -p {b}/lower {b}/m && echo x > {b}/lower/f",
-        b = base.display()
-    ));
     let m = base.join("m");
     let _mount = StrataMount::with_opts(&[base.join("lower")], &m, &["io_uring"]);
     sh(&format!("cat {}/f > /dev/null", m.display()));
@@ -277,12 +283,8 @@ fn ring_threads_hand_their_cpu_to_callers_on_writable_mounts() {
     require_tool("strace");
     require_tool("runuser");
     let _on = Switch::set(true);
-    let tmp = shared_tempdir();
+    let tmp = one_file_lower();
     let base = tmp.path();
-    sh(&format!(
-        "mkdir -p {b}/lower && echo x > {b}/lower/f",
-        b = base.display()
-    ));
     for (name, user, writable, extra) in [
         ("rw", None, true, ""),
         ("rw-off", None, true, ",handoff=off"),
