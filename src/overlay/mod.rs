@@ -266,6 +266,10 @@ impl Overlay {
                 Some(fd) => rustix::fs::fstat(&*fd)?,
                 None => return Ok(Attr { nlink: 0, ..cached }),
             }
+        } else if let Some(fd) = self.upper_dirs.lock().peek(&node.ino).cloned() {
+            // A directory being written in (an untar's, an rm -rf's): the kernel re-reads its
+            // attributes after every change in it; its open descriptor spares the path walk.
+            rustix::fs::fstat(&*fd)?
         } else {
             match self.layers[0].stat(&node.path())? {
                 Some(st) => st,
