@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(
-  fuse3 attr acl strace            # fusermount3, getfattr/setfattr, laziness checks
+  fuse3 attr acl strace e2fsprogs  # fusermount3, getfattr/setfattr, laziness checks, ext4 uppers
   podman runc uidmap skopeo umoci busybox-static   # real images for the OCI tests
   fuse-overlayfs hyperfine bubblewrap              # benchmarks and the demo
   docker-registry apache2-utils openssl            # a real registry (htpasswd, token signing) for convert

@@ -56,21 +56,7 @@ fn copy_up_syncs(mkfs_opts: &[&str], mount_opts: &str) -> (usize, usize) {
         fs.join("u").display(),
         fs.join("w").display()
     );
-    let mut daemon = Command::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-e",
-            "trace=fsync,fdatasync,sync_file_range",
-            "-o",
-        ])
-        .arg(&log)
-        .arg(BIN)
-        .args(["-f", "-o", &opts])
-        .arg(&mnt)
-        .spawn()
-        .unwrap();
-    wait_until("mount under strace", || is_mountpoint(&mnt));
+    let mut daemon = traced_mount("fsync,fdatasync,sync_file_range", &log, &opts, &mnt);
     std::fs::set_permissions(mnt.join("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut g = std::fs::OpenOptions::new()
         .append(true)

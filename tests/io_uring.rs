@@ -318,14 +318,7 @@ fn ring_threads_hand_their_cpu_to_callers_on_writable_mounts() {
                 .arg(&m)
                 .spawn()
                 .unwrap(),
-            None => Command::new("strace")
-                .args(["-f", "-qq", "-e", "trace=sched_setscheduler", "-o"])
-                .arg(&log)
-                .arg(BIN)
-                .args(["-f", "-o", &opts])
-                .arg(&m)
-                .spawn()
-                .unwrap(),
+            None => traced_mount("sched_setscheduler", &log, &opts, &m),
         };
         wait_until("mount", || is_mountpoint(&m));
         let work = if writable {

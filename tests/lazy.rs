@@ -9,20 +9,6 @@ use std::process::{Child, Command};
 
 use common::*;
 
-/// A foreground stratafs under `strace -e trace=SYSCALLS`, once its mount is live.
-fn traced_mount(syscalls: &str, log: &Path, options: &str, mnt: &Path) -> Child {
-    let child = Command::new("strace")
-        .args(["-f", "-qq", "-e", &format!("trace={syscalls}"), "-o"])
-        .arg(log)
-        .arg(BIN)
-        .args(["-f", "-o", options])
-        .arg(mnt)
-        .spawn()
-        .unwrap();
-    wait_until("mount under strace", || is_mountpoint(mnt));
-    child
-}
-
 /// Unmount and check the daemon exited 0.
 fn unmount(mut child: Child, mnt: &Path) {
     run_ok(Command::new("fusermount3").arg("-u").arg(mnt));

@@ -766,7 +766,7 @@ impl Filesystem for StrataFs {
         reply: ReplyCreate,
     ) {
         let _t = self.timed(Op::Create);
-        let open = crate::mount::uring::wire::create_open_flags(flags as u32);
+        let open = super::requests::create_open_flags(flags as u32);
         let who = caller_with_umask(req, umask);
         match self.create_file(parent.0, name.as_bytes(), mode, who) {
             Ok((attr, fh)) => reply.created(

@@ -15,6 +15,20 @@ use crate::overlay::write::{Caller, NewEntry, SetAttr};
 /// `RENAME_WHITEOUT`: only overlayfs itself may ask for it.
 const RENAME_WHITEOUT: u32 = 1 << 2;
 
+/// The open flags of the reply to a CREATE with open(2) flags `flags`. A file created
+/// write-only (tar, cp, a compiler's output) gets direct I/O: its writes then come with
+/// FUSE_WRITE_KILL_SUIDGID where needed instead of the kernel asking for
+/// `security.capability` first (one round trip less per new file). Such a descriptor can
+/// neither read nor map the file, so it loses nothing by bypassing the page cache; the
+/// file's later readers fill the cache as usual. Anything else keeps the cache.
+pub(crate) fn create_open_flags(flags: u32) -> u32 {
+    if flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 {
+        super::uring::wire::FOPEN_DIRECT_IO
+    } else {
+        super::uring::wire::FOPEN_KEEP_CACHE
+    }
+}
+
 fn ebadf() -> io::Error {
     io::Error::from_raw_os_error(libc::EBADF)
 }

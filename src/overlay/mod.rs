@@ -266,7 +266,11 @@ impl Overlay {
                 Some(fd) => rustix::fs::fstat(&*fd)?,
                 None => return Ok(Attr { nlink: 0, ..cached }),
             }
-        } else if let Some(fd) = self.upper_dirs.lock().peek(&node.ino).cloned() {
+        } else if let Some(fd) = cached
+            .is_dir()
+            .then(|| self.upper_dirs.lock().peek(&node.ino).cloned())
+            .flatten()
+        {
             // A directory being written in (an untar's, an rm -rf's): the kernel re-reads its
             // attributes after every change in it; its open descriptor spares the path walk.
             rustix::fs::fstat(&*fd)?

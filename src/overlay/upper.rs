@@ -232,16 +232,16 @@ impl Upper {
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(perm),
         )?;
-        let st = rustix::fs::fstat(&fd)?;
+        let mut st = rustix::fs::fstat(&fd)?;
         // The kernel may still have dropped set-group-ID or picked a set-gid directory's
         // group: put the requested ones back (as the detour would have).
-        if st.st_mode & 0o7777 != perm || gid.is_some_and(|g| g != st.st_gid) {
-            if gid.is_some_and(|g| g != st.st_gid) {
-                rustix::fs::fchown(&fd, None, gid.map(rustix::fs::Gid::from_raw))?;
+        let wrong_gid = gid.filter(|&g| g != st.st_gid);
+        if wrong_gid.is_some() || st.st_mode & 0o7777 != perm {
+            if let Some(g) = wrong_gid {
+                rustix::fs::fchown(&fd, None, Some(rustix::fs::Gid::from_raw(g)))?;
             }
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm))?;
-            let st = rustix::fs::fstat(&fd)?;
-            return Ok(Some((fd, st)));
+            st = rustix::fs::fstat(&fd)?;
         }
         Ok(Some((fd, st)))
     }

@@ -361,3 +361,17 @@ pub mod podman;
 pub fn name(s: &str) -> &OsStr {
     OsStr::new(s)
 }
+
+/// A foreground stratafs under `strace -e trace=SYSCALLS`, once its mount is live.
+pub fn traced_mount(syscalls: &str, log: &Path, options: &str, mnt: &Path) -> std::process::Child {
+    let child = Command::new("strace")
+        .args(["-f", "-qq", "-e", &format!("trace={syscalls}"), "-o"])
+        .arg(log)
+        .arg(BIN)
+        .args(["-f", "-o", options])
+        .arg(mnt)
+        .spawn()
+        .unwrap();
+    wait_until("mount under strace", || is_mountpoint(mnt));
+    child
+}

@@ -97,7 +97,7 @@ fn dispatch_write(
             match fs.create_file(h.nodeid, wire::name(args), u32_at(4), who) {
                 Ok((a, fh)) => {
                     out.entry(Some(&a), ttl);
-                    out.open_out(fh, wire::create_open_flags(u32_at(0)));
+                    out.open_out(fh, crate::mount::requests::create_open_flags(u32_at(0)));
                     Ok(())
                 }
                 Err(e) => Err(errno(e)),

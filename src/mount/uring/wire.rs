@@ -92,20 +92,6 @@ pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 /// `FOPEN_DIRECT_IO` in `fuse_open_out.open_flags`.
 pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 
-/// The open flags of the reply to a CREATE with open(2) flags `flags`. A file created
-/// write-only (tar, cp, a compiler's output) gets direct I/O: its writes then come with
-/// FUSE_WRITE_KILL_SUIDGID where needed instead of the kernel asking for
-/// `security.capability` first (one round trip less per new file). Such a descriptor can
-/// neither read nor map the file, so it loses nothing by bypassing the page cache; the
-/// file's later readers fill the cache as usual. Anything else keeps the cache.
-pub fn create_open_flags(flags: u32) -> u32 {
-    if flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 {
-        FOPEN_DIRECT_IO
-    } else {
-        FOPEN_KEEP_CACHE
-    }
-}
-
 pub fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
