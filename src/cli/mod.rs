@@ -38,12 +38,7 @@ pub fn main() -> i32 {
         return subcommand(&first);
     }
     let cli = mount::Cli::parse();
-    // fuser warns when it retries an unmount the kernel already did: keep that out.
-    init_logging(if cli.debug {
-        "debug"
-    } else {
-        "warn,fuser=error"
-    });
+    init_logging(if cli.debug { "debug" } else { "warn" });
     match mount::run_mount(&cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -56,7 +51,7 @@ pub fn main() -> i32 {
 #[cfg(feature = "image")]
 fn subcommand(_name: &str) -> i32 {
     let c = commands::Commands::parse();
-    init_logging("info,fuser=error");
+    init_logging("info");
     match commands::run(c) {
         Ok(()) => 0,
         Err(e) => {

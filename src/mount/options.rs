@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::mount::Error;
-use crate::mount::fuse::Passthrough;
+use crate::mount::session::Passthrough;
 use crate::overlay::idmap::{IdMap, Range};
 use crate::stack::override_stat::OverrideXattr;
 

@@ -1,18 +1,16 @@
-//! Serving a mount plan: check the mountpoint, open the overlay, mount (`fuse.stratafs`
-//! ourselves where we may, else through fusermount3), daemonize once the mount is live, run
-//! until unmounted.
+//! Serving a mount plan: check the mountpoint, open the overlay, mount ([`super::kernel`]),
+//! answer INIT, daemonize once the mount is live, serve until unmounted.
 
 use std::io;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fuser::{Config, MountOption, SessionACL};
 use tracing::{debug, info, warn};
 
 use super::Error;
 use super::daemon::{self, Ready};
-use super::fuse::{Passthrough, StrataFs};
+use super::devfuse;
+use super::session::{Passthrough, Session};
 use super::options::{IoUring, MountOptions, Prefetch};
 use super::plan::MountPlan;
 use super::stats::Stats;
@@ -81,117 +79,6 @@ fn open_file_budget() -> usize {
         },
     );
     ((hard / 4) as usize).clamp(64, 4096)
-}
-
-fn fuser_config(plan: &MountPlan) -> Config {
-    let (opts, source) = (&plan.options, plan.source.as_str());
-    let mut mo = vec![
-        MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| source.to_string())),
-        MountOption::Subtype("stratafs".into()),
-        MountOption::DefaultPermissions,
-    ];
-    if plan.read_only {
-        mo.push(MountOption::RO);
-    }
-    for f in &opts.flags {
-        mo.push(match f.as_str() {
-            "dev" => MountOption::Dev,
-            "nodev" => MountOption::NoDev,
-            "suid" => MountOption::Suid,
-            "nosuid" => MountOption::NoSuid,
-            "exec" => MountOption::Exec,
-            "noexec" => MountOption::NoExec,
-            "atime" => MountOption::Atime,
-            "noatime" => MountOption::NoAtime,
-            "dirsync" => MountOption::DirSync,
-            "sync" => MountOption::Sync,
-            "async" => MountOption::Async,
-            // ro is the plan's read_only, relatime is the default.
-            _ => continue,
-        });
-    }
-    mo.dedup();
-    let root = rustix::process::geteuid().is_root();
-    let mut cfg = Config::default();
-    cfg.mount_options = mo;
-    cfg.acl = if opts.allow_other || (root && !opts.allow_root) {
-        // As root the mount serves containers whose processes run as other users.
-        SessionACL::All
-    } else if opts.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
-    };
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    cfg.n_threads = Some(opts.threads.unwrap_or((cores * 2).clamp(2, 8)));
-    cfg.clone_fd = true;
-    cfg
-}
-
-/// Mount with type `fuse.stratafs` ourselves where we may (root, or root in a user
-/// namespace), since fuser's own mount always says plain `fuse`; elsewhere let fuser go
-/// through fusermount3 (which records the subtype itself).
-fn open_session(
-    fs: StrataFs,
-    mountpoint: &Path,
-    plan: &MountPlan,
-    config: Config,
-) -> std::io::Result<fuser::Session<StrataFs>> {
-    let (opts, source) = (&plan.options, plan.source.as_str());
-    use rustix::mount::MountFlags;
-    let dev = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")?;
-    let st = rustix::fs::stat(mountpoint)?;
-    let uid = rustix::process::getuid().as_raw();
-    let gid = rustix::process::getgid().as_raw();
-    let mut data = format!(
-        "fd={},rootmode={:o},user_id={uid},group_id={gid},default_permissions",
-        std::os::fd::AsRawFd::as_raw_fd(&dev),
-        st.st_mode & libc::S_IFMT
-    );
-    if config.acl != SessionACL::Owner {
-        data.push_str(",allow_other");
-    }
-    let has = |f: &str| opts.has_flag(f);
-    let mut flags = if plan.read_only {
-        MountFlags::RDONLY
-    } else {
-        MountFlags::empty()
-    };
-    if !has("dev") {
-        flags |= MountFlags::NODEV;
-    }
-    if !has("suid") {
-        flags |= MountFlags::NOSUID;
-    }
-    if has("noexec") {
-        flags |= MountFlags::NOEXEC;
-    }
-    if has("noatime") {
-        flags |= MountFlags::NOATIME;
-    }
-    if has("sync") {
-        flags |= MountFlags::SYNCHRONOUS;
-    }
-    if has("dirsync") {
-        flags |= MountFlags::DIRSYNC;
-    }
-    let fsname = opts.fsname.as_deref().unwrap_or(source);
-    let data = std::ffi::CString::new(data).map_err(std::io::Error::other)?;
-    match rustix::mount::mount(fsname, mountpoint, "fuse.stratafs", flags, data.as_c_str()) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::PERM | rustix::io::Errno::ACCESS) => {
-            return fuser::Session::new(fs, mountpoint, &config);
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let acl = config.acl;
-    fuser::Session::from_fd(fs, dev.into(), acl, config).inspect_err(|_| {
-        // Nothing is left mounted when the handshake fails.
-        let _ = rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH);
-    })
 }
 
 /// Prefetch readers: each waits on one download at a time, so more than the CPUs.
@@ -265,14 +152,11 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
     // Layer roots are opened before mounting: the mountpoint may be the last lowerdir.
     let overlay = Arc::new(Overlay::with_config(&plan.overlay_config())?);
     overlay.set_open_file_limit(open_file_budget());
-    let config = fuser_config(plan);
-
     let mut ready = if plan.foreground {
         Ready::foreground()
     } else {
         daemon::fork()?
     };
-    let notifier = Arc::new(std::sync::OnceLock::new());
     let access = match &opts.access_log {
         Some(f) => {
             let layers: Vec<PathBuf> = plan
@@ -292,34 +176,51 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         }
         None => None,
     };
-    let fs = StrataFs::new(
-        Arc::clone(&overlay),
-        opts.passthrough,
-        Arc::clone(&notifier),
-    )
-    .with_access_log(access.clone())
-    .with_stats(stats.clone())
-    .with_writeback(opts.writeback)
-    .with_bare_entries(if opts.readdirplus_lazy {
-        Bare::Lazy
-    } else {
-        Bare::Never
-    })
-    .with_io_uring(rings(opts));
-    let shared = fs.clone();
-    let session = match open_session(fs, &mountpoint, plan, config) {
-        Ok(s) => s,
+    let rings = rings(opts);
+    let acl = super::kernel::acl(plan);
+    let fail = |ready: &mut Ready, e: io::Error| {
+        let e = Error::Mount {
+            path: mountpoint.clone(),
+            source: e,
+        };
+        ready.fail(&e.to_string());
+        e
+    };
+    let dev = match super::kernel::mount(plan, &mountpoint, acl) {
+        Ok(dev) => Arc::new(dev),
+        Err(e) => return Err(fail(&mut ready, e)),
+    };
+    let session = Session::new(Arc::clone(&overlay), Arc::clone(&dev), opts.passthrough)
+        .with_acl(acl)
+        .with_access_log(access.clone())
+        .with_stats(stats.clone())
+        .with_writeback(opts.writeback)
+        .with_bare_entries(if opts.readdirplus_lazy {
+            Bare::Lazy
+        } else {
+            Bare::Never
+        });
+    let init = match devfuse::handshake(&dev, &session, rings.is_some()) {
+        Ok(init) => init,
         Err(e) => {
-            let e = Error::Mount {
-                path: mountpoint,
-                source: e,
-            };
-            ready.fail(&e.to_string());
-            return Err(e);
+            // Nothing is left mounted when the handshake fails.
+            let _ = rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::DETACH);
+            return Err(fail(&mut ready, e));
         }
     };
-    let _ = notifier.set(session.notifier());
-    shared.start_io_uring(session.as_fd());
+    let on_rings = init
+        .negotiated()
+        .is_some_and(|n| n.has(crate::mount::wire::init::OVER_IO_URING));
+    let threads = match (on_rings, rings) {
+        (true, Some(r)) => {
+            r.start(Arc::clone(&dev), session.clone());
+            1
+        }
+        _ => {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            opts.threads.unwrap_or((cores * 2).clamp(2, 8))
+        }
+    };
     info!(mountpoint = %mountpoint.display(), layers = plan.lowerdirs.len(), "mounted");
     let daemonized = ready.is_daemon();
     ready.ok();
@@ -337,7 +238,7 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         }
         p
     });
-    let ran = session.run().map_err(|e| Error::Mount {
+    let ran = devfuse::serve(dev, session, threads).map_err(|e| Error::Mount {
         path: mountpoint.clone(),
         source: e,
     });

@@ -3,14 +3,14 @@
 //! that sent it instead of waking a `/dev/fuse` reader elsewhere (benches/RESULTS.md, "The
 //! ceiling for FUSE over io_uring").
 //!
-//! fuser keeps the session: INIT, FORGET and INTERRUPT (which the kernel still sends through
-//! `/dev/fuse`), notifications, and every request until all queues are registered. The kernel
-//! blocks requests from INIT until every queue has an entry, so the rings are made before
-//! INIT (a failure there means no ring, never a hung mount) and FUSE_OVER_IO_URING is only
-//! answered when each queue's thread is about to register.
+//! The `/dev/fuse` transport keeps INIT, FORGET and INTERRUPT (which the kernel still sends
+//! through `/dev/fuse`); notifications go there too. The kernel blocks requests from INIT
+//! until every queue has an entry, so the rings are made before INIT (a failure there means
+//! no ring, never a hung mount) and FUSE_OVER_IO_URING is only asked for when each queue's
+//! thread is about to register. Each request is answered by the same [`Session`] as over
+//! `/dev/fuse`; only the framing ([`frame`]) is the ring's.
 
-mod serve;
-pub mod wire;
+pub mod frame;
 
 use std::fs;
 use std::io;
@@ -22,16 +22,17 @@ use crossbeam_channel::Sender;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use tracing::{debug, error, info, warn};
 
-use crate::mount::fuse::StrataFs;
+use crate::mount::session::Session;
+use crate::mount::wire::InHeader;
 use crate::overlay::namespace::Stale;
 
 /// Requests in flight per queue: enough that a queue's next request is already in its
 /// buffer when the thread comes back from the last one.
 const DEPTH: usize = 4;
 
-/// The largest write and read the mount negotiates when it uses the rings; each ring entry
-/// holds a payload buffer of this size (allocated lazily by the kernel's zero pages).
-pub const MAX_PAYLOAD: u32 = 1 << 20;
+/// Each ring entry holds a payload buffer of the largest write the mount negotiates
+/// (allocated lazily by the kernel's zero pages).
+const MAX_PAYLOAD: u32 = crate::mount::session::init::MAX_WRITE;
 
 type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
 
@@ -68,12 +69,11 @@ impl Rings {
         Ok(Rings { rings, handoff })
     }
 
-    /// Serve every queue from its own thread on `dev` (a descriptor of the session's
-    /// `/dev/fuse`). Called from INIT, once FUSE_OVER_IO_URING is in its reply: registration
-    /// waits for the reply to reach the kernel. A queue that cannot be served would hang the
+    /// Serve every queue from its own thread on `dev` (the connection's `/dev/fuse`), once
+    /// FUSE_OVER_IO_URING is in INIT's reply: registration waits for the reply to reach the
+    /// kernel. A queue that cannot be served would hang the
     /// mount, so such a failure ends the daemon instead.
-    pub fn start(self, dev: OwnedFd, fs: StrataFs) {
-        let dev = std::sync::Arc::new(dev);
+    pub fn start(self, dev: std::sync::Arc<OwnedFd>, fs: Session) {
         let stale = notifier(&fs);
         let handoff = self.handoff && can_leave_idle();
         for (qid, ring) in self.rings.into_iter().enumerate() {
@@ -100,7 +100,7 @@ impl Rings {
 
 /// A thread that tells the kernel what writes made stale. A queue's thread must not do it
 /// itself: an invalidation may wait for a lock held by a request queued behind it.
-fn notifier(fs: &StrataFs) -> Sender<Stale> {
+fn notifier(fs: &Session) -> Sender<Stale> {
     let (tx, rx) = crossbeam_channel::unbounded::<Stale>();
     let fs = fs.clone();
     let spawned = thread::Builder::new()
@@ -142,7 +142,7 @@ impl<'d> Queue<'d> {
         }
         let ents = (0..DEPTH)
             .map(|_| {
-                let mut header = vec![0u8; wire::HEADER_LEN].into_boxed_slice();
+                let mut header = vec![0u8; frame::HEADER_LEN].into_boxed_slice();
                 let mut payload = vec![0u8; MAX_PAYLOAD as usize].into_boxed_slice();
                 let iov = Box::new([
                     libc::iovec {
@@ -200,7 +200,7 @@ impl<'d> Queue<'d> {
 
     fn push(&mut self, i: usize, cmd: u32, commit_id: u64) -> io::Result<()> {
         let sqe = opcode::UringCmd80::new(types::Fd(self.dev.as_raw_fd()), cmd)
-            .cmd(wire::cmd_req(commit_id, self.qid))
+            .cmd(frame::cmd_req(commit_id, self.qid))
             .addr(Some(self.ents[i].iov.as_ptr() as u64))
             .build()
             .user_data(i as u64);
@@ -211,9 +211,9 @@ impl<'d> Queue<'d> {
             .map_err(|_| io::Error::other("submission queue full"))
     }
 
-    fn run(mut self, fs: &StrataFs, notify: &Sender<Stale>) -> io::Result<()> {
+    fn run(mut self, fs: &Session, notify: &Sender<Stale>) -> io::Result<()> {
         for i in 0..DEPTH {
-            self.push(i, wire::CMD_REGISTER, 0)?;
+            self.push(i, frame::CMD_REGISTER, 0)?;
         }
         let mut live = DEPTH;
         let mut served = 0u64;
@@ -237,7 +237,7 @@ impl<'d> Queue<'d> {
                 if res == -libc::EAGAIN {
                     // INIT's reply has not reached the kernel yet.
                     thread::sleep(Duration::from_millis(1));
-                    self.push(i, wire::CMD_REGISTER, 0)?;
+                    self.push(i, frame::CMD_REGISTER, 0)?;
                     continue;
                 }
                 if res < 0 {
@@ -249,24 +249,19 @@ impl<'d> Queue<'d> {
                     continue;
                 }
                 let ent = &mut self.ents[i];
-                let commit = wire::commit_id(&ent.header);
-                // A queue's thread must outlive any request: the kernel would wait on it.
-                let (header, payload) = (&mut ent.header, &mut ent.payload);
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    serve::request(fs, header, payload)
-                }));
-                changed |= r.unwrap_or_else(|_| {
-                    let unique = wire::InHeader::parse(&ent.header).unique;
-                    error!(queue = self.qid, "request handler panicked; answered EIO");
-                    wire::set_reply(&mut ent.header, unique, -libc::EIO, 0);
-                    true
-                });
+                let commit = frame::commit_id(&ent.header);
+                if let Some(st) = fs.stats() {
+                    st.ring_request();
+                }
+                let opcode = InHeader::parse(&ent.header).opcode;
+                frame::answer(fs, &mut ent.header, &mut ent.payload);
+                changed |= fs.may_stale(opcode);
                 served += 1;
-                self.push(i, wire::CMD_COMMIT_AND_FETCH, commit)?;
+                self.push(i, frame::CMD_COMMIT_AND_FETCH, commit)?;
             }
             if changed {
                 changed = false;
-                let stale = fs.overlay().take_stale();
+                let stale = fs.take_stale();
                 if !stale.inodes.is_empty() || !stale.entries.is_empty() {
                     // After the replies are on their way.
                     self.ring.submit()?;

@@ -1,13 +1,12 @@
-//! Requests of the writable layer as both front ends answer them (the fuser adapter and the
-//! io_uring queues): open handles, writes through them, and the changes that make kernel
-//! caches stale. Front ends only decode arguments and encode what these return.
+//! The session's requests that need more than one call into the overlay: open handles,
+//! writes through them, creating and linking entries, extended attributes.
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::fuse::{Handle, StrataFs};
+use super::{Handle, Session};
 use crate::overlay::acl;
 use crate::overlay::inode::{Attr, ROOT_INO};
 use crate::overlay::write::{Caller, NewEntry, SetAttr};
@@ -23,9 +22,9 @@ const RENAME_WHITEOUT: u32 = 1 << 2;
 /// file's later readers fill the cache as usual. Anything else keeps the cache.
 pub(crate) fn create_open_flags(flags: u32) -> u32 {
     if flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 {
-        super::uring::wire::FOPEN_DIRECT_IO
+        crate::mount::wire::FOPEN_DIRECT_IO
     } else {
-        super::uring::wire::FOPEN_KEEP_CACHE
+        crate::mount::wire::FOPEN_KEEP_CACHE
     }
 }
 
@@ -39,7 +38,7 @@ pub(crate) fn lacks_fsetid(uid: u32, gid: u32) -> Option<u32> {
     (uid != 0).then_some(gid)
 }
 
-impl StrataFs {
+impl Session {
     /// The attributes of `name` in `parent`; `None` is a negative entry.
     pub(crate) fn lookup_attr(&self, parent: u64, name: &[u8]) -> io::Result<Option<Attr>> {
         match self.ov.lookup(parent, name)? {

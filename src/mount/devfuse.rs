@@ -1,0 +1,153 @@
+//! The `/dev/fuse` transport: threads that read requests from the connection's descriptor,
+//! hand them to the [`Session`] and write its replies back, one `read(2)` and one `write(2)`
+//! per request. Every thread reads the same descriptor, the one the caller owns: no
+//! `FUSE_DEV_IOC_CLONE` clone, whose release would end its requests, so whoever holds a copy
+//! of the descriptor holds the whole connection. A connection is taken up either fresh (the
+//! INIT handshake, [`handshake`]) or already initialised, from its [`SavedInit`]
+//! ([`Session::resume`] then [`serve`]).
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::thread;
+
+use rustix::io::Errno;
+use tracing::{debug, error, warn};
+
+use super::session::init::{InitIn, MAX_WRITE, SavedInit};
+use super::session::{Reply, Session};
+use super::wire::{self, IN_HEADER_LEN, InHeader, OUT_HEADER_LEN, Out};
+
+/// A reader's buffer: the kernel refuses reads into less than a header, a write's argument
+/// and `max_write` bytes.
+pub const BUF_LEN: usize = MAX_WRITE as usize + 8192;
+
+/// Answer the request `msg` (as read from `/dev/fuse`): the reply message written into
+/// `reply` and its length, `None` when the request takes no reply.
+pub fn answer(s: &Session, msg: &[u8], reply: &mut [u8]) -> Option<usize> {
+    let h = InHeader::parse(msg);
+    let body = &msg[IN_HEADER_LEN..(h.len as usize).clamp(IN_HEADER_LEN, msg.len())];
+    let fixed = wire::fixed_len(h.opcode).min(body.len());
+    let mut op_in = [0u8; 128];
+    op_in[..fixed].copy_from_slice(&body[..fixed]);
+    let (error, len) = match s.serve(&h, &op_in, &body[fixed..], &mut reply[OUT_HEADER_LEN..]) {
+        Reply::Data(n) => (0, n),
+        Reply::Error(e) => (-e, 0),
+        Reply::None => return None,
+    };
+    reply[..OUT_HEADER_LEN].copy_from_slice(&wire::out_header(h.unique, error, len));
+    Some(OUT_HEADER_LEN + len)
+}
+
+/// Read one request; `Ok(None)` once the connection is gone (unmounted or aborted).
+fn read(dev: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match rustix::io::read(dev, &mut *buf) {
+            Ok(n) if n >= IN_HEADER_LEN => return Ok(Some(n)),
+            Ok(n) => warn!(bytes = n, "short request from /dev/fuse ignored"),
+            // ENOENT: the request was interrupted before we read it.
+            Err(Errno::NOENT | Errno::INTR | Errno::AGAIN) => {}
+            Err(Errno::NODEV) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn write(dev: &OwnedFd, msg: &[u8]) {
+    match rustix::io::write(dev, msg) {
+        Ok(_) => {}
+        // ENOENT: the request was interrupted and is gone; ENODEV: so is the connection.
+        Err(Errno::NOENT | Errno::NODEV) => {}
+        Err(e) => warn!(error = %e, "reply not sent"),
+    }
+}
+
+/// Wait for the kernel's INIT on the new connection `dev` and answer it; `rings`: the
+/// io_uring queues are ready if the kernel agrees (the saved reply says whether it did).
+pub fn handshake(dev: &OwnedFd, s: &Session, rings: bool) -> io::Result<SavedInit> {
+    let mut buf = vec![0u8; BUF_LEN];
+    loop {
+        let n = read(dev, &mut buf)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotConnected, "connection ended before INIT")
+        })?;
+        let h = InHeader::parse(&buf);
+        if h.opcode != wire::op::INIT {
+            write(dev, &wire::out_header(h.unique, -libc::EIO, 0));
+            return Err(io::Error::other(format!(
+                "request {} before INIT",
+                h.opcode
+            )));
+        }
+        let mut op_in = [0u8; 64];
+        let body = &buf[IN_HEADER_LEN..n];
+        op_in[..body.len().min(64)].copy_from_slice(&body[..body.len().min(64)]);
+        let k = InitIn::parse(&op_in);
+        let mut reply = [0u8; OUT_HEADER_LEN + 64];
+        if k.major > wire::KERNEL_VERSION {
+            // The kernel asks again with our major version.
+            let mut o = Out::new(&mut reply[OUT_HEADER_LEN..]);
+            o.u32(wire::KERNEL_VERSION);
+            o.u32(wire::KERNEL_MINOR_VERSION);
+            reply[..OUT_HEADER_LEN].copy_from_slice(&wire::out_header(h.unique, 0, 64));
+            write(dev, &reply);
+            continue;
+        }
+        if k.major < wire::KERNEL_VERSION || k.minor < 31 {
+            write(dev, &wire::out_header(h.unique, -libc::EPROTO, 0));
+            return Err(io::Error::other(format!(
+                "kernel FUSE protocol {}.{} is older than 7.31",
+                k.major, k.minor
+            )));
+        }
+        let mut o = Out::new(&mut reply[OUT_HEADER_LEN..]);
+        let negotiated = s.negotiate(&k, rings, &mut o);
+        let len = o.len();
+        reply[..OUT_HEADER_LEN].copy_from_slice(&wire::out_header(h.unique, 0, len));
+        rustix::io::write(dev, &reply[..OUT_HEADER_LEN + len])?;
+        debug!(?negotiated, "INIT answered");
+        return Ok(SavedInit {
+            request: buf[..n].to_vec(),
+            reply: reply[..OUT_HEADER_LEN + len].to_vec(),
+        });
+    }
+}
+
+/// Serve the connection with `threads` readers until it ends. A connection that INIT put on
+/// io_uring needs one: only FORGETs and INTERRUPTs still come this way.
+pub fn serve(dev: Arc<OwnedFd>, s: Session, threads: usize) -> io::Result<()> {
+    let workers: Vec<_> = (1..threads.max(1))
+        .filter_map(|i| {
+            let (dev, s) = (Arc::clone(&dev), s.clone());
+            thread::Builder::new()
+                .name(format!("fuse-dev-{i}"))
+                .spawn(move || worker(&dev, &s))
+                .inspect_err(|e| warn!(error = %e, "one /dev/fuse reader fewer"))
+                .ok()
+        })
+        .collect();
+    let mut r = worker(&dev, &s);
+    for w in workers {
+        match w.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => r = r.and(Err(e)),
+            Err(_) => error!("a /dev/fuse reader panicked"),
+        }
+    }
+    s.unmounted();
+    r
+}
+
+fn worker(dev: &OwnedFd, s: &Session) -> io::Result<()> {
+    let mut buf = vec![0u8; BUF_LEN];
+    let mut reply = vec![0u8; BUF_LEN];
+    while let Some(n) = read(dev, &mut buf)? {
+        let opcode = InHeader::parse(&buf).opcode;
+        if let Some(len) = answer(s, &buf[..n], &mut reply) {
+            write(dev, &reply[..len]);
+        }
+        if s.may_stale(opcode) {
+            s.notify_stale();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! One FUSE session, whatever carries its requests: the state a mount serves from (the
+//! overlay, open handles, passthrough backing files, statistics), the answer to every opcode
+//! ([`answer`]), INIT ([`init`]) and the notifications that keep the kernel's caches exact.
+//! The transports (`/dev/fuse` in [`crate::mount::devfuse`], io_uring in
+//! [`crate::mount::uring`]) only move bytes: both hand a request's header, fixed argument and
+//! data to [`Session::serve`] and send what it wrote.
+//!
+//! Lower layers never change while mounted, so entries, attributes, pages and directory
+//! listings are cached by the kernel for as long as it likes.
+
+mod answer;
+mod backing;
+pub mod init;
+mod requests;
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tracing::{debug, error};
+
+use super::stats::{Op, Stats, Timer};
+use super::wire::{self, InHeader, Out};
+use crate::overlay::Overlay;
+use crate::overlay::namespace::Stale;
+use crate::overlay::readdir::Bare;
+
+pub(crate) use requests::create_open_flags;
+
+/// How long the kernel may trust what we told it: the lower layers are immutable, and every
+/// change of the writable layer goes through us, so the kernel's caches stay exact.
+pub const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Whether to hand reads to the kernel through FUSE passthrough.
+///
+/// Off by default, as measured (benches/RESULTS.md): passthrough needs an OPEN round trip per
+/// open(2), and registering the backing file made a warm pass over 100,000 small files 8x
+/// slower than zero-message opens, which serve warm opens from the kernel with no round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    /// Use it when the kernel offers it and we may (root); otherwise fall back silently.
+    On,
+    Off,
+}
+
+/// Who may use the mount besides what the kernel already checks (`allow_root`: the kernel
+/// is told `allow_other`, and the others are refused here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acl {
+    All,
+    RootAndOwner,
+    Owner,
+}
+
+struct Handle {
+    ino: u64,
+    fd: Arc<OwnedFd>,
+    passthrough: bool,
+    writable: bool,
+}
+
+/// What a request's answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Success with this many bytes written into the reply buffer.
+    Data(usize),
+    /// An errno.
+    Error(i32),
+    /// No reply at all (FORGET, BATCH_FORGET, INTERRUPT).
+    None,
+}
+
+/// A cheap handle on one shared state, for every transport thread.
+#[derive(Clone)]
+pub struct Session(Arc<Shared>);
+
+impl std::ops::Deref for Session {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
+    ov: Arc<Overlay>,
+    /// The connection's `/dev/fuse`: notifications and passthrough registrations go there.
+    dev: Arc<OwnedFd>,
+    passthrough: Passthrough,
+    acl: Acl,
+    /// The uid the mount belongs to (the ACL's owner).
+    owner: u32,
+    /// Set at INIT: OPEN is answered (for passthrough) instead of declined.
+    handle_opens: AtomicBool,
+    handles: DashMap<u64, Handle>,
+    backings: Mutex<backing::Backings>,
+    next_fh: AtomicU64,
+    /// Files read, for `stratafs report`.
+    access: Option<Arc<crate::mount::access::AccessLog>>,
+    /// Requests by opcode, for `-o stats=FILE`.
+    stats: Option<Arc<Stats>>,
+    /// Ask for the kernel's writeback cache on a writable mount.
+    writeback: bool,
+    /// Whether READDIRPLUS replies may leave attributes out (`readdirplus=`).
+    bare: Bare,
+    unmounted: Once,
+}
+
+impl Session {
+    /// A session serving `ov` on the connection `dev`.
+    pub fn new(ov: Arc<Overlay>, dev: Arc<OwnedFd>, passthrough: Passthrough) -> Session {
+        Session(Arc::new(Shared {
+            ov,
+            dev,
+            passthrough,
+            acl: Acl::All,
+            owner: rustix::process::geteuid().as_raw(),
+            handle_opens: AtomicBool::new(false),
+            handles: DashMap::new(),
+            backings: Mutex::new(backing::Backings::new()),
+            next_fh: AtomicU64::new(1),
+            access: None,
+            stats: None,
+            writeback: false,
+            bare: Bare::Lazy,
+            unmounted: Once::new(),
+        }))
+    }
+
+    /// Settings are made before the transports share the state.
+    fn configure(&mut self) -> &mut Shared {
+        Arc::get_mut(&mut self.0).expect("configured before the session starts")
+    }
+
+    /// Record every file read in `log`.
+    pub fn with_access_log(mut self, log: Option<Arc<crate::mount::access::AccessLog>>) -> Self {
+        self.configure().access = log;
+        self
+    }
+
+    /// Let the kernel cache writes (`writeback=on`).
+    pub fn with_writeback(mut self, on: bool) -> Session {
+        self.configure().writeback = on;
+        self
+    }
+
+    /// `readdirplus=full`: every READDIRPLUS entry with attributes.
+    pub fn with_bare_entries(mut self, bare: Bare) -> Session {
+        self.configure().bare = bare;
+        self
+    }
+
+    /// Refuse requests the ACL does not allow.
+    pub fn with_acl(mut self, acl: Acl) -> Session {
+        self.configure().acl = acl;
+        self
+    }
+
+    /// Count requests and their time in `stats`.
+    pub fn with_stats(mut self, stats: Option<Arc<Stats>>) -> Session {
+        self.configure().stats = stats;
+        self
+    }
+
+    pub(crate) fn timed(&self, op: Op) -> Option<Timer<'_>> {
+        self.stats.as_ref().map(|s| s.time(op))
+    }
+
+    pub(crate) fn stats(&self) -> Option<&Stats> {
+        self.stats.as_deref()
+    }
+
+    /// Answer one request: `op_in` is its fixed argument (zero-padded to at least
+    /// [`wire::fixed_len`]), `data` the rest; the reply's payload goes into `out`. A handler
+    /// that panics is answered EIO: a transport's thread must outlive any request, since the
+    /// kernel would wait on it.
+    pub fn serve(&self, h: &InHeader, op_in: &[u8], data: &[u8], out: &mut [u8]) -> Reply {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut o = Out::new(out);
+            match wire::decode(h.opcode, op_in, data) {
+                Ok(args) => self.answer(h, args, &mut o).map(|()| o.len()),
+                Err(e) => Err(Some(e)),
+            }
+        }));
+        match r {
+            Ok(Ok(len)) => Reply::Data(len),
+            Ok(Err(Some(e))) => Reply::Error(e),
+            Ok(Err(None)) => Reply::None,
+            Err(_) => {
+                error!(opcode = h.opcode, "request handler panicked; answered EIO");
+                Reply::Error(libc::EIO)
+            }
+        }
+    }
+
+    /// Whether a request may have left the kernel's caches stale: then the transport calls
+    /// [`Session::take_stale`] once its reply is sent.
+    pub fn may_stale(&self, opcode: u32) -> bool {
+        self.ov.writable() && (wire::op::MUTATING.contains(&opcode) || opcode == wire::op::OPEN)
+    }
+
+    /// What requests made stale since the last call.
+    pub fn take_stale(&self) -> Stale {
+        self.ov.take_stale()
+    }
+
+    /// Tell the kernel what `stale` names. Not from a thread the kernel may be waiting on
+    /// for the request that holds the lock an invalidation needs.
+    pub fn notify(&self, stale: Stale) {
+        for ino in stale.inodes {
+            let mut body = [0u8; 24];
+            Out::new(&mut body).inval_inode(ino);
+            self.send_notify(wire::notify::INVAL_INODE, &body);
+        }
+        for (parent, name) in stale.entries {
+            let mut body = smallvec::SmallVec::<[u8; 256]>::from_elem(0, 17 + name.len());
+            Out::new(&mut body).inval_entry(parent, &name);
+            self.send_notify(wire::notify::INVAL_ENTRY, &body);
+        }
+    }
+
+    fn send_notify(&self, code: i32, body: &[u8]) {
+        let h = wire::out_header(0, code, body.len());
+        let iov = [io::IoSlice::new(&h), io::IoSlice::new(body)];
+        // ENOENT: the kernel did not have it cached; nothing to do.
+        if let Err(e) = rustix::io::writev(&self.dev, &iov) {
+            if e != rustix::io::Errno::NOENT {
+                debug!(error = %e, code, "notification not sent");
+            }
+        }
+    }
+
+    /// After a reply: invalidate what the request made stale in the kernel's caches.
+    pub(crate) fn notify_stale(&self) {
+        self.notify(self.ov.take_stale());
+    }
+
+    /// The connection ended: once, whether the kernel sent DESTROY or not.
+    pub fn unmounted(&self) {
+        self.unmounted.call_once(|| {
+            debug!(live_nodes = self.ov.live_nodes(), "unmounting");
+            self.ov.unmounted();
+        });
+    }
+
+    /// The connection's `/dev/fuse`.
+    pub fn dev(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.dev.as_fd()
+    }
+
+    /// Read from file `ino` (through handle `fh` when it has one) into `buf`, and record
+    /// the read for the access log.
+    pub(crate) fn read_into(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        let fd = match self.handles.get(&fh) {
+            Some(h) => Arc::clone(&h.fd),
+            None => self.ov.cached_file(ino)?,
+        };
+        let n = Overlay::read_at(&fd, buf, offset)?;
+        if let Some(log) = &self.access {
+            log.record(ino, n, || {
+                let (path, layer) = self.ov.origin(ino)?;
+                Some((String::from_utf8_lossy(&path).into_owned(), layer))
+            });
+        }
+        Ok(n)
+    }
+
+    /// Forget handle `fh` and its backing file's use.
+    pub(crate) fn release_handle(&self, fh: u64) {
+        if let Some((_, h)) = self.handles.remove(&fh) {
+            if h.passthrough {
+                self.backings.lock().release(h.ino);
+            }
+        }
+    }
+
+    /// Whether the ACL lets `uid` make this request. Requests the kernel may send on its own
+    /// account (reads and writes of open files, releases, forgets) always pass.
+    fn allowed(&self, h: &InHeader) -> bool {
+        let ok = match self.acl {
+            Acl::All => true,
+            Acl::RootAndOwner => h.uid == self.owner || h.uid == 0,
+            Acl::Owner => h.uid == self.owner,
+        };
+        use wire::op;
+        ok || matches!(
+            h.opcode,
+            op::INIT
+                | op::DESTROY
+                | op::READ
+                | op::READDIR
+                | op::READDIRPLUS
+                | op::FORGET
+                | op::BATCH_FORGET
+                | op::WRITE
+                | op::FSYNC
+                | op::FSYNCDIR
+                | op::RELEASE
+                | op::RELEASEDIR
+        )
+    }
+}
