@@ -124,7 +124,10 @@ fn fusermount(mountpoint: &Path, opts: &str) -> io::Result<OwnedFd> {
         Ok(Some(fd)) => Ok(fd),
         Ok(None) | Err(_) => {
             let why = stderr.trim().lines().last().unwrap_or("").to_string();
-            let why = why.strip_prefix("fusermount3: ").unwrap_or(&why).to_string();
+            let why = why
+                .strip_prefix("fusermount3: ")
+                .unwrap_or(&why)
+                .to_string();
             Err(io::Error::other(if why.is_empty() {
                 format!("fusermount3 failed ({})", out.status)
             } else {

@@ -7,16 +7,19 @@
 
 pub mod access;
 pub mod daemon;
-pub mod error;
 pub mod devfuse;
+pub mod error;
 pub mod kernel;
 pub mod options;
 pub mod plan;
 pub mod report;
-pub mod session;
 pub mod run;
+pub mod session;
 pub mod stats;
 pub mod uring;
 pub mod wire;
 
 pub use error::Error;
+
+#[cfg(test)]
+mod framing_tests;

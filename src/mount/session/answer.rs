@@ -229,7 +229,9 @@ impl Session {
                 }
                 out.bytes(&t);
             }
-            Args::Open { flags } if self.handle_opens.load(std::sync::atomic::Ordering::Relaxed) => {
+            Args::Open { flags }
+                if self.handle_opens.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
                 return self.open_passthrough(ino, flags, out).map_err(Some);
             }
             Args::Read { fh, offset, size } => {
@@ -246,9 +248,7 @@ impl Session {
                 None => return Err(Some(libc::ENODATA)),
             },
             Args::Listxattr { size } => xattr(out, size, &ov.list_xattrs(ino).map_err(errno)?)?,
-            Args::Access { mask } => ov
-                .access(ino, mask as i32, h.uid, h.gid)
-                .map_err(errno)?,
+            Args::Access { mask } => ov.access(ino, mask as i32, h.uid, h.gid).map_err(errno)?,
             Args::Readdir { offset, size } => {
                 out.limit(size as usize);
                 ov.read_dir(ino, offset, |e| !out.dirent(e.ino, e.next, e.kind, e.name))

@@ -94,7 +94,12 @@ impl Backings {
 
 impl Session {
     /// OPEN on a read-only mount that negotiated passthrough.
-    pub(super) fn open_passthrough(&self, ino: u64, flags: u32, out: &mut Out<'_>) -> Result<(), i32> {
+    pub(super) fn open_passthrough(
+        &self,
+        ino: u64,
+        flags: u32,
+        out: &mut Out<'_>,
+    ) -> Result<(), i32> {
         if flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
             return Err(libc::EROFS);
         }

@@ -54,43 +54,118 @@ impl SetattrIn {
 /// A request's arguments, by opcode. Names borrow from the request's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Args<'a> {
-    Lookup { name: &'a [u8] },
-    Forget { nlookup: u64 },
+    Lookup {
+        name: &'a [u8],
+    },
+    Forget {
+        nlookup: u64,
+    },
     /// `count` pairs of (node id, lookups) in `items`.
-    BatchForget { items: &'a [u8] },
+    BatchForget {
+        items: &'a [u8],
+    },
     Getattr,
     Setattr(SetattrIn),
     Readlink,
-    Symlink { name: &'a [u8], target: &'a [u8] },
-    Mknod { name: &'a [u8], mode: u32, rdev: u32, umask: u32 },
-    Mkdir { name: &'a [u8], mode: u32, umask: u32 },
-    Unlink { name: &'a [u8] },
-    Rmdir { name: &'a [u8] },
-    Rename { newdir: u64, name: &'a [u8], newname: &'a [u8], flags: u32 },
-    Link { old: u64, name: &'a [u8] },
-    Open { flags: u32 },
-    Read { fh: u64, offset: u64, size: u32 },
-    Write { fh: u64, offset: u64, flags: u32, data: &'a [u8] },
+    Symlink {
+        name: &'a [u8],
+        target: &'a [u8],
+    },
+    Mknod {
+        name: &'a [u8],
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    },
+    Mkdir {
+        name: &'a [u8],
+        mode: u32,
+        umask: u32,
+    },
+    Unlink {
+        name: &'a [u8],
+    },
+    Rmdir {
+        name: &'a [u8],
+    },
+    Rename {
+        newdir: u64,
+        name: &'a [u8],
+        newname: &'a [u8],
+        flags: u32,
+    },
+    Link {
+        old: u64,
+        name: &'a [u8],
+    },
+    Open {
+        flags: u32,
+    },
+    Read {
+        fh: u64,
+        offset: u64,
+        size: u32,
+    },
+    Write {
+        fh: u64,
+        offset: u64,
+        flags: u32,
+        data: &'a [u8],
+    },
     Statfs,
-    Release { fh: u64 },
-    Fsync { fh: u64, datasync: bool },
+    Release {
+        fh: u64,
+    },
+    Fsync {
+        fh: u64,
+        datasync: bool,
+    },
     Fsyncdir,
-    Setxattr { name: &'a [u8], value: &'a [u8], flags: i32 },
-    Getxattr { name: &'a [u8], size: u32 },
-    Listxattr { size: u32 },
-    Removexattr { name: &'a [u8] },
+    Setxattr {
+        name: &'a [u8],
+        value: &'a [u8],
+        flags: i32,
+    },
+    Getxattr {
+        name: &'a [u8],
+        size: u32,
+    },
+    Listxattr {
+        size: u32,
+    },
+    Removexattr {
+        name: &'a [u8],
+    },
     Flush,
     Init,
     Opendir,
-    Readdir { offset: u64, size: u32 },
-    Readdirplus { offset: u64, size: u32 },
+    Readdir {
+        offset: u64,
+        size: u32,
+    },
+    Readdirplus {
+        offset: u64,
+        size: u32,
+    },
     Releasedir,
-    Access { mask: u32 },
-    Create { name: &'a [u8], mode: u32, umask: u32, flags: u32 },
+    Access {
+        mask: u32,
+    },
+    Create {
+        name: &'a [u8],
+        mode: u32,
+        umask: u32,
+        flags: u32,
+    },
     Interrupt,
     Destroy,
     Ioctl,
-    Fallocate { fh: u64, offset: u64, length: u64, mode: i32 },
+    Fallocate {
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    },
     /// Anything else: answered by opcode alone.
     Other(u32),
 }

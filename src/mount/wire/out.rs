@@ -185,7 +185,6 @@ impl<'a> Out<'a> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
