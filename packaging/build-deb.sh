@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the Debian package: the binary, the man pages of man/, examples: storage.conf for
-# podman, a containerd config.toml, the snapshotter's config and systemd unit.
+# podman, a containerd config.toml, the snapshotter's config and systemd unit, a tmpfiles.d
+# entry that turns on FUSE over io_uring at boot.
 # One command: `bash packaging/build-deb.sh [OUTDIR]` (default target/debian).
 # STRATAFS_BIN=path uses an already built binary instead of `cargo build --release`.
 set -euo pipefail
@@ -27,6 +28,7 @@ install -D -m 0644 "$root/packaging/storage.conf" "$ex/storage.conf"
 install -D -m 0644 "$root/packaging/containerd-config.toml" "$ex/containerd-config.toml"
 install -D -m 0644 "$root/packaging/snapshotter.toml" "$ex/snapshotter.toml"
 install -D -m 0644 "$root/packaging/stratafs-snapshotter.service" "$ex/stratafs-snapshotter.service"
+install -D -m 0644 "$root/packaging/fuse-io-uring.conf" "$ex/fuse-io-uring.conf"
 cat > "$stage/usr/share/doc/stratafs/copyright" <<COPY
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: stratafs

@@ -107,3 +107,47 @@ fn parts_depend_one_way() {
     }
     assert!(bad.is_empty(), "boundary crossed:\n{}", bad.join("\n"));
 }
+
+/// Inside `mount/`: the two transports only move bytes into one session, so neither names the
+/// other, and the session names neither (only `run.rs`, which starts them, and the test that
+/// frames every opcode both ways know both). Any mention in code counts, grouped `use` lists
+/// and `super::` paths included.
+#[test]
+fn transports_and_session_stay_apart() {
+    let mount = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/mount");
+    let rules: &[(&str, &[&str])] = &[
+        ("uring", &["devfuse"]),
+        ("devfuse.rs", &["uring"]),
+        ("session", &["devfuse", "uring"]),
+        ("wire", &["devfuse", "uring", "session"]),
+    ];
+    let mut bad = Vec::new();
+    let mut seen = 0;
+    for (part, banned) in rules {
+        let p = mount.join(part);
+        let mut all = Vec::new();
+        if p.is_dir() {
+            files(&p, &mut all);
+        } else {
+            all.push(p.clone());
+        }
+        assert!(!all.is_empty() && all[0].exists(), "{} missing", p.display());
+        for f in all {
+            seen += 1;
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                for b in *banned {
+                    let word = code
+                        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .any(|w| w == *b);
+                    if word {
+                        bad.push(format!("{}:{}: names {b}", f.display(), i + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(seen >= 8, "only {seen} files under {}", mount.display());
+    assert!(bad.is_empty(), "transports crossed:\n{}", bad.join("\n"));
+}

@@ -37,6 +37,7 @@ fn debian_package_builds_installs_and_runs() {
         "./usr/share/doc/stratafs/examples/containerd-config.toml",
         "./usr/share/doc/stratafs/examples/snapshotter.toml",
         "./usr/share/doc/stratafs/examples/stratafs-snapshotter.service",
+        "./usr/share/doc/stratafs/examples/fuse-io-uring.conf",
     ] {
         assert!(listing.contains(f), "{f} not in the package:\n{listing}");
     }
@@ -50,6 +51,16 @@ fn debian_package_builds_installs_and_runs() {
             .env("MANPAGER", "cat"),
     );
     assert!(String::from_utf8_lossy(&man.stdout).contains("--recipe"));
+    // The io_uring switch, offered as a tmpfiles.d line that writes Y at boot.
+    let uring =
+        std::fs::read_to_string(x.join("usr/share/doc/stratafs/examples/fuse-io-uring.conf"))
+            .unwrap();
+    assert!(
+        uring
+            .lines()
+            .any(|l| l == "w /sys/module/fuse/parameters/enable_uring - - - - Y"),
+        "{uring}"
+    );
     run_ok(Command::new("dpkg").args(["-i", &deb]));
     let version = run(Command::new("/usr/bin/stratafs").arg("--version"));
     let listed = run(Command::new("dpkg").args(["-L", "stratafs"]));
