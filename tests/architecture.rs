@@ -131,7 +131,11 @@ fn transports_and_session_stay_apart() {
         } else {
             all.push(p.clone());
         }
-        assert!(!all.is_empty() && all[0].exists(), "{} missing", p.display());
+        assert!(
+            !all.is_empty() && all[0].exists(),
+            "{} missing",
+            p.display()
+        );
         for f in all {
             seen += 1;
             let text = std::fs::read_to_string(&f).unwrap();

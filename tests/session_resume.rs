@@ -76,7 +76,10 @@ fn a_second_server_serves_a_connection_from_its_saved_init() {
     second.resume(&again.negotiated().unwrap());
     let server = std::thread::spawn(move || devfuse::serve(copy, second, 2));
 
-    let content = reader.join().unwrap().expect("read through the second server");
+    let content = reader
+        .join()
+        .unwrap()
+        .expect("read through the second server");
     assert_eq!(content, "served by the second server");
     let listing: Vec<_> = std::fs::read_dir(mnt.join("d"))
         .unwrap()
