@@ -211,15 +211,12 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
     let on_rings = init
         .negotiated()
         .is_some_and(|n| n.has(crate::mount::wire::init::OVER_IO_URING));
-    let threads = match (on_rings, rings) {
+    let on_rings = match (on_rings, rings) {
         (true, Some(r)) => {
             r.start(Arc::clone(&dev), session.clone());
-            1
+            true
         }
-        _ => {
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            opts.threads.unwrap_or((cores * 2).clamp(2, 8))
-        }
+        _ => false,
     };
     info!(mountpoint = %mountpoint.display(), layers = plan.lowerdirs.len(), "mounted");
     let daemonized = ready.is_daemon();
@@ -238,6 +235,12 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         }
         p
     });
+    let threads = if on_rings {
+        1
+    } else {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        opts.threads.unwrap_or((cores * 2).clamp(2, 8))
+    };
     let ran = devfuse::serve(dev, session, threads).map_err(|e| Error::Mount {
         path: mountpoint.clone(),
         source: e,
