@@ -71,6 +71,19 @@ fn bad_input_is_one_line_naming_the_culprit() {
     let e = fails(&["-o", "ro", m], &mnt);
     assert!(e.contains("lowerdir"), "{e}");
 
+    // A typo mounts nothing (it once mounted read-only, exit 0), and says what was meant.
+    let upper = tmp.path().join("u");
+    let e = fails(
+        &["-o", &format!("lowerdir={top},uppperdir={}", upper.display()), m],
+        &mnt,
+    );
+    assert!(
+        e.contains("uppperdir=") && e.contains("did you mean upperdir?"),
+        "{e}"
+    );
+    let e = fails(&["-o", &format!("lowerdir={top},nosiud"), m], &mnt);
+    assert!(e.contains("nosiud") && e.contains("nosuid"), "{e}");
+
     // Files the daemon cannot write, found after it forked: still one line.
     for opt in ["stats", "access_log"] {
         let e = fails(

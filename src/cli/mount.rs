@@ -34,8 +34,9 @@ pub struct Cli {
     /// or carry every entry's: full), handoff=on|off (over io_uring, let the caller a reply
     /// wakes run on the CPU that answered it; on by default for writable mounts),
     /// context="..." (accepted),
-    /// and the kernel flags ro, rw, dev, nodev, suid, nosuid, exec, noexec. Unknown options are
-    /// warned about and ignored.
+    /// and the kernel flags ro, rw, dev, nodev, suid, nosuid, exec, noexec. Options of mount(8),
+    /// libfuse and fuse-overlayfs that do not apply here (nofail, x-*, kernel_cache, noacl …)
+    /// are warned about and ignored; any other unknown option is an error.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Stay in the foreground.

@@ -43,7 +43,7 @@ pub struct MountOptions {
     /// Over io_uring, hand the CPU to the caller a reply wakes (`handoff=on|off`; `None`:
     /// on for writable mounts, see [`crate::mount::uring`]).
     pub handoff: Option<bool>,
-    /// Options we accept and ignore, with a warning.
+    /// Options that do not apply ([`NOT_APPLICABLE`]), accepted with a warning.
     pub ignored: Vec<String>,
 }
 
@@ -365,11 +365,159 @@ impl MountOptions {
             }
             // Always on: the kernel checks permissions against the merged attributes.
             "default_permissions" => {}
-            _ => self.ignored.push(opt.to_string()),
+            k if NOT_APPLICABLE.contains(&k) || k.starts_with("x-") => {
+                self.ignored.push(opt.to_string())
+            }
+            k => {
+                let near = KNOWN
+                    .iter()
+                    .map(|o| (strsim::levenshtein(k, o), *o))
+                    .filter(|&(d, o)| d <= 2 && d < o.len())
+                    .min();
+                return Err(Error::BadOption {
+                    option: opt.into(),
+                    reason: match near {
+                        Some((_, o)) => format!("unknown option (did you mean {o}?)"),
+                        None => "unknown option".into(),
+                    },
+                });
+            }
         }
         Ok(())
     }
 }
+
+/// Every option [`MountOptions::apply`] knows, for suggestions.
+const KNOWN: &[&str] = &[
+    "lowerdir",
+    "upperdir",
+    "workdir",
+    "allow_other",
+    "allow_root",
+    "fsname",
+    "passthrough",
+    "access_log",
+    "stats",
+    "writeback",
+    "handoff",
+    "lookahead",
+    "readdirplus",
+    "io_uring",
+    "prefetch",
+    "threads",
+    "fsync",
+    "volatile",
+    "uidmapping",
+    "gidmapping",
+    "squash_to_root",
+    "squash_to_uid",
+    "squash_to_gid",
+    "xattr_permissions",
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+    "ro",
+    "rw",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "relatime",
+    "sync",
+    "async",
+    "dirsync",
+    "default_permissions",
+];
+
+/// Options that podman, mount(8) and mount.fuse3, libfuse programs or fuse-overlayfs users
+/// pass and that change nothing here: warned about and ignored (as are mount(8)'s `x-*`).
+/// Any other unknown option is an error, so a typo never mounts something else than asked.
+pub const NOT_APPLICABLE: &[&str] = &[
+    // mount(8), fstab and mount.fuse3
+    "defaults",
+    "auto",
+    "noauto",
+    "nofail",
+    "_netdev",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "comment",
+    "lazytime",
+    "nolazytime",
+    "strictatime",
+    "nostrictatime",
+    "diratime",
+    "nodiratime",
+    "iversion",
+    "noiversion",
+    "silent",
+    "loud",
+    // libfuse's own options (stratafs does not use libfuse)
+    "kernel_cache",
+    "auto_cache",
+    "noauto_cache",
+    "entry_timeout",
+    "attr_timeout",
+    "negative_timeout",
+    "ac_attr_timeout",
+    "use_ino",
+    "readdir_ino",
+    "direct_io",
+    "max_read",
+    "max_write",
+    "max_readahead",
+    "max_background",
+    "congestion_threshold",
+    "blksize",
+    "subtype",
+    "auto_unmount",
+    "clone_fd",
+    "max_idle_threads",
+    "max_threads",
+    "hard_remove",
+    "intr",
+    "intr_signal",
+    "large_read",
+    "big_writes",
+    "async_read",
+    "sync_read",
+    "atomic_o_trunc",
+    "splice_read",
+    "splice_write",
+    "splice_move",
+    "no_splice_read",
+    "no_splice_write",
+    "no_splice_move",
+    "writeback_cache",
+    "no_remote_lock",
+    "no_remote_posix_lock",
+    "no_remote_flock",
+    "debug",
+    // fuse-overlayfs's tuning, which has no counterpart here
+    "noacl",
+    "threaded",
+    "fast_ino",
+    "noxattrs",
+    "plugins",
+    "static_nlink",
+    "timeout",
+    "max_inodes",
+    // kernel overlayfs's features that stratafs needs no switch for
+    "index",
+    "metacopy",
+    "redirect_dir",
+    "xino",
+    "userxattr",
+    "nfs_export",
+];
 
 #[cfg(test)]
 mod tests {
@@ -461,12 +609,43 @@ mod tests {
     }
 
     #[test]
-    fn several_o_later_wins_and_unknown_ignored() {
+    fn several_o_later_wins_and_what_does_not_apply_is_ignored() {
         let m =
             MountOptions::parse(&["lowerdir=/a:/b", "lowerdir=/c,noacl,max_inodes=5,ro"]).unwrap();
         assert_eq!(m.lowerdirs, vec![PathBuf::from("/c")]);
         assert_eq!(m.ignored, vec!["noacl", "max_inodes=5"]);
         assert_eq!(m.flags, vec!["ro"]);
+        let m = MountOptions::parse(&["lowerdir=/a,nofail,x-systemd.automount,kernel_cache"]);
+        assert_eq!(
+            m.unwrap().ignored,
+            vec!["nofail", "x-systemd.automount", "kernel_cache"]
+        );
+    }
+
+    #[test]
+    fn a_typo_is_an_error_naming_the_option_and_a_suggestion() {
+        let e = MountOptions::parse(&["lowerdir=/a,uppperdir=/u"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "option uppperdir=/u: unknown option (did you mean upperdir?)"
+        );
+        let e = MountOptions::parse(&["lowerdir=/a,nosiud"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "option nosiud: unknown option (did you mean nosuid?)"
+        );
+        let e = MountOptions::parse(&["lowerdir=/a,frobnicate=1"]).unwrap_err();
+        assert_eq!(e.to_string(), "option frobnicate=1: unknown option");
+    }
+
+    #[test]
+    fn every_known_option_is_handled() {
+        for k in KNOWN {
+            if let Err(e) = MountOptions::parse(&[format!("lowerdir=/a,{k}")]) {
+                assert!(!e.to_string().contains("unknown option"), "{k}: {e}");
+            }
+            assert!(!NOT_APPLICABLE.contains(k), "{k} both known and ignored");
+        }
     }
 
     #[test]
@@ -476,7 +655,7 @@ mod tests {
             "lowerdir=/s/l/A:/s/l/B,upperdir=/s/o/diff,workdir=/s/o/work,fsync=0,",
             r#"context="system_u:object_r:container_file_t:s0:c1,c2","#,
             "uidmapping=:0:100000:65536,gidmapping=:0:100000:1:1:200000:100,",
-            "xattr_permissions=2,volatile,weird_future_option=1"
+            "xattr_permissions=2,volatile"
         )])
         .unwrap();
         assert_eq!(m.lowerdirs.len(), 2);
@@ -486,7 +665,7 @@ mod tests {
         assert_eq!(m.ids.uids.len(), 1);
         assert_eq!(m.ids.gids.len(), 2);
         assert_eq!(m.ids.override_xattr, Some(OverrideXattr::User));
-        assert_eq!(m.ignored, vec!["weird_future_option=1"]);
+        assert!(m.ignored.is_empty());
         let m = MountOptions::parse(&["lowerdir=/a,squash_to_uid=7,squash_to_gid=8"]).unwrap();
         assert_eq!((m.ids.squash_uid, m.ids.squash_gid), (Some(7), Some(8)));
         let m = MountOptions::parse(&["lowerdir=/a,squash_to_root"]).unwrap();

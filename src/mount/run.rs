@@ -145,7 +145,7 @@ fn rings(opts: &MountOptions) -> Option<crate::mount::uring::Rings> {
 pub fn run(plan: &MountPlan) -> Result<(), Error> {
     let opts = &plan.options;
     for o in &opts.ignored {
-        warn!(option = %o, "unknown option ignored");
+        warn!(option = %o, "option does not apply here; ignored");
     }
     let mountpoint = check_mountpoint(&plan.mountpoint)?;
     let trace = load_trace(plan)?;
