@@ -74,7 +74,11 @@ fn bad_input_is_one_line_naming_the_culprit() {
     // A typo mounts nothing (it once mounted read-only, exit 0), and says what was meant.
     let upper = tmp.path().join("u");
     let e = fails(
-        &["-o", &format!("lowerdir={top},uppperdir={}", upper.display()), m],
+        &[
+            "-o",
+            &format!("lowerdir={top},uppperdir={}", upper.display()),
+            m,
+        ],
         &mnt,
     );
     assert!(
@@ -397,4 +401,17 @@ fn request_statistics_at_unmount() {
         .map(|o| o["count"].as_u64().unwrap())
         .sum();
     assert_eq!(v["requests"].as_u64(), Some(sum), "{v}");
+}
+
+#[test]
+fn a_mistyped_subcommand_is_named_with_the_one_meant() {
+    for (typed, meant) in [("mont", "mount"), ("imgaes", "images")] {
+        let out = run(Command::new(BIN).args([typed, "--repo", "/nonexistent-repo", "img", "m"]));
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(out.status.code(), Some(2), "{typed}: {err}");
+        assert_eq!(
+            err,
+            format!("stratafs: unknown command '{typed}' (did you mean `{meant}`?)")
+        );
+    }
 }

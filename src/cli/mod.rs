@@ -19,6 +19,20 @@ pub const SUBCOMMANDS: &[&str] = &[
     "trace",
 ];
 
+/// The subcommand `arg` is a typo of, when it is not a path either: the mount form's first
+/// argument is a mountpoint or a source, which exist, or a word of a form like `-o`.
+fn mistyped_subcommand(arg: &str) -> Option<&'static str> {
+    if arg.is_empty() || arg.starts_with('-') || std::path::Path::new(arg).exists() {
+        return None;
+    }
+    SUBCOMMANDS
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(arg, c), *c))
+        .filter(|&(d, c)| d <= 2 && d < c.len())
+        .min()
+        .map(|(_, c)| c)
+}
+
 fn init_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -36,6 +50,12 @@ pub fn main() -> i32 {
     let first = std::env::args().nth(1).unwrap_or_default();
     if SUBCOMMANDS.contains(&first.as_str()) {
         return subcommand(&first);
+    }
+    // The mount.fuse3 form starts with a SOURCE that need not exist; its -o names layers.
+    let mount_form = std::env::args().any(|a| a.contains("lowerdir="));
+    if let Some(meant) = mistyped_subcommand(&first).filter(|_| !mount_form) {
+        eprintln!("stratafs: unknown command '{first}' (did you mean `{meant}`?)");
+        return 2;
     }
     let cli = mount::Cli::parse();
     init_logging(if cli.debug { "debug" } else { "warn" });
@@ -81,4 +101,17 @@ pub enum Error {
     #[cfg(feature = "snapshotter")]
     #[error(transparent)]
     Snapshotter(#[from] crate::snapshotter::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn typos_of_subcommands_are_caught() {
+        assert_eq!(super::mistyped_subcommand("mont"), Some("mount"));
+        assert_eq!(super::mistyped_subcommand("imgaes"), Some("images"));
+        assert_eq!(super::mistyped_subcommand("covnert"), Some("convert"));
+        assert_eq!(super::mistyped_subcommand("-o"), None);
+        assert_eq!(super::mistyped_subcommand("/"), None);
+        assert_eq!(super::mistyped_subcommand("somewhere-else"), None);
+    }
 }
