@@ -280,26 +280,41 @@ fn run_convert(
         }
         None => None,
     };
+    // A run that fails before converting anything into a repository it created leaves none.
+    let fresh = !repo.exists();
     let repo = Repo::open(&repo)?;
-    let sources = convert::expand(sources)?;
-    let thin = thin.map(|dir| convert::ThinOutput {
-        dir,
-        cvmfs_repo: cvmfs_repo.or(recipe_repo).unwrap_or_else(|| {
-            repo.root
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        }),
-        format,
-    });
-    let opts = Options {
-        platform,
-        jobs,
-        name,
-        measure_disk: json,
-        thin,
+    let converted = (|| -> Result<_, Error> {
+        let sources = convert::expand(sources)?;
+        let thin = thin.map(|dir| convert::ThinOutput {
+            dir,
+            cvmfs_repo: cvmfs_repo.or(recipe_repo).unwrap_or_else(|| {
+                repo.root
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            }),
+            format,
+        });
+        let opts = Options {
+            platform,
+            jobs,
+            name,
+            measure_disk: json,
+            thin,
+        };
+        Ok(convert::convert(&repo, &sources, &opts)?)
+    })();
+    let s = match converted {
+        Ok(s) => s,
+        Err(e) => {
+            if fresh && repo.images().is_ok_and(|i| i.is_empty()) {
+                let root = repo.root.clone();
+                drop(repo);
+                let _ = std::fs::remove_dir_all(&root);
+            }
+            return Err(e);
+        }
     };
-    let s = convert::convert(&repo, &sources, &opts)?;
     let n = crate::image::podman_store::write(&repo)?;
     info!(images = n, "podmanStore updated");
     info!("{}", convert::describe(&s));
@@ -393,6 +408,8 @@ fn run_mount(
     if no_prefetch {
         opts.prefetch = crate::mount::options::Prefetch::Off;
     }
+    // A mountpoint that cannot be used is the one line printed, with no log line before it.
+    crate::mount::run::check_mountpoint(&mountpoint)?;
     info!(image = %what, layers = dirs.len(), "mounting");
     let plan = MountPlan::new(opts, Some(dirs), mountpoint)?
         .foreground(foreground)

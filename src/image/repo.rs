@@ -65,6 +65,12 @@ impl Repo {
     /// Open (creating it if needed) and lock the repository; clean what an interrupted run
     /// left in the temporary area.
     pub fn open(root: &Path) -> Result<Repo, ConvertError> {
+        if root.exists() && !root.is_dir() {
+            return Err(ConvertError::Repo {
+                path: root.into(),
+                reason: "not a directory".into(),
+            });
+        }
         fs::create_dir_all(root).map_err(io_err(root))?;
         let root = fs::canonicalize(root).map_err(io_err(root))?;
         let lock_path = root.join(LOCK);

@@ -157,3 +157,26 @@ fn receive_fd(sock: &UnixStream) -> io::Result<Option<OwnedFd>> {
     });
     Ok(fd)
 }
+
+/// Take the mount away (lazily: nothing may be waiting on a server that is gone): with
+/// `umount2` where we may, else through `fusermount3 -u`, as a mount made through it needs.
+pub fn unmount(mountpoint: &Path) {
+    use rustix::mount::{UnmountFlags, unmount};
+    match unmount(mountpoint, UnmountFlags::DETACH) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::PERM | rustix::io::Errno::ACCESS) => {
+            let r = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg("--")
+                .arg(mountpoint)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !r.is_ok_and(|s| s.success()) {
+                tracing::warn!(mountpoint = %mountpoint.display(), "fusermount3 -u failed");
+            }
+        }
+        Err(e) => debug!(mountpoint = %mountpoint.display(), error = %e, "not unmounted"),
+    }
+}

@@ -50,7 +50,8 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn check_mountpoint(p: &Path) -> Result<PathBuf, Error> {
+/// The mountpoint, canonical, if it is a directory nothing is mounted on.
+pub fn check_mountpoint(p: &Path) -> Result<PathBuf, Error> {
     let canon = std::fs::canonicalize(p).map_err(|e| Error::Mountpoint {
         path: p.into(),
         source: e,
@@ -204,7 +205,7 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         Ok(init) => init,
         Err(e) => {
             // Nothing is left mounted when the handshake fails.
-            let _ = rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::DETACH);
+            super::kernel::unmount(&mountpoint);
             return Err(fail(&mut ready, e));
         }
     };
@@ -241,9 +242,13 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         opts.threads.unwrap_or((cores * 2).clamp(2, 8))
     };
-    let ran = devfuse::serve(dev, session, threads).map_err(|e| Error::Mount {
-        path: mountpoint.clone(),
-        source: e,
+    let ran = devfuse::serve(dev, session, threads).map_err(|e| {
+        // The connection is still there but nobody serves it: take the mount away.
+        super::kernel::unmount(&mountpoint);
+        Error::Mount {
+            path: mountpoint.clone(),
+            source: e,
+        }
     });
     if let Some(p) = &prefetch {
         p.stop("unmounted");

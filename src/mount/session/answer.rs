@@ -273,9 +273,10 @@ impl Session {
             // No ioctl is served: what a regular file says to a terminal ioctl. Counted,
             // since the kernel asks again every time.
             Args::Ioctl => return Err(Some(libc::ENOTTY)),
-            // The transport answers INIT; an interrupted request is answered when it ends.
+            // The transport answers INIT. Requests are not interrupted (each ends soon on
+            // its own): ENOSYS makes the kernel stop sending INTERRUPT for good.
             Args::Init => return Err(Some(libc::EIO)),
-            Args::Interrupt => return Err(None),
+            Args::Interrupt => return Err(Some(libc::ENOSYS)),
             // Anything else (lseek, poll, locks, copy_file_range): the kernel stops sending
             // each after the first ENOSYS and does the work itself.
             a => {

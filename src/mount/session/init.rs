@@ -10,8 +10,8 @@ use super::{Passthrough, Session};
 use crate::mount::wire::{self, InHeader, Out, init, u16_at, u32_at};
 
 /// The largest write (and read) the mount negotiates: each `/dev/fuse` reader and each ring
-/// entry holds a buffer of this size. The kernel allows no more by default
-/// (`fuse.max_pages_limit` is 256 pages).
+/// entry holds a buffer of this size. A whole number of pages of any size Linux uses (4 to 64
+/// KiB), and no more than the kernel allows by default (`fuse.max_pages_limit`, 256 pages).
 pub const MAX_WRITE: u32 = 1 << 20;
 const MAX_READAHEAD: u32 = 1 << 20;
 const MAX_BACKGROUND: u16 = 16;
@@ -165,7 +165,10 @@ impl Session {
         }
         let flags = want & k.flags;
         let max_readahead = k.max_readahead.min(MAX_READAHEAD);
-        let max_pages = (MAX_WRITE.max(max_readahead).div_ceil(4096)) as u16;
+        // In the running kernel's pages: each ring entry's payload and each reader's buffer
+        // must hold max_pages of them.
+        let page = rustix::param::page_size() as u32;
+        let max_pages = MAX_WRITE.max(max_readahead).div_ceil(page) as u16;
         out.u32(wire::KERNEL_VERSION);
         out.u32(wire::KERNEL_MINOR_VERSION);
         out.u32(max_readahead);

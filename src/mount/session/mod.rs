@@ -70,7 +70,7 @@ pub enum Reply {
     Data(usize),
     /// An errno.
     Error(i32),
-    /// No reply at all (FORGET, BATCH_FORGET, INTERRUPT).
+    /// No reply at all (FORGET, BATCH_FORGET).
     None,
 }
 
@@ -295,6 +295,7 @@ impl Session {
         ok || matches!(
             h.opcode,
             op::INIT
+                | op::INTERRUPT
                 | op::DESTROY
                 | op::READ
                 | op::READDIR

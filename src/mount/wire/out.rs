@@ -164,7 +164,8 @@ impl<'a> Out<'a> {
         self.u32(backing_id as u32);
     }
 
-    /// `struct fuse_notify_inval_inode_out`: all of the inode's pages and attributes.
+    /// `struct fuse_notify_inval_inode_out` with offset -1: the inode's attributes (its
+    /// cached pages stay: a change through the mount updated them already).
     pub fn inval_inode(&mut self, ino: u64) {
         self.u64(ino);
         self.u64(-1i64 as u64);
