@@ -999,6 +999,16 @@ fn bad_input_gets_one_line() {
     assert!(e.contains("recipe") && e.contains("version 2"), "{e}");
     let e = convert_err(&["--repo", r]);
     assert!(e.contains("nothing to convert"), "{e}");
+    // A run that failed on its first input left no repository skeleton behind.
+    assert!(!Path::new(r).exists(), "{r} was left behind");
+    // A file where the repository should be.
+    let file = tmp.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let e = convert_err(&["--repo", file.to_str().unwrap(), "oci:/x"]);
+    assert!(
+        e.contains("plain-file") && e.ends_with("not a directory"),
+        "{e}"
+    );
 }
 
 /// Bearer tokens, as Docker Hub and most registries hand them out: the registry answers 401

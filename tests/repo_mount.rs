@@ -176,6 +176,23 @@ fn mount_by_name_equals_the_flat_root() {
             .ends_with("no image 'nope:1' (see stratafs images --repo)"),
         "{e}"
     );
+
+    // A missing mountpoint: its one line, and no log line before it.
+    let out = run(Command::new(BIN)
+        .args([
+            "mount",
+            "--repo",
+            repo.to_str().unwrap(),
+            "example.org/hpc/app:v1",
+        ])
+        .arg(tmp.path().join("no-such-dir")));
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.starts_with("stratafs: mountpoint ") && e.contains("no-such-dir"),
+        "{e}"
+    );
 }
 
 /// DUCC writes its own manifest serialisation with capitalised keys; reading must accept it.
