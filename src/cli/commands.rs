@@ -45,6 +45,8 @@ pub enum Cmd {
     Trace(TraceArgs),
     /// Remove layers and flat roots that no image of the repository uses any more.
     Gc(GcArgs),
+    /// Remove images from the repository by name (their layers stay until `gc`).
+    Rmi(RmiArgs),
     /// Serve containerd's Snapshots API on a unix socket (a proxy snapshotter): layers the
     /// repository holds are used in place, container roots are stratafs mounts.
     #[cfg(feature = "snapshotter")]
@@ -182,6 +184,15 @@ pub struct GcArgs {
     dry_run: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct RmiArgs {
+    #[arg(long, value_name = "DIR")]
+    repo: PathBuf,
+    /// Images to remove, as `stratafs images` lists them (or a reference that names one).
+    #[arg(value_name = "NAME", required = true)]
+    names: Vec<String>,
+}
+
 pub fn run(c: Commands) -> Result<(), Error> {
     match c.cmd {
         Cmd::Convert(a) => run_convert(a),
@@ -190,6 +201,7 @@ pub fn run(c: Commands) -> Result<(), Error> {
         Cmd::Report(a) => run_report(a),
         Cmd::Trace(a) => run_trace(a),
         Cmd::Gc(a) => run_gc(a),
+        Cmd::Rmi(a) => run_rmi(a),
         #[cfg(feature = "snapshotter")]
         Cmd::Snapshotter(a) => run_snapshotter(a),
     }
@@ -333,23 +345,25 @@ fn run_convert(
 
 fn run_images(ImagesArgs { repo }: ImagesArgs) -> Result<(), Error> {
     let repo = Repo::read(&repo)?;
+    // UNPACKED: the layers' unpacked size as recorded at conversion ("-" where a layer has no
+    // record); never the compressed size of a registry's blobs, which is another measure.
     println!(
         "{:<50} {:<19} {:>6} {:>10}",
-        "IMAGE", "CONFIG", "LAYERS", "SIZE"
+        "IMAGE", "CONFIG", "LAYERS", "UNPACKED"
     );
     for i in repo.images()? {
-        let size: u64 = i
+        let size: Option<u64> = i
             .manifest
             .layers
             .iter()
-            .map(|l| repo.layer_size(&l.digest).unwrap_or(l.size))
+            .map(|l| repo.layer_size(&l.digest))
             .sum();
         println!(
             "{:<50} {:<19} {:>6} {:>10}",
             i.name,
             format!("sha256:{}", &i.manifest.config.digest.hex()[..12]),
             i.manifest.layers.len(),
-            human(size)
+            size.map_or_else(|| "-".to_string(), human)
         );
     }
     Ok(())
@@ -429,6 +443,16 @@ fn run_trace(TraceArgs { repo, image, log }: TraceArgs) -> Result<(), Error> {
     Ok(())
 }
 
+fn run_rmi(RmiArgs { repo, names }: RmiArgs) -> Result<(), Error> {
+    let repo = Repo::open(&repo)?;
+    for n in &names {
+        let name = repo.remove_image(n)?;
+        println!("removed {name}");
+    }
+    crate::image::podman_store::write(&repo)?;
+    Ok(())
+}
+
 fn run_gc(GcArgs { repo, dry_run }: GcArgs) -> Result<(), Error> {
     let repo = Repo::open(&repo)?;
     let removed = repo.gc(dry_run)?;
@@ -437,7 +461,7 @@ fn run_gc(GcArgs { repo, dry_run }: GcArgs) -> Result<(), Error> {
         if dry_run {
             println!("would remove {}", rel.display());
         } else {
-            info!("removed {}", rel.display());
+            println!("removed {}", rel.display());
         }
     }
     if !dry_run {

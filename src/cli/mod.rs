@@ -15,6 +15,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "images",
     "mount",
     "report",
+    "rmi",
     "snapshotter",
     "trace",
 ];

@@ -364,6 +364,44 @@ impl Repo {
         Ok(out)
     }
 
+    /// Remove the image `want` names (a name as `images` lists it, or a reference naming it):
+    /// its metadata leaves in one rename, after which no command sees the image, then its
+    /// public link goes. Its layers and flat root stay for `gc`. The name removed.
+    pub fn remove_image(&self, want: &str) -> Result<String, ConvertError> {
+        let parsed = ImageName::parse_bare(want, false).ok();
+        let name = self
+            .images()?
+            .into_iter()
+            .map(|i| i.name)
+            .find(|n| n == want || parsed.as_ref().is_some_and(|p| p.metadata_path() == *n))
+            .ok_or_else(|| ConvertError::Repo {
+                path: self.root.clone(),
+                reason: format!("no image '{want}' (see stratafs images --repo)"),
+            })?;
+        let meta = self.root.join(".metadata").join(&name);
+        let manifest = fs::read(meta.join("manifest.json")).map_err(io_err(&meta))?;
+        let t = self.root.join(TMP).join(format!(
+            "rmi-{}-{}",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::rename(&meta, &t).map_err(io_err(&meta))?;
+        // A tagged image's link is its name; a digest-only one's adds the manifest digest.
+        let digest = Digest::of(&manifest);
+        for link in [
+            self.root.join(&name),
+            self.root.join(format!("{name}:{digest}")),
+        ] {
+            if fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+                fs::remove_file(&link).map_err(io_err(&link))?;
+                remove_empty_parents(&link, &self.root);
+            }
+        }
+        force_remove(&t).map_err(io_err(&meta))?;
+        remove_empty_parents(&meta, &self.root.join(".metadata"));
+        Ok(name)
+    }
+
     /// Remove layers and flat roots no image uses. Returns the removed paths (only listed
     /// with `dry_run`).
     pub fn gc(&self, dry_run: bool) -> Result<Vec<PathBuf>, ConvertError> {
@@ -425,6 +463,17 @@ impl Repo {
             fs::remove_file(&sched).map_err(io_err(&sched))?;
         }
         Ok(dead)
+    }
+}
+
+/// Remove the directories above `p` that are left empty, up to `top` (not included).
+fn remove_empty_parents(p: &Path, top: &Path) {
+    let mut d = p.parent();
+    while let Some(dir) = d.filter(|d| d.starts_with(top) && *d != top) {
+        if fs::remove_dir(dir).is_err() {
+            break;
+        }
+        d = dir.parent();
     }
 }
 
