@@ -839,19 +839,28 @@ fn walk_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[test]
-fn moved_tag_is_scheduled_and_gc_removes_what_no_image_uses() {
-    require_root();
-    let tmp = tempfile::tempdir().unwrap();
+/// An OCI layout's directory and its layers' digests.
+type Layout = (PathBuf, Vec<String>);
+
+/// Layouts `a` and `b` (tag `t`) of two images whose first layer is the same.
+fn two_layouts_sharing_a_layer(dir: &Path) -> (Layout, Layout) {
     let shared = tar_bytes(&[TarEntry::File("shared", b"s")]);
-    let a = tmp.path().join("a");
+    let a = dir.join("a");
     let da = make_layout(
         &a,
         "t",
         &[shared.clone(), tar_bytes(&[TarEntry::File("a", b"a")])],
     );
-    let b = tmp.path().join("b");
+    let b = dir.join("b");
     let db = make_layout(&b, "t", &[shared, tar_bytes(&[TarEntry::File("b", b"b")])]);
+    ((a, da), (b, db))
+}
+
+#[test]
+fn moved_tag_is_scheduled_and_gc_removes_what_no_image_uses() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let ((a, da), (b, db)) = two_layouts_sharing_a_layer(tmp.path());
     let repo = tmp.path().join("repo");
     let r = repo.to_str().unwrap();
     convert_ok(&[
@@ -897,15 +906,7 @@ fn moved_tag_is_scheduled_and_gc_removes_what_no_image_uses() {
 fn rmi_removes_the_name_and_gc_the_layers_only_it_used() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
-    let shared = tar_bytes(&[TarEntry::File("shared", b"s")]);
-    let a = tmp.path().join("a");
-    let da = make_layout(
-        &a,
-        "t",
-        &[shared.clone(), tar_bytes(&[TarEntry::File("a", b"a")])],
-    );
-    let b = tmp.path().join("b");
-    let db = make_layout(&b, "t", &[shared, tar_bytes(&[TarEntry::File("b", b"b")])]);
+    let ((a, da), (b, db)) = two_layouts_sharing_a_layer(tmp.path());
     let repo = tmp.path().join("repo");
     let r = repo.to_str().unwrap();
     for (dir, name) in [(&a, "reg.io/x:latest"), (&b, "reg.io/y:1")] {
