@@ -2,7 +2,7 @@
 # The main job on a built-in example: a three-layer image (a busybox base, then RUN steps that
 # delete a file and replace a directory) is built with podman, converted by `stratafs convert`
 # into a CernVM-FS style repository (one directory per layer, the merged root, metadata, a
-# public link), and its layer directories are stacked lazily by stratafs as a container root.
+# public link), and mounted by name: read-only, then writable, with a report of what was read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -40,19 +40,26 @@ echo "\$ ls -l repo/example.org/demo/    # the public link to the merged root"
 ls -l repo/example.org/demo/ | sed 1d
 echo "\$ ls repo/.layers/*/              # one unpacked directory per layer"
 ls -d repo/.layers/*/*/layerfs
-# Layers bottom first in the manifest; the first digest there is the config's.
-layers=$(grep -o '"digest":"sha256:[0-9a-f]*"' repo/.metadata/example.org/demo/app:1/manifest.json | sed 1d | sed 's/.*sha256:\([0-9a-f]*\)"/\1/')
-lower=""
-for l in $layers; do lower="repo/.layers/${l:0:2}/$l/layerfs${lower:+:$lower}"; done
-mkdir merged
-echo "\$ stratafs -o lowerdir=<layerfs of each layer, top first> merged"
-"$bin" -o "lowerdir=$lower" merged
+mkdir merged upper work
+run() { # the container: chroot as root, bwrap as an ordinary user
+  if [ "$(id -u)" -eq 0 ]; then chroot merged /bin/sh -c "$1"
+  else bwrap --bind merged / --proc /proc --dev /dev /bin/sh -c "$1"; fi
+}
+echo "\$ stratafs mount --repo repo example.org/demo/app:1 merged    # read-only, by name"
+"$bin" mount --repo repo example.org/demo/app:1 merged 2>&1 | sed 's/^.*INFO //'
 echo "\$ chroot merged /bin/sh -c 'cat /etc/motd; ls /tmp; cat /usr/share/doc/*'"
-if [ "$(id -u)" -eq 0 ]; then
-  chroot merged /bin/sh -c 'cat /etc/motd; ls /tmp; cat /usr/share/doc/*'
-else
-  bwrap --ro-bind merged / --proc /proc --dev /dev /bin/sh -c 'cat /etc/motd; ls /tmp; cat /usr/share/doc/*'
-fi
+run 'cat /etc/motd; ls /tmp; cat /usr/share/doc/*'
 echo "\$ fusermount3 -u merged"
 fusermount3 -u merged
+echo "\$ stratafs mount --repo repo example.org/demo/app:1 merged --upper upper --work work --access-log access.json"
+"$bin" mount --repo repo example.org/demo/app:1 merged --upper upper --work work \
+  --access-log access.json 2>&1 | sed 's/^.*INFO //'
+echo "\$ chroot merged /bin/sh -c 'echo written > /tmp/out; rm /etc/motd; ls /etc'"
+run 'echo written > /tmp/out; rm /etc/motd; ls /etc'
+echo "\$ fusermount3 -u merged; ls -l upper/etc upper/tmp    # the writable layer: a whiteout, a new file"
+fusermount3 -u merged
+sleep 0.5
+ls -l upper/etc upper/tmp | grep -v '^total'
+echo "\$ stratafs report access.json    # what the container read of the image"
+"$bin" report access.json
 echo "demo: ok"
