@@ -419,6 +419,27 @@ fn traces_are_found_by_every_mount_path() {
         // The trace's three files; how many were read ahead before the unmount is a race.
         assert_eq!(p["files"], 3, "{what}: {header}");
     }
+    // The mount says, before it returns, that it will read the trace ahead.
+    let said = log("said");
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["mount", "--repo"])
+            .arg(&repo)
+            .args([
+                "--access-log",
+                said.to_str().unwrap(),
+                "example.org/hpc/app:v1",
+            ])
+            .arg(&mnt),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    run_and_log(&mnt, Unmount(mnt.clone()), &said);
+    assert!(
+        stderr.contains("prefetch: the mount reads the trace's files ahead")
+            && stderr.contains(trace.to_str().unwrap())
+            && stderr.contains("files=3"),
+        "{stderr}"
+    );
 
     let off = log("off");
     let header = run_and_log(

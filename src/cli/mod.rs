@@ -34,15 +34,22 @@ fn mistyped_subcommand(arg: &str) -> Option<&'static str> {
         .map(|(_, c)| c)
 }
 
+/// Log lines on stderr: with their time where they go to a file or a journal, without it on
+/// a terminal, where a person reads them as they come.
 fn init_logging(default: &str) {
-    tracing_subscriber::fmt()
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("STRATAFS_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_ansi(terminal)
+        .with_target(false);
+    if terminal {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
 }
 
 /// The program: parse, run, and turn any error into one line on stderr. Returns the exit

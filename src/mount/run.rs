@@ -150,6 +150,10 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
     }
     let mountpoint = check_mountpoint(&plan.mountpoint)?;
     let trace = load_trace(plan)?;
+    if let Some((t, from)) = &trace {
+        // Said before the daemon leaves the terminal: once mounted it reads the files ahead.
+        info!(trace = %from.display(), files = t.files.len(), "prefetch: the mount reads the trace's files ahead (-o prefetch=off: not)");
+    }
     // Layer roots are opened before mounting: the mountpoint may be the last lowerdir.
     let overlay = Arc::new(Overlay::with_config(&plan.overlay_config())?);
     overlay.set_open_file_limit(open_file_budget());
