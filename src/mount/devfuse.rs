@@ -11,12 +11,14 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread;
 
+use crossbeam_channel::Sender;
 use rustix::io::Errno;
 use tracing::{debug, error, warn};
 
 use super::session::init::{InitIn, MAX_WRITE, SavedInit};
 use super::session::{Reply, Session};
 use super::wire::{self, IN_HEADER_LEN, InHeader, OUT_HEADER_LEN, Out};
+use crate::overlay::namespace::Stale;
 
 /// A reader's buffer: the kernel refuses reads into less than a header, a write's argument
 /// and `max_write` bytes.
@@ -115,17 +117,19 @@ pub fn handshake(dev: &OwnedFd, s: &Session, rings: bool) -> io::Result<SavedIni
 /// Serve the connection with `threads` readers until it ends. A connection that INIT put on
 /// io_uring needs one: only FORGETs and INTERRUPTs still come this way.
 pub fn serve(dev: Arc<OwnedFd>, s: Session, threads: usize) -> io::Result<()> {
+    let notify = s.start_notifier();
     let workers: Vec<_> = (1..threads.max(1))
         .filter_map(|i| {
-            let (dev, s) = (Arc::clone(&dev), s.clone());
+            let (dev, s, notify) = (Arc::clone(&dev), s.clone(), notify.clone());
             thread::Builder::new()
                 .name(format!("fuse-dev-{i}"))
-                .spawn(move || worker(&dev, &s))
+                .spawn(move || worker(&dev, &s, &notify))
                 .inspect_err(|e| warn!(error = %e, "one /dev/fuse reader fewer"))
                 .ok()
         })
         .collect();
-    let mut r = worker(&dev, &s);
+    let mut r = worker(&dev, &s, &notify);
+    drop(notify);
     for w in workers {
         match w.join() {
             Ok(Ok(())) => {}
@@ -137,7 +141,7 @@ pub fn serve(dev: Arc<OwnedFd>, s: Session, threads: usize) -> io::Result<()> {
     r
 }
 
-fn worker(dev: &OwnedFd, s: &Session) -> io::Result<()> {
+fn worker(dev: &OwnedFd, s: &Session, notify: &Sender<Stale>) -> io::Result<()> {
     let mut buf = vec![0u8; BUF_LEN];
     let mut reply = vec![0u8; BUF_LEN];
     while let Some(n) = read(dev, &mut buf)? {
@@ -146,7 +150,11 @@ fn worker(dev: &OwnedFd, s: &Session) -> io::Result<()> {
             write(dev, &reply[..len]);
         }
         if s.may_stale(opcode) {
-            s.notify_stale();
+            // After the reply, by the notifier thread (see Session::start_notifier).
+            let stale = s.take_stale();
+            if !stale.inodes.is_empty() || !stale.entries.is_empty() {
+                let _ = notify.send(stale);
+            }
         }
     }
     Ok(())

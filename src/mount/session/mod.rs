@@ -233,9 +233,24 @@ impl Session {
         }
     }
 
-    /// After a reply: invalidate what the request made stale in the kernel's caches.
-    pub(crate) fn notify_stale(&self) {
-        self.notify(self.ov.take_stale());
+    /// A thread that tells the kernel what requests made stale, for both transports. The
+    /// thread that answered must not do it itself: an invalidation of an entry waits for its
+    /// directory's lock, which a request queued behind may hold (with one reader, or all
+    /// readers invalidating at once, nobody would serve it).
+    pub fn start_notifier(&self) -> crossbeam_channel::Sender<Stale> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Stale>();
+        let s = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("fuse-notify".into())
+            .spawn(move || {
+                while let Ok(stale) = rx.recv() {
+                    s.notify(stale);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no notifier thread: kernel caches may stay stale after copy-up");
+        }
+        tx
     }
 
     /// The connection ended: once, whether the kernel sent DESTROY or not.

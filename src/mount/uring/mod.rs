@@ -74,7 +74,7 @@ impl Rings {
     /// kernel. A queue that cannot be served would hang the
     /// mount, so such a failure ends the daemon instead.
     pub fn start(self, dev: std::sync::Arc<OwnedFd>, fs: Session) {
-        let stale = notifier(&fs);
+        let stale = fs.start_notifier();
         let handoff = self.handoff && can_leave_idle();
         for (qid, ring) in self.rings.into_iter().enumerate() {
             let dev = std::sync::Arc::clone(&dev);
@@ -96,24 +96,6 @@ impl Rings {
         }
         info!("serving through io_uring");
     }
-}
-
-/// A thread that tells the kernel what writes made stale. A queue's thread must not do it
-/// itself: an invalidation may wait for a lock held by a request queued behind it.
-fn notifier(fs: &Session) -> Sender<Stale> {
-    let (tx, rx) = crossbeam_channel::unbounded::<Stale>();
-    let fs = fs.clone();
-    let spawned = thread::Builder::new()
-        .name("fuse-ring-notify".into())
-        .spawn(move || {
-            while let Ok(stale) = rx.recv() {
-                fs.notify(stale);
-            }
-        });
-    if let Err(e) = spawned {
-        warn!(error = %e, "no notifier thread: kernel caches may stay stale after copy-up");
-    }
-    tx
 }
 
 /// A ring entry's buffers: the kernel keeps their addresses from REGISTER on.
