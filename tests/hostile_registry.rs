@@ -28,6 +28,8 @@ struct Plan {
     cut_blobs: usize,
     /// A blob (digest) to send half of and then stall on, every time.
     stall: Option<String>,
+    /// A `Link: <URL>; rel="next"` added to every tag list: a next page on another host.
+    link_to: Option<String>,
 }
 
 struct Proxy {
@@ -128,11 +130,18 @@ fn serve(conn: TcpStream, up: u16, plan: &Mutex<Plan>, gets: &AtomicUsize) {
             }
         }
         let (h, body) = upstream(up, &head);
-        if path.contains("/tags/list") {
+        if path.contains("/tags/list") && h.starts_with("HTTP/1.1 200") {
             let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             let evil = plan.lock().unwrap().evil_tags.clone();
             let tags = v["tags"].as_array_mut().unwrap();
             tags.extend(evil.into_iter().map(serde_json::Value::from));
+            let h = match &plan.lock().unwrap().link_to {
+                Some(url) => {
+                    let (status, rest) = h.split_once("\r\n").unwrap();
+                    format!("{status}\r\nLink: <{url}>; rel=\"next\"\r\n{rest}")
+                }
+                None => h,
+            };
             let _ = out.write_all(&with_body(&h, &serde_json::to_vec(&v).unwrap()));
             return;
         }
@@ -342,5 +351,69 @@ fn a_stalled_blob_fails_naming_it_and_leaves_nothing() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Another host that records every request head it gets and asks for credentials, as a
+/// thief would.
+fn recorder() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let mut out = conn.try_clone().unwrap();
+            if let Some(head) = read_head(&mut BufReader::new(conn)) {
+                seen.lock().unwrap().push(head);
+            }
+            let _ = out.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"\r\n\
+                  Content-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (port, heads)
+}
+
+/// A tag list whose next page is on another host: the registry's credentials stay with the
+/// registry (the cached Authorization is not sent there, and its challenge is not answered).
+#[test]
+fn credentials_never_follow_a_link_to_another_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    make_layout(&layout, "v1", &[tar_bytes(&[TarEntry::File("f", b"x")])]);
+    let reg = TestRegistry::start(&tmp.path().join("reg"), &[("alice", "secret")]);
+    let src = format!("oci:{}:v1", layout.display());
+    reg.push(&src, "lab/img", "v1", Some("alice:secret"), false);
+    let (thief, heads) = recorder();
+    let next = format!("http://127.0.0.1:{thief}/v2/lab/img/tags/list?last=v1&n=1000");
+    let proxy = Proxy::start(
+        reg.port,
+        Plan {
+            link_to: Some(next.clone()),
+            ..Plan::default()
+        },
+    );
+    let out = run(Command::new(BIN)
+        .args(["convert", "--repo"])
+        .arg(tmp.path().join("repo"))
+        .arg(format!("http://127.0.0.1:{}/lab/img:*", proxy.port))
+        .env("STRATAFS_REGISTRY_USER", "alice")
+        .env("STRATAFS_REGISTRY_PASSWORD", "secret"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let seen = heads.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "the link was followed once: {seen:?} {err}");
+    assert!(
+        !seen[0].to_ascii_lowercase().contains("authorization"),
+        "credentials sent to another host: {}",
+        seen[0]
+    );
+    assert!(!out.status.success());
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains(&next) && last.contains("only sent to the registry"),
+        "{err}"
     );
 }

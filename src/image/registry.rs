@@ -132,12 +132,16 @@ impl Registry {
     }
 
     /// GET with auth: on a 401 the challenge is answered once and the request repeated.
+    /// Credentials and tokens go only to the registry itself (and, in `answer`, to the token
+    /// realm its own challenge names): an absolute URL elsewhere (a tag list's `Link`) is
+    /// fetched without them, and its challenges are not answered.
     fn get(&self, path: &str, accept: &str) -> Result<Response<ureq::Body>, ConvertError> {
         let url = if path.starts_with("http://") || path.starts_with("https://") {
             path.to_string()
         } else {
             format!("{}{path}", self.base)
         };
+        let ours = same_origin(&url, &self.base);
         let send = |auth: Option<&str>| {
             let mut req = self.agent.get(&url).header("Accept", accept);
             if let Some(a) = auth {
@@ -148,10 +152,20 @@ impl Registry {
                 message: e.to_string(),
             })
         };
-        let current = self.auth.lock().clone();
+        let current = self.auth.lock().clone().filter(|_| ours);
         let resp = self.with_retries(&url, || send(current.as_deref()))?;
         if resp.status().as_u16() != 401 {
             return check(&url, resp);
+        }
+        if !ours {
+            return Err(ConvertError::Registry {
+                url,
+                status: 401,
+                message: format!(
+                    "credentials are only sent to the registry ({}), not to another host",
+                    self.base
+                ),
+            });
         }
         let challenge = resp
             .headers()
@@ -513,6 +527,12 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Whether `url` has the scheme, host and port of `base` (`scheme://host[:port]`).
+fn same_origin(url: &str, base: &str) -> bool {
+    url.strip_prefix(base)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+}
+
 /// The target of `Link: <url>; rel="next"`.
 fn next_link(h: &str) -> Option<String> {
     h.split(',').find_map(|part| {
@@ -599,6 +619,16 @@ fn from_auth_file(bytes: &[u8], registry: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_registrys_own_urls_are_its_origin() {
+        let base = "https://reg.io:5000";
+        assert!(same_origin("https://reg.io:5000/v2/x/tags/list?n=1", base));
+        assert!(!same_origin("https://reg.io:5000.evil.org/v2/", base));
+        assert!(!same_origin("https://reg.io:50001/v2/", base));
+        assert!(!same_origin("http://reg.io:5000/v2/", base));
+        assert!(!same_origin("https://evil.org/v2/?reg.io:5000", base));
+    }
 
     #[test]
     fn parses_challenges_and_links() {
