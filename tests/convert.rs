@@ -839,6 +839,41 @@ fn walk_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A layer of a few kilobytes that inflates to 3 MiB, against a limit of 1 MiB: refused with
+/// one line naming the layer, nothing of it kept in a repository that holds other images.
+#[test]
+fn a_layer_that_inflates_past_the_limit_is_refused() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let r = repo.to_str().unwrap();
+    let ok = tmp.path().join("ok");
+    make_layout(&ok, "t", &[tar_bytes(&[TarEntry::File("small", b"s")])]);
+    convert_ok(&["--repo", r, &format!("oci:{}:t", ok.display())]);
+    let zeros = vec![0u8; 3 << 20];
+    let bomb = tmp.path().join("bomb");
+    let d = make_layout(&bomb, "t", &[tar_bytes(&[TarEntry::File("zeros", &zeros)])]);
+    let blob = std::fs::metadata(bomb.join("blobs/sha256").join(&d[0][7..]))
+        .unwrap()
+        .len();
+    assert!(blob < 64 << 10, "the blob is small: {blob} bytes");
+    let src = format!("oci:{}:t", bomb.display());
+    let e = convert_err(&["--repo", r, "--max-layer-size", "1M", &src]);
+    assert!(
+        e.contains(&d[0])
+            && e.ends_with("unpacks to more than 1048576 bytes (convert --max-layer-size)"),
+        "{e}"
+    );
+    assert!(!layer_dir(&repo, &d[0]).exists());
+    assert!(walk_files(&repo.join(".stratafs-tmp")).is_empty());
+    let out = convert(&["--repo", r, "--max-layer-size", "lots", &src]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("'lots'"), "{e}");
+    // Within the limit it converts.
+    convert_ok(&["--repo", r, "--max-layer-size", "4M", &src]);
+    assert!(layer_dir(&repo, &d[0]).exists());
+}
+
 /// An OCI layout's directory and its layers' digests.
 type Layout = (PathBuf, Vec<String>);
 

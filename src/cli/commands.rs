@@ -85,6 +85,10 @@ pub struct ConvertArgs {
     /// Layers fetched and unpacked in parallel.
     #[arg(long, short = 'j', default_value_t = 4)]
     jobs: usize,
+    /// The most one layer may unpack to, in bytes or with a K, M, G or T suffix (powers of
+    /// 1024): a layer that inflates beyond it is refused, nothing of it kept.
+    #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
+    max_layer_size: u64,
     /// Name a single local image gets in the repository (REGISTRY/REPO:TAG).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -229,6 +233,7 @@ fn run_convert(
         recipe,
         platform,
         jobs,
+        max_layer_size,
         name,
         json,
         thin,
@@ -313,6 +318,7 @@ fn run_convert(
             name,
             measure_disk: json,
             thin,
+            max_layer_size,
         };
         Ok(convert::convert(&repo, &sources, &opts)?)
     })();
@@ -469,6 +475,28 @@ fn run_gc(GcArgs { repo, dry_run }: GcArgs) -> Result<(), Error> {
     }
     info!(count = removed.len(), dry_run, "gc done");
     Ok(())
+}
+
+/// `1048576`, `512K`, `10M`, `64G`, `1T`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("'{s}': expected bytes or a K, M, G or T suffix")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{s}': expected bytes or a K, M, G or T suffix"))
 }
 
 fn human(b: u64) -> String {

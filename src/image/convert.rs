@@ -33,7 +33,12 @@ pub struct Options {
     pub measure_disk: bool,
     /// Also write a thin image per image.
     pub thin: Option<ThinOutput>,
+    /// The most bytes one layer may unpack to.
+    pub max_layer_size: u64,
 }
+
+/// The default of `--max-layer-size`: far above any real layer, far below a full disk.
+pub const MAX_LAYER_SIZE: u64 = 64 << 30;
 
 /// Where thin images go and how they are named.
 pub struct ThinOutput {
@@ -217,6 +222,7 @@ fn convert_one(
         config: &config,
         privileged: rustix::process::geteuid().is_root(),
         progress,
+        max_size: opts.max_layer_size,
     };
     let fetched = fetch_layers(&job, layers, &unique, opts.jobs)?;
     // Into place bottom to top: a deferred hard link may need any layer below it.
@@ -294,6 +300,7 @@ struct LayerJob<'a> {
     /// Owners and devices as the tar says (root), or recorded in the override xattr.
     privileged: bool,
     progress: Option<&'a MultiProgress>,
+    max_size: u64,
 }
 
 /// Fetch and unpack the layers `which` on `jobs` threads, each into a temp dir holding
@@ -420,6 +427,7 @@ fn fetch_into(
         image,
         layer: &layer,
         privileged,
+        max_size: job.max_size,
     };
     let u = unpack::unpack(reader, &fs_dir, &t)?;
     if let Some(b) = bar {
@@ -707,6 +715,7 @@ mod tests {
 
     fn opts() -> Options {
         Options {
+            max_layer_size: MAX_LAYER_SIZE,
             platform: Platform::parse("linux/amd64").unwrap(),
             jobs: 2,
             name: None,

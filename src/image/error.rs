@@ -53,6 +53,8 @@ pub enum Error {
         entry: String,
         reason: String,
     },
+    #[error("unpacks to more than {limit} bytes (convert --max-layer-size)")]
+    TooLarge { limit: u64 },
     #[error("{image}: layer {layer}: {source}")]
     Layer {
         image: String,

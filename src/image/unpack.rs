@@ -29,6 +29,32 @@ pub struct Target<'a> {
     /// Owners, device nodes and all xattr namespaces can be applied (root). Otherwise what
     /// cannot be applied is recorded in `user.containers.override_stat`.
     pub privileged: bool,
+    /// The most bytes the layer's tar may unpack to: a hostile blob of a few kilobytes can
+    /// inflate to fill the disk.
+    pub max_size: u64,
+}
+
+/// A reader that fails once more than `left` bytes went through it, and says so in `hit`.
+struct Limit<R> {
+    inner: R,
+    left: u64,
+    hit: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Limit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        match self.left.checked_sub(n as u64) {
+            Some(l) => {
+                self.left = l;
+                Ok(n)
+            }
+            None => {
+                self.hit.set(true);
+                Err(io::Error::other("layer size limit"))
+            }
+        }
+    }
 }
 
 /// What one layer held.
@@ -183,9 +209,21 @@ pub fn unpack(blob: impl Read, dest: &Path, t: &Target<'_>) -> Result<Unpacked, 
         layer: t.layer.to_string(),
         source: Box::new(e),
     };
-    let io_err = |what: &str, e: io::Error| layer_err(ConvertError::format(what.to_string(), e));
+    let hit = std::rc::Rc::new(std::cell::Cell::new(false));
+    let io_err = |what: &str, e: io::Error| {
+        layer_err(if hit.get() {
+            ConvertError::TooLarge { limit: t.max_size }
+        } else {
+            ConvertError::format(what.to_string(), e)
+        })
+    };
     {
         let dec = decoder(&mut compressed).map_err(|e| io_err("reading the blob", e))?;
+        let dec = Limit {
+            inner: dec,
+            left: t.max_size,
+            hit: std::rc::Rc::clone(&hit),
+        };
         let mut plain = HashingReader::new(dec);
         let mut pending = Vec::new();
         {
@@ -203,6 +241,7 @@ pub fn unpack(blob: impl Read, dest: &Path, t: &Target<'_>) -> Result<Unpacked, 
                 };
                 match write_entry(&root, &mut entry, &name, t, &mut pending, &mut out) {
                     Ok(()) => {}
+                    Err(_) if hit.get() => return Err(io_err("", io::ErrorKind::Other.into())),
                     Err(EntryError::Unsafe(r)) => return Err(unsafe_entry(r)),
                     Err(EntryError::Io(e)) => return Err(unsafe_entry(e.to_string())),
                 }
