@@ -184,6 +184,8 @@ fn rootful_podman_matches_fuse_overlayfs() {
         line.contains("fuse.stratafs"),
         "not a stratafs mount: {line}"
     );
+    // Over the transport the suite runs on (io_uring=auto, podman passes no option for it).
+    assert_transport(&root);
     ours.podman(&["image", "unmount", "localhost/strata-committed"]);
     ours.podman(&["rmi", "-a", "-f"]);
 }

@@ -675,6 +675,7 @@ fn kill_9_leaves_upper_consistent() {
             cmd.arg("-o").arg(e);
         }
         run_ok(cmd.arg(&m));
+        assert_transport(&m);
         let pid = daemon_pid(&m);
         // Writers: copy-ups (appends to big files) and renames, in the background.
         let script = format!(
@@ -739,21 +740,6 @@ fn wait_exit(pid: u32) {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-}
-
-fn daemon_pid(mountpoint: &Path) -> u32 {
-    let out = run_ok(Command::new("pgrep").arg("-f").arg(format!(
-        "{} .*{}$",
-        BIN,
-        mountpoint.display()
-    )));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .expect("daemon pid")
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// An ordinary user writing to or truncating a set-ID file clears the bits as the VFS does

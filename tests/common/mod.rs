@@ -115,6 +115,49 @@ pub fn transport_opts() -> Vec<&'static str> {
     }
 }
 
+/// The daemon serving `mountpoint` (its command line ends with the mountpoint).
+pub fn daemon_pid(mountpoint: &Path) -> u32 {
+    let out = run_ok(Command::new("pgrep").arg("-f").arg(format!(
+        "{} .*{}$",
+        BIN,
+        mountpoint.display()
+    )));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .expect("daemon pid")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The threads of process `pid`, by name.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// When the suite runs over io_uring, the mount at `mountpoint` must really serve through the
+/// rings: a mount that fell back to /dev/fuse (it does, quietly, when rings cannot be set up)
+/// would pass every check of the suite without testing what it claims to.
+pub fn assert_transport(mountpoint: &Path) {
+    if transport_opts().is_empty() {
+        return;
+    }
+    let pid = daemon_pid(mountpoint);
+    let names = thread_names(pid);
+    assert!(
+        names.iter().any(|n| n.starts_with("fuse-ring-")),
+        "{} asked for io_uring but serves /dev/fuse (threads {names:?})",
+        mountpoint.display()
+    );
+}
+
 /// A stratafs mount, unmounted on drop.
 pub struct StrataMount {
     pub path: PathBuf,
@@ -143,6 +186,7 @@ impl StrataMount {
             is_mountpoint(mountpoint),
             "stratafs exited 0 but nothing is mounted"
         );
+        assert_transport(mountpoint);
         StrataMount {
             path: mountpoint.to_path_buf(),
         }
