@@ -107,6 +107,8 @@ pub struct Shared {
     /// Whether READDIRPLUS replies may leave attributes out (`readdirplus=`).
     bare: Bare,
     unmounted: Once,
+    /// The notifier thread's queue, once started.
+    notifier: std::sync::OnceLock<crossbeam_channel::Sender<Stale>>,
 }
 
 impl Session {
@@ -127,6 +129,7 @@ impl Session {
             writeback: false,
             bare: Bare::Lazy,
             unmounted: Once::new(),
+            notifier: std::sync::OnceLock::new(),
         }))
     }
 
@@ -237,7 +240,12 @@ impl Session {
     /// thread that answered must not do it itself: an invalidation of an entry waits for its
     /// directory's lock, which a request queued behind may hold (with one reader, or all
     /// readers invalidating at once, nobody would serve it).
+    /// One per session, however many transports ask: it lives as long as the process.
     pub fn start_notifier(&self) -> crossbeam_channel::Sender<Stale> {
+        self.notifier.get_or_init(|| self.spawn_notifier()).clone()
+    }
+
+    fn spawn_notifier(&self) -> crossbeam_channel::Sender<Stale> {
         let (tx, rx) = crossbeam_channel::unbounded::<Stale>();
         let s = self.clone();
         let spawned = std::thread::Builder::new()
