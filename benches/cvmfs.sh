@@ -3,11 +3,14 @@
 # a delay proxy (DELAYS ms each way, default "0 5 20"): stratafs without prefetch, stratafs
 # with the image's trace, bwrap straight on the published .flat root, and "pull everything
 # first" (the docker archive fetched over the same link, podman load, podman run).
-# Prints a markdown table: median seconds of RUNS runs and bytes the client (or curl) fetched.
+# Prints a markdown table: of RUNS runs (odd), the median run's seconds and the bytes the client
+# (or curl) fetched in that same run.
 # Needs root and the CernVM-FS kit (../shared/cvmfs or $STRATAFS_CVMFS_KIT).
 set -euo pipefail
 shopt -s inherit_errexit
 RUNS=${RUNS:-3}
+# A median is one run's figure: an odd number of runs.
+[ $((RUNS % 2)) -eq 1 ] || { echo "benches/cvmfs.sh: RUNS=$RUNS: give an odd number of runs" >&2; exit 1; }
 DELAYS=${DELAYS:-"0 5 20"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 KIT=${STRATAFS_CVMFS_KIT:-$ROOT/../shared/cvmfs}
@@ -28,7 +31,8 @@ CLIENT=$CL/$SUB
 M=$W/mnt
 mkdir -p $M
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# The median run by time, with that same run's bytes: "SECONDS BYTES" lines in, one out.
+median_run() { sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
 cold() {
   cvmfs_talk -i $REPO cleanup 0 >/dev/null
@@ -121,8 +125,9 @@ for d in $DELAYS; do
   row="| $d ms |"
   for mode in stratafs stratafs+trace flat pull; do
     out=$(for r in $(seq $RUNS); do run_mode $mode; done)
-    t=$(echo "$out" | awk '{print $1}' | median)
-    mb=$(echo "$out" | awk '{print $2}' | median | awk '{printf "%.0f", $1 / 1e6}')
+    mid=$(echo "$out" | median_run)
+    t=$(echo "$mid" | awk '{print $1}')
+    mb=$(echo "$mid" | awk '{printf "%.0f", $2 / 1e6}')
     row="$row $(printf '%.2f s (%s MB)' $t $mb) |"
     [ $mode = stratafs+trace ] && cp $W/prefetch.log $W/prefetch-$d.log
   done
