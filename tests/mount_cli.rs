@@ -415,3 +415,49 @@ fn a_mistyped_subcommand_is_named_with_the_one_meant() {
         );
     }
 }
+
+/// `uidmapping`/`gidmapping` through a real mount: owners on disk are shown shifted, and a
+/// chown through the mount writes the unshifted ids back to the upper layer.
+#[test]
+fn id_mappings_shift_owners_through_a_mount() {
+    use std::os::unix::fs::MetadataExt;
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let (lower, upper, work, mnt) = (
+        tmp.path().join("l"),
+        tmp.path().join("u"),
+        tmp.path().join("w"),
+        tmp.path().join("m"),
+    );
+    for d in [&lower, &upper, &work, &mnt] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(lower.join("f"), "x").unwrap();
+    std::os::unix::fs::chown(lower.join("f"), Some(0), Some(0)).unwrap();
+    std::os::unix::fs::chown(&lower, Some(0), Some(0)).unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},uidmapping=0:100000:65536,gidmapping=0:200000:65536",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    run_ok(Command::new(BIN).arg("-o").arg(&opts).arg(&mnt));
+    let _guard = Unmounted(mnt.clone());
+    let md = std::fs::metadata(mnt.join("f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (100000, 200000), "shown shifted");
+    std::os::unix::fs::chown(mnt.join("f"), Some(100005), Some(200007)).unwrap();
+    let md = std::fs::metadata(mnt.join("f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (100005, 200007));
+    let disk = std::fs::metadata(upper.join("f")).unwrap();
+    assert_eq!((disk.uid(), disk.gid()), (5, 7), "written back unshifted");
+    // An id outside the mapping cannot be written.
+    let e = std::os::unix::fs::chown(mnt.join("f"), Some(42), None).unwrap_err();
+    assert!(e.raw_os_error().is_some(), "{e}");
+}
+
+struct Unmounted(PathBuf);
+impl Drop for Unmounted {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+    }
+}

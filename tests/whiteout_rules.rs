@@ -43,6 +43,7 @@ fn opaque() -> impl Strategy<Value = Opaque> {
         4 => Just(Opaque::No),
         1 => Just(Opaque::Marker),
         1 => Just(Opaque::Xattr("trusted.overlay.opaque")),
+        1 => Just(Opaque::Xattr("user.overlay.opaque")),
         1 => Just(Opaque::Xattr("user.fuseoverlayfs.opaque")),
     ]
 }
