@@ -27,6 +27,9 @@ pub const BUF_LEN: usize = MAX_WRITE as usize + 8192;
 /// Answer the request `msg` (as read from `/dev/fuse`): the reply message written into
 /// `reply` and its length, `None` when the request takes no reply.
 pub fn answer(s: &Session, msg: &[u8], reply: &mut [u8]) -> Option<usize> {
+    if msg.len() < IN_HEADER_LEN {
+        return None;
+    }
     let h = InHeader::parse(msg);
     let body = &msg[IN_HEADER_LEN..(h.len as usize).clamp(IN_HEADER_LEN, msg.len())];
     let fixed = wire::fixed_len(h.opcode).min(body.len());

@@ -433,3 +433,67 @@ fn requests_that_change_the_upper_layer_get_the_same_bytes_through_both_framings
         0
     );
 }
+
+/// Panics seen by the hook `hostile_requests_never_panic` installs (the session turns a
+/// handler's panic into EIO, so the reply alone would not show one).
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn opcode() -> impl Strategy<Value = u32> {
+        // Every opcode but INIT and DESTROY (they end a session), and anything else.
+        prop_oneof![
+            8 => (1u32..52).prop_filter("session-ending", |o| *o != op::INIT && *o != op::DESTROY),
+            1 => any::<u32>().prop_filter("session-ending", |o| *o != op::INIT && *o != op::DESTROY),
+        ]
+    }
+
+    fn stacks() -> &'static [(Stack, tempfile::TempDir); 2] {
+        static S: std::sync::OnceLock<[(Stack, tempfile::TempDir); 2]> = std::sync::OnceLock::new();
+        S.get_or_init(|| {
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |i| {
+                PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                hook(i)
+            }));
+            [true, false].map(|w| {
+                let t = tempfile::tempdir().unwrap();
+                lower(t.path());
+                (stack(t.path(), w), t)
+            })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        /// Any bytes after a header, as /dev/fuse would deliver them: a reply or none,
+        /// never a panic, and the reply's length field is its length.
+        #[test]
+        fn hostile_requests_never_panic(
+            opcode in opcode(),
+            nodeid in prop_oneof![Just(ROOT_INO), 0u64..64, any::<u64>()],
+            body in proptest::collection::vec(any::<u8>(), 0..400),
+            writable in any::<bool>(),
+            cut in any::<bool>(),
+        ) {
+            let st = &stacks()[usize::from(!writable)].0;
+            let r = Req { opcode, nodeid, op_in: vec![], data: vec![] };
+            let mut msg = in_header(&r, IN_HEADER_LEN + body.len(), 7);
+            msg.extend_from_slice(&body);
+            if cut {
+                // A length field that claims more than was read.
+                msg[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+            }
+            let before = PANICS.load(std::sync::atomic::Ordering::SeqCst);
+            let mut reply = vec![0u8; devfuse::BUF_LEN];
+            if let Some(n) = devfuse::answer(&st.session, &msg, &mut reply) {
+                prop_assert_eq!(wire::u32_at(&reply, 0) as usize, n);
+            }
+            prop_assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), before, "a handler panicked");
+            // Shorter than a header: ignored.
+            prop_assert!(devfuse::answer(&st.session, &msg[..body.len().min(39)], &mut reply).is_none());
+        }
+    }
+}
