@@ -55,6 +55,60 @@ fn part_of(src: &Path, file: &Path) -> Option<String> {
     Some(first.trim_end_matches(".rs").to_string())
 }
 
+/// The parts code names through `crate::`, with where: `crate::a::…`, and every top-level
+/// name of a group, `crate::{a::x, b, c::{y, z}}`, over several lines too.
+fn crate_refs(code: &str) -> Vec<(usize, String)> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        let pos = code.len() - rest.len() + at;
+        rest = &rest[at + 7..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Split the group at its top-level commas.
+            let (mut depth, mut start) = (0, 0);
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        out.push((pos, ident(group[start..i].trim())));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.push((pos, ident(group[start..i].trim())));
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            out.push((pos, ident(rest)));
+        }
+    }
+    out.retain(|(_, n)| !n.is_empty());
+    out
+}
+
+#[test]
+fn grouped_imports_are_read() {
+    let names = |c: &str| -> Vec<String> { crate_refs(c).into_iter().map(|(_, n)| n).collect() };
+    assert_eq!(names("use crate::overlay::Overlay;"), vec!["overlay"]);
+    assert_eq!(
+        names("use crate::{mount::wire, overlay::{a, b}, image};"),
+        vec!["mount", "overlay", "image"]
+    );
+    assert_eq!(
+        names("use crate::{\n    stack::layer,\n    mount::{x, y},\n};"),
+        vec!["stack", "mount"]
+    );
+    assert_eq!(names("let x = 1;"), Vec::<String>::new());
+}
+
 #[test]
 fn parts_depend_one_way() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -74,24 +128,20 @@ fn parts_depend_one_way() {
             continue; // lib.rs, main.rs
         };
         let text = std::fs::read_to_string(f).unwrap();
+        // The whole file at once, comments out: a `use crate::{…}` may span lines.
+        let code: String = text
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (at, name) in crate_refs(&code) {
+            if !allowed.contains(&name.as_str()) {
+                let line = code[..at].matches('\n').count() + 1;
+                bad.push(format!("{}:{line}: {part} uses crate::{name}", f.display()));
+            }
+        }
         for (i, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
-            let mut rest = code;
-            while let Some(at) = rest.find("crate::") {
-                let after = &rest[at + 7..];
-                let name: String = after
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() && !allowed.contains(&name.as_str()) {
-                    bad.push(format!(
-                        "{}:{}: {part} uses crate::{name}",
-                        f.display(),
-                        i + 1
-                    ));
-                }
-                rest = after;
-            }
             if let Some((_, crates)) = FORBIDDEN_CRATES.iter().find(|(p, _)| *p == part) {
                 for c in *crates {
                     if code.contains(&format!("{c}::")) && !code.contains(&format!("_{c}::")) {

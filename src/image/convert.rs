@@ -21,6 +21,7 @@ use crate::image::registry::Registry;
 use crate::image::repo::{LayerInfo, Repo, touch};
 use crate::image::source::{self, ImageSource, Resolved};
 use crate::image::unpack::{self, Target, Unpacked};
+use crate::stack::cvmfs::CATALOG_MARKER;
 use crate::stack::{Layer, resolve};
 
 pub struct Options {
@@ -263,7 +264,7 @@ fn convert_one(
             layer: "flat root".into(),
             source: Box::new(ConvertError::io(&tmp, e)),
         })?;
-        touch(&tmp.join(".cvmfscatalog"))?;
+        touch(&tmp.join(CATALOG_MARKER))?;
         repo.install_flat(cfg, &tmp)?;
     }
     for l in layers {
@@ -463,7 +464,7 @@ fn fetch_into(
             }));
         }
     }
-    touch(&fs_dir.join(".cvmfscatalog"))?;
+    touch(&fs_dir.join(CATALOG_MARKER))?;
     let meta = tmp.join(".metadata");
     std::fs::create_dir(&meta).map_err(|e| ConvertError::io(&meta, e))?;
     let info = vec![LayerInfo {

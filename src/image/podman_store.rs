@@ -24,6 +24,7 @@ use crate::image::Error as ConvertError;
 use crate::image::digest::Digest;
 use crate::image::manifest::ImageConfig;
 use crate::image::repo::{Repo, touch, write_atomic};
+use crate::stack::cvmfs::CATALOG_MARKER;
 
 const STORE: &str = "podmanStore";
 
@@ -67,7 +68,7 @@ pub fn write(repo: &Repo) -> Result<usize, ConvertError> {
         fs::create_dir_all(&p).map_err(io(&p))?;
     }
     for m in ["", "overlay", "overlay-images", "overlay-layers"] {
-        touch(&root.join(m).join(".cvmfscatalog"))?;
+        touch(&root.join(m).join(CATALOG_MARKER))?;
     }
     touch(&root.join("overlay-images/images.lock"))?;
     touch(&root.join("overlay-layers/layers.lock"))?;

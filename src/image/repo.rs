@@ -19,6 +19,7 @@ use crate::image::Error as ConvertError;
 use crate::image::digest::Digest;
 use crate::image::manifest::Manifest;
 use crate::image::reference::ImageName;
+use crate::stack::cvmfs::CATALOG_MARKER;
 
 const TMP: &str = ".stratafs-tmp";
 const LOCK: &str = ".stratafs.lock";
@@ -98,8 +99,8 @@ impl Repo {
             let p = repo.root.join(d);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        for m in [".layers/.cvmfscatalog", ".flat/.cvmfscatalog"] {
-            touch(&repo.root.join(m))?;
+        for m in [".layers", ".flat"] {
+            touch(&repo.root.join(m).join(CATALOG_MARKER))?;
         }
         Ok(repo)
     }
@@ -213,7 +214,7 @@ impl Repo {
     pub fn install_layer(&self, l: &Digest, tmp: &Path) -> Result<(), ConvertError> {
         let parent = self.root.join(".layers").join(l.xx());
         fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-        touch(&parent.join(".cvmfscatalog"))?;
+        touch(&parent.join(CATALOG_MARKER))?;
         let dest = self.layer_dir(l);
         if dest.exists() {
             // A leftover without layerfs (DUCC metadata only): replace it.
@@ -423,7 +424,7 @@ impl Repo {
                     continue;
                 }
                 for h in read_names(&xdir)? {
-                    if h != ".cvmfscatalog" && !live.contains(&h) {
+                    if h != CATALOG_MARKER && !live.contains(&h) {
                         dead.push(xdir.join(h));
                     }
                 }

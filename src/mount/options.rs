@@ -171,30 +171,9 @@ pub fn split_options(s: &str) -> Result<Vec<String>, Error> {
     Ok(out.into_iter().filter(|o| !o.is_empty()).collect())
 }
 
-/// Split a lowerdir value at `:`; `\:` is a literal colon.
+/// Split a lowerdir value at `:` (see [`crate::stack::lowerdir`]).
 pub fn split_lowerdir(v: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = v.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some(':') => cur.push(':'),
-                Some(n) => {
-                    cur.push('\\');
-                    cur.push(n);
-                }
-                None => cur.push('\\'),
-            },
-            ':' => out.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out.into_iter()
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .collect()
+    crate::stack::lowerdir::split(v)
 }
 
 fn nonempty(key: &str, v: Option<&str>) -> Result<String, Error> {

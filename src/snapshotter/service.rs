@@ -71,11 +71,7 @@ fn info(name: &str, rec: &Record) -> Info {
 
 /// `a:b` with `\:` for a colon in a path, as mount options read lowerdir.
 fn lowerdir(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.to_string_lossy().replace(':', "\\:"))
-        .collect::<Vec<_>>()
-        .join(":")
+    crate::stack::lowerdir::join(paths)
 }
 
 /// The mounts of a snapshot: a bind mount of its own directory when nothing is below it

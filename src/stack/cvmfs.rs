@@ -6,9 +6,12 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 
+/// The file that makes its directory a nested catalog when published (`convert` writes it).
+pub const CATALOG_MARKER: &str = ".cvmfscatalog";
+
 /// Files that mark nested catalogs in a published tree: repository structure, never image
 /// content, so no layer shows them.
-pub const CATALOG_MARKERS: [&[u8]; 2] = [b".cvmfscatalog", b".cvmfsautocatalog"];
+pub const CATALOG_MARKERS: [&[u8]; 2] = [CATALOG_MARKER.as_bytes(), b".cvmfsautocatalog"];
 
 /// Whether `name` is a nested-catalog marker.
 pub fn is_catalog_marker(name: &[u8]) -> bool {

@@ -87,11 +87,7 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 pub fn lowerdir_opt(layers: &[PathBuf]) -> String {
-    let parts: Vec<String> = layers
-        .iter()
-        .map(|p| p.to_str().unwrap().replace(':', "\\:"))
-        .collect();
-    format!("lowerdir={}", parts.join(":"))
+    format!("lowerdir={}", stratafs::stack::lowerdir::join(layers))
 }
 
 /// Mount options that pick the transport the suites run over:
