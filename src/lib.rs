@@ -23,3 +23,13 @@ pub mod overlay;
 #[cfg(feature = "snapshotter")]
 pub mod snapshotter;
 pub mod stack;
+
+/// Generated-input tests: `n` cases, or `PROPTEST_CASES` for a longer run.
+#[cfg(test)]
+pub(crate) fn test_cases(n: u32) -> proptest::test_runner::Config {
+    let n = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
+    proptest::test_runner::Config::with_cases(n)
+}

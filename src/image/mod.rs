@@ -20,3 +20,6 @@ pub mod trace;
 pub mod unpack;
 
 pub use error::Error;
+
+#[cfg(test)]
+mod hostile_tests;

@@ -467,7 +467,7 @@ mod hostile {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #![proptest_config(crate::test_cases(3000))]
         /// Any bytes after a header, as /dev/fuse would deliver them: a reply or none,
         /// never a panic, and the reply's length field is its length.
         #[test]
