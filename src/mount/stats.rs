@@ -17,7 +17,7 @@ use serde::Serialize;
 
 macro_rules! ops {
     ($($v:ident => $n:literal),* $(,)?) => {
-        /// The requests the adapter handles.
+        /// The requests the session answers.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum Op { $($v),* }
         const NAMES: &[&str] = &[$($n),*];
@@ -37,8 +37,8 @@ ops! {
     // Answered ENOTTY: the kernel sends every ioctl on a file to the daemon, with no negative
     // cache (Python's isatty() on each file it opens is one).
     Ioctl => "ioctl",
-    // Opcodes answered ENOSYS through the rings. Over /dev/fuse fuser answers them itself, and
-    // the kernel stops sending each (lseek, poll, locks, copy_file_range) after the first.
+    // Opcodes answered ENOSYS (lseek, poll, locks, copy_file_range …): the kernel stops
+    // sending each after the first.
     Other => "other",
 }
 

@@ -1,5 +1,6 @@
 //! The overlay core: lookup across layers, whiteout rules, merged listings, reads.
-//! Plain Rust; every front end (the FUSE adapter today) drives it through [`Overlay`].
+//! Plain Rust; every front end (the FUSE session in `mount`, over /dev/fuse or io_uring)
+//! drives it through [`Overlay`].
 
 use std::io;
 use std::num::NonZeroUsize;

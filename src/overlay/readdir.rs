@@ -49,7 +49,7 @@ pub enum PlusEntry {
 /// Whether READDIRPLUS may leave out attributes (see the module's comment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bare {
-    /// Every entry with attributes (all the fuser front end can express).
+    /// Every entry with attributes (`readdirplus=full`).
     Never,
     Lazy,
 }
