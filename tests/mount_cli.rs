@@ -442,7 +442,7 @@ fn id_mappings_shift_owners_through_a_mount() {
         work.display()
     );
     run_ok(Command::new(BIN).arg("-o").arg(&opts).arg(&mnt));
-    let _guard = Unmounted(mnt.clone());
+    let _guard = StrataMountGuard(mnt.clone());
     let md = std::fs::metadata(mnt.join("f")).unwrap();
     assert_eq!((md.uid(), md.gid()), (100000, 200000), "shown shifted");
     std::os::unix::fs::chown(mnt.join("f"), Some(100005), Some(200007)).unwrap();
@@ -453,11 +453,4 @@ fn id_mappings_shift_owners_through_a_mount() {
     // An id outside the mapping cannot be written.
     let e = std::os::unix::fs::chown(mnt.join("f"), Some(42), None).unwrap_err();
     assert!(e.raw_os_error().is_some(), "{e}");
-}
-
-struct Unmounted(PathBuf);
-impl Drop for Unmounted {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
-    }
 }
