@@ -9,15 +9,16 @@
 //! - a trace saved from the access log makes the next mount download the job's files before
 //!   the job asks, and `stratafs report` says so;
 //! - rootless podman runs the image from the published `podmanStore`;
-//! - `stratafs convert --publish cvmfs:REPO` converts in one transaction, and a failing
-//!   convert publishes nothing.
+//! - `stratafs convert --publish cvmfs:REPO` publishes in one ingest, and a failing convert
+//!   publishes nothing; an image whose layers delete files (whiteouts, opaque directories) is
+//!   published entry for entry and, mounted from the client, equals `umoci unpack` of it.
 //!
 //! The CernVM-FS kit (client, server, scripts) is `../shared/cvmfs` beside the checkout, or
 //! `$STRATAFS_CVMFS_KIT`; scripts/setup.sh installs it.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,6 +126,12 @@ fn publish(dir: &Path, sub: &str) -> PathBuf {
     let p = client.join(sub);
     wait_until("the client sees the new revision", || p.is_dir());
     p
+}
+
+/// Remove `/cvmfs/REPO/<sub>` in one publish. By `ingest -d`: a transaction that deletes a
+/// file named `.wh.NAME` reads it as a whiteout and fails.
+fn unpublish(sub: &str) {
+    run_ok(Command::new("cvmfs_server").args(["ingest", "-d", sub, REPO]));
 }
 
 /// A name no earlier run published (the stratum-0 outlives test runs).
@@ -566,13 +573,11 @@ fn an_image_from_a_real_cernvm_fs_client() {
 
     drop(podman);
     // Leave the stratum-0 small: the next run publishes its own copy.
-    let empty = tmp.path().join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
-    publish(&empty, &sub);
+    unpublish(&sub);
 }
 
 #[test]
-fn convert_publishes_in_one_transaction_or_not_at_all() {
+fn convert_publishes_in_one_ingest_or_not_at_all() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let client = cvmfs_up();
     let tmp = tempfile::tempdir().unwrap();
@@ -589,6 +594,18 @@ fn convert_publishes_in_one_transaction_or_not_at_all() {
         )
     };
     let in_txn = || Path::new(&format!("/var/spool/cvmfs/{REPO}/in_transaction.lock")).exists();
+    let stages = || {
+        std::fs::read_dir(format!("/var/spool/cvmfs/{REPO}"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("stratafs-stage.")
+            })
+            .count()
+    };
 
     // --repo outside the repository's tree: refused before any transaction.
     let out = convert(
@@ -629,6 +646,7 @@ fn convert_publishes_in_one_transaction_or_not_at_all() {
         "a corrupt layer must fail the convert"
     );
     assert!(!in_txn(), "the transaction was aborted");
+    assert_eq!(stages(), 0, "the stage of a failed convert is removed");
     cvmfs_up();
     assert!(
         !client.join(&failed_sub).exists(),
@@ -644,6 +662,7 @@ fn convert_publishes_in_one_transaction_or_not_at_all() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!in_txn());
+    assert_eq!(stages(), 0);
     cvmfs_up();
     let published = client.join(&sub);
     let images = run_ok(
@@ -668,7 +687,130 @@ fn convert_publishes_in_one_transaction_or_not_at_all() {
             "hello from cvmfs\nthe one file the job reads\ndone\n"
         );
     }
-    let empty = tmp.path().join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
-    publish(&empty, &sub);
+    unpublish(&sub);
+}
+
+/// Layers that delete what earlier ones hold: an OCI whiteout, an opaque directory, a deleted
+/// directory, a path deleted and made again as another type.
+fn deleting_image(dir: &Path) -> PathBuf {
+    use TarEntry::*;
+    let l1 = tar_bytes(&[
+        Dir("etc/"),
+        File("etc/msg", b"hello\n"),
+        Dir("data/"),
+        Dir("data/keep/"),
+        File("data/keep/a", b"a\n"),
+        Dir("data/replace/"),
+        File("data/replace/old", b"old\n"),
+        File("data/replace/.hidden", b"h\n"),
+        File("data/gone", b"gone\n"),
+        Symlink("data/link", "keep/a"),
+        Dir("usr/"),
+        Dir("usr/share/"),
+        Dir("usr/share/doc/"),
+        Dir("usr/share/doc/pkg/"),
+        File("usr/share/doc/pkg/README", b"doc\n"),
+    ]);
+    let l2 = tar_bytes(&[
+        Dir("data/"),
+        File("data/.wh.gone", b""),
+        File("data/.wh.link", b""),
+        Dir("data/replace/"),
+        File("data/replace/.wh..wh..opq", b""),
+        File("data/replace/new", b"new\n"),
+        File("data/keep/b", b"b\n"),
+        Dir("usr/share/"),
+        File("usr/share/.wh.doc", b""),
+    ]);
+    let l3 = tar_bytes(&[
+        Dir("data/gone/"),
+        File("data/gone/back", b"back\n"),
+        File("data/link", b"a file now\n"),
+    ]);
+    let layout = dir.join("deleting-layout");
+    make_layout(&layout, "v1", &[l1, l2, l3]);
+    layout
+}
+
+/// A tree as an image's content: kind, mode, owner, content or target, mtime of non-directories.
+fn image_entries(root: &Path) -> BTreeMap<PathBuf, String> {
+    snapshot(root)
+        .into_iter()
+        .filter(|(p, _)| p != Path::new(""))
+        .map(|(p, e)| {
+            let mtime = if e.kind == "dir" { 0 } else { e.mtime.0 };
+            let v = format!(
+                "{} {:o} {}:{} {:?} {:?} {mtime}",
+                e.kind, e.mode, e.uid, e.gid, e.content, e.target
+            );
+            (p, v)
+        })
+        .collect()
+}
+
+#[test]
+fn published_whiteouts_and_opaque_directories_equal_umoci_unpack() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for t in ["umoci", "runuser", "fusermount3"] {
+        require_tool(t);
+    }
+    let client = cvmfs_up();
+    let tmp = shared_tempdir();
+    let layout = deleting_image(tmp.path());
+    let sub = format!("stratafs-e2e/deleting-{}", unique());
+    let out = convert(
+        Path::new(&format!("/cvmfs/{REPO}/{sub}")),
+        &layout,
+        "example.org/sci/deleting:1",
+        &["--publish", &format!("cvmfs:{REPO}")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cvmfs_up();
+    let published = client.join(&sub);
+    wait_until("the client sees the new revision", || published.is_dir());
+
+    // Every whiteout and opaque marker of the layer directories is on the client.
+    let markers = |root: &Path| -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else if name.starts_with(".wh.") {
+                    found.insert(e.path().strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        found
+    };
+    let local = markers(Path::new(&format!("/cvmfs/{REPO}/{sub}/.layers")));
+    assert_eq!(local.len(), 4, "{local:?}");
+    assert_eq!(markers(&published.join(".layers")), local);
+
+    // Mounted by name from the client, the image is what umoci unpacks.
+    let bundle = tmp.path().join("umoci-bundle");
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:v1", layout.display()))
+            .arg(&bundle),
+    );
+    let want = image_entries(&bundle.join("rootfs"));
+    assert!(want.contains_key(Path::new("data/gone/back")), "{want:?}");
+    assert!(!want.contains_key(Path::new("usr/share/doc")));
+    let mnt = user_dir(&tmp.path().join("mnt"));
+    let got = {
+        let _m = UserMount::new(&published, "example.org/sci/deleting:1", &mnt, &[]);
+        image_entries(&mnt)
+    };
+    assert_eq!(got, want);
+
+    unpublish(&sub);
 }

@@ -9,6 +9,7 @@ use super::Error;
 use crate::image::Error as ConvertError;
 use crate::image::convert::{self, Options};
 use crate::image::manifest::Platform;
+use crate::image::publish;
 use crate::image::recipe::Recipe;
 use crate::image::reference::{ImageName, Source};
 use crate::image::repo::Repo;
@@ -110,8 +111,9 @@ pub struct ConvertArgs {
     /// stalled or cut-off blob), with doubling waits from 1 s (a 429's Retry-After wins).
     #[arg(long, default_value_t = 3, value_name = "N")]
     retries: u32,
-    /// Convert inside one transaction of a CernVM-FS stratum-0 repository on this machine
-    /// and publish it at the end (aborted on any failure); --repo must be in /cvmfs/REPO.
+    /// Convert on a private overlay of the CernVM-FS stratum-0 repository REPO on this machine
+    /// (as root), then publish what changed in one ingest, whiteouts included (nothing on
+    /// any failure); --repo must be in /cvmfs/REPO.
     #[arg(long, value_name = "cvmfs:REPO")]
     publish: Option<String>,
     /// Images to convert.
@@ -287,16 +289,15 @@ fn run_convert(
     if name.is_some() && sources.len() != 1 {
         return Err(Error::Usage("option --name needs exactly one IMAGE".into()));
     }
-    let publish = publish
-        .map(|p| crate::image::publish::Target::parse(&p))
-        .transpose()?;
-    let txn = match &publish {
-        Some(t) => {
-            t.check_dir(&repo)?;
-            Some(crate::image::publish::Transaction::begin(t)?)
+    let publish = publish.map(|p| publish::Target::parse(&p)).transpose()?;
+    if let Some(t) = &publish {
+        t.check_dir(&repo)?;
+        // The first run stages: it runs this same command line again on a private overlay
+        // of the published tree, and publishes what that run changed.
+        if std::env::var_os(publish::STAGED_ENV).as_deref() != Some(t.fqrn.as_ref()) {
+            return publish_staged(t);
         }
-        None => None,
-    };
+    }
     // A run that fails before converting anything into a repository it created leaves none.
     let fresh = !repo.exists();
     let repo = Repo::open(&repo)?;
@@ -336,9 +337,8 @@ fn run_convert(
     let n = crate::image::podman_store::write(&repo)?;
     info!(images = n, "podmanStore updated");
     info!("{}", convert::describe(&s));
-    if let Some(txn) = txn {
+    if publish.is_some() {
         repo.close_clean()?;
-        txn.publish()?;
     }
     if json {
         println!(
@@ -347,6 +347,24 @@ fn run_convert(
         );
     }
     Ok(())
+}
+
+/// `convert --publish`: the convert staged, then its changes ingested.
+fn publish_staged(target: &publish::Target) -> Result<(), Error> {
+    let stage = publish::Stage::begin(target)?;
+    let exe = std::env::current_exe().map_err(|e| crate::image::Error::io("/proc/self/exe", e))?;
+    let status = stage
+        .command(&exe)?
+        .status()
+        .map_err(|e| crate::image::Error::Publish {
+            target: format!("cvmfs:{}", target.fqrn),
+            reason: format!("cannot start the convert on a private overlay: {e}"),
+        })?;
+    if !status.success() {
+        // It said why on stderr.
+        return Err(Error::Reported(status.code().unwrap_or(1)));
+    }
+    Ok(stage.publish()?)
 }
 
 fn run_images(ImagesArgs { repo }: ImagesArgs) -> Result<(), Error> {

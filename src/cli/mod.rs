@@ -82,6 +82,7 @@ fn subcommand(_name: &str) -> i32 {
     init_logging("info");
     match commands::run(c) {
         Ok(()) => 0,
+        Err(Error::Reported(code)) => code,
         Err(e) => {
             eprintln!("stratafs: {e}");
             1
@@ -106,6 +107,9 @@ pub enum Error {
     Image(#[from] crate::image::Error),
     #[error(transparent)]
     Mount(#[from] crate::mount::Error),
+    /// A child process ran the command and reported its failure itself: exit with its status.
+    #[error("exit status {0}")]
+    Reported(i32),
     #[cfg(feature = "snapshotter")]
     #[error(transparent)]
     Snapshotter(#[from] crate::snapshotter::Error),

@@ -1,17 +1,21 @@
-//! `stratafs convert --publish cvmfs:REPO`: the whole run inside one CernVM-FS transaction of
-//! the stratum-0 repository REPO, published at the end, aborted on any failure, so clients
-//! see either the repository before the run or after it, never half of it.
+//! `stratafs convert --publish cvmfs:REPO`: the convert runs staged on a private overlay of
+//! the published tree ([`stage`]), and what it changed ([`delta`]) goes into the stratum-0
+//! REPO by `cvmfs_server ingest`, whole and in one publish, or not at all.
 //!
-//! The repository directory given with `--repo` must lie in the transaction's writable tree,
-//! `/cvmfs/REPO[/SUBDIR]`. `cvmfs_server` does the work (it needs root or the repository's
-//! owner).
+//! The repository directory given with `--repo` must lie in `/cvmfs/REPO[/SUBDIR]`.
+//! `cvmfs_server` does the publishing (it needs root; so does the private overlay).
+
+pub mod delta;
+pub mod stage;
+
+pub use stage::{STAGED_ENV, Stage};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::error::Error as ConvertError;
 
-/// Where stratum-0 repositories are mounted for writing during a transaction.
+/// Where stratum-0 repositories are mounted (for writing during a transaction).
 const CVMFS_ROOT: &str = "/cvmfs";
 
 /// A parsed `--publish` target.
@@ -67,13 +71,8 @@ impl Target {
     }
 }
 
-/// An open transaction; aborted when dropped unless published.
-pub struct Transaction {
-    target: Target,
-    open: bool,
-}
-
-fn cvmfs_server(target: &Target, args: &[&str]) -> Result<(), ConvertError> {
+/// Run `cvmfs_server ARGS… REPO`; its last line of output is the error.
+pub(super) fn cvmfs_server(target: &Target, args: &[&str]) -> Result<(), ConvertError> {
     let fail = |reason: String| ConvertError::Publish {
         target: format!("cvmfs:{}", target.fqrn),
         reason,
@@ -88,48 +87,21 @@ fn cvmfs_server(target: &Target, args: &[&str]) -> Result<(), ConvertError> {
     }
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    // `cvmfs_server` ends a failure with the command it ran: the reason comes before.
     let last = text
         .lines()
         .map(str::trim)
-        .rfind(|l| !l.is_empty())
+        .rfind(|l| {
+            !l.is_empty()
+                && !l.starts_with("Executed Command")
+                && !l.starts_with("cvmfs_swissknife")
+        })
         .unwrap_or("no output")
         .to_string();
     Err(fail(format!(
         "cvmfs_server {} failed: {last}",
         args.join(" ")
     )))
-}
-
-impl Transaction {
-    pub fn begin(target: &Target) -> Result<Transaction, ConvertError> {
-        cvmfs_server(target, &["transaction"])?;
-        tracing::info!(repository = %target.fqrn, "CernVM-FS transaction open");
-        Ok(Transaction {
-            target: target.clone(),
-            open: true,
-        })
-    }
-
-    pub fn publish(mut self) -> Result<(), ConvertError> {
-        // A failed publish leaves the transaction open: dropping self aborts it.
-        let r = cvmfs_server(&self.target, &["publish"]);
-        if r.is_ok() {
-            self.open = false;
-            tracing::info!(repository = %self.target.fqrn, "published");
-        }
-        r
-    }
-}
-
-impl Drop for Transaction {
-    fn drop(&mut self) {
-        if self.open {
-            tracing::warn!(repository = %self.target.fqrn, "aborting the CernVM-FS transaction");
-            if let Err(e) = cvmfs_server(&self.target, &["abort", "-f"]) {
-                tracing::error!("{e}");
-            }
-        }
-    }
 }
 
 #[cfg(test)]
