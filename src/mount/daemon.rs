@@ -19,6 +19,11 @@ impl Ready {
         Ready(None)
     }
 
+    /// A server started by a keeper: it reports to the keeper on `fd`.
+    pub fn to_keeper(fd: OwnedFd) -> Ready {
+        Ready(Some(std::fs::File::from(fd)))
+    }
+
     /// The mount is live: release the waiting parent.
     pub fn ok(&mut self) {
         if let Some(mut f) = self.0.take() {

@@ -9,6 +9,8 @@ pub mod access;
 pub mod daemon;
 pub mod devfuse;
 pub mod error;
+pub mod journal;
+pub mod keeper;
 pub mod kernel;
 pub mod options;
 pub mod plan;

@@ -43,6 +43,8 @@ pub struct MountOptions {
     /// Over io_uring, hand the CPU to the caller a reply wakes (`handoff=on|off`; `None`:
     /// on for writable mounts, see [`crate::mount::uring`]).
     pub handoff: Option<bool>,
+    /// A keeper holds the connection and restarts a server that dies (`failover=on|off`).
+    pub failover: bool,
     /// Options that do not apply ([`NOT_APPLICABLE`]), accepted with a warning.
     pub ignored: Vec<String>,
 }
@@ -102,6 +104,7 @@ impl Default for MountOptions {
             readdirplus_lazy: true,
             writeback: false,
             handoff: None,
+            failover: true,
             ignored: Vec::new(),
         }
     }
@@ -257,6 +260,7 @@ impl MountOptions {
             "stats" => self.stats = Some(PathBuf::from(nonempty(key, val)?)),
             "writeback" => self.writeback = on_off(opt, val)?,
             "handoff" => self.handoff = Some(on_off(opt, val)?),
+            "failover" => self.failover = on_off(opt, val)?,
             "lookahead" => self.lookahead = on_off(opt, val)?,
             "readdirplus" => {
                 self.readdirplus_lazy = match val {
@@ -379,6 +383,7 @@ const KNOWN: &[&str] = &[
     "stats",
     "writeback",
     "handoff",
+    "failover",
     "lookahead",
     "readdirplus",
     "io_uring",

@@ -10,6 +10,8 @@ use tracing::{debug, info, warn};
 use super::Error;
 use super::daemon::{self, Ready};
 use super::devfuse;
+use super::journal::Journal;
+use super::keeper::{Keeper, ServeEnv};
 use super::options::{IoUring, MountOptions, Prefetch};
 use super::plan::MountPlan;
 use super::session::{Passthrough, Session};
@@ -21,14 +23,25 @@ use crate::stack::trace::Trace;
 
 /// Whether `path` (canonical) is already a mount point, and of what type.
 fn mounted_at(path: &Path) -> Option<String> {
+    mountinfo(path).map(|(_, fstype)| fstype)
+}
+
+/// The topmost mount at `path` (canonical): its device (`major:minor`) and type, from
+/// `/proc/self/mountinfo`, never from the mount itself (whose server may not answer).
+pub(crate) fn mountinfo(path: &Path) -> Option<(String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_string_lossy();
-    info.lines().find_map(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        let mp = unescape_mountinfo(fields.get(4)?);
-        let sep = fields.iter().position(|f| *f == "-")?;
-        (mp == want).then(|| fields.get(sep + 1).unwrap_or(&"?").to_string())
-    })
+    info.lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let mp = unescape_mountinfo(fields.get(4)?);
+            let sep = fields.iter().position(|f| *f == "-")?;
+            (mp == want).then(|| {
+                let dev = fields.get(2).unwrap_or(&"0:0").to_string();
+                (dev, fields.get(sep + 1).unwrap_or(&"?").to_string())
+            })
+        })
+        .last()
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -144,6 +157,9 @@ fn rings(opts: &MountOptions) -> Option<crate::mount::uring::Rings> {
 
 /// Mount `plan` and serve it. Returns only in the foreground or on error.
 pub fn run(plan: &MountPlan) -> Result<(), Error> {
+    if let Some(env) = ServeEnv::take() {
+        return serve_for_keeper(plan, env);
+    }
     let opts = &plan.options;
     for o in &opts.ignored {
         warn!(option = %o, "option does not apply here; ignored");
@@ -156,119 +172,277 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
     }
     // Layer roots are opened before mounting: the mountpoint may be the last lowerdir.
     let overlay = Arc::new(Overlay::with_config(&plan.overlay_config())?);
-    overlay.set_open_file_limit(open_file_budget());
+    if opts.failover {
+        // Checked; the server opens them again from the keeper's descriptors.
+        drop(overlay);
+        return keep(plan, &mountpoint);
+    }
     let mut ready = if plan.foreground {
         Ready::foreground()
     } else {
         daemon::fork()?
     };
-    let access = match &opts.access_log {
-        Some(f) => {
-            let layers: Vec<PathBuf> = plan
-                .layer_dirs()
-                .into_iter()
-                .map(|p| std::path::absolute(&p).unwrap_or(p))
-                .collect();
-            let log = crate::mount::access::AccessLog::create(f, &mountpoint, layers);
-            Some(Arc::new(or_fail(&mut ready, "access_log", f, log)?))
-        }
-        None => None,
-    };
-    let stats = match &opts.stats {
-        Some(f) => {
-            let s = Stats::create(f, &mountpoint);
-            Some(Arc::new(or_fail(&mut ready, "stats", f, s)?))
-        }
-        None => None,
-    };
-    let rings = rings(opts);
     let acl = super::kernel::acl(plan);
-    let fail = |ready: &mut Ready, e: io::Error| {
-        let e = Error::Mount {
-            path: mountpoint.clone(),
-            source: e,
-        };
-        ready.fail(&e.to_string());
-        e
-    };
     let dev = match super::kernel::mount(plan, &mountpoint, acl) {
         Ok(dev) => Arc::new(dev),
-        Err(e) => return Err(fail(&mut ready, e)),
+        Err(e) => return Err(mount_failed(&mut ready, &mountpoint, e)),
     };
-    let session = Session::new(Arc::clone(&overlay), Arc::clone(&dev), opts.passthrough)
-        .with_acl(acl)
-        .with_access_log(access.clone())
-        .with_stats(stats.clone())
-        .with_writeback(opts.writeback)
-        .with_bare_entries(if opts.readdirplus_lazy {
-            Bare::Lazy
-        } else {
-            Bare::Never
-        });
-    let init = match devfuse::handshake(&dev, &session, rings.is_some()) {
-        Ok(init) => init,
-        Err(e) => {
-            // Nothing is left mounted when the handshake fails.
-            super::kernel::unmount(&mountpoint);
-            return Err(fail(&mut ready, e));
-        }
+    let server = Server {
+        overlay,
+        dev,
+        ready,
+        mountpoint,
+        trace,
+        journal: None,
     };
-    let on_rings = init
-        .negotiated()
-        .is_some_and(|n| n.has(crate::mount::wire::init::OVER_IO_URING));
-    let on_rings = match (on_rings, rings) {
-        (true, Some(r)) => {
-            r.start(Arc::clone(&dev), session.clone());
-            true
-        }
-        _ => false,
+    server.serve(plan)
+}
+
+fn mount_failed(ready: &mut Ready, mountpoint: &Path, e: io::Error) -> Error {
+    let e = Error::Mount {
+        path: mountpoint.to_path_buf(),
+        source: e,
     };
-    info!(mountpoint = %mountpoint.display(), layers = plan.lowerdirs.len(), "mounted");
-    let daemonized = ready.is_daemon();
-    ready.ok();
-    if daemonized {
-        daemon::detach_stdio();
-    }
-    // Threads start here, in the process that serves the mount (after the fork).
-    if opts.lookahead {
-        crate::overlay::lookahead::start(&overlay, LOOKAHEAD_THREADS);
-    }
-    let prefetch = trace.map(|(t, from)| {
-        let p = Prefetcher::start(Arc::clone(&overlay), t, from, PREFETCH_THREADS);
-        if let Some(log) = &access {
-            log.watch_prefetch(Arc::clone(&p));
-        }
-        p
-    });
-    let threads = if on_rings {
-        1
+    ready.fail(&e.to_string());
+    e
+}
+
+/// The plan's layer directories in the keeper's order: lower ones top first, then the upper
+/// and work directories.
+fn keeper_dirs(cfg: &crate::overlay::Config) -> Vec<PathBuf> {
+    cfg.lowerdirs
+        .iter()
+        .cloned()
+        .chain(cfg.upper.iter().flat_map(|(u, w)| [u.clone(), w.clone()]))
+        .collect()
+}
+
+/// Mount with a keeper that holds the connection and runs the server ([`Keeper`]).
+fn keep(plan: &MountPlan, mountpoint: &Path) -> Result<(), Error> {
+    let cfg = plan.overlay_config();
+    let dirs = keeper_dirs(&cfg);
+    let layers = Keeper::open_layers(&dirs).map_err(|e| Error::Mount {
+        path: mountpoint.to_path_buf(),
+        source: e,
+    })?;
+    let journal = Journal::create().map_err(|e| Error::Daemon(format!("journal: {e}")))?;
+    let mut ready = if plan.foreground {
+        Ready::foreground()
     } else {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        opts.threads.unwrap_or((cores * 2).clamp(2, 8))
+        daemon::fork()?
     };
-    let ran = devfuse::serve(dev, session, threads).map_err(|e| {
-        // The connection is still there but nobody serves it: take the mount away.
-        super::kernel::unmount(&mountpoint);
-        Error::Mount {
-            path: mountpoint.clone(),
-            source: e,
-        }
-    });
-    if let Some(p) = &prefetch {
-        p.stop("unmounted");
+    let acl = super::kernel::acl(plan);
+    let dev = match super::kernel::mount(plan, mountpoint, acl) {
+        Ok(dev) => dev,
+        Err(e) => return Err(mount_failed(&mut ready, mountpoint, e)),
+    };
+    Keeper {
+        dev,
+        journal,
+        layers,
+        mountpoint: mountpoint.to_path_buf(),
+        upper: cfg.upper.as_ref().map(|(u, _)| u.clone()),
+        program: PathBuf::from("/proc/self/exe"),
     }
-    if let Some(s) = &stats {
-        info!(mountpoint = %mountpoint.display(), "{}", s.summary());
-        if let Err(e) = s.write() {
-            warn!("stats: {e}");
+    .run(ready)
+}
+
+/// A server started by a keeper: the overlay from the keeper's layer descriptors, the
+/// connection it holds; a restart takes up the journal.
+fn serve_for_keeper(plan: &MountPlan, env: ServeEnv) -> Result<(), Error> {
+    let mut cfg = plan.overlay_config();
+    let lowers = cfg.lowerdirs.len();
+    for (i, l) in cfg.lowerdirs.iter_mut().enumerate() {
+        if let Some(p) = env.layer_path(i) {
+            *l = p;
         }
     }
-    if let Some(log) = &access {
-        if let Err(e) = log.write() {
-            warn!("access log: {e}");
+    if let Some((u, w)) = &mut cfg.upper {
+        if let (Some(pu), Some(pw)) = (env.layer_path(lowers), env.layer_path(lowers + 1)) {
+            (*u, *w) = (pu, pw);
         }
     }
-    ran?;
-    info!(mountpoint = %mountpoint.display(), "unmounted");
-    Ok(())
+    let mut ready = Ready::to_keeper(env.ready);
+    let mountpoint = std::path::absolute(&plan.mountpoint).unwrap_or(plan.mountpoint.clone());
+    let overlay = match Overlay::with_config(&cfg) {
+        Ok(o) => Arc::new(o),
+        Err(e) => {
+            let e = Error::from(e);
+            ready.fail(&e.to_string());
+            return Err(e);
+        }
+    };
+    let journal = match Journal::from_fd(env.journal) {
+        Ok(j) => Arc::new(j),
+        Err(e) => {
+            let e = Error::Daemon(format!("journal: {e}"));
+            ready.fail(&e.to_string());
+            return Err(e);
+        }
+    };
+    // A restart reads nothing ahead: the files were read, or are being read, already.
+    let trace = if env.restart { None } else { load_trace(plan)? };
+    let server = Server {
+        overlay,
+        dev: Arc::new(env.dev),
+        ready,
+        mountpoint,
+        trace,
+        journal: Some((journal, env.restart)),
+    };
+    server.serve(plan)
+}
+
+/// One server of a mounted connection.
+struct Server {
+    overlay: Arc<Overlay>,
+    dev: Arc<std::os::fd::OwnedFd>,
+    ready: Ready,
+    mountpoint: PathBuf,
+    trace: Option<(Trace, PathBuf)>,
+    /// The keeper's journal, and whether this server takes over from a dead one.
+    journal: Option<(Arc<Journal>, bool)>,
+}
+
+impl Server {
+    fn serve(self, plan: &MountPlan) -> Result<(), Error> {
+        let Server {
+            overlay,
+            dev,
+            mut ready,
+            mountpoint,
+            trace,
+            journal,
+        } = self;
+        let opts = &plan.options;
+        overlay.set_open_file_limit(open_file_budget());
+        let restart = journal.as_ref().is_some_and(|(_, r)| *r);
+        // A restart leaves the earlier server's access log and statistics alone.
+        let access = match &opts.access_log {
+            Some(f) if !restart => {
+                let layers: Vec<PathBuf> = plan
+                    .layer_dirs()
+                    .into_iter()
+                    .map(|p| std::path::absolute(&p).unwrap_or(p))
+                    .collect();
+                let log = crate::mount::access::AccessLog::create(f, &mountpoint, layers);
+                Some(Arc::new(or_fail(&mut ready, "access_log", f, log)?))
+            }
+            _ => None,
+        };
+        let stats = match &opts.stats {
+            Some(f) if !restart => {
+                let s = Stats::create(f, &mountpoint);
+                Some(Arc::new(or_fail(&mut ready, "stats", f, s)?))
+            }
+            _ => None,
+        };
+        let acl = super::kernel::acl(plan);
+        let mut session = Session::new(Arc::clone(&overlay), Arc::clone(&dev), opts.passthrough)
+            .with_acl(acl)
+            .with_access_log(access.clone())
+            .with_stats(stats.clone())
+            .with_writeback(opts.writeback)
+            .with_bare_entries(if opts.readdirplus_lazy {
+                Bare::Lazy
+            } else {
+                Bare::Never
+            });
+        let mut saved = None;
+        if let Some((j, restart)) = &journal {
+            let mut replay = j.replay();
+            saved = replay.init.take();
+            session = session.with_journal(Arc::clone(j), restart.then_some(replay));
+        }
+        let on_rings = match (restart, saved) {
+            (true, Some(init)) => {
+                let Some(n) = init.negotiated() else {
+                    let e = Error::Daemon("the journal's INIT cannot be read".into());
+                    ready.fail(&e.to_string());
+                    return Err(e);
+                };
+                session.resume(&n);
+                // What the dead server read and never answered comes again.
+                if let Err(e) = session.request_resend() {
+                    warn!(error = %e, "FUSE_NOTIFY_RESEND not sent: requests in flight wait for ever");
+                }
+                info!(mountpoint = %mountpoint.display(), "serving again after a server died");
+                false
+            }
+            _ => {
+                let rings = rings(opts);
+                let init = match devfuse::handshake(&dev, &session, rings.is_some()) {
+                    Ok(init) => init,
+                    Err(e) => {
+                        // Nothing is left mounted when the handshake fails.
+                        super::kernel::unmount(&mountpoint);
+                        return Err(mount_failed(&mut ready, &mountpoint, e));
+                    }
+                };
+                if let Some((j, _)) = &journal {
+                    j.init(&init);
+                }
+                let on_rings = init
+                    .negotiated()
+                    .is_some_and(|n| n.has(crate::mount::wire::init::OVER_IO_URING));
+                match (on_rings, rings) {
+                    (true, Some(r)) => {
+                        r.start(Arc::clone(&dev), session.clone());
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if !restart {
+            info!(mountpoint = %mountpoint.display(), layers = plan.lowerdirs.len(), "mounted");
+        }
+        let daemonized = ready.is_daemon() && !plan.foreground;
+        ready.ok();
+        if daemonized {
+            daemon::detach_stdio();
+        }
+        // Threads start here, in the process that serves the mount (after the fork).
+        if opts.lookahead {
+            crate::overlay::lookahead::start(&overlay, LOOKAHEAD_THREADS);
+        }
+        let prefetch = trace.map(|(t, from)| {
+            let p = Prefetcher::start(Arc::clone(&overlay), t, from, PREFETCH_THREADS);
+            if let Some(log) = &access {
+                log.watch_prefetch(Arc::clone(&p));
+            }
+            p
+        });
+        let threads = if on_rings {
+            1
+        } else {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            opts.threads.unwrap_or((cores * 2).clamp(2, 8))
+        };
+        let ran = devfuse::serve(dev, session, threads).map_err(|e| {
+            // The connection is still there but nobody serves it: take the mount away.
+            super::kernel::unmount(&mountpoint);
+            Error::Mount {
+                path: mountpoint.clone(),
+                source: e,
+            }
+        });
+        if let Some(p) = &prefetch {
+            p.stop("unmounted");
+        }
+        if let Some(s) = &stats {
+            info!(mountpoint = %mountpoint.display(), "{}", s.summary());
+            if let Err(e) = s.write() {
+                warn!("stats: {e}");
+            }
+        }
+        if let Some(log) = &access {
+            if let Err(e) = log.write() {
+                warn!("access log: {e}");
+            }
+        }
+        ran?;
+        info!(mountpoint = %mountpoint.display(), "unmounted");
+        Ok(())
+    }
 }

@@ -338,6 +338,13 @@ impl InodeTable {
         }
     }
 
+    /// Count `n` more kernel references to a live node.
+    pub fn add_refs(&self, node: &Node, n: u64) {
+        if let Some(e) = self.nodes.get(&node.ino) {
+            e.lookups.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+
     /// Drop `n` kernel references; the node goes when none are left.
     /// Returns whether the node went.
     pub fn forget(&self, ino: Ino, n: u64) -> bool {

@@ -430,8 +430,10 @@ impl Overlay {
         resolve::child(&self.layers, &dir_layers[start..], &dir.path(), name)
     }
 
-    pub fn forget(&self, ino: Ino, n: u64) {
-        if self.names.table.forget(ino, n) {
+    /// Drop `n` kernel references to `ino`; whether the node went.
+    pub fn forget(&self, ino: Ino, n: u64) -> bool {
+        let gone = self.names.table.forget(ino, n);
+        if gone {
             self.evict_file(ino);
             // After the kernel drops its caches, give the freed nodes and listings back to the
             // system instead of keeping them in malloc's free lists.
@@ -440,6 +442,35 @@ impl Overlay {
                 unsafe { libc::malloc_trim(0) };
             }
         }
+        gone
+    }
+
+    /// Whether the kernel's node `ino` is live here.
+    pub fn has_node(&self, ino: Ino) -> bool {
+        self.names.table.get(ino).is_some()
+    }
+
+    /// Take up node `ino`, which an earlier server told the kernel is `name` in `parent`
+    /// (live here): the entry found there gets that number, and as many references as the
+    /// kernel may hold (over-counting keeps a node longer; under-counting would drop one the
+    /// kernel still uses). ESTALE when the name is gone or is another file now.
+    pub fn adopt(&self, parent: Ino, name: &[u8], ino: Ino) -> io::Result<()> {
+        let dir = self.node(parent)?;
+        let _ns = self.ns.read_recursive();
+        let Some((layers, st)) = self.resolve(&dir, name, false)? else {
+            return Err(errno(libc::ESTALE));
+        };
+        let real = self.compose_ino(&self.layers[layers[0] as usize], st.st_ino);
+        if self.names.number_of(real) != ino {
+            self.names.keep_number(real, ino);
+        }
+        let node = self.node_for(&dir, name, layers, &st);
+        if node.ino != ino {
+            self.forget(node.ino, 1);
+            return Err(errno(libc::ESTALE));
+        }
+        self.names.table.add_refs(&node, 1 << 40);
+        Ok(())
     }
 
     /// Build the merged listing of a directory if it has none yet; it is kept while the node

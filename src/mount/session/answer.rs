@@ -29,10 +29,6 @@ fn lacks_fsetid(h: &InHeader) -> Option<u32> {
     super::requests::lacks_fsetid(h.uid, h.gid)
 }
 
-fn entry(out: &mut Out<'_>, r: io::Result<Attr>) -> Answer {
-    r.map(|a| out.entry(Some(&a), TTL.as_secs())).map_err(errno)
-}
-
 /// The stats line a request is counted under.
 fn op_of(a: &Args<'_>) -> Option<Op> {
     Some(match a {
@@ -98,6 +94,22 @@ fn set_attr(a: &SetattrIn, h: &InHeader) -> SetAttr {
 }
 
 impl Session {
+    /// An entry reply for `name` made in `parent`.
+    fn entry(&self, out: &mut Out<'_>, r: io::Result<Attr>, parent: u64, name: &[u8]) -> Answer {
+        let a = r.map_err(errno)?;
+        self.note_node(a.ino, parent, name);
+        out.entry(Some(&a), TTL.as_secs());
+        Ok(())
+    }
+
+    fn forget_node(&self, ino: u64, n: u64) {
+        if self.ov.forget(ino, n) {
+            if let Some(j) = self.journal() {
+                j.forget(ino);
+            }
+        }
+    }
+
     pub(super) fn answer(&self, h: &InHeader, args: Args<'_>, out: &mut Out<'_>) -> Answer {
         let _t = op_of(&args).and_then(|op| self.timed(op));
         if !self.allowed(h) {
@@ -120,7 +132,12 @@ impl Session {
         let r = match args {
             Args::Open { flags } => self
                 .open_handle(ino, flags as i32, lacks_fsetid(h))
-                .map(|fh| out.open_out(fh, wire::FOPEN_KEEP_CACHE))
+                .map(|fh| {
+                    if let Some(j) = self.journal() {
+                        j.open(fh, ino, flags);
+                    }
+                    out.open_out(fh, wire::FOPEN_KEEP_CACHE)
+                })
                 .map_err(errno),
             Args::Create {
                 name,
@@ -129,6 +146,10 @@ impl Session {
                 flags,
             } => match self.create_file(ino, name, mode, caller(h, umask)) {
                 Ok((a, fh)) => {
+                    self.note_node(a.ino, ino, name);
+                    if let Some(j) = self.journal() {
+                        j.open(fh, a.ino, flags);
+                    }
                     out.entry(Some(&a), ttl);
                     out.open_out(fh, super::create_open_flags(flags));
                     Ok(())
@@ -137,7 +158,7 @@ impl Session {
             },
             Args::Mkdir { name, mode, umask } => {
                 let r = self.make(ino, name, NewEntry::Dir, mode, caller(h, umask));
-                entry(out, r)
+                self.entry(out, r, ino, name)
             }
             Args::Mknod {
                 name,
@@ -150,23 +171,50 @@ impl Session {
                 } else {
                     NewEntry::Node(rdev as u64)
                 };
-                entry(out, self.make(ino, name, what, mode, caller(h, umask)))
+                self.entry(
+                    out,
+                    self.make(ino, name, what, mode, caller(h, umask)),
+                    ino,
+                    name,
+                )
             }
             Args::Symlink { name, target } => {
                 let (what, mode) = (NewEntry::Symlink(target), libc::S_IFLNK | 0o777);
-                entry(out, self.make(ino, name, what, mode, caller(h, 0)))
+                self.entry(
+                    out,
+                    self.make(ino, name, what, mode, caller(h, 0)),
+                    ino,
+                    name,
+                )
             }
-            Args::Link { old, name } => entry(out, self.hard_link(old, ino, name)),
-            Args::Unlink { name } => self.ov.remove(ino, name, false).map_err(errno),
-            Args::Rmdir { name } => self.ov.remove(ino, name, true).map_err(errno),
+            Args::Link { old, name } => self.entry(out, self.hard_link(old, ino, name), ino, name),
+            Args::Unlink { name } | Args::Rmdir { name } => {
+                let gone = self.peek(ino, name);
+                let dir = h.opcode == wire::op::RMDIR;
+                let r = self.ov.remove(ino, name, dir).map_err(errno);
+                if r.is_ok() {
+                    self.note_moves(&[], &[gone]);
+                }
+                r
+            }
             Args::Rename {
                 newdir,
                 name,
                 newname,
                 flags,
-            } => self
-                .rename_entry((ino, name), (newdir, newname), flags)
-                .map_err(errno),
+            } => {
+                let (src, dst) = (self.peek(ino, name), self.peek(newdir, newname));
+                let r = self
+                    .rename_entry((ino, name), (newdir, newname), flags)
+                    .map_err(errno);
+                if r.is_err() {
+                } else if flags & libc::RENAME_EXCHANGE != 0 {
+                    self.note_moves(&[(src, newdir, newname), (dst, ino, name)], &[]);
+                } else {
+                    self.note_moves(&[(src, newdir, newname)], &[dst]);
+                }
+                r
+            }
             Args::Setattr(a) => {
                 let fh = (a.valid & fattr::FH != 0).then_some(a.fh);
                 self.set_attr(ino, &set_attr(&a, h), fh)
@@ -209,15 +257,18 @@ impl Session {
             Args::Lookup { name } => {
                 // A negative entry the kernel may cache as long as a positive one.
                 let a = self.lookup_attr(ino, name).map_err(errno)?;
+                if let Some(a) = &a {
+                    self.note_node(a.ino, ino, name);
+                }
                 out.entry(a.as_ref(), ttl);
             }
             Args::Forget { nlookup } => {
-                ov.forget(ino, nlookup);
+                self.forget_node(ino, nlookup);
                 return Err(None);
             }
             Args::BatchForget { items } => {
                 for it in items.chunks_exact(16) {
-                    ov.forget(wire::u64_at(it, 0), wire::u64_at(it, 8));
+                    self.forget_node(wire::u64_at(it, 0), wire::u64_at(it, 8));
                 }
                 return Err(None);
             }
@@ -257,7 +308,10 @@ impl Session {
             Args::Readdirplus { offset, size } => {
                 out.limit(size as usize);
                 ov.read_dir_plus(ino, offset, self.bare, |e| !match e.entry {
-                    PlusEntry::Linked(a) => out.direntplus(&a, ttl, e.next, e.name),
+                    PlusEntry::Linked(a) => {
+                        self.note_node(a.ino, ino, e.name);
+                        out.direntplus(&a, ttl, e.next, e.name)
+                    }
                     PlusEntry::Dot(a) => out.direntplus(&a, 0, e.next, e.name),
                     PlusEntry::Bare { ino, kind } => out.direntplus_bare(ino, kind, e.next, e.name),
                 })

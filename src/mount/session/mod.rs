@@ -12,6 +12,7 @@ mod answer;
 mod backing;
 pub mod init;
 mod requests;
+mod resume;
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -109,6 +110,12 @@ pub struct Shared {
     unmounted: Once,
     /// The notifier thread's queue, once started.
     notifier: std::sync::OnceLock<crossbeam_channel::Sender<Stale>>,
+    /// What the kernel knows, kept for a server that takes over (`failover`).
+    journal: Option<Arc<crate::mount::journal::Journal>>,
+    /// Node ids an earlier server gave out, not taken up yet: (parent, name).
+    adoptable: DashMap<u64, (u64, Box<[u8]>)>,
+    /// Handles an earlier server gave out, not opened again yet: (node, flags).
+    reopenable: DashMap<u64, (u64, u32)>,
 }
 
 impl Session {
@@ -130,6 +137,9 @@ impl Session {
             bare: Bare::Lazy,
             unmounted: Once::new(),
             notifier: std::sync::OnceLock::new(),
+            journal: None,
+            adoptable: DashMap::new(),
+            reopenable: DashMap::new(),
         }))
     }
 
@@ -181,14 +191,20 @@ impl Session {
     /// that panics is answered EIO: a transport's thread must outlive any request, since the
     /// kernel would wait on it.
     pub fn serve(&self, h: &InHeader, op_in: &[u8], data: &[u8], out: &mut [u8]) -> Reply {
+        if let Some(r) = self.saved_reply(h, out) {
+            return r;
+        }
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut o = Out::new(out);
             match wire::decode(h.opcode, op_in, data) {
-                Ok(args) => self.answer(h, args, &mut o).map(|()| o.len()),
+                Ok(args) => {
+                    self.take_up(h, &args).map_err(Some)?;
+                    self.answer(h, args, &mut o).map(|()| o.len())
+                }
                 Err(e) => Err(Some(e)),
             }
         }));
-        match r {
+        let reply = match r {
             Ok(Ok(len)) => Reply::Data(len),
             Ok(Err(Some(e))) => Reply::Error(e),
             Ok(Err(None)) => Reply::None,
@@ -196,7 +212,13 @@ impl Session {
                 error!(opcode = h.opcode, "request handler panicked; answered EIO");
                 Reply::Error(libc::EIO)
             }
+        };
+        if self.journal.is_some() {
+            let reply = self.settle_resent(h, reply);
+            self.record_reply(h, reply, out);
+            return reply;
         }
+        reply
     }
 
     /// Whether a request may have left the kernel's caches stale: then the transport calls
@@ -299,6 +321,10 @@ impl Session {
 
     /// Forget handle `fh` and its backing file's use.
     pub(crate) fn release_handle(&self, fh: u64) {
+        if let Some(j) = self.journal() {
+            j.release(fh);
+        }
+        self.reopenable.remove(&fh);
         if let Some((_, h)) = self.handles.remove(&fh) {
             if h.passthrough {
                 self.backings.lock().release(h.ino);

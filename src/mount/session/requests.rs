@@ -69,9 +69,14 @@ impl Session {
     }
 
     pub(crate) fn add_handle(&self, ino: u64, fd: OwnedFd, writable: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.insert_handle(fh, ino, fd, writable);
+        fh
+    }
+
+    pub(crate) fn insert_handle(&self, fh: u64, ino: u64, fd: OwnedFd, writable: bool) {
         let fd = Arc::new(fd);
         self.ov.opened(ino, &fd);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.insert(
             fh,
             Handle {
@@ -81,7 +86,6 @@ impl Session {
                 writable,
             },
         );
-        fh
     }
 
     /// The descriptor behind a handle opened for writing.

@@ -118,6 +118,8 @@ pub mod fattr {
 pub mod notify {
     pub const INVAL_INODE: i32 = 2;
     pub const INVAL_ENTRY: i32 = 3;
+    /// FUSE_NOTIFY_RESEND: requests read but not answered go back to the queue.
+    pub const RESEND: i32 = 7;
 }
 
 /// `FUSE_WRITE_KILL_SUIDGID` in `fuse_write_in.write_flags`.

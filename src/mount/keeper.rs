@@ -1,0 +1,346 @@
+//! The keeper: the process that holds a mount's connection so that its server may die.
+//!
+//! A connection lives while any process holds its `/dev/fuse` file. The keeper makes the
+//! mount, then runs the server: this same program with the same command line, handed the
+//! descriptor, the [`Journal`], the layer roots (opened before the mount, which may hide one
+//! of them) and a pipe to say it is ready ([`ServeEnv`]). When the server dies while the
+//! mount is live, the keeper starts another on the same connection; it resumes from the
+//! journal and asks the kernel to resend what was in flight. More than [`MAX_RESTARTS`] in
+//! [`WINDOW`]: the keeper takes the mount away and exits 1, so nothing ever hangs.
+//!
+//! One keeper per mount, not one per node: it shares nothing with other mounts, so a bug or
+//! a kill hits one mount only, and it is small (a fork of the mount command, which never
+//! loads the image: no threads, no caches).
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::daemon::Ready;
+use super::journal::Journal;
+use super::wire::init;
+
+/// Restarts allowed within [`WINDOW`] before the keeper gives up.
+pub const MAX_RESTARTS: usize = 5;
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+const ENV: &str = "STRATAFS_SERVE";
+
+/// What a server is handed by its keeper (in the environment: descriptor numbers).
+#[derive(Debug)]
+pub struct ServeEnv {
+    pub dev: OwnedFd,
+    pub journal: OwnedFd,
+    /// Where to say "ok" or "err:REASON", once.
+    pub ready: OwnedFd,
+    /// The layer roots in plan order (lower layers top first, then the upper and work
+    /// directories): open them through `/proc/self/fd/N`.
+    pub layers: Vec<RawFd>,
+    /// Whether this server is a restart (not the first start).
+    pub restart: bool,
+}
+
+impl ServeEnv {
+    /// The handover, if this process is a server started by a keeper. The variable is
+    /// removed, so nothing this process starts takes it for its own.
+    pub fn take() -> Option<ServeEnv> {
+        let v = std::env::var(ENV).ok()?;
+        // SAFETY: single-threaded at this point (the CLI has only parsed its arguments).
+        unsafe { std::env::remove_var(ENV) };
+        let mut fields = std::collections::HashMap::new();
+        for kv in v.split(';') {
+            let (k, val) = kv.split_once('=')?;
+            fields.insert(k, val);
+        }
+        let fd = |k: &str| -> Option<OwnedFd> {
+            let n: RawFd = fields.get(k)?.parse().ok()?;
+            // SAFETY: the keeper passed this descriptor to us, and nobody else owns it here.
+            Some(unsafe { OwnedFd::from_raw_fd(n) })
+        };
+        let layers = fields
+            .get("layers")?
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().ok())
+            .collect::<Option<Vec<RawFd>>>()?;
+        Some(ServeEnv {
+            dev: fd("dev")?,
+            journal: fd("journal")?,
+            ready: fd("ready")?,
+            layers,
+            restart: fields.get("restart") == Some(&"1"),
+        })
+    }
+
+    /// Where the server opens layer `i` of the plan's order.
+    pub fn layer_path(&self, i: usize) -> Option<PathBuf> {
+        self.layers
+            .get(i)
+            .map(|fd| PathBuf::from(format!("/proc/self/fd/{fd}")))
+    }
+}
+
+pub struct Keeper {
+    pub dev: OwnedFd,
+    pub journal: Journal,
+    pub layers: Vec<OwnedFd>,
+    pub mountpoint: PathBuf,
+    pub upper: Option<PathBuf>,
+    /// The program servers run: this one, as it was when the keeper started.
+    pub program: PathBuf,
+}
+
+impl Keeper {
+    /// Open the layer roots the server will need, before the mount may cover one.
+    pub fn open_layers(dirs: &[PathBuf]) -> std::io::Result<Vec<OwnedFd>> {
+        dirs.iter()
+            .map(|d| {
+                rustix::fs::open(
+                    d,
+                    rustix::fs::OFlags::PATH
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(std::io::Error::from)
+            })
+            .collect()
+    }
+
+    fn spawn(&self, restart: bool) -> std::io::Result<(std::process::Child, std::fs::File)> {
+        let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let pass: Vec<RawFd> = [
+            self.dev.as_raw_fd(),
+            self.journal.fd().as_raw_fd(),
+            wr.as_raw_fd(),
+        ]
+        .into_iter()
+        .chain(self.layers.iter().map(|l| l.as_raw_fd()))
+        .collect();
+        let layers: Vec<String> = self
+            .layers
+            .iter()
+            .map(|l| l.as_raw_fd().to_string())
+            .collect();
+        let env = format!(
+            "dev={};journal={};ready={};layers={};restart={}",
+            pass[0],
+            pass[1],
+            pass[2],
+            layers.join(","),
+            u8::from(restart)
+        );
+        let mut cmd = Command::new(&self.program);
+        if let Some(arg0) = std::env::args_os().next() {
+            cmd.arg0(arg0);
+        }
+        cmd.args(std::env::args_os().skip(1)).env(ENV, env);
+        // SAFETY: only fcntl between fork and exec, on descriptors this process owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &pass {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(wr);
+        Ok((child, std::fs::File::from(rd)))
+    }
+
+    /// Whether the connection is still live (not unmounted, not aborted).
+    fn alive(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.dev.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd on a descriptor we own, no wait.
+        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        r >= 0 && p.revents & libc::POLLERR == 0
+    }
+
+    /// End the connection for good (every waiting request fails with ENOTCONN) and take the
+    /// mount away.
+    fn give_up(&self) {
+        if let Some(conn) = connection_of(&self.mountpoint) {
+            let _ = std::fs::write(format!("/sys/fs/fuse/connections/{conn}/abort"), "1");
+        }
+        super::kernel::unmount(&self.mountpoint);
+    }
+
+    /// Start the server and keep one running until the mount ends. `ready` is released once
+    /// the first server serves.
+    pub fn run(self, mut ready: Ready) -> Result<(), super::Error> {
+        let status = Status::path_for(&self.mountpoint);
+        if status.is_none() {
+            warn!(mountpoint = %self.mountpoint.display(), "not in the mount table: no status file");
+        }
+        let mut starts: VecDeque<Instant> = VecDeque::new();
+        let mut restarts = 0u32;
+        let mut first = true;
+        loop {
+            let (mut child, mut pipe) = match self.spawn(!first) {
+                Ok(c) => c,
+                Err(e) => {
+                    let msg = format!(
+                        "{}: cannot start the server: {e}",
+                        self.mountpoint.display()
+                    );
+                    if first {
+                        super::kernel::unmount(&self.mountpoint);
+                        ready.fail(&msg);
+                    }
+                    self.give_up();
+                    return Err(super::Error::Daemon(msg));
+                }
+            };
+            let mut said = String::new();
+            let _ = pipe.read_to_string(&mut said);
+            let line = said.lines().next().unwrap_or("").to_string();
+            if first {
+                if line == "ok" {
+                    let daemon = ready.is_daemon();
+                    ready.ok();
+                    if daemon {
+                        super::daemon::detach_stdio();
+                    }
+                } else {
+                    let _ = child.wait();
+                    super::kernel::unmount(&self.mountpoint);
+                    let reason = line
+                        .strip_prefix("err:")
+                        .unwrap_or("the server exited before the mount was live")
+                        .to_string();
+                    ready.fail(&reason);
+                    return Err(super::Error::Daemon(reason));
+                }
+                first = false;
+            }
+            let on_rings = self
+                .journal
+                .replay()
+                .init
+                .and_then(|i| i.negotiated())
+                .is_some_and(|n| n.has(init::OVER_IO_URING));
+            let st = Status {
+                keeper: std::process::id(),
+                server: child.id(),
+                restarts,
+                transport: if on_rings { "io_uring" } else { "dev" }.to_string(),
+                upper: self.upper.clone(),
+                mountpoint: self.mountpoint.clone(),
+            };
+            if let Some(p) = &status {
+                st.write(p);
+            }
+            let exit = child.wait();
+            if exit.as_ref().is_ok_and(|s| s.success()) || !self.alive() {
+                if let Some(p) = &status {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Ok(());
+            }
+            let how = match exit {
+                Ok(s) => match s.signal() {
+                    Some(sig) => format!("killed by signal {sig}"),
+                    None => format!("exit status {}", s.code().unwrap_or(-1)),
+                },
+                Err(e) => e.to_string(),
+            };
+            let now = Instant::now();
+            starts.push_back(now);
+            while starts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > WINDOW)
+            {
+                starts.pop_front();
+            }
+            if on_rings || starts.len() > MAX_RESTARTS {
+                let why = if on_rings {
+                    "a mount served over io_uring cannot be taken over".to_string()
+                } else {
+                    format!("{} restarts within {} s", starts.len(), WINDOW.as_secs())
+                };
+                let msg = format!(
+                    "{}: the server died ({how}); {why}: mount ended",
+                    self.mountpoint.display()
+                );
+                error!("{msg}");
+                self.give_up();
+                if let Some(p) = &status {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(super::Error::Daemon(msg));
+            }
+            restarts += 1;
+            warn!(mountpoint = %self.mountpoint.display(), restarts, "the server died ({how}); starting another on the same connection");
+            info!("restart {restarts}");
+        }
+    }
+}
+
+/// The FUSE connection number of the mount at `p` (its `/sys/fs/fuse/connections` name), read
+/// from the mount table: a stat would wait for a server that may be gone.
+pub fn connection_of(p: &Path) -> Option<u64> {
+    let p = std::path::absolute(p).ok()?;
+    let (dev, fstype) = super::run::mountinfo(&p)?;
+    if !fstype.starts_with("fuse") {
+        return None;
+    }
+    let (major, minor) = dev.split_once(':')?;
+    Some(major.parse::<u64>().ok()? << 20 | minor.parse::<u64>().ok()?)
+}
+
+/// What `stratafs status` reports, written by the keeper where it can find it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub keeper: u32,
+    pub server: u32,
+    pub restarts: u32,
+    pub transport: String,
+    pub upper: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+}
+
+impl Status {
+    /// `<runtime dir>/stratafs/<connection>.json`: `/run` for root, `$XDG_RUNTIME_DIR` or
+    /// `/tmp/stratafs-UID` for others.
+    pub fn path_for(mountpoint: &Path) -> Option<PathBuf> {
+        let conn = connection_of(mountpoint)?;
+        Some(runtime_dir().join(format!("{conn}.json")))
+    }
+
+    fn write(&self, p: &Path) {
+        let text = serde_json::to_vec(self).expect("serialisable");
+        let tmp = p.with_extension("tmp");
+        let r = p
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, p));
+        if let Err(e) = r {
+            warn!("status file {}: {e}", p.display());
+        }
+    }
+}
+
+pub fn runtime_dir() -> PathBuf {
+    let uid = rustix::process::geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/stratafs");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if Path::new(&d).is_dir() => Path::new(&d).join("stratafs"),
+        _ => PathBuf::from(format!("/tmp/stratafs-{}", uid.as_raw())),
+    }
+}
