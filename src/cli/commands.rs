@@ -48,6 +48,12 @@ pub enum Cmd {
     Gc(GcArgs),
     /// Remove images from the repository by name (their layers stay until `gc`).
     Rmi(RmiArgs),
+    /// Show who serves a mount: the server and keeper processes, restarts, the transport,
+    /// the writable layer.
+    Status(StatusArgs),
+    /// Hand a live mount to another stratafs binary (after a package upgrade): the keeper
+    /// starts it on the same connection; no request fails.
+    Upgrade(UpgradeArgs),
     /// Serve containerd's Snapshots API on a unix socket (a proxy snapshotter): layers the
     /// repository holds are used in place, container roots are stratafs mounts.
     #[cfg(feature = "snapshotter")]
@@ -199,8 +205,37 @@ pub struct RmiArgs {
     names: Vec<String>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[arg(value_name = "MOUNTPOINT")]
+    mountpoint: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    #[arg(value_name = "MOUNTPOINT")]
+    mountpoint: PathBuf,
+    /// The binary to serve the mount from now on (default: this one).
+    #[arg(long, value_name = "PATH")]
+    binary: Option<PathBuf>,
+}
+
 pub fn run(c: Commands) -> Result<(), Error> {
     match c.cmd {
+        Cmd::Status(a) => {
+            print!("{}", crate::mount::keeper::status(&a.mountpoint)?);
+            Ok(())
+        }
+        Cmd::Upgrade(a) => {
+            let binary = match a.binary {
+                Some(b) => b,
+                None => std::env::current_exe()
+                    .map_err(|e| crate::mount::Error::Daemon(format!("/proc/self/exe: {e}")))?,
+            };
+            let s = crate::mount::keeper::upgrade(&a.mountpoint, &binary)?;
+            print!("{s}");
+            Ok(())
+        }
         Cmd::Convert(a) => run_convert(a),
         Cmd::Images(a) => run_images(a),
         Cmd::Mount(a) => run_mount(a),
@@ -447,8 +482,11 @@ fn run_mount(
         opts.prefetch = crate::mount::options::Prefetch::Off;
     }
     // A mountpoint that cannot be used is the one line printed, with no log line before it.
-    crate::mount::run::check_mountpoint(&mountpoint)?;
-    info!(image = %what, layers = dirs.len(), "mounting");
+    // (A keeper's server finds it mounted, by its keeper, and must not look: nobody answers.)
+    if !crate::mount::keeper::is_server() {
+        crate::mount::run::check_mountpoint(&mountpoint)?;
+        info!(image = %what, layers = dirs.len(), "mounting");
+    }
     let plan = MountPlan::new(opts, Some(dirs), mountpoint)?
         .foreground(foreground)
         .with_found_trace(trace);

@@ -17,7 +17,9 @@ pub const SUBCOMMANDS: &[&str] = &[
     "report",
     "rmi",
     "snapshotter",
+    "status",
     "trace",
+    "upgrade",
 ];
 
 /// The subcommand `arg` is a typo of, when it is not a path either: the mount form's first

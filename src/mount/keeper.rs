@@ -27,7 +27,7 @@ use super::journal::Journal;
 use super::wire::init;
 
 /// Restarts allowed within [`WINDOW`] before the keeper gives up.
-pub const MAX_RESTARTS: usize = 5;
+pub const MAX_RESTARTS: usize = 16;
 pub const WINDOW: Duration = Duration::from_secs(60);
 
 const ENV: &str = "STRATAFS_SERVE";
@@ -44,6 +44,12 @@ pub struct ServeEnv {
     pub layers: Vec<RawFd>,
     /// Whether this server is a restart (not the first start).
     pub restart: bool,
+}
+
+/// Whether this process is a server a keeper started (and must not touch its mountpoint
+/// before it serves).
+pub fn is_server() -> bool {
+    std::env::var_os(ENV).is_some()
 }
 
 impl ServeEnv {
@@ -113,7 +119,11 @@ impl Keeper {
             .collect()
     }
 
-    fn spawn(&self, restart: bool) -> std::io::Result<(std::process::Child, std::fs::File)> {
+    fn spawn(
+        &self,
+        program: &Path,
+        restart: bool,
+    ) -> std::io::Result<(std::process::Child, std::fs::File)> {
         let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let pass: Vec<RawFd> = [
             self.dev.as_raw_fd(),
@@ -136,7 +146,7 @@ impl Keeper {
             layers.join(","),
             u8::from(restart)
         );
-        let mut cmd = Command::new(&self.program);
+        let mut cmd = Command::new(program);
         if let Some(arg0) = std::env::args_os().next() {
             cmd.arg0(arg0);
         }
@@ -188,8 +198,9 @@ impl Keeper {
         let mut starts: VecDeque<Instant> = VecDeque::new();
         let mut restarts = 0u32;
         let mut first = true;
+        let mut program = self.program.clone();
         loop {
-            let (mut child, mut pipe) = match self.spawn(!first) {
+            let (mut child, mut pipe) = match self.spawn(&program, !first) {
                 Ok(c) => c,
                 Err(e) => {
                     let msg = format!(
@@ -257,6 +268,14 @@ impl Keeper {
                 },
                 Err(e) => e.to_string(),
             };
+            if let Some(p) = &status {
+                if let Some(next) = take_upgrade(p) {
+                    info!(mountpoint = %self.mountpoint.display(), binary = %next.display(), "upgrade: the server is handed over");
+                    program = next;
+                    restarts += 1;
+                    continue;
+                }
+            }
             let now = Instant::now();
             starts.push_back(now);
             while starts
@@ -343,4 +362,97 @@ pub fn runtime_dir() -> PathBuf {
         Some(d) if Path::new(&d).is_dir() => Path::new(&d).join("stratafs"),
         _ => PathBuf::from(format!("/tmp/stratafs-{}", uid.as_raw())),
     }
+}
+
+/// The binary an upgrade asked for (`<status>.binary`), taken once.
+fn take_upgrade(status: &Path) -> Option<PathBuf> {
+    let f = status.with_extension("binary");
+    let p = std::fs::read_to_string(&f).ok()?;
+    let _ = std::fs::remove_file(&f);
+    Some(PathBuf::from(p.trim()))
+}
+
+/// The status of the mount at `mountpoint`, one `key value` per line.
+pub fn status(mountpoint: &Path) -> Result<String, super::Error> {
+    let st = read_status(mountpoint)?;
+    let mut out = format!(
+        "mountpoint {}\nserver {}\nkeeper {}\nrestarts {}\ntransport {}\n",
+        st.mountpoint.display(),
+        st.server,
+        st.keeper,
+        st.restarts,
+        st.transport
+    );
+    if let Some(u) = &st.upper {
+        out += &format!("upper {}\n", u.display());
+    }
+    Ok(out)
+}
+
+fn read_status(mountpoint: &Path) -> Result<Status, super::Error> {
+    let not = |why: &str| super::Error::Daemon(format!("{}: {why}", mountpoint.display()));
+    let canon = std::fs::canonicalize(mountpoint).map_err(|e| not(&e.to_string()))?;
+    match super::run::mountinfo(&canon) {
+        Some((_, t)) if t == "fuse.stratafs" || t == "fuse" => {}
+        _ => return Err(not("not a stratafs mount")),
+    }
+    let conn = connection_of(&canon).ok_or_else(|| not("not a stratafs mount"))?;
+    let dirs = [PathBuf::from("/run/stratafs"), runtime_dir()];
+    for d in &dirs {
+        if let Ok(text) = std::fs::read(d.join(format!("{conn}.json"))) {
+            if let Ok(st) = serde_json::from_slice::<Status>(&text) {
+                if st.mountpoint == canon {
+                    return Ok(st);
+                }
+            }
+        }
+    }
+    Err(not(
+        "a mount without a keeper (not stratafs, or mounted with -o failover=off)",
+    ))
+}
+
+/// Hand the mount at `mountpoint` to `binary`: the keeper starts it in place of the server,
+/// which is stopped; requests it had not answered are sent again to the new one.
+pub fn upgrade(mountpoint: &Path, binary: &Path) -> Result<String, super::Error> {
+    let st = read_status(mountpoint)?;
+    let bad = |why: String| super::Error::Daemon(format!("{}: {why}", mountpoint.display()));
+    if st.transport != "dev" {
+        return Err(bad(
+            "a mount served over io_uring cannot be handed over".into()
+        ));
+    }
+    let binary =
+        std::fs::canonicalize(binary).map_err(|e| bad(format!("{}: {e}", binary.display())))?;
+    let conn = connection_of(&st.mountpoint).ok_or_else(|| bad("not mounted".into()))?;
+    let dir = if std::path::Path::new(&format!("/run/stratafs/{conn}.json")).exists() {
+        PathBuf::from("/run/stratafs")
+    } else {
+        runtime_dir()
+    };
+    let req = dir.join(format!("{conn}.binary"));
+    std::fs::write(&req, binary.as_os_str().as_encoded_bytes())
+        .map_err(|e| bad(format!("{}: {e}", req.display())))?;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(st.server as i32).ok_or_else(|| bad("no server".into()))?,
+        rustix::process::Signal::KILL,
+    )
+    .map_err(|e| bad(format!("server {}: {e}", st.server)))?;
+    // The keeper writes the new server's status once it serves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(now) = read_status(mountpoint) {
+            if now.server != st.server {
+                return Ok(format!(
+                    "{}: served by {} (pid {}), was pid {}\n",
+                    st.mountpoint.display(),
+                    binary.display(),
+                    now.server,
+                    st.server
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(bad("no new server within 30 s".into()))
 }

@@ -1,0 +1,365 @@
+//! The mount outlives its server: a keeper holds the connection and starts a new server on it.
+//! A workload reads lower files and checks them, writes, renames and removes upper files,
+//! appends to a file it keeps open and lists a large directory while its server is killed
+//! with SIGKILL at random moments; it sees no error, and the tree it leaves equals what the
+//! same workload leaves on kernel overlayfs (the oracle). Also: a server that keeps dying
+//! ends the mount within the bound, nothing hangs; `stratafs status`; `stratafs upgrade` to
+//! another binary under load. Over /dev/fuse (io_uring mounts are not taken over).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::Rng;
+
+/// The workload: N rounds; prints BAD lines for anything unexpected, "done N" at the end.
+const WORKLOAD: &str = r#"
+m=$1; rounds=$2; err=0
+exec 7>>"$m/kept.log"
+for n in $(seq 1 $rounds); do
+  i=$((n % 300 + 1))
+  [ "$(cat "$m/d/f$i")" = "file $i" ] || { echo "BAD read f$i"; err=1; }
+  echo "w$n" > "$m/new.$n" || { echo "BAD write $n"; err=1; }
+  mv "$m/new.$n" "$m/d/moved.$((n % 50))" || { echo "BAD mv $n"; err=1; }
+  echo "line $n" >&7 || { echo "BAD append $n"; err=1; }
+  [ "$(ls "$m/big" | wc -l)" = 2000 ] || { echo "BAD ls $n"; err=1; }
+  mkdir -p "$m/dirs/$((n % 20))/sub" || { echo "BAD mkdir $n"; err=1; }
+  rm -f "$m/d/moved.$(((n + 25) % 50))" || { echo "BAD rm $n"; err=1; }
+  [ $((n % 7)) = 0 ] && { rm "$m/gone/g$((n / 7))" || { echo "BAD rm lower $n"; err=1; }; }
+done
+exec 7>&-
+[ "$(wc -l < "$m/kept.log")" = "$rounds" ] || { echo "BAD kept.log"; err=1; }
+echo "done $rounds err $err"
+"#;
+
+const ROUNDS: u32 = 1200;
+
+fn lower(dir: &Path) -> PathBuf {
+    let l = dir.join("lower");
+    std::fs::create_dir_all(l.join("d")).unwrap();
+    std::fs::create_dir_all(l.join("big")).unwrap();
+    for i in 1..=300 {
+        std::fs::write(l.join(format!("d/f{i}")), format!("file {i}\n")).unwrap();
+    }
+    std::fs::create_dir_all(l.join("gone")).unwrap();
+    for i in 1..=(ROUNDS / 7) {
+        std::fs::write(l.join(format!("gone/g{i}")), "to be removed\n").unwrap();
+    }
+    for i in 0..2000 {
+        std::fs::write(l.join(format!("big/entry-{i:05}")), "").unwrap();
+    }
+    l
+}
+
+fn workload(mnt: &Path) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c")
+        .arg(WORKLOAD)
+        .arg("workload")
+        .arg(mnt)
+        .arg(ROUNDS.to_string());
+    c
+}
+
+/// A merged tree as the workload left it: kind, mode, content.
+fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
+    snapshot(root)
+        .into_iter()
+        .map(|(p, e)| (p, format!("{} {:o} {:?}", e.kind, e.mode, e.content)))
+        .collect()
+}
+
+fn mount(l: &Path, dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let (u, w, m) = (
+        dir.join(format!("{name}-upper")),
+        dir.join(format!("{name}-work")),
+        dir.join(name),
+    );
+    for d in [&u, &w, &m] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    run_ok(
+        Command::new(BIN)
+            .arg("-o")
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={},io_uring=off{extra}",
+                l.display(),
+                u.display(),
+                w.display()
+            ))
+            .arg(&m),
+    );
+    assert!(is_mountpoint(&m));
+    m
+}
+
+fn status(m: &Path) -> BTreeMap<String, String> {
+    let out = run_ok(Command::new(BIN).arg("status").arg(m));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn server_of(m: &Path) -> u32 {
+    status(m)["server"].parse().unwrap()
+}
+
+fn kill9(pid: u32) {
+    run_ok(Command::new("kill").arg("-9").arg(pid.to_string()));
+}
+
+/// Until `status` names a server other than `old`.
+fn wait_new_server(m: &Path, old: u32) -> u32 {
+    let mut new = old;
+    wait_until("a new server", || {
+        new = server_of(m);
+        new != old
+    });
+    new
+}
+
+fn connection(m: &Path) -> String {
+    let out = run_ok(Command::new("mountpoint").arg("-d").arg(m));
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (ma, mi) = dev.split_once(':').unwrap();
+    (ma.parse::<u64>().unwrap() << 20 | mi.parse::<u64>().unwrap()).to_string()
+}
+
+fn unmount(m: &Path) {
+    run_ok(Command::new("fusermount3").arg("-u").arg(m));
+}
+
+#[test]
+fn killed_servers_are_replaced_and_the_workload_sees_no_error() {
+    require_root();
+    require_tool("fusermount3");
+    let tmp = shared_tempdir();
+    let l = lower(tmp.path());
+
+    // The oracle: the same workload on kernel overlayfs.
+    let (ku, kw, km) = (
+        tmp.path().join("k-upper"),
+        tmp.path().join("k-work"),
+        tmp.path().join("kernel"),
+    );
+    for d in [&ku, &kw, &km] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                l.display(),
+                ku.display(),
+                kw.display()
+            ))
+            .arg(&km),
+    );
+    let out = run_ok(&mut workload(&km));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("done {ROUNDS} err 0")
+    );
+    let want = tree(&km);
+    run_ok(Command::new("umount").arg(&km));
+
+    let m = mount(&l, tmp.path(), "strata", "");
+    let st = status(&m);
+    assert_eq!(st["transport"], "dev", "{st:?}");
+    assert_eq!(st["restarts"], "0");
+    let keeper: u32 = st["keeper"].parse().unwrap();
+    let conn = connection(&m);
+
+    let mut job = workload(&m)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    while kills < 10 && job.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..600)));
+        let pid = server_of(&m);
+        kill9(pid);
+        kills += 1;
+        wait_new_server(&m, pid);
+    }
+    let out = job.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.trim() == format!("done {ROUNDS} err 0"),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        kills >= 5,
+        "the workload ended before 5 kills: make it longer"
+    );
+    assert_eq!(status(&m)["restarts"], kills.to_string());
+    assert_eq!(
+        std::fs::read_to_string(format!("/sys/fs/fuse/connections/{conn}/waiting"))
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    assert_eq!(tree(&m), want, "the tree differs from kernel overlayfs'");
+
+    unmount(&m);
+    wait_until("the keeper to exit", || {
+        !Path::new(&format!("/proc/{keeper}")).exists()
+    });
+    let work = tmp.path().join("strata-work/work");
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{} holds {left:?}", work.display());
+}
+
+#[test]
+fn a_server_that_keeps_dying_ends_the_mount_and_nothing_hangs() {
+    require_root();
+    let tmp = shared_tempdir();
+    let l = lower(tmp.path());
+    let m = mount(&l, tmp.path(), "crashing", "");
+    let keeper: u32 = status(&m)["keeper"].parse().unwrap();
+    let start = Instant::now();
+    let mut last = 0;
+    // Kill every server as soon as it serves, as a crash at start would.
+    while Path::new(&format!("/proc/{keeper}")).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the keeper still restarts after 60 s"
+        );
+        let Ok(out) = Command::new(BIN).arg("status").arg(&m).output() else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(pid) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("server "))
+            .and_then(|p| p.parse::<u32>().ok())
+            .filter(|p| *p != last)
+        {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            last = pid;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The mount is gone or answers ENOTCONN, at once.
+    let t = Instant::now();
+    let r = std::fs::read_dir(m.join("d"));
+    assert!(t.elapsed() < Duration::from_secs(5), "a lookup hung");
+    match r {
+        Err(e) => assert!(
+            matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ENOENT)),
+            "{e}"
+        ),
+        Ok(_) => assert!(!is_mountpoint(&m), "still served after the keeper gave up"),
+    }
+    let _ = Command::new("umount").arg("-l").arg(&m).status();
+}
+
+#[test]
+fn status_names_the_processes_and_refuses_what_is_not_a_stratafs_mount() {
+    require_root();
+    let tmp = shared_tempdir();
+    let l = lower(tmp.path());
+    let m = mount(&l, tmp.path(), "shown", "");
+    let st = status(&m);
+    for k in [
+        "mountpoint",
+        "server",
+        "keeper",
+        "restarts",
+        "transport",
+        "upper",
+    ] {
+        assert!(st.contains_key(k), "{k} missing: {st:?}");
+    }
+    let server: u32 = st["server"].parse().unwrap();
+    let keeper: u32 = st["keeper"].parse().unwrap();
+    let parent = std::fs::read_to_string(format!("/proc/{server}/stat")).unwrap();
+    let ppid: u32 = parent
+        .rsplit(") ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, keeper, "the keeper is the server's parent");
+    assert_eq!(
+        st["upper"],
+        tmp.path().join("shown-upper").display().to_string()
+    );
+
+    let out = run(Command::new(BIN).arg("status").arg(tmp.path()));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a stratafs mount"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    unmount(&m);
+
+    // Without a keeper there is nothing to tell, and status says why.
+    let m = mount(&l, tmp.path(), "alone", ",failover=off");
+    let out = run(Command::new(BIN).arg("status").arg(&m));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failover=off"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    unmount(&m);
+}
+
+#[test]
+fn upgrade_hands_a_mount_under_load_to_another_binary() {
+    require_root();
+    let tmp = shared_tempdir();
+    let l = lower(tmp.path());
+    // Another binary: a copy at another path (a build of another commit works the same way:
+    // the journal format is what both must share).
+    let other = tmp.path().join("stratafs-next");
+    std::fs::copy(BIN, &other).unwrap();
+    let m = mount(&l, tmp.path(), "upgraded", "");
+    let old = server_of(&m);
+    let mut job = workload(&m)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run_ok(
+        Command::new(BIN)
+            .arg("upgrade")
+            .arg(&m)
+            .arg("--binary")
+            .arg(&other),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stratafs-next"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let new = server_of(&m);
+    assert_ne!(new, old);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{new}/exe")).unwrap(),
+        other
+    );
+    let out = job.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("done {ROUNDS} err 0")
+    );
+    // An upgrade is not a crash: it does not count against the restart bound.
+    assert_eq!(status(&m)["restarts"], "1");
+    unmount(&m);
+}
