@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the Debian package: the binary, the man pages of man/, examples: storage.conf for
 # podman, a containerd config.toml, the snapshotter's config and systemd unit, a tmpfiles.d
-# entry that turns on FUSE over io_uring at boot.
+# entry that turns on FUSE over io_uring at boot; a postinst that hands live mounts to the new
+# binary on upgrade.
 # One command: `bash packaging/build-deb.sh [OUTDIR]` (default target/debian).
 # STRATAFS_BIN=path uses an already built binary instead of `cargo build --release`.
 set -euo pipefail
@@ -36,6 +37,8 @@ Files: *
 License: Apache-2.0
 COPY
 install -d "$stage/DEBIAN"
+# An upgrade hands live mounts to the new binary (stratafs upgrade).
+install -m 0755 "$root/packaging/postinst" "$stage/DEBIAN/postinst"
 size=$(du -sk "$stage/usr" | cut -f1)
 cat > "$stage/DEBIAN/control" <<CTRL
 Package: stratafs

@@ -331,7 +331,7 @@ fn upgrade_hands_a_mount_under_load_to_another_binary() {
     std::fs::copy(BIN, &other).unwrap();
     let m = mount(&l, tmp.path(), "upgraded", "");
     let old = server_of(&m);
-    let mut job = workload(&m)
+    let job = workload(&m)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -214,8 +214,13 @@ fn daemon_mode_returns_once_live_and_exits_on_umount() {
         std::fs::read_to_string(mnt.join("d/top.txt")).unwrap(),
         "top"
     );
+    // Two stay: the keeper, which holds the connection, and the server it started.
     let pids = daemon_pids(&mnt);
-    assert_eq!(pids.len(), 1, "expected one daemon, found {pids:?}");
+    assert_eq!(
+        pids.len(),
+        2,
+        "expected a keeper and a server, found {pids:?}"
+    );
     run_ok(Command::new("umount").arg(&mnt));
     wait_until("daemon exit after umount", || daemon_pids(&mnt).is_empty());
     drop(m);

@@ -661,8 +661,9 @@ fn kill_9_leaves_upper_consistent() {
     for d in ["u", "w", "m"] {
         std::fs::create_dir_all(base.join(d)).unwrap();
     }
+    // One process, no keeper: this is about what a crash leaves in the upper layer.
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},failover=off",
         low.display(),
         base.join("u").display(),
         base.join("w").display()

@@ -59,6 +59,8 @@ impl ServeEnv {
         let v = std::env::var(ENV).ok()?;
         // SAFETY: single-threaded at this point (the CLI has only parsed its arguments).
         unsafe { std::env::remove_var(ENV) };
+        // Started as /proc/self/exe, the process would be called "exe" in ps and pgrep.
+        let _ = rustix::thread::set_name(c"stratafs");
         let mut fields = std::collections::HashMap::new();
         for kv in v.split(';') {
             let (k, val) = kv.split_once('=')?;

@@ -32,7 +32,8 @@ pub(crate) fn mountinfo(path: &Path) -> Option<(String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_string_lossy();
     info.lines()
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             let fields: Vec<&str> = l.split(' ').collect();
             let mp = unescape_mountinfo(fields.get(4)?);
             let sep = fields.iter().position(|f| *f == "-")?;
@@ -41,7 +42,6 @@ pub(crate) fn mountinfo(path: &Path) -> Option<(String, String)> {
                 (dev, fields.get(sep + 1).unwrap_or(&"?").to_string())
             })
         })
-        .last()
 }
 
 fn unescape_mountinfo(s: &str) -> String {

@@ -111,20 +111,27 @@ pub fn transport_opts() -> Vec<&'static str> {
     }
 }
 
-/// The daemon serving `mountpoint` (its command line ends with the mountpoint).
+/// The process serving `mountpoint` (its command line ends with the mountpoint): the server,
+/// not its keeper (whose child it is, with the same command line).
 pub fn daemon_pid(mountpoint: &Path) -> u32 {
     let out = run_ok(Command::new("pgrep").arg("-f").arg(format!(
         "{} .*{}$",
         BIN,
         mountpoint.display()
     )));
-    String::from_utf8_lossy(&out.stdout)
+    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .next()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()
+    };
+    *pids
+        .iter()
+        .find(|p| parent(**p).is_some_and(|pp| pids.contains(&pp)))
+        .or(pids.first())
         .expect("daemon pid")
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// The threads of process `pid`, by name.
