@@ -221,6 +221,19 @@ impl Journal {
         Some((error, self.bytes(at + 16, len).to_vec()))
     }
 
+    /// The saved INIT, if a server recorded it (the first record): without reading the rest.
+    pub fn saved_init(&self) -> Option<SavedInit> {
+        let end = self.committed().load(Ordering::Acquire) as usize;
+        if LOG_START + 5 > end || self.bytes(LOG_START, 1)[0] != kind::INIT {
+            return None;
+        }
+        let len = u32::from_le_bytes(self.bytes(LOG_START + 1, 4).try_into().unwrap()) as usize;
+        if LOG_START + 5 + len > end {
+            return None;
+        }
+        SavedInit::from_bytes(self.bytes(LOG_START + 5, len))
+    }
+
     /// Read the log back: what the kernel knows. Also marks every live node known, so this
     /// server does not write them again.
     pub fn replay(&self) -> Replay {

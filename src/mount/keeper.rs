@@ -239,10 +239,10 @@ impl Keeper {
                 }
                 first = false;
             }
+            // Only the INIT: the keeper stays small whatever the journal holds.
             let on_rings = self
                 .journal
-                .replay()
-                .init
+                .saved_init()
                 .and_then(|i| i.negotiated())
                 .is_some_and(|n| n.has(init::OVER_IO_URING));
             let st = Status {
