@@ -164,9 +164,10 @@ impl Session {
     /// The node id `name` in `parent` has now, without keeping a reference.
     pub(super) fn peek(&self, parent: u64, name: &[u8]) -> Option<u64> {
         self.journal()?;
-        let a = self.lookup_attr(parent, name).ok()??;
-        self.ov.forget(a.ino, 1);
-        Some(a.ino)
+        // The node only: its attributes would cost a stat of the upper copy.
+        let ino = self.ov.lookup(parent, name).ok()??.ino;
+        self.ov.forget(ino, 1);
+        Some(ino)
     }
 
     /// After a rename or removal: which node went where, which is gone.
