@@ -37,6 +37,7 @@ echo "done $rounds err $err"
 "#;
 
 const ROUNDS: u32 = 1200;
+const TEST_USER: &str = "stratafs-test";
 
 fn lower(dir: &Path) -> PathBuf {
     let l = dir.join("lower");
@@ -362,4 +363,88 @@ fn upgrade_hands_a_mount_under_load_to_another_binary() {
     // An upgrade is not a crash: it does not count against the restart bound.
     assert_eq!(status(&m)["restarts"], "1");
     unmount(&m);
+}
+
+/// The stratafs servers of `user` whose mountpoint is a podman container's `merged`: the
+/// children of keepers (a server's parent runs the same command line).
+fn podman_servers(user: &str) -> Vec<u32> {
+    let out = run(Command::new("pgrep").args(["-u", user, "-f", "stratafs .*merged$"]));
+    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()
+    };
+    pids.iter()
+        .copied()
+        .filter(|p| parent(*p).is_some_and(|pp| pids.contains(&pp)))
+        .collect()
+}
+
+#[test]
+fn a_rootless_podman_container_outlives_its_killed_servers() {
+    require_root();
+    let tmp = shared_tempdir();
+    let store = common::podman::Store::new(
+        &tmp.path().join("podman"),
+        Path::new(BIN),
+        Some(TEST_USER),
+        None,
+    );
+    let tar = common::image::busybox_base_tar(&store.dir);
+    run_ok(Command::new("chown").arg(TEST_USER).arg(&tar));
+    store.podman(&[
+        "import",
+        "-q",
+        tar.to_str().unwrap(),
+        "localhost/strata-base",
+    ]);
+    // In the container: read and check files of the image, write, rename and remove files of
+    // the container's layer, append to a file kept open.
+    let script = "exec 2>&1; err=0; exec 7>>/tmp/kept; want=NAME=strata-test; nbin=$(ls /bin | wc -l); \
+        for i in $(seq 1 1500); do \
+          [ \"$(cat /etc/os-release)\" = \"$want\" ] || { echo BAD read $i; err=1; }; \
+          echo $i > /tmp/n$i || { echo BAD write $i; err=1; }; \
+          mv /tmp/n$i /tmp/m$((i % 10)) || { echo BAD mv $i; err=1; }; \
+          echo $i >&7 || { echo BAD append $i; err=1; }; \
+          [ $(ls /bin | wc -l) = $nbin ] || { echo BAD ls $i; err=1; }; \
+          rm -f /tmp/m$(((i + 5) % 10)) || { echo BAD rm $i; err=1; }; \
+        done; exec 7>&-; [ $(wc -l < /tmp/kept) = 1500 ] || { echo BAD kept; err=1; }; \
+        echo \"done err $err\"";
+    let dir = store.dir.clone();
+    let job = std::thread::spawn(move || {
+        let s = common::podman::Store {
+            dir,
+            user: Some(TEST_USER),
+        };
+        let out = s.podman(&["run", "--rm", "localhost/strata-base", "sh", "-c", script]);
+        std::mem::forget(s); // the outer store cleans up
+        out
+    });
+    let mut kills = 0;
+    let start = Instant::now();
+    while kills < 5 && !job.is_finished() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(400));
+        for pid in podman_servers(TEST_USER) {
+            if Command::new("kill")
+                .arg("-9")
+                .arg(pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                kills += 1;
+            }
+        }
+    }
+    let out = job.join().expect("podman run");
+    assert!(
+        out.trim().ends_with("done err 0") && !out.contains("BAD"),
+        "the container saw an error: {out}"
+    );
+    assert!(
+        kills >= 3,
+        "only {kills} servers killed: the workload ended too soon"
+    );
 }

@@ -31,17 +31,15 @@ fn mounted_at(path: &Path) -> Option<String> {
 pub(crate) fn mountinfo(path: &Path) -> Option<(String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_string_lossy();
-    info.lines()
-        .rev()
-        .find_map(|l| {
-            let fields: Vec<&str> = l.split(' ').collect();
-            let mp = unescape_mountinfo(fields.get(4)?);
-            let sep = fields.iter().position(|f| *f == "-")?;
-            (mp == want).then(|| {
-                let dev = fields.get(2).unwrap_or(&"0:0").to_string();
-                (dev, fields.get(sep + 1).unwrap_or(&"?").to_string())
-            })
+    info.lines().rev().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let mp = unescape_mountinfo(fields.get(4)?);
+        let sep = fields.iter().position(|f| *f == "-")?;
+        (mp == want).then(|| {
+            let dev = fields.get(2).unwrap_or(&"0:0").to_string();
+            (dev, fields.get(sep + 1).unwrap_or(&"?").to_string())
         })
+    })
 }
 
 fn unescape_mountinfo(s: &str) -> String {

@@ -144,7 +144,10 @@ impl Session {
                 mode,
                 umask,
                 flags,
-            } => match self.create_file(ino, name, mode, caller(h, umask)) {
+            } => match self
+                .create_file(ino, name, mode, caller(h, umask))
+                .or_else(|e| self.created_before(h, e, ino, name, flags))
+            {
                 Ok((a, fh)) => {
                     self.note_node(a.ino, ino, name);
                     if let Some(j) = self.journal() {
@@ -158,7 +161,7 @@ impl Session {
             },
             Args::Mkdir { name, mode, umask } => {
                 let r = self.make(ino, name, NewEntry::Dir, mode, caller(h, umask));
-                self.entry(out, r, ino, name)
+                self.entry(out, self.made_before(h, r, ino, name), ino, name)
             }
             Args::Mknod {
                 name,
@@ -171,23 +174,18 @@ impl Session {
                 } else {
                     NewEntry::Node(rdev as u64)
                 };
-                self.entry(
-                    out,
-                    self.make(ino, name, what, mode, caller(h, umask)),
-                    ino,
-                    name,
-                )
+                let r = self.make(ino, name, what, mode, caller(h, umask));
+                self.entry(out, self.made_before(h, r, ino, name), ino, name)
             }
             Args::Symlink { name, target } => {
                 let (what, mode) = (NewEntry::Symlink(target), libc::S_IFLNK | 0o777);
-                self.entry(
-                    out,
-                    self.make(ino, name, what, mode, caller(h, 0)),
-                    ino,
-                    name,
-                )
+                let r = self.make(ino, name, what, mode, caller(h, 0));
+                self.entry(out, self.made_before(h, r, ino, name), ino, name)
             }
-            Args::Link { old, name } => self.entry(out, self.hard_link(old, ino, name), ino, name),
+            Args::Link { old, name } => {
+                let r = self.hard_link(old, ino, name);
+                self.entry(out, self.made_before(h, r, ino, name), ino, name)
+            }
             Args::Unlink { name } | Args::Rmdir { name } => {
                 let gone = self.peek(ino, name);
                 let dir = h.opcode == wire::op::RMDIR;

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use super::{Reply, Session};
 use crate::mount::journal::{Journal, Replay, UNIQUE_RESEND};
 use crate::mount::wire::{Args, InHeader, op};
+use crate::overlay::inode::Attr;
 
 /// Requests whose reply is kept until it is surely delivered: their effect cannot be had twice.
 const ONCE_ONLY: &[u32] = &[
@@ -152,6 +153,41 @@ impl Session {
             }
             _ => reply,
         }
+    }
+
+    /// A resent request that makes `name` in `parent` and finds it there: the dead server made
+    /// it and died before recording its reply. Answered with the entry as it is.
+    pub(super) fn made_before(
+        &self,
+        h: &InHeader,
+        r: io::Result<Attr>,
+        parent: u64,
+        name: &[u8],
+    ) -> io::Result<Attr> {
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && h.unique & UNIQUE_RESEND != 0 => {
+                self.lookup_attr(parent, name)?.ok_or(e)
+            }
+            r => r,
+        }
+    }
+
+    /// The same for a resent CREATE: the file the dead server made, opened as asked.
+    pub(super) fn created_before(
+        &self,
+        h: &InHeader,
+        e: io::Error,
+        parent: u64,
+        name: &[u8],
+        flags: u32,
+    ) -> io::Result<(Attr, u64)> {
+        if e.raw_os_error() != Some(libc::EEXIST) || h.unique & UNIQUE_RESEND == 0 {
+            return Err(e);
+        }
+        let a = self.lookup_attr(parent, name)?.ok_or(e)?;
+        let flags = flags as i32 & !(libc::O_CREAT | libc::O_EXCL);
+        let fh = self.open_handle(a.ino, flags, None)?;
+        Ok((a, fh))
     }
 
     /// Tell the journal the kernel now knows `ino` as `name` in `parent`.
