@@ -448,3 +448,92 @@ fn a_rootless_podman_container_outlives_its_killed_servers() {
         "only {kills} servers killed: the workload ended too soon"
     );
 }
+
+/// A memory cgroup holding only the server, limited to a little more than it uses: as the
+/// workload makes it grow (listings, journal pages), the OOM killer ends it. The keeper is
+/// outside, and so is the server it starts next. cgroup v1 (this machine's memory
+/// controller) or v2.
+struct OomCage {
+    dir: PathBuf,
+    v1: bool,
+}
+
+impl OomCage {
+    fn new(pid: u32) -> OomCage {
+        let v1 = Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists();
+        let root = if v1 {
+            PathBuf::from("/sys/fs/cgroup/memory")
+        } else {
+            let ctl = std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")
+                .expect("no memory cgroup: neither /sys/fs/cgroup/memory (v1) nor a v2 root");
+            if !ctl.contains("memory") {
+                std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory")
+                    .expect("cannot enable the v2 memory controller");
+            }
+            PathBuf::from("/sys/fs/cgroup")
+        };
+        let dir = root.join(format!("stratafs-oom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        let usage: u64 = std::fs::read_to_string(dir.join(if v1 {
+            "memory.usage_in_bytes"
+        } else {
+            "memory.current"
+        }))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+        let limit = (usage + (256 << 10)).to_string();
+        std::fs::write(
+            dir.join(if v1 {
+                "memory.limit_in_bytes"
+            } else {
+                "memory.max"
+            }),
+            &limit,
+        )
+        .unwrap();
+        OomCage { dir, v1 }
+    }
+
+    /// How many processes the OOM killer ended in the cage.
+    fn kills(&self) -> u64 {
+        let (file, key) = if self.v1 {
+            ("memory.oom_control", "oom_kill")
+        } else {
+            ("memory.events", "oom_kill")
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for OomCage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn the_oom_killer_ends_a_server_and_the_workload_goes_on() {
+    require_root();
+    let tmp = shared_tempdir();
+    let l = lower(tmp.path());
+    let m = mount(&l, tmp.path(), "oom", "");
+    let server = server_of(&m);
+    let cage = OomCage::new(server);
+    let out = run(&mut workload(&m));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.trim() == format!("done {ROUNDS} err 0"),
+        "{said}"
+    );
+    assert!(cage.kills() >= 1, "the OOM killer never ended the server");
+    assert!(!Path::new(&format!("/proc/{server}")).exists());
+    assert!(status(&m)["restarts"].parse::<u32>().unwrap() >= 1);
+    unmount(&m);
+}
