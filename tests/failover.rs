@@ -1,6 +1,6 @@
 //! The mount outlives its server: a keeper holds the connection and starts a new server on it.
 //! A workload reads lower files and checks them, writes, renames and removes upper files,
-//! appends to a file it keeps open and lists a large directory while its server is killed
+//! appends to a file it keeps open, writes one it removed while open, and lists a large directory while its server is killed
 //! with SIGKILL at random moments; it sees no error, and the tree it leaves equals what the
 //! same workload leaves on kernel overlayfs (the oracle). Also: a server that keeps dying
 //! ends the mount within the bound, nothing hangs; `stratafs status`; `stratafs upgrade` to
@@ -20,7 +20,9 @@ use rand::Rng;
 const WORKLOAD: &str = r#"
 m=$1; rounds=$2; err=0
 exec 7>>"$m/kept.log"
+exec 8<>"$m/unlinked"; rm "$m/unlinked"
 for n in $(seq 1 $rounds); do
+  echo "u $n" >&8 || { echo "BAD write unlinked $n"; err=1; }
   i=$((n % 300 + 1))
   [ "$(cat "$m/d/f$i")" = "file $i" ] || { echo "BAD read f$i"; err=1; }
   echo "w$n" > "$m/new.$n" || { echo "BAD write $n"; err=1; }
@@ -31,7 +33,7 @@ for n in $(seq 1 $rounds); do
   rm -f "$m/d/moved.$(((n + 25) % 50))" || { echo "BAD rm $n"; err=1; }
   [ $((n % 7)) = 0 ] && { rm "$m/gone/g$((n / 7))" || { echo "BAD rm lower $n"; err=1; }; }
 done
-exec 7>&-
+exec 7>&- 8>&-
 [ "$(wc -l < "$m/kept.log")" = "$rounds" ] || { echo "BAD kept.log"; err=1; }
 echo "done $rounds err $err"
 "#;

@@ -118,6 +118,7 @@ impl MountPlan {
             read_only: self.read_only,
             fsync: self.options.fsync,
             ids: self.options.ids.clone(),
+            resume: false,
         }
     }
 

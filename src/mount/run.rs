@@ -249,6 +249,7 @@ fn keep(plan: &MountPlan, mountpoint: &Path) -> Result<(), Error> {
 /// connection it holds; a restart takes up the journal.
 fn serve_for_keeper(plan: &MountPlan, env: ServeEnv) -> Result<(), Error> {
     let mut cfg = plan.overlay_config();
+    cfg.resume = env.restart;
     let lowers = cfg.lowerdirs.len();
     for (i, l) in cfg.lowerdirs.iter_mut().enumerate() {
         if let Some(p) = env.layer_path(i) {

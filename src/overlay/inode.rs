@@ -218,6 +218,11 @@ impl Node {
         self.detached.store(false, Ordering::Release);
     }
 
+    /// A node made for a file that has no name any more (a parked one).
+    pub fn set_detached(&self) {
+        self.detached.store(true, Ordering::Release);
+    }
+
     /// Forget one name. When it was the last, the node is detached (unlinked) but keeps its
     /// old location for messages.
     pub fn remove_name(&self, parent: Ino, name: &[u8]) {

@@ -61,6 +61,8 @@ pub struct Config {
     /// fsync copy-ups and fsync(2) calls (off: `fsync=0`, `volatile`).
     pub fsync: bool,
     pub ids: IdMap,
+    /// A server taking over a live mount from a dead one: what that one parked in W stays.
+    pub resume: bool,
 }
 
 pub struct Overlay {
@@ -90,6 +92,9 @@ pub struct Overlay {
     forgotten: AtomicU64,
     /// Background readers of subdirectories of listed directories, when started.
     pub(crate) lookahead: std::sync::OnceLock<lookahead::Lookahead>,
+    /// Nodes whose upper file was removed while open: kept in W until the last release, so a
+    /// server that takes over can open it again.
+    pub(crate) parked: dashmap::DashSet<Ino>,
 }
 
 /// Release freed memory to the system after this many nodes went.
@@ -123,7 +128,7 @@ impl Overlay {
         let mut upper = None;
         if let Some((u, w)) = &cfg.upper {
             let l = Layer::open(0, u).map_err(Error::Upper)?;
-            upper = Some(Upper::open(&l, w, cfg.fsync)?);
+            upper = Some(Upper::open(&l, w, cfg.fsync, cfg.resume)?);
             layers.push(l);
         }
         for p in &cfg.lowerdirs {
@@ -181,6 +186,7 @@ impl Overlay {
                 NonZeroUsize::new(UPPER_DIRS_OPEN).expect("nonzero"),
             )),
             lookahead: std::sync::OnceLock::new(),
+            parked: dashmap::DashSet::new(),
         })
     }
 
@@ -264,7 +270,14 @@ impl Overlay {
         }
         let st = if node.is_detached() {
             match node.any_open_fd() {
-                Some(fd) => rustix::fs::fstat(&*fd)?,
+                Some(fd) => {
+                    // A parked file's link in W is not one the caller can see.
+                    let mut st = rustix::fs::fstat(&*fd)?;
+                    if self.parked.contains(&node.ino) {
+                        st.st_nlink = 0;
+                    }
+                    st
+                }
                 None => return Ok(Attr { nlink: 0, ..cached }),
             }
         } else if let Some(fd) = cached
@@ -443,6 +456,46 @@ impl Overlay {
             }
         }
         gone
+    }
+
+    /// Take up node `ino`, a file removed while open that a dead server parked in W: a node
+    /// with no name, and the file opened read-write for the handle being restored.
+    pub fn adopt_parked(&self, ino: Ino) -> io::Result<OwnedFd> {
+        let upper = self.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
+        let fd = upper.open_parked(ino).map_err(|_| errno(libc::ESTALE))?;
+        let st = rustix::fs::fstat(&fd)?;
+        let real = self.compose_ino(&self.layers[0], st.st_ino);
+        let made = || {
+            let node = Node::new(
+                ino,
+                None,
+                NodeState {
+                    layers: std::iter::once(0).collect(),
+                    attr: Attr::from_stat(ino, &st),
+                    real,
+                },
+            );
+            node.set_detached();
+            node
+        };
+        if let Some(node) = self.names.table.lookup_ref(ino, made, |_| true) {
+            self.names.table.add_refs(&node, 1 << 40);
+        }
+        self.parked.insert(ino);
+        Ok(fd)
+    }
+
+    /// No handle of `ino` is left: a parked file goes.
+    pub fn unpark(&self, ino: Ino) {
+        if self.parked.remove(&ino).is_some() {
+            if let Some(u) = &self.upper {
+                u.unpark(ino);
+            }
+        }
+    }
+
+    pub fn is_parked(&self, ino: Ino) -> bool {
+        self.parked.contains(&ino)
     }
 
     /// Whether the kernel's node `ino` is live here.

@@ -36,6 +36,9 @@ pub enum WhiteoutForm {
     WhFile,
 }
 
+/// Prefix of parked files in W.
+const PARKED: &str = "stratafs-open-";
+
 #[derive(Debug)]
 pub struct Upper {
     /// `W/work`: scratch space on the upper filesystem.
@@ -78,7 +81,8 @@ fn ignore_absent(r: rustix::io::Result<()>) -> io::Result<()> {
 impl Upper {
     /// Prepare `W/work` for the upper layer `upper`: same filesystem, emptied of anything a
     /// killed daemon left, and probe which whiteout and opaque forms we may write.
-    pub fn open(upper: &Layer, workdir: &Path, fsync: bool) -> Result<Upper, Error> {
+    /// `resume`: a server taking over from a dead one keeps the files it parked.
+    pub fn open(upper: &Layer, workdir: &Path, fsync: bool, resume: bool) -> Result<Upper, Error> {
         let bad = |reason: String| Error::Workdir {
             path: workdir.into(),
             reason,
@@ -121,7 +125,7 @@ impl Upper {
             seq: AtomicU64::new(0),
             reaper: Mutex::new(None),
         };
-        up.clean()
+        up.clean(resume)
             .map_err(|e| bad(format!("cleaning work/: {e}")))?;
         up.probe();
         debug!(whiteouts = ?up.whiteouts, trusted = up.trusted_xattrs, ordered, "upper layer ready");
@@ -132,9 +136,13 @@ impl Upper {
         &self.work
     }
 
-    /// Remove what an interrupted copy-up, rename or removal left in W.
-    fn clean(&self) -> io::Result<()> {
-        let names = list(&self.work)?;
+    /// Remove what an interrupted copy-up, rename or removal left in W (but the files a dead
+    /// server parked, when taking over from it).
+    fn clean(&self, resume: bool) -> io::Result<()> {
+        let mut names = list(&self.work)?;
+        if resume {
+            names.retain(|n| !n.starts_with(PARKED.as_bytes()));
+        }
         if names.iter().any(|n| n.as_slice() != SHARED.as_bytes()) {
             warn!(
                 entries = names.len(),
@@ -369,6 +377,40 @@ impl Upper {
             let _ = r.thread.join();
         }
         let _ = rustix::fs::unlinkat(&self.work, SHARED, AtFlags::empty());
+        for n in list(&self.work).unwrap_or_default() {
+            if n.starts_with(PARKED.as_bytes()) {
+                let _ = rustix::fs::unlinkat(&self.work, n.as_slice(), AtFlags::empty());
+            }
+        }
+    }
+
+    /// Where an unlinked file that is still open waits for its last release (see
+    /// [`crate::overlay::Overlay::remove`]).
+    pub fn parked_name(ino: u64) -> String {
+        format!("{PARKED}{ino:x}")
+    }
+
+    /// Move `name` in `dir` to W as the parked file of node `ino`.
+    pub fn park(&self, dir: &OwnedFd, name: &[u8], ino: u64) -> io::Result<()> {
+        let cn =
+            std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        rustix::fs::renameat(dir, &*cn, &self.work, Upper::parked_name(ino))?;
+        Ok(())
+    }
+
+    /// The parked file of node `ino`, opened read-write.
+    pub fn open_parked(&self, ino: u64) -> io::Result<OwnedFd> {
+        Ok(rustix::fs::openat(
+            &self.work,
+            Upper::parked_name(ino),
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    /// The last handle of node `ino` went: its parked file goes.
+    pub fn unpark(&self, ino: u64) {
+        let _ = rustix::fs::unlinkat(&self.work, Upper::parked_name(ino), AtFlags::empty());
     }
 
     /// Make (or replace) W's shared whiteout.

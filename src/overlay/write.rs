@@ -520,7 +520,22 @@ impl Overlay {
             }
         }
         let pdir = self.upper_dir(&dir)?;
-        if f.layers[0] != 0 {
+        // An upper file still open, with no other link, is parked in W rather than unlinked:
+        // its data must outlive a server that dies before the last release.
+        let park = f.node.as_ref().filter(|n| {
+            !rmdir
+                && f.layers[0] == 0
+                && n.open_fd.lock().0.strong_count() > 0
+                && rustix::fs::statat(&pdir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| st.st_nlink == 1 && st.st_mode & libc::S_IFMT == libc::S_IFREG)
+        });
+        if let Some(n) = park {
+            upper.park(&pdir, name, n.ino)?;
+            self.parked.insert(n.ino);
+            if self.lower_visible(&dir, name)? {
+                upper.whiteout_fresh(&pdir, name)?;
+            }
+        } else if f.layers[0] != 0 {
             // Only lower layers hold it.
             upper.whiteout_fresh(&pdir, name)?;
         } else if self.lower_visible(&dir, name)? {

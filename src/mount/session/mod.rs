@@ -329,6 +329,13 @@ impl Session {
             if h.passthrough {
                 self.backings.lock().release(h.ino);
             }
+            // The last handle of a file removed while open: its parked copy goes.
+            if self.ov.is_parked(h.ino)
+                && !self.handles.iter().any(|o| o.ino == h.ino)
+                && !self.reopenable.iter().any(|o| o.value().0 == h.ino)
+            {
+                self.ov.unpark(h.ino);
+            }
         }
     }
 

@@ -76,7 +76,10 @@ impl Session {
             return Ok(());
         }
         let Some((parent, name)) = self.adoptable.get(&ino).map(|e| e.value().clone()) else {
-            return Ok(()); // the overlay answers ESTALE
+            // A file removed while open, parked by the dead server; else the overlay answers
+            // ESTALE.
+            let _ = self.ov.adopt_parked(ino);
+            return Ok(());
         };
         if depth > MAX_DEPTH {
             return Err(libc::ESTALE);
@@ -105,7 +108,12 @@ impl Session {
             return;
         }
         let flags = flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
-        match self.ov.open(hino, flags, None) {
+        let opened = if self.ov.is_parked(hino) {
+            self.ov.adopt_parked(hino).map(|fd| (fd, true))
+        } else {
+            self.ov.open(hino, flags, None)
+        };
+        match opened {
             Ok((fd, writable)) => self.insert_handle(fh, hino, fd, writable),
             Err(e) => {
                 tracing::warn!(fh, ino = hino, error = %e, "a handle of the earlier server cannot be opened again")
