@@ -23,6 +23,8 @@ exec 7>>"$m/kept.log"
 exec 8<>"$m/unlinked"; rm "$m/unlinked"
 for n in $(seq 1 $rounds); do
   echo "u $n" >&8 || { echo "BAD write unlinked $n"; err=1; }
+  [ $((n % 100)) = 1 ] && { exec 9<>"$m/replaced"; echo "r $n" > "$m/new-r"; mv "$m/new-r" "$m/replaced"; }
+  [ $((n % 100)) -gt 1 ] && { echo "r $n" >&9 || { echo "BAD write replaced $n"; err=1; }; }
   i=$((n % 300 + 1))
   [ "$(cat "$m/d/f$i")" = "file $i" ] || { echo "BAD read f$i"; err=1; }
   echo "w$n" > "$m/new.$n" || { echo "BAD write $n"; err=1; }
@@ -33,7 +35,7 @@ for n in $(seq 1 $rounds); do
   rm -f "$m/d/moved.$(((n + 25) % 50))" || { echo "BAD rm $n"; err=1; }
   [ $((n % 7)) = 0 ] && { rm "$m/gone/g$((n / 7))" || { echo "BAD rm lower $n"; err=1; }; }
 done
-exec 7>&- 8>&-
+exec 7>&- 8>&- 9>&-
 [ "$(wc -l < "$m/kept.log")" = "$rounds" ] || { echo "BAD kept.log"; err=1; }
 echo "done $rounds err $err"
 "#;

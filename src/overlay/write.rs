@@ -520,18 +520,9 @@ impl Overlay {
             }
         }
         let pdir = self.upper_dir(&dir)?;
-        // An upper file still open, with no other link, is parked in W rather than unlinked:
-        // its data must outlive a server that dies before the last release.
-        let park = f.node.as_ref().filter(|n| {
-            !rmdir
-                && f.layers[0] == 0
-                && n.open_fd.lock().0.strong_count() > 0
-                && rustix::fs::statat(&pdir, name, AtFlags::SYMLINK_NOFOLLOW)
-                    .is_ok_and(|st| st.st_nlink == 1 && st.st_mode & libc::S_IFMT == libc::S_IFREG)
-        });
-        if let Some(n) = park {
-            upper.park(&pdir, name, n.ino)?;
-            self.parked.insert(n.ino);
+        if let Some(ino) = self.parkable(&f, &pdir, name).filter(|_| !rmdir) {
+            upper.park(&pdir, name, ino)?;
+            self.parked.insert(ino);
             if self.lower_visible(&dir, name)? {
                 upper.whiteout_fresh(&pdir, name)?;
             }
@@ -545,6 +536,19 @@ impl Overlay {
         }
         self.removed(&dir, name, f.node.as_ref());
         Ok(())
+    }
+
+    /// An upper file still open and linked nowhere else is parked in W rather than unlinked
+    /// (by a removal, or a rename over it): its data must outlive a server that dies before
+    /// the last release. Its node, if so.
+    fn parkable(&self, f: &Found, pdir: &OwnedFd, name: &[u8]) -> Option<u64> {
+        let n = f.node.as_ref()?;
+        let open = n.open_fd.lock().0.strong_count() > 0;
+        let lone_file = || {
+            rustix::fs::statat(pdir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_nlink == 1 && st.st_mode & libc::S_IFMT == libc::S_IFREG)
+        };
+        (f.layers[0] == 0 && open && lone_file()).then_some(n.ino)
     }
 
     /// Whether a directory shows no entries in the merged view.
@@ -621,6 +625,10 @@ impl Overlay {
             snode.rename((dir.ino, name), (&newdir, newname));
             dnode.rename((newdir.ino, newname), (&dir, name));
             return Ok(());
+        }
+        if let Some(ino) = dst.as_ref().and_then(|d| self.parkable(d, &dpdir, newname)) {
+            upper.park(&dpdir, newname, ino)?;
+            self.parked.insert(ino);
         }
         let src_lower = self.lower_visible(&dir, name)?;
         let dst_lower = dst.is_some() && self.lower_visible(&newdir, newname)?;
