@@ -78,7 +78,31 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
         .collect()
 }
 
-fn mount(l: &Path, dir: &Path, name: &str, extra: &str) -> PathBuf {
+/// A mount taken away when the test ends, passed or not.
+struct Mnt(PathBuf);
+
+impl std::ops::Deref for Mnt {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Mnt {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Mnt {
+    fn drop(&mut self) {
+        if is_mountpoint(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+fn mount(l: &Path, dir: &Path, name: &str, extra: &str) -> Mnt {
     let (u, w, m) = (
         dir.join(format!("{name}-upper")),
         dir.join(format!("{name}-work")),
@@ -99,7 +123,7 @@ fn mount(l: &Path, dir: &Path, name: &str, extra: &str) -> PathBuf {
             .arg(&m),
     );
     assert!(is_mountpoint(&m));
-    m
+    Mnt(m)
 }
 
 fn status(m: &Path) -> BTreeMap<String, String> {

@@ -308,6 +308,64 @@ fn containerd_runs_images_from_the_repository_without_fetching_layers() {
         "a container write reached the repository"
     );
 
+    // The container outlives its mount's server: a workload in it reads, writes, renames and
+    // appends while the server of its root is SIGKILLed; it sees no error.
+    let script = "exec 2>&1; err=0; exec 7>>/tmp/kept; \
+        for i in $(seq 1 1500); do \
+          [ \"$(cat /greeting)\" = hello ] || { echo BAD read $i; err=1; }; \
+          echo $i > /tmp/n$i || { echo BAD write $i; err=1; }; \
+          mv /tmp/n$i /tmp/m$((i % 10)) || { echo BAD mv $i; err=1; }; \
+          echo $i >&7 || { echo BAD append $i; err=1; }; \
+        done; exec 7>&-; [ $(wc -l < /tmp/kept) = 1500 ] || { echo BAD kept; err=1; }; \
+        echo \"done err $err\"";
+    let job = ctrd
+        .cmd("ctr")
+        .args([
+            "run",
+            "--rm",
+            "--snapshotter",
+            "stratafs",
+            &app,
+            "c-kill",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut kills = 0;
+    let start = std::time::Instant::now();
+    let mut job = job;
+    while kills < 3
+        && job.try_wait().unwrap().is_none()
+        && start.elapsed() < Duration::from_secs(120)
+    {
+        std::thread::sleep(Duration::from_millis(300));
+        for pid in servers_under("rootfs") {
+            if Command::new("kill")
+                .arg("-9")
+                .arg(pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                kills += 1;
+            }
+        }
+    }
+    let out = job.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.trim().ends_with("done err 0") && !said.contains("BAD"),
+        "the container saw an error: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        kills >= 2,
+        "only {kills} servers killed: the workload ended too soon"
+    );
+
     // One layer that the repository lacks: only that blob is fetched.
     let extra = format!("{}/snap/extra:1", fx.reg.host());
     ctrd.rpull(&extra);
@@ -636,4 +694,22 @@ fn kubernetes_cri_runs_a_pod_from_the_repository() {
         0,
         "pods left after RemovePodSandbox"
     );
+}
+
+/// The stratafs servers (children of keepers) whose command line names a path ending in
+/// `suffix` (mount.fuse3 runs `stratafs SOURCE MOUNTPOINT -o OPTIONS`).
+fn servers_under(suffix: &str) -> Vec<u32> {
+    let out = run(Command::new("pgrep").args(["-f", &format!("stratafs .*/{suffix}( |$)")]));
+    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()
+    };
+    pids.iter()
+        .copied()
+        .filter(|p| parent(*p).is_some_and(|pp| pids.contains(&pp)))
+        .collect()
 }
