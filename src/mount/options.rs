@@ -260,6 +260,12 @@ impl MountOptions {
             "stats" => self.stats = Some(PathBuf::from(nonempty(key, val)?)),
             "writeback" => self.writeback = on_off(opt, val)?,
             "handoff" => self.handoff = Some(on_off(opt, val)?),
+            // strict: the lossless promise, which only /dev/fuse keeps (a ring mount's dead
+            // server strands the requests it held until the connection is aborted).
+            "failover" if val == Some("strict") => {
+                self.failover = true;
+                self.io_uring = IoUring::Off;
+            }
             "failover" => self.failover = on_off(opt, val)?,
             "lookahead" => self.lookahead = on_off(opt, val)?,
             "readdirplus" => {
@@ -525,6 +531,22 @@ mod tests {
             let e = parse_mapping("uidmapping", bad).unwrap_err().to_string();
             assert!(e.contains("uidmapping"), "{e}");
         }
+    }
+
+    #[test]
+    fn failover_is_on_unless_said_and_strict_keeps_to_dev_fuse() {
+        let parse = |o: &str| MountOptions::parse(&[o]).map(|m| (m.failover, m.io_uring));
+        assert_eq!(parse("lowerdir=/a").unwrap(), (true, IoUring::Auto));
+        assert_eq!(
+            parse("lowerdir=/a,failover=off").unwrap(),
+            (false, IoUring::Auto)
+        );
+        assert_eq!(
+            parse("lowerdir=/a,failover=strict").unwrap(),
+            (true, IoUring::Off)
+        );
+        let e = parse("lowerdir=/a,failover=maybe").unwrap_err().to_string();
+        assert!(e.contains("failover") && e.contains("on or off"), "{e}");
     }
 
     #[test]
