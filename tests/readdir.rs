@@ -33,6 +33,7 @@ impl Dir {
         if e.is_null() {
             return None;
         }
+        // SAFETY: a non-null entry from readdir, whose name is NUL-terminated.
         let name = unsafe { CStr::from_ptr((*e).d_name.as_ptr()) };
         Some(name.to_bytes().to_vec())
     }

@@ -290,5 +290,6 @@ fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
     // the u32 at byte 24 of io_uring_sqe in the kernel ABI.
     let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
     raw[24..28].copy_from_slice(&len.to_le_bytes());
+    // SAFETY: the same 128 bytes back; any bit pattern is a valid sqe.
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
 }
