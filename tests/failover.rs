@@ -314,16 +314,7 @@ fn status_names_the_processes_and_refuses_what_is_not_a_stratafs_mount() {
     }
     let server: u32 = st["server"].parse().unwrap();
     let keeper: u32 = st["keeper"].parse().unwrap();
-    let parent = std::fs::read_to_string(format!("/proc/{server}/stat")).unwrap();
-    let ppid: u32 = parent
-        .rsplit(") ")
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ppid = parent_pid(server).unwrap();
     assert_eq!(ppid, keeper, "the keeper is the server's parent");
     assert_eq!(
         st["upper"],
@@ -393,24 +384,6 @@ fn upgrade_hands_a_mount_under_load_to_another_binary() {
     unmount(&m);
 }
 
-/// The stratafs servers of `user` whose mountpoint is a podman container's `merged`: the
-/// children of keepers (a server's parent runs the same command line).
-fn podman_servers(user: &str) -> Vec<u32> {
-    let out = run(Command::new("pgrep").args(["-u", user, "-f", "stratafs .*merged$"]));
-    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    let parent = |pid: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()
-    };
-    pids.iter()
-        .copied()
-        .filter(|p| parent(*p).is_some_and(|pp| pids.contains(&pp)))
-        .collect()
-}
-
 #[test]
 fn a_rootless_podman_container_outlives_its_killed_servers() {
     require_root();
@@ -455,16 +428,7 @@ fn a_rootless_podman_container_outlives_its_killed_servers() {
     let start = Instant::now();
     while kills < 5 && !job.is_finished() && start.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(400));
-        for pid in podman_servers(TEST_USER) {
-            if Command::new("kill")
-                .arg("-9")
-                .arg(pid.to_string())
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                kills += 1;
-            }
-        }
+        kills += kill_servers("stratafs .*merged$", Some(TEST_USER));
     }
     let out = job.join().expect("podman run");
     assert!(

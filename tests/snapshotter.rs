@@ -343,16 +343,8 @@ fn containerd_runs_images_from_the_repository_without_fetching_layers() {
         && start.elapsed() < Duration::from_secs(120)
     {
         std::thread::sleep(Duration::from_millis(300));
-        for pid in servers_under("rootfs") {
-            if Command::new("kill")
-                .arg("-9")
-                .arg(pid.to_string())
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                kills += 1;
-            }
-        }
+        // mount.fuse3 runs `stratafs SOURCE MOUNTPOINT -o OPTIONS`.
+        kills += kill_servers("stratafs .*/rootfs( |$)", None);
     }
     let out = job.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
@@ -694,22 +686,4 @@ fn kubernetes_cri_runs_a_pod_from_the_repository() {
         0,
         "pods left after RemovePodSandbox"
     );
-}
-
-/// The stratafs servers (children of keepers) whose command line names a path ending in
-/// `suffix` (mount.fuse3 runs `stratafs SOURCE MOUNTPOINT -o OPTIONS`).
-fn servers_under(suffix: &str) -> Vec<u32> {
-    let out = run(Command::new("pgrep").args(["-f", &format!("stratafs .*/{suffix}( |$)")]));
-    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    let parent = |pid: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()
-    };
-    pids.iter()
-        .copied()
-        .filter(|p| parent(*p).is_some_and(|pp| pids.contains(&pp)))
-        .collect()
 }

@@ -111,27 +111,52 @@ pub fn transport_opts() -> Vec<&'static str> {
     }
 }
 
-/// The process serving `mountpoint` (its command line ends with the mountpoint): the server,
-/// not its keeper (whose child it is, with the same command line).
-pub fn daemon_pid(mountpoint: &Path) -> u32 {
-    let out = run_ok(Command::new("pgrep").arg("-f").arg(format!(
-        "{} .*{}$",
-        BIN,
-        mountpoint.display()
-    )));
+/// The parent of process `pid`.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()
+}
+
+/// Processes whose command line matches `pattern` (`pgrep -f`, of `user` if given), and of
+/// those the servers: the ones whose parent (their keeper) matches too.
+pub fn keeper_servers(pattern: &str, user: Option<&str>) -> (Vec<u32>, Vec<u32>) {
+    let mut c = Command::new("pgrep");
+    if let Some(u) = user {
+        c.args(["-u", u]);
+    }
+    let out = run(c.arg("-f").arg(pattern));
     let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect();
-    let parent = |pid: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()
-    };
-    *pids
+    let servers = pids
         .iter()
-        .find(|p| parent(**p).is_some_and(|pp| pids.contains(&pp)))
-        .or(pids.first())
-        .expect("daemon pid")
+        .copied()
+        .filter(|p| parent_pid(*p).is_some_and(|pp| pids.contains(&pp)))
+        .collect();
+    (pids, servers)
+}
+
+/// SIGKILL the servers `keeper_servers` finds; how many were killed.
+pub fn kill_servers(pattern: &str, user: Option<&str>) -> usize {
+    keeper_servers(pattern, user)
+        .1
+        .into_iter()
+        .filter(|pid| {
+            Command::new("kill")
+                .arg("-9")
+                .arg(pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .count()
+}
+
+/// The process serving `mountpoint` (its command line ends with the mountpoint): the server,
+/// not its keeper (whose child it is, with the same command line).
+pub fn daemon_pid(mountpoint: &Path) -> u32 {
+    let (all, servers) = keeper_servers(&format!("{} .*{}$", BIN, mountpoint.display()), None);
+    *servers.first().or(all.first()).expect("daemon pid")
 }
 
 /// The threads of process `pid`, by name.
