@@ -15,7 +15,7 @@ uring=/sys/module/fuse/parameters/enable_uring
 [ -f $uring ] || { echo "test.sh: $uring missing: this kernel has no FUSE over io_uring" >&2; exit 1; }
 was=$(cat $uring)
 echo Y > $uring
-STRATAFS_TEST_TRANSPORT=io_uring cargo test --test write_differential --test posix \
+STRATAFS_TEST_TRANSPORT=io_uring cargo test --test write_differential --test posix --test atime \
   --test differential --test whiteout_rules --test reads --test readdir --test podman \
   --test podman_store 2>&1 || { echo "$was" > $uring; exit 1; }
 echo "$was" > $uring

@@ -35,7 +35,9 @@ pub struct Cli {
     /// wakes run on the CPU that answered it; on by default for writable mounts),
     /// failover=on|off|strict (a keeper process holds the connection and starts a new server
     /// when the server dies; on by default; strict also serves /dev/fuse, never io_uring, so
-    /// that no request is lost; see `stratafs status`), context="..." (accepted),
+    /// that no request is lost; see `stratafs status`), noatime, relatime (the default),
+    /// strictatime, nodiratime (access times of the writable layer, as on kernel overlayfs),
+    /// context="..." (accepted),
     /// and the kernel flags ro, rw, dev, nodev, suid, nosuid, exec, noexec. Options of mount(8),
     /// libfuse and fuse-overlayfs that do not apply here (nofail, x-*, kernel_cache, noacl …)
     /// are warned about and ignored; any other unknown option is an error.

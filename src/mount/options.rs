@@ -45,6 +45,8 @@ pub struct MountOptions {
     pub handoff: Option<bool>,
     /// A keeper holds the connection and restarts a server that dies (`failover=on|off`).
     pub failover: bool,
+    /// `noatime`, `relatime`, `strictatime`, `nodiratime`: the writable layer's access times.
+    pub atime: crate::overlay::atime::AtimePolicy,
     /// Options that do not apply ([`NOT_APPLICABLE`]), accepted with a warning.
     pub ignored: Vec<String>,
 }
@@ -105,6 +107,7 @@ impl Default for MountOptions {
             writeback: false,
             handoff: None,
             failover: true,
+            atime: Default::default(),
             ignored: Vec::new(),
         }
     }
@@ -350,8 +353,18 @@ impl MountOptions {
             "context" | "fscontext" | "defcontext" | "rootcontext" => {}
             "ro" | "rw" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
             | "noatime" | "relatime" | "sync" | "async" | "dirsync" => {
+                use crate::overlay::atime::Atime;
+                match key {
+                    "noatime" => self.atime.mode = Atime::Never,
+                    "relatime" | "atime" => self.atime.mode = Atime::Relative,
+                    _ => {}
+                }
                 self.flags.push(key.to_string())
             }
+            "strictatime" => self.atime.mode = crate::overlay::atime::Atime::Strict,
+            "nostrictatime" => self.atime.mode = crate::overlay::atime::Atime::Relative,
+            "nodiratime" => self.atime.nodiratime = true,
+            "diratime" => self.atime.nodiratime = false,
             // Always on: the kernel checks permissions against the merged attributes.
             "default_permissions" => {}
             k if NOT_APPLICABLE.contains(&k) || k.starts_with("x-") => {
@@ -421,6 +434,10 @@ const KNOWN: &[&str] = &[
     "sync",
     "async",
     "dirsync",
+    "strictatime",
+    "nostrictatime",
+    "diratime",
+    "nodiratime",
     "default_permissions",
 ];
 
@@ -442,10 +459,6 @@ pub const NOT_APPLICABLE: &[&str] = &[
     "comment",
     "lazytime",
     "nolazytime",
-    "strictatime",
-    "nostrictatime",
-    "diratime",
-    "nodiratime",
     "iversion",
     "noiversion",
     "silent",

@@ -119,6 +119,7 @@ impl MountPlan {
             fsync: self.options.fsync,
             ids: self.options.ids.clone(),
             resume: false,
+            atime: self.options.atime,
         }
     }
 

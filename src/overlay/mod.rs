@@ -13,6 +13,7 @@ use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 
 pub mod acl;
+pub mod atime;
 pub mod copyup;
 pub mod dir;
 pub mod error;
@@ -63,6 +64,8 @@ pub struct Config {
     pub ids: IdMap,
     /// A server taking over a live mount from a dead one: what that one parked in W stays.
     pub resume: bool,
+    /// When an access updates an atime on the writable layer.
+    pub atime: atime::AtimePolicy,
 }
 
 pub struct Overlay {
@@ -95,6 +98,8 @@ pub struct Overlay {
     /// Nodes whose upper file was removed while open: kept in W until the last release, so a
     /// server that takes over can open it again.
     pub(crate) parked: dashmap::DashSet<Ino>,
+    /// The mount's atime options.
+    pub(crate) atime: atime::AtimePolicy,
 }
 
 /// Release freed memory to the system after this many nodes went.
@@ -187,6 +192,14 @@ impl Overlay {
             )),
             lookahead: std::sync::OnceLock::new(),
             parked: dashmap::DashSet::new(),
+            atime: if cfg.read_only {
+                atime::AtimePolicy {
+                    mode: atime::Atime::Never,
+                    nodiratime: true,
+                }
+            } else {
+                cfg.atime
+            },
         })
     }
 

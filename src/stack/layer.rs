@@ -69,6 +69,9 @@ pub struct Layer {
     pub dev: u64,
     /// Set when the layer is read through a CernVM-FS client.
     pub cvmfs: Option<cvmfs::Client>,
+    /// O_NOATIME was refused here once (files of another owner, without CAP_FOWNER): files
+    /// are opened without it from then on.
+    noatime_denied: std::sync::atomic::AtomicBool,
 }
 
 impl Layer {
@@ -111,6 +114,7 @@ impl Layer {
             root,
             dev: st.st_dev,
             cvmfs,
+            noatime_denied: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -172,19 +176,35 @@ impl Layer {
         })
     }
 
+    /// Open a file for data, with O_NOATIME where allowed: as on kernel overlayfs, reading
+    /// through the mount never touches a layer file's access time on its own; the mount's
+    /// atime options decide (see `Overlay::accessed`).
+    fn open_data(&self, rel: &RelPath, flags: OFlags) -> io::Result<OwnedFd> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.noatime_denied.load(Relaxed) {
+            match self.open_beneath(rel, flags | OFlags::NOATIME) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    self.noatime_denied.store(true, Relaxed)
+                }
+                r => return r,
+            }
+        }
+        self.open_beneath(rel, flags)
+    }
+
     /// Open a regular file for reading.
     pub fn open_read(&self, rel: &RelPath) -> io::Result<OwnedFd> {
-        self.open_beneath(rel, OFlags::RDONLY)
+        self.open_data(rel, OFlags::RDONLY)
     }
 
     /// Open a regular file for reading and writing (the writable layer only).
     pub fn open_rw(&self, rel: &RelPath) -> io::Result<OwnedFd> {
-        self.open_beneath(rel, OFlags::RDWR)
+        self.open_data(rel, OFlags::RDWR)
     }
 
     /// Open a directory of the layer, never through a symlink.
     pub fn open_dir(&self, rel: &RelPath) -> io::Result<OwnedFd> {
-        self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)
+        self.open_data(rel, OFlags::RDONLY | OFlags::DIRECTORY)
     }
 
     /// An `O_PATH` descriptor of any entry (symlinks included, not followed).
@@ -198,7 +218,7 @@ impl Layer {
 
     /// Read a whole directory of this layer.
     pub fn read_dir(&self, rel: &RelPath) -> io::Result<Vec<RawEntry>> {
-        let fd = self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let fd = self.open_data(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let mut dir = rustix::fs::Dir::new(fd)?;
         let mut out = Vec::new();
         while let Some(ent) = dir.read() {

@@ -136,6 +136,11 @@ impl Session {
                     if let Some(j) = self.journal() {
                         j.open(fh, ino, flags);
                     }
+                    // An open to read is the access the kernel would stamp on read (FUSE
+                    // leaves atimes to us; cached pages are read without asking).
+                    if flags as i32 & libc::O_ACCMODE != libc::O_WRONLY {
+                        self.accessed(ino, fh);
+                    }
                     out.open_out(fh, wire::FOPEN_KEEP_CACHE)
                 })
                 .map_err(errno),
@@ -299,11 +304,17 @@ impl Session {
             Args::Listxattr { size } => xattr(out, size, &ov.list_xattrs(ino).map_err(errno)?)?,
             Args::Access { mask } => ov.access(ino, mask as i32, h.uid, h.gid).map_err(errno)?,
             Args::Readdir { offset, size } => {
+                if offset == 0 {
+                    ov.dir_accessed(ino);
+                }
                 out.limit(size as usize);
                 ov.read_dir(ino, offset, |e| !out.dirent(e.ino, e.next, e.kind, e.name))
                     .map_err(errno)?;
             }
             Args::Readdirplus { offset, size } => {
+                if offset == 0 {
+                    ov.dir_accessed(ino);
+                }
                 out.limit(size as usize);
                 ov.read_dir_plus(ino, offset, self.bare, |e| !match e.entry {
                     PlusEntry::Linked(a) => {

@@ -224,7 +224,13 @@ impl Session {
     /// Whether a request may have left the kernel's caches stale: then the transport calls
     /// [`Session::take_stale`] once its reply is sent.
     pub fn may_stale(&self, opcode: u32) -> bool {
-        self.ov.writable() && (wire::op::MUTATING.contains(&opcode) || opcode == wire::op::OPEN)
+        // OPEN and listings too: an access may have stamped an atime (see overlay::atime).
+        self.ov.writable()
+            && (wire::op::MUTATING.contains(&opcode)
+                || matches!(
+                    opcode,
+                    wire::op::OPEN | wire::op::READDIR | wire::op::READDIRPLUS
+                ))
     }
 
     /// What requests made stale since the last call.

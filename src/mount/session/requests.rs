@@ -97,6 +97,13 @@ impl Session {
             .ok_or_else(ebadf)
     }
 
+    /// `ino` was opened to read as handle `fh`: its atime, as the mount's options say.
+    pub(crate) fn accessed(&self, ino: u64, fh: u64) {
+        if let (Ok(node), Some(fd)) = (self.ov.node(ino), self.handle_fd(fh)) {
+            self.ov.accessed(&node, &fd);
+        }
+    }
+
     fn handle_fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
         self.handles.get(&fh).map(|h| Arc::clone(&h.fd))
     }
