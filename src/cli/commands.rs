@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 
 use super::Error;
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 use crate::image::convert::{self, Options};
 use crate::image::manifest::Platform;
 use crate::image::publish;
@@ -314,7 +314,7 @@ fn run_convert(
     let name =
         match name {
             Some(n) => Some(ImageName::parse_bare(&n, false).map_err(|reason| {
-                ConvertError::BadReference {
+                ImageError::BadReference {
                     reference: n.clone(),
                     reason: format!("option --name: {reason}"),
                 }
@@ -453,7 +453,7 @@ fn run_mount(
             for l in img.manifest.layers.iter().rev() {
                 let p = repo.layerfs(&l.digest);
                 if !p.is_dir() {
-                    return Err(ConvertError::Repo {
+                    return Err(ImageError::Repo {
                         path: repo.root.clone(),
                         reason: format!("image {}: layer {} is missing", img.name, l.digest),
                     }

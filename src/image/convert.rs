@@ -13,7 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 use crate::image::flat::FlatBuilder;
 use crate::image::manifest::{Descriptor, ImageConfig, Platform};
 use crate::image::reference::{ImageName, Source};
@@ -76,7 +76,7 @@ pub struct ImageSummary {
 }
 
 /// Expand wildcard tags through the registry's tag list (all pages).
-pub fn expand(sources: Vec<Source>) -> Result<Vec<Source>, ConvertError> {
+pub fn expand(sources: Vec<Source>) -> Result<Vec<Source>, ImageError> {
     let mut out = Vec::new();
     for s in sources {
         match &s {
@@ -103,7 +103,7 @@ pub fn expand(sources: Vec<Source>) -> Result<Vec<Source>, ConvertError> {
     Ok(out)
 }
 
-pub fn convert(repo: &Repo, sources: &[Source], opts: &Options) -> Result<Summary, ConvertError> {
+pub fn convert(repo: &Repo, sources: &[Source], opts: &Options) -> Result<Summary, ImageError> {
     let start = Instant::now();
     let mut summary = Summary::default();
     let progress = io::stderr().is_terminal().then(MultiProgress::new);
@@ -131,7 +131,7 @@ pub fn convert(repo: &Repo, sources: &[Source], opts: &Options) -> Result<Summar
                 .collect();
             roots.push(repo.flat_dir(&resolved.manifest.config.digest));
             let used =
-                disk_used(&roots, &mut seen_inodes).map_err(|e| ConvertError::io(&repo.root, e))?;
+                disk_used(&roots, &mut seen_inodes).map_err(|e| ImageError::io(&repo.root, e))?;
             *summary.disk_used.get_or_insert(0) += used;
         }
         summary.images.push(img);
@@ -147,7 +147,7 @@ pub fn convert_source(
     src: &dyn ImageSource,
     opts: &Options,
     summary: &mut Summary,
-) -> Result<ImageSummary, ConvertError> {
+) -> Result<ImageSummary, ImageError> {
     let resolved = src.resolve(&opts.platform)?;
     convert_one(repo, src, &resolved, opts, None, summary)
 }
@@ -159,14 +159,14 @@ fn convert_one(
     opts: &Options,
     progress: Option<&MultiProgress>,
     summary: &mut Summary,
-) -> Result<ImageSummary, ConvertError> {
+) -> Result<ImageSummary, ImageError> {
     let image = r.name.to_string();
     let cfg = &r.manifest.config.digest;
     let config = ImageConfig::parse(&format!("{image} config"), &r.config_bytes)?;
     let layers = &r.manifest.layers;
     if let Some(d) = config.rootfs.as_ref().map(|f| f.diff_ids.len()) {
         if d != layers.len() {
-            return Err(ConvertError::format(
+            return Err(ImageError::format(
                 format!("{image} config"),
                 format!("{d} diff_ids for {} layers", layers.len()),
             ));
@@ -240,7 +240,7 @@ fn convert_one(
         for (link, target) in &u.deferred_links {
             let lowers: Vec<PathBuf> = (0..*i).rev().map(|j| lower_path(j, &done)).collect();
             materialise_link(&tmp.join("layerfs"), link, target, &lowers).map_err(|reason| {
-                ConvertError::UnsafeEntry {
+                ImageError::UnsafeEntry {
                     image: image.clone(),
                     layer: layers[*i].digest.to_string(),
                     entry: String::from_utf8_lossy(link).into_owned(),
@@ -259,10 +259,10 @@ fn convert_one(
         let tmp = repo.temp_dir("flat")?;
         let paths: Vec<PathBuf> = layers.iter().map(|l| repo.layerfs(&l.digest)).collect();
         let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
-        FlatBuilder::build(&refs, &tmp, &config).map_err(|e| ConvertError::Layer {
+        FlatBuilder::build(&refs, &tmp, &config).map_err(|e| ImageError::Layer {
             image: image.clone(),
             layer: "flat root".into(),
-            source: Box::new(ConvertError::io(&tmp, e)),
+            source: Box::new(ImageError::io(&tmp, e)),
         })?;
         touch(&tmp.join(CATALOG_MARKER))?;
         repo.install_flat(cfg, &tmp)?;
@@ -311,7 +311,7 @@ fn fetch_layers(
     layers: &[Descriptor],
     which: &[usize],
     jobs: usize,
-) -> Result<Vec<(usize, PathBuf, Unpacked)>, ConvertError> {
+) -> Result<Vec<(usize, PathBuf, Unpacked)>, ImageError> {
     let (tx, rx) = crossbeam_channel::unbounded();
     for &i in which {
         tx.send(i).expect("receiver alive");
@@ -354,7 +354,7 @@ fn fetch_retrying(
     job: &LayerJob<'_>,
     desc: &Descriptor,
     index: usize,
-) -> Result<(PathBuf, Unpacked), ConvertError> {
+) -> Result<(PathBuf, Unpacked), ImageError> {
     let (src, image) = (job.src, job.image);
     let net = crate::image::registry::network();
     let mut wait = net.backoff;
@@ -369,7 +369,7 @@ fn fetch_retrying(
             return Err(e);
         };
         if attempt > net.retries {
-            return Err(ConvertError::Transfer {
+            return Err(ImageError::Transfer {
                 what: format!("{image}: blob {}", desc.digest),
                 reason: why,
                 attempts: attempt,
@@ -387,7 +387,7 @@ fn fetch_one(
     job: &LayerJob<'_>,
     desc: &Descriptor,
     index: usize,
-) -> Result<(PathBuf, Unpacked), ConvertError> {
+) -> Result<(PathBuf, Unpacked), ImageError> {
     let tmp = job.repo.temp_dir("layer")?;
     let r = fetch_into(job, &tmp, desc, index);
     if r.is_err() {
@@ -401,12 +401,12 @@ fn fetch_into(
     tmp: &Path,
     desc: &Descriptor,
     index: usize,
-) -> Result<Unpacked, ConvertError> {
+) -> Result<Unpacked, ImageError> {
     let (src, image, config, privileged, progress) =
         (job.src, job.image, job.config, job.privileged, job.progress);
     let layer = desc.digest.to_string();
     let fs_dir = tmp.join("layerfs");
-    std::fs::create_dir(&fs_dir).map_err(|e| ConvertError::io(&fs_dir, e))?;
+    std::fs::create_dir(&fs_dir).map_err(|e| ImageError::io(&fs_dir, e))?;
     let bar = progress.map(|m| {
         let b = m.add(ProgressBar::new(desc.size));
         b.set_style(
@@ -434,21 +434,21 @@ fn fetch_into(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let in_layer = |e: ConvertError| ConvertError::Layer {
+    let in_layer = |e: ImageError| ImageError::Layer {
         image: image.to_string(),
         layer: layer.clone(),
         source: Box::new(e),
     };
     let found = u.compressed_digest.clone().expect("set by unpack");
     if found != desc.digest {
-        return Err(in_layer(ConvertError::DigestMismatch {
+        return Err(in_layer(ImageError::DigestMismatch {
             what: "blob".into(),
             expected: desc.digest.to_string(),
             found: found.to_string(),
         }));
     }
     if desc.size != 0 && u.compressed_size != desc.size {
-        return Err(in_layer(ConvertError::SizeMismatch {
+        return Err(in_layer(ImageError::SizeMismatch {
             what: "blob".into(),
             expected: desc.size,
             found: u.compressed_size,
@@ -457,7 +457,7 @@ fn fetch_into(
     let diff_id = u.diff_id.clone().expect("set by unpack");
     if let Some(want) = config.rootfs.as_ref().and_then(|r| r.diff_ids.get(index)) {
         if *want != diff_id {
-            return Err(in_layer(ConvertError::DigestMismatch {
+            return Err(in_layer(ImageError::DigestMismatch {
                 what: "uncompressed layer (diff_id)".into(),
                 expected: want.to_string(),
                 found: diff_id.to_string(),
@@ -466,7 +466,7 @@ fn fetch_into(
     }
     touch(&fs_dir.join(CATALOG_MARKER))?;
     let meta = tmp.join(".metadata");
-    std::fs::create_dir(&meta).map_err(|e| ConvertError::io(&meta, e))?;
+    std::fs::create_dir(&meta).map_err(|e| ImageError::io(&meta, e))?;
     let info = vec![LayerInfo {
         id: diff_id.hex().to_string(),
         created: config.created.clone(),
@@ -568,7 +568,7 @@ pub fn describe(s: &Summary) -> String {
 }
 
 /// The thin image of a converted image, as a docker archive in `t.dir`.
-fn write_thin(t: &ThinOutput, src: &Source, r: &Resolved) -> Result<(), ConvertError> {
+fn write_thin(t: &ThinOutput, src: &Source, r: &Resolved) -> Result<(), ImageError> {
     let n = &r.name;
     let scheme = match src {
         Source::Registry(n) if n.plain_http => "http",
@@ -593,7 +593,7 @@ fn write_thin(t: &ThinOutput, src: &Source, r: &Resolved) -> Result<(), ConvertE
         .map_or(name.as_str(), |(_, r)| r)
         .to_string();
     let thin = crate::image::thin::Thin::of(&origin, &t.cvmfs_repo, &r.manifest);
-    std::fs::create_dir_all(&t.dir).map_err(|e| ConvertError::io(&t.dir, e))?;
+    std::fs::create_dir_all(&t.dir).map_err(|e| ImageError::io(&t.dir, e))?;
     let file = t.dir.join(format!(
         "{}.tar",
         crate::image::reference::sanitize(&name, '_')
@@ -692,7 +692,7 @@ mod tests {
     }
 
     impl ImageSource for MemImage {
-        fn resolve(&self, _p: &Platform) -> Result<Resolved, ConvertError> {
+        fn resolve(&self, _p: &Platform) -> Result<Resolved, ImageError> {
             let manifest = match Fetched::parse("mem", None, &self.manifest)? {
                 Fetched::Image(m) => m,
                 _ => unreachable!("a manifest"),
@@ -704,7 +704,7 @@ mod tests {
                 config_bytes: self.config.clone(),
             })
         }
-        fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ConvertError> {
+        fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ImageError> {
             let b = self
                 .blobs
                 .get(&d.digest.to_string())

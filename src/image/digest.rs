@@ -5,7 +5,7 @@ use std::io::{self, Read};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 
 /// A validated `sha256:<64 lowercase hex>` digest. Only sha256 is accepted: it is what every
 /// registry and the repository layout use, and a validated hex string is safe in a path.
@@ -13,12 +13,12 @@ use crate::image::Error as ConvertError;
 pub struct Digest(String);
 
 impl Digest {
-    pub fn parse(s: &str) -> Result<Digest, ConvertError> {
+    pub fn parse(s: &str) -> Result<Digest, ImageError> {
         let hex = s.strip_prefix("sha256:").ok_or_else(|| {
-            ConvertError::format(format!("digest '{s}'"), "only sha256:<hex> is supported")
+            ImageError::format(format!("digest '{s}'"), "only sha256:<hex> is supported")
         })?;
         Digest::from_hex(hex).ok_or_else(|| {
-            ConvertError::format(format!("digest '{s}'"), "not 64 lowercase hex characters")
+            ImageError::format(format!("digest '{s}'"), "not 64 lowercase hex characters")
         })
     }
 
@@ -42,10 +42,10 @@ impl Digest {
     }
 
     /// Check bytes against this digest.
-    pub fn verify(&self, what: &str, bytes: &[u8]) -> Result<(), ConvertError> {
+    pub fn verify(&self, what: &str, bytes: &[u8]) -> Result<(), ImageError> {
         let found = Digest::of(bytes);
         if &found != self {
-            return Err(ConvertError::DigestMismatch {
+            return Err(ImageError::DigestMismatch {
                 what: what.to_string(),
                 expected: self.to_string(),
                 found: found.to_string(),

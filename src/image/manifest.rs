@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 use crate::image::digest::Digest;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -35,7 +35,7 @@ pub struct Platform {
 
 impl Platform {
     /// `os/arch[/variant]`, as `--platform` takes it.
-    pub fn parse(s: &str) -> Result<Platform, ConvertError> {
+    pub fn parse(s: &str) -> Result<Platform, ImageError> {
         let p: Vec<&str> = s.split('/').collect();
         match p.as_slice() {
             [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
@@ -43,7 +43,7 @@ impl Platform {
                 architecture: arch.to_string(),
                 variant: p.get(2).map(|v| v.to_string()),
             }),
-            _ => Err(ConvertError::format(
+            _ => Err(ImageError::format(
                 format!("option --platform '{s}'"),
                 "expected OS/ARCH[/VARIANT], e.g. linux/amd64",
             )),
@@ -121,9 +121,9 @@ impl Fetched {
         what: &str,
         media_type: Option<&str>,
         bytes: &[u8],
-    ) -> Result<Fetched, ConvertError> {
+    ) -> Result<Fetched, ImageError> {
         let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| ConvertError::format(what, e))?;
+            serde_json::from_slice(bytes).map_err(|e| ImageError::format(what, e))?;
         let declared = media_type
             .filter(|m| !m.is_empty() && *m != "application/json")
             .map(str::to_string)
@@ -136,7 +136,7 @@ impl Fetched {
             Some(OCI_INDEX | DOCKER_LIST) => true,
             Some(OCI_MANIFEST | DOCKER_MANIFEST) => false,
             Some(m) if v.get("manifests").is_none() && v.get("layers").is_none() => {
-                return Err(ConvertError::format(
+                return Err(ImageError::format(
                     what,
                     format!("unsupported media type {m}"),
                 ));
@@ -145,17 +145,17 @@ impl Fetched {
         };
         if is_index {
             Ok(Fetched::Index(
-                serde_json::from_value(v).map_err(|e| ConvertError::format(what, e))?,
+                serde_json::from_value(v).map_err(|e| ImageError::format(what, e))?,
             ))
         } else {
             if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
-                return Err(ConvertError::format(
+                return Err(ImageError::format(
                     what,
                     "Docker schema 1 manifests are not supported",
                 ));
             }
             Ok(Fetched::Image(
-                serde_json::from_value(v).map_err(|e| ConvertError::format(what, e))?,
+                serde_json::from_value(v).map_err(|e| ImageError::format(what, e))?,
             ))
         }
     }
@@ -163,11 +163,11 @@ impl Fetched {
 
 impl Index {
     /// The manifest for `want`; the error lists what the index offers.
-    pub fn select(&self, image: &str, want: &Platform) -> Result<&Descriptor, ConvertError> {
+    pub fn select(&self, image: &str, want: &Platform) -> Result<&Descriptor, ImageError> {
         self.manifests
             .iter()
             .find(|d| d.platform.as_ref().is_some_and(|p| p.serves(want)))
-            .ok_or_else(|| ConvertError::NoPlatform {
+            .ok_or_else(|| ImageError::NoPlatform {
                 image: image.to_string(),
                 platform: want.to_string(),
                 available: self
@@ -211,8 +211,8 @@ pub struct RootFs {
 }
 
 impl ImageConfig {
-    pub fn parse(what: &str, bytes: &[u8]) -> Result<ImageConfig, ConvertError> {
-        serde_json::from_slice(bytes).map_err(|e| ConvertError::format(what, e))
+    pub fn parse(what: &str, bytes: &[u8]) -> Result<ImageConfig, ImageError> {
+        serde_json::from_slice(bytes).map_err(|e| ImageError::format(what, e))
     }
 }
 

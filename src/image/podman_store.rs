@@ -20,7 +20,7 @@ use std::path::Path;
 use base64::Engine;
 use serde_json::json;
 
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 use crate::image::digest::Digest;
 use crate::image::manifest::ImageConfig;
 use crate::image::repo::{Repo, touch, write_atomic};
@@ -50,12 +50,12 @@ fn short_link(lid: &str) -> String {
         .collect()
 }
 
-fn io(p: &Path) -> impl Fn(std::io::Error) -> ConvertError + '_ {
-    move |e| ConvertError::io(p, e)
+fn io(p: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
+    move |e| ImageError::io(p, e)
 }
 
 /// Rewrite `podmanStore/` for every image stratafs converted into the repository.
-pub fn write(repo: &Repo) -> Result<usize, ConvertError> {
+pub fn write(repo: &Repo) -> Result<usize, ImageError> {
     let root = repo.root.join(STORE);
     for d in [
         "",

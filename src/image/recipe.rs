@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 use crate::image::reference::Source;
 
 #[derive(Debug, Deserialize)]
@@ -31,8 +31,8 @@ pub struct Recipe {
 }
 
 impl Recipe {
-    pub fn load(path: &Path) -> Result<Recipe, ConvertError> {
-        let bad = |reason: String| ConvertError::Recipe {
+    pub fn load(path: &Path) -> Result<Recipe, ImageError> {
+        let bad = |reason: String| ImageError::Recipe {
             path: path.to_path_buf(),
             reason,
         };
@@ -48,11 +48,11 @@ impl Recipe {
     }
 
     /// The inputs as sources; an error names the recipe and the bad line.
-    pub fn sources(&self, path: &Path) -> Result<Vec<Source>, ConvertError> {
+    pub fn sources(&self, path: &Path) -> Result<Vec<Source>, ImageError> {
         self.input
             .iter()
             .map(|i| {
-                Source::parse(i).map_err(|e| ConvertError::Recipe {
+                Source::parse(i).map_err(|e| ImageError::Recipe {
                     path: path.to_path_buf(),
                     reason: e.to_string(),
                 })

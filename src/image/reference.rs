@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 use crate::image::digest::Digest;
 
 /// Where to read an image from.
@@ -40,8 +40,8 @@ pub struct ImageName {
 }
 
 impl Source {
-    pub fn parse(s: &str) -> Result<Source, ConvertError> {
-        let bad = |reason: &str| ConvertError::BadReference {
+    pub fn parse(s: &str) -> Result<Source, ImageError> {
+        let bad = |reason: &str| ImageError::BadReference {
             reference: s.to_string(),
             reason: reason.to_string(),
         };

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use ureq::Agent;
 use ureq::http::Response;
 
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 use crate::image::digest::Digest;
 use crate::image::manifest::{Descriptor, MANIFEST_ACCEPT, Platform};
 use crate::image::reference::ImageName;
@@ -78,7 +78,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(name: ImageName) -> Result<Registry, ConvertError> {
+    pub fn new(name: ImageName) -> Result<Registry, ImageError> {
         let scheme = if name.plain_http { "http" } else { "https" };
         let base = format!("{scheme}://{}", name.api_host());
         let agent: Agent = Agent::config_builder()
@@ -103,8 +103,8 @@ impl Registry {
     fn with_retries(
         &self,
         url: &str,
-        send: impl Fn() -> Result<Response<ureq::Body>, ConvertError>,
-    ) -> Result<Response<ureq::Body>, ConvertError> {
+        send: impl Fn() -> Result<Response<ureq::Body>, ImageError>,
+    ) -> Result<Response<ureq::Body>, ImageError> {
         let net = network();
         let mut wait = net.backoff;
         let mut attempt = 0;
@@ -113,7 +113,7 @@ impl Registry {
             let (again, hint) = match &r {
                 Ok(resp) if transient_status(resp.status().as_u16()) => (true, retry_after(resp)),
                 Ok(_) => (false, None),
-                Err(ConvertError::Http { .. }) => (true, None),
+                Err(ImageError::Http { .. }) => (true, None),
                 Err(_) => (false, None),
             };
             if !again || attempt >= net.retries {
@@ -135,7 +135,7 @@ impl Registry {
     /// Credentials and tokens go only to the registry itself (and, in `answer`, to the token
     /// realm its own challenge names): an absolute URL elsewhere (a tag list's `Link`) is
     /// fetched without them, and its challenges are not answered.
-    fn get(&self, path: &str, accept: &str) -> Result<Response<ureq::Body>, ConvertError> {
+    fn get(&self, path: &str, accept: &str) -> Result<Response<ureq::Body>, ImageError> {
         let url = if path.starts_with("http://") || path.starts_with("https://") {
             path.to_string()
         } else {
@@ -147,7 +147,7 @@ impl Registry {
             if let Some(a) = auth {
                 req = req.header("Authorization", a);
             }
-            req.call().map_err(|e| ConvertError::Http {
+            req.call().map_err(|e| ImageError::Http {
                 url: url.clone(),
                 message: e.to_string(),
             })
@@ -158,7 +158,7 @@ impl Registry {
             return check(&url, resp);
         }
         if !ours {
-            return Err(ConvertError::Registry {
+            return Err(ImageError::Registry {
                 url,
                 status: 401,
                 message: format!(
@@ -181,7 +181,7 @@ impl Registry {
     }
 
     /// The Authorization header for a `WWW-Authenticate` challenge.
-    fn answer(&self, url: &str, challenge: &str) -> Result<String, ConvertError> {
+    fn answer(&self, url: &str, challenge: &str) -> Result<String, ImageError> {
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         let params = parse_params(params);
         let basic = self.creds.as_ref().map(|(u, p)| {
@@ -190,7 +190,7 @@ impl Registry {
                 base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
             )
         });
-        let denied = |why: &str| ConvertError::Registry {
+        let denied = |why: &str| ImageError::Registry {
             url: url.to_string(),
             status: 401,
             message: why.to_string(),
@@ -222,7 +222,7 @@ impl Registry {
                 if let Some(b) = &basic {
                     req = req.header("Authorization", b);
                 }
-                let resp = req.call().map_err(|e| ConvertError::Http {
+                let resp = req.call().map_err(|e| ImageError::Http {
                     url: token_url.clone(),
                     message: e.to_string(),
                 })?;
@@ -236,7 +236,7 @@ impl Registry {
                     .body_mut()
                     .read_json_bytes()
                     .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-                    .map_err(|e| ConvertError::format(token_url.clone(), e))?;
+                    .map_err(|e| ImageError::format(token_url.clone(), e))?;
                 t.token
                     .or(t.access_token)
                     .map(|t| format!("Bearer {t}"))
@@ -246,7 +246,7 @@ impl Registry {
         }
     }
 
-    fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Option<String>), ConvertError> {
+    fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Option<String>), ImageError> {
         let path = format!("/v2/{}/manifests/{reference}", self.name.repository);
         let mut resp = self.get(&path, MANIFEST_ACCEPT)?;
         let ct = resp
@@ -259,7 +259,7 @@ impl Registry {
             .with_config()
             .limit(16 << 20)
             .read_to_vec()
-            .map_err(|e| ConvertError::Http {
+            .map_err(|e| ImageError::Http {
                 url: format!("{}{path}", self.base),
                 message: e.to_string(),
             })?;
@@ -270,7 +270,7 @@ impl Registry {
     }
 
     /// Every tag of the repository, following the `Link` header through all pages.
-    pub fn tags(&self) -> Result<Vec<String>, ConvertError> {
+    pub fn tags(&self) -> Result<Vec<String>, ImageError> {
         #[derive(Deserialize)]
         struct Page {
             #[serde(default)]
@@ -297,9 +297,9 @@ impl Registry {
                 .with_config()
                 .limit(64 << 20)
                 .read_to_vec()
-                .map_err(|e| ConvertError::format(path.clone(), e))?;
+                .map_err(|e| ImageError::format(path.clone(), e))?;
             let page: Page = serde_json::from_slice(&body)
-                .map_err(|e| ConvertError::format(format!("{} tag list", self.name), e))?;
+                .map_err(|e| ImageError::format(format!("{} tag list", self.name), e))?;
             out.extend(page.tags.unwrap_or_default());
         }
         Ok(out)
@@ -307,7 +307,7 @@ impl Registry {
 }
 
 impl ImageSource for Registry {
-    fn resolve(&self, platform: &Platform) -> Result<Resolved, ConvertError> {
+    fn resolve(&self, platform: &Platform) -> Result<Resolved, ImageError> {
         crate::image::source::resolve_with(
             &self.name,
             platform,
@@ -318,7 +318,7 @@ impl ImageSource for Registry {
         )
     }
 
-    fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ConvertError> {
+    fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ImageError> {
         let path = format!("/v2/{}/blobs/{}", self.name.repository, d.digest);
         let resp = self.get(&path, "*/*")?;
         self.failures.lock().retain(|(x, _)| *x != d.digest);
@@ -339,7 +339,7 @@ impl ImageSource for Registry {
 impl Registry {
     /// A small blob (the config) read whole, again from the start after a failure in
     /// transit.
-    fn small_blob(&self, d: &Descriptor) -> Result<Vec<u8>, ConvertError> {
+    fn small_blob(&self, d: &Descriptor) -> Result<Vec<u8>, ImageError> {
         let net = network();
         let mut wait = net.backoff;
         let mut attempt = 0;
@@ -349,14 +349,14 @@ impl Registry {
             let r = self.blob(d).and_then(|b| {
                 b.take(64 << 20)
                     .read_to_end(&mut bytes)
-                    .map_err(|e| ConvertError::format(format!("{} config", self.name), e))
+                    .map_err(|e| ImageError::format(format!("{} config", self.name), e))
             });
             let Err(e) = r else { return Ok(bytes) };
             let Some(why) = self.last_failure(&d.digest) else {
                 return Err(e);
             };
             if attempt > net.retries {
-                return Err(ConvertError::Transfer {
+                return Err(ImageError::Transfer {
                     what: format!("{}: config blob {}", self.name, d.digest),
                     reason: why,
                     attempts: attempt,
@@ -469,7 +469,7 @@ impl Read for Watched {
     }
 }
 
-fn check(url: &str, mut resp: Response<ureq::Body>) -> Result<Response<ureq::Body>, ConvertError> {
+fn check(url: &str, mut resp: Response<ureq::Body>) -> Result<Response<ureq::Body>, ImageError> {
     let status = resp.status().as_u16();
     if (200..300).contains(&status) {
         return Ok(resp);
@@ -484,7 +484,7 @@ fn check(url: &str, mut resp: Response<ureq::Body>) -> Result<Response<ureq::Bod
         .ok()
         .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| body.lines().next().unwrap_or("").to_string());
-    Err(ConvertError::Registry {
+    Err(ImageError::Registry {
         url: url.to_string(),
         status,
         message,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 use crate::image::digest::Digest;
 use crate::image::manifest::Manifest;
 use crate::image::reference::ImageName;
@@ -31,8 +31,8 @@ pub struct Repo {
     seq: AtomicU64,
 }
 
-fn io_err(p: &Path) -> impl Fn(io::Error) -> ConvertError + '_ {
-    move |e| ConvertError::io(p, e)
+fn io_err(p: &Path) -> impl Fn(io::Error) -> ImageError + '_ {
+    move |e| ImageError::io(p, e)
 }
 
 /// `[{"id":…, "compressed-diff-digest":…, "diff-digest":…, "diff-size":…}]` as DUCC writes.
@@ -65,9 +65,9 @@ pub struct Image {
 impl Repo {
     /// Open (creating it if needed) and lock the repository; clean what an interrupted run
     /// left in the temporary area.
-    pub fn open(root: &Path) -> Result<Repo, ConvertError> {
+    pub fn open(root: &Path) -> Result<Repo, ImageError> {
         if root.exists() && !root.is_dir() {
-            return Err(ConvertError::Repo {
+            return Err(ImageError::Repo {
                 path: root.into(),
                 reason: "not a directory".into(),
             });
@@ -81,7 +81,7 @@ impl Repo {
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-            |_| ConvertError::Repo {
+            |_| ImageError::Repo {
                 path: root.clone(),
                 reason: "locked by another stratafs convert or gc".into(),
             },
@@ -107,7 +107,7 @@ impl Repo {
 
     /// Close the repository after a run, leaving nothing of stratafs' own scratch (the
     /// temporary area, the lock file) in the tree: for a tree about to be published.
-    pub fn close_clean(self) -> Result<(), ConvertError> {
+    pub fn close_clean(self) -> Result<(), ImageError> {
         let tmp = self.root.join(TMP);
         force_remove(&tmp).map_err(io_err(&tmp))?;
         let lock = self.root.join(LOCK);
@@ -117,10 +117,10 @@ impl Repo {
 
     /// Open for reading only: no lock, nothing created or cleaned (it may be a read-only
     /// CVMFS mount, and a convert may be running).
-    pub fn read(root: &Path) -> Result<Repo, ConvertError> {
+    pub fn read(root: &Path) -> Result<Repo, ImageError> {
         let root = fs::canonicalize(root).map_err(io_err(root))?;
         if !root.join(".layers").is_dir() {
-            return Err(ConvertError::Repo {
+            return Err(ImageError::Repo {
                 path: root,
                 reason: "not a repository (no .layers directory)".into(),
             });
@@ -134,7 +134,7 @@ impl Repo {
 
     /// Find an image by name (`registry/repo:tag`, as `stratafs images` lists it) or by
     /// digest (`sha256:…` of its config or manifest, or a unique prefix of either).
-    pub fn find_image(&self, want: &str) -> Result<(Image, Vec<u8>), ConvertError> {
+    pub fn find_image(&self, want: &str) -> Result<(Image, Vec<u8>), ImageError> {
         let images = self.images()?;
         let hex = want.strip_prefix("sha256:").unwrap_or(want);
         let by_digest = hex.len() >= 6 && hex.bytes().all(|b| b.is_ascii_hexdigit());
@@ -164,11 +164,11 @@ impl Repo {
                 let bytes = fs::read(self.manifest_file(&i.name)).map_err(io_err(&self.root))?;
                 Ok((i, bytes))
             }
-            0 => Err(ConvertError::Repo {
+            0 => Err(ImageError::Repo {
                 path: self.root.clone(),
                 reason: format!("no image '{want}' (see stratafs images --repo)"),
             }),
-            n => Err(ConvertError::Repo {
+            n => Err(ImageError::Repo {
                 path: self.root.clone(),
                 reason: format!("'{want}' names {n} images: give more of the digest or the name"),
             }),
@@ -183,7 +183,7 @@ impl Repo {
     }
 
     /// A fresh directory in the temporary area.
-    pub fn temp_dir(&self, what: &str) -> Result<PathBuf, ConvertError> {
+    pub fn temp_dir(&self, what: &str) -> Result<PathBuf, ImageError> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let p = self
             .root
@@ -211,7 +211,7 @@ impl Repo {
     }
 
     /// Move a finished layer (a temp dir holding `layerfs/` and `.metadata/`) into place.
-    pub fn install_layer(&self, l: &Digest, tmp: &Path) -> Result<(), ConvertError> {
+    pub fn install_layer(&self, l: &Digest, tmp: &Path) -> Result<(), ImageError> {
         let parent = self.root.join(".layers").join(l.xx());
         fs::create_dir_all(&parent).map_err(io_err(&parent))?;
         touch(&parent.join(CATALOG_MARKER))?;
@@ -224,7 +224,7 @@ impl Repo {
     }
 
     /// Record that image `cfg` uses layer `l` (`.metadata/origin.json`).
-    pub fn add_origin(&self, l: &Digest, cfg: &Digest) -> Result<(), ConvertError> {
+    pub fn add_origin(&self, l: &Digest, cfg: &Digest) -> Result<(), ImageError> {
         let p = self.layer_dir(l).join(".metadata/origin.json");
         let mut o: Origin = fs::read(&p)
             .ok()
@@ -250,7 +250,7 @@ impl Repo {
         self.flat_dir(cfg).is_dir()
     }
 
-    pub fn install_flat(&self, cfg: &Digest, tmp: &Path) -> Result<(), ConvertError> {
+    pub fn install_flat(&self, cfg: &Digest, tmp: &Path) -> Result<(), ImageError> {
         let parent = self.root.join(".flat").join(cfg.xx());
         fs::create_dir_all(&parent).map_err(io_err(&parent))?;
         let dest = self.flat_dir(cfg);
@@ -271,7 +271,7 @@ impl Repo {
 
     /// The image config blob, beside the manifest (podman's store needs it; DUCC does not
     /// write it).
-    pub fn write_config(&self, name: &ImageName, bytes: &[u8]) -> Result<(), ConvertError> {
+    pub fn write_config(&self, name: &ImageName, bytes: &[u8]) -> Result<(), ImageError> {
         let p = self.manifest_path(name).with_file_name("config.json");
         fs::create_dir_all(p.parent().expect("has parent")).map_err(io_err(&p))?;
         write_atomic(&p, bytes)
@@ -292,14 +292,14 @@ impl Repo {
     }
 
     /// Written last: from now on the image counts as converted.
-    pub fn write_manifest(&self, name: &ImageName, bytes: &[u8]) -> Result<(), ConvertError> {
+    pub fn write_manifest(&self, name: &ImageName, bytes: &[u8]) -> Result<(), ImageError> {
         let p = self.manifest_path(name);
         fs::create_dir_all(p.parent().expect("has parent")).map_err(io_err(&p))?;
         write_atomic(&p, bytes)
     }
 
     /// `<registry>/<repo>:<tag>` -> `../../.flat/<xx>/<cfg>`, relative, replaced atomically.
-    pub fn link(&self, name: &ImageName, cfg: &Digest) -> Result<(), ConvertError> {
+    pub fn link(&self, name: &ImageName, cfg: &Digest) -> Result<(), ImageError> {
         let rel = name.public_path();
         let depth = rel.split('/').count() - 1;
         let target = format!("{}.flat/{}/{}", "../".repeat(depth), cfg.xx(), cfg.hex());
@@ -320,7 +320,7 @@ impl Repo {
     }
 
     /// A tag moved: keep its old manifest in `remove-schedule.json` for `gc`.
-    pub fn schedule_removal(&self, name: &ImageName, old: &[u8]) -> Result<(), ConvertError> {
+    pub fn schedule_removal(&self, name: &ImageName, old: &[u8]) -> Result<(), ImageError> {
         let p = self.root.join(".metadata/remove-schedule.json");
         let mut list: Vec<serde_json::Value> = fs::read(&p)
             .ok()
@@ -333,7 +333,7 @@ impl Repo {
     }
 
     /// Every image with a manifest under `.metadata/`.
-    pub fn images(&self) -> Result<Vec<Image>, ConvertError> {
+    pub fn images(&self) -> Result<Vec<Image>, ImageError> {
         let mut out = Vec::new();
         let base = self.root.join(".metadata");
         let mut stack = vec![base.clone()];
@@ -341,7 +341,7 @@ impl Repo {
             let rd = match fs::read_dir(&d) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(ConvertError::io(&d, e)),
+                Err(e) => return Err(ImageError::io(&d, e)),
             };
             for e in rd {
                 let e = e.map_err(io_err(&d))?;
@@ -351,7 +351,7 @@ impl Repo {
                 } else if e.file_name() == "manifest.json" {
                     let bytes = fs::read(&p).map_err(io_err(&p))?;
                     let manifest: Manifest = serde_json::from_slice(&bytes)
-                        .map_err(|e| ConvertError::format(p.display().to_string(), e))?;
+                        .map_err(|e| ImageError::format(p.display().to_string(), e))?;
                     let name = d
                         .strip_prefix(&base)
                         .unwrap_or(&d)
@@ -368,14 +368,14 @@ impl Repo {
     /// Remove the image `want` names (a name as `images` lists it, or a reference naming it):
     /// its metadata leaves in one rename, after which no command sees the image, then its
     /// public link goes. Its layers and flat root stay for `gc`. The name removed.
-    pub fn remove_image(&self, want: &str) -> Result<String, ConvertError> {
+    pub fn remove_image(&self, want: &str) -> Result<String, ImageError> {
         let parsed = ImageName::parse_bare(want, false).ok();
         let name = self
             .images()?
             .into_iter()
             .map(|i| i.name)
             .find(|n| n == want || parsed.as_ref().is_some_and(|p| p.metadata_path() == *n))
-            .ok_or_else(|| ConvertError::Repo {
+            .ok_or_else(|| ImageError::Repo {
                 path: self.root.clone(),
                 reason: format!("no image '{want}' (see stratafs images --repo)"),
             })?;
@@ -405,7 +405,7 @@ impl Repo {
 
     /// Remove layers and flat roots no image uses. Returns the removed paths (only listed
     /// with `dry_run`).
-    pub fn gc(&self, dry_run: bool) -> Result<Vec<PathBuf>, ConvertError> {
+    pub fn gc(&self, dry_run: bool) -> Result<Vec<PathBuf>, ImageError> {
         let images = self.images()?;
         let mut live_layers = BTreeSet::new();
         let mut live_flat = BTreeSet::new();
@@ -478,7 +478,7 @@ fn remove_empty_parents(p: &Path, top: &Path) {
     }
 }
 
-fn read_names(d: &Path) -> Result<Vec<String>, ConvertError> {
+fn read_names(d: &Path) -> Result<Vec<String>, ImageError> {
     match fs::read_dir(d) {
         Ok(rd) => rd
             .map(|e| {
@@ -487,11 +487,11 @@ fn read_names(d: &Path) -> Result<Vec<String>, ConvertError> {
             })
             .collect(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(ConvertError::io(d, e)),
+        Err(e) => Err(ImageError::io(d, e)),
     }
 }
 
-pub fn touch(p: &Path) -> Result<(), ConvertError> {
+pub fn touch(p: &Path) -> Result<(), ImageError> {
     File::options()
         .create(true)
         .append(true)
@@ -501,7 +501,7 @@ pub fn touch(p: &Path) -> Result<(), ConvertError> {
 }
 
 /// Write to a temporary name in the same directory, sync, rename.
-pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<(), ConvertError> {
+pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     let tmp = p.with_file_name(format!(
         ".{}.tmp-{}",
         p.file_name().unwrap_or_default().to_string_lossy(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 use crate::image::digest::Digest;
 use crate::image::manifest::{
     DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, Descriptor, Fetched, Manifest, Platform,
@@ -32,9 +32,9 @@ pub struct Resolved {
 /// An opened image source.
 pub trait ImageSource: Send + Sync {
     /// The manifest for `platform` (an index is resolved) and the config blob, verified.
-    fn resolve(&self, platform: &Platform) -> Result<Resolved, ConvertError>;
+    fn resolve(&self, platform: &Platform) -> Result<Resolved, ImageError>;
     /// A reader of a blob's bytes; the caller hashes them.
-    fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ConvertError>;
+    fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ImageError>;
     /// Why the last read of blob `d` failed in transit (stalled, cut off), if it did: such a
     /// failure is worth another try, a bad blob is not.
     fn transfer_failure(&self, _d: &crate::image::digest::Digest) -> Option<String> {
@@ -43,7 +43,7 @@ pub trait ImageSource: Send + Sync {
 }
 
 /// Open a source. `name` overrides the name a local source gets in the repository.
-pub fn open(src: &Source, name: Option<&ImageName>) -> Result<Box<dyn ImageSource>, ConvertError> {
+pub fn open(src: &Source, name: Option<&ImageName>) -> Result<Box<dyn ImageSource>, ImageError> {
     Ok(match src {
         Source::Oci { dir, tag } => Box::new(OciLayout {
             files: Box::new(DirFiles(dir.clone())),
@@ -91,12 +91,12 @@ fn local_name(path: &Path, tag: Option<&str>) -> ImageName {
 
 /// Files of an image layout or archive, by relative path.
 trait Files: Send + Sync {
-    fn open(&self, rel: &str) -> Result<Box<dyn Read + Send>, ConvertError>;
-    fn read(&self, rel: &str) -> Result<Vec<u8>, ConvertError> {
+    fn open(&self, rel: &str) -> Result<Box<dyn Read + Send>, ImageError>;
+    fn read(&self, rel: &str) -> Result<Vec<u8>, ImageError> {
         let mut v = Vec::new();
         self.open(rel)?
             .read_to_end(&mut v)
-            .map_err(|e| ConvertError::format(rel.to_string(), e))?;
+            .map_err(|e| ImageError::format(rel.to_string(), e))?;
         Ok(v)
     }
 }
@@ -104,11 +104,11 @@ trait Files: Send + Sync {
 struct DirFiles(PathBuf);
 
 impl Files for DirFiles {
-    fn open(&self, rel: &str) -> Result<Box<dyn Read + Send>, ConvertError> {
+    fn open(&self, rel: &str) -> Result<Box<dyn Read + Send>, ImageError> {
         let p = self.0.join(rel);
         File::open(&p)
             .map(|f| Box::new(f) as Box<dyn Read + Send>)
-            .map_err(|e| ConvertError::io(p, e))
+            .map_err(|e| ImageError::io(p, e))
     }
 }
 
@@ -120,8 +120,8 @@ struct TarFiles {
 }
 
 impl TarFiles {
-    fn open(path: &Path) -> Result<TarFiles, ConvertError> {
-        let err = |e: io::Error| ConvertError::io(path, e);
+    fn open(path: &Path) -> Result<TarFiles, ImageError> {
+        let err = |e: io::Error| ImageError::io(path, e);
         let file = File::open(path).map_err(err)?;
         let mut members = HashMap::new();
         let mut ar = tar::Archive::new(file.try_clone().map_err(err)?);
@@ -142,9 +142,9 @@ impl TarFiles {
 }
 
 impl Files for TarFiles {
-    fn open(&self, rel: &str) -> Result<Box<dyn Read + Send>, ConvertError> {
+    fn open(&self, rel: &str) -> Result<Box<dyn Read + Send>, ImageError> {
         let &(off, len) = self.members.get(rel).ok_or_else(|| {
-            ConvertError::format(
+            ImageError::format(
                 format!("{}", self.path.display()),
                 format!("no member {rel}"),
             )
@@ -192,11 +192,11 @@ fn blob_path(d: &Digest) -> String {
 }
 
 impl ImageSource for OciLayout {
-    fn resolve(&self, platform: &Platform) -> Result<Resolved, ConvertError> {
+    fn resolve(&self, platform: &Platform) -> Result<Resolved, ImageError> {
         let what = format!("{}/index.json", self.what);
         let idx = match Fetched::parse(&what, None, &self.files.read("index.json")?)? {
             Fetched::Index(i) => i,
-            Fetched::Image(_) => return Err(ConvertError::format(what, "not an image index")),
+            Fetched::Image(_) => return Err(ImageError::format(what, "not an image index")),
         };
         let top = match &self.tag {
             Some(t) => idx
@@ -204,11 +204,11 @@ impl ImageSource for OciLayout {
                 .iter()
                 .find(|d| d.annotations.get(REF_NAME) == Some(t))
                 .ok_or_else(|| {
-                    ConvertError::format(what.clone(), format!("no image tagged '{t}'"))
+                    ImageError::format(what.clone(), format!("no image tagged '{t}'"))
                 })?,
             None if idx.manifests.len() == 1 => &idx.manifests[0],
             None => {
-                return Err(ConvertError::format(
+                return Err(ImageError::format(
                     what,
                     "several images: name one as oci:DIR:TAG",
                 ));
@@ -229,7 +229,7 @@ impl ImageSource for OciLayout {
         )
     }
 
-    fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ConvertError> {
+    fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ImageError> {
         self.files.open(&blob_path(&d.digest))
     }
 }
@@ -242,9 +242,9 @@ pub(crate) fn resolve_with(
     platform: &Platform,
     mut reference: String,
     mut media_type: Option<String>,
-    manifest: impl Fn(&str, Option<&str>) -> Result<(Vec<u8>, Option<String>), ConvertError>,
-    config: impl Fn(&Descriptor) -> Result<Vec<u8>, ConvertError>,
-) -> Result<Resolved, ConvertError> {
+    manifest: impl Fn(&str, Option<&str>) -> Result<(Vec<u8>, Option<String>), ImageError>,
+    config: impl Fn(&Descriptor) -> Result<Vec<u8>, ImageError>,
+) -> Result<Resolved, ImageError> {
     let image = name.to_string();
     loop {
         let (bytes, ct) = manifest(&reference, media_type.as_deref())?;
@@ -295,11 +295,11 @@ impl DockerArchive {
         file: &Path,
         pick: Option<&ImageName>,
         name: Option<&ImageName>,
-    ) -> Result<DockerArchive, ConvertError> {
+    ) -> Result<DockerArchive, ImageError> {
         let files = TarFiles::open(file)?;
         let what = format!("docker-archive:{}", file.display());
         let entries: Vec<DockerEntry> = serde_json::from_slice(&files.read("manifest.json")?)
-            .map_err(|e| ConvertError::format(format!("{what} manifest.json"), e))?;
+            .map_err(|e| ImageError::format(format!("{what} manifest.json"), e))?;
         let parse_tag = |t: &str| ImageName::parse_bare(t, false).ok();
         let (entry, tag_name) = match pick {
             Some(p) => entries
@@ -312,13 +312,13 @@ impl DockerArchive {
                         .find(|n| n == p)
                         .map(|n| (e, Some(n)))
                 })
-                .ok_or_else(|| ConvertError::format(what.clone(), format!("no image named {p}")))?,
+                .ok_or_else(|| ImageError::format(what.clone(), format!("no image named {p}")))?,
             None if entries.len() == 1 => {
                 let e = &entries[0];
                 (e, e.repo_tags.iter().flatten().find_map(|t| parse_tag(t)))
             }
             None => {
-                return Err(ConvertError::format(
+                return Err(ImageError::format(
                     what,
                     "several images: name one as docker-archive:FILE:NAME:TAG",
                 ));
@@ -337,8 +337,8 @@ impl DockerArchive {
         for l in &entry.layers {
             // The layer's digest is that of the member as stored: hash it once here.
             let mut h = crate::image::digest::HashingReader::new(files.open(l)?);
-            io::copy(&mut h, &mut io::sink()).map_err(|e| ConvertError::io(file, e))?;
-            let (digest, size) = h.finish().map_err(|e| ConvertError::io(file, e))?;
+            io::copy(&mut h, &mut io::sink()).map_err(|e| ImageError::io(file, e))?;
+            let (digest, size) = h.finish().map_err(|e| ImageError::io(file, e))?;
             layer_paths.insert(digest.clone(), l.clone());
             layers.push(Descriptor {
                 media_type: DOCKER_LAYER.into(),
@@ -371,7 +371,7 @@ impl DockerArchive {
 }
 
 impl ImageSource for DockerArchive {
-    fn resolve(&self, _platform: &Platform) -> Result<Resolved, ConvertError> {
+    fn resolve(&self, _platform: &Platform) -> Result<Resolved, ImageError> {
         Ok(Resolved {
             name: self.name.clone(),
             manifest_bytes: self.manifest_bytes.clone(),
@@ -380,9 +380,9 @@ impl ImageSource for DockerArchive {
         })
     }
 
-    fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ConvertError> {
+    fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ImageError> {
         let p = self.layer_paths.get(&d.digest).ok_or_else(|| {
-            ConvertError::format(
+            ImageError::format(
                 format!("{}", self.files.path.display()),
                 format!("no layer {}", d.digest),
             )

@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 use crate::image::digest::Digest;
 use crate::image::manifest::Manifest;
 
@@ -51,15 +51,15 @@ impl Thin {
         }
     }
 
-    pub fn load(path: &Path) -> Result<Thin, ConvertError> {
-        let b = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
-        serde_json::from_slice(&b).map_err(|e| ConvertError::format(path.display().to_string(), e))
+    pub fn load(path: &Path) -> Result<Thin, ImageError> {
+        let b = std::fs::read(path).map_err(|e| ImageError::io(path, e))?;
+        serde_json::from_slice(&b).map_err(|e| ImageError::format(path.display().to_string(), e))
     }
 
     /// The layer directories, top first (the order of `lowerdir=`), with `cvmfs://REPO/PATH`
     /// resolved under `cvmfs_root`; a URL climbing out of its repository is refused.
-    pub fn lowerdirs(&self, file: &Path, cvmfs_root: &Path) -> Result<Vec<PathBuf>, ConvertError> {
-        let bad = |reason: String| ConvertError::format(file.display().to_string(), reason);
+    pub fn lowerdirs(&self, file: &Path, cvmfs_root: &Path) -> Result<Vec<PathBuf>, ImageError> {
+        let bad = |reason: String| ImageError::format(file.display().to_string(), reason);
         let mut out = Vec::new();
         for l in self.layers.iter().rev() {
             let rest = l.url.strip_prefix("cvmfs://").ok_or_else(|| {
@@ -105,8 +105,8 @@ pub fn thin_name(
 
 /// A docker archive (`podman load -i FILE`) of one image tagged `name`, whose single layer
 /// holds `thin.json`. Written to a temporary name, then renamed.
-pub fn write_archive(file: &Path, name: &str, thin: &Thin) -> Result<(), ConvertError> {
-    let io = |e: std::io::Error| ConvertError::io(file, e);
+pub fn write_archive(file: &Path, name: &str, thin: &Thin) -> Result<(), ImageError> {
+    let io = |e: std::io::Error| ImageError::io(file, e);
     let json = serde_json::to_vec_pretty(thin).expect("serialisable");
     let mut layer = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_ustar();

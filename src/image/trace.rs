@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::error::Error as ConvertError;
+use super::error::Error as ImageError;
 use super::repo::{Image, Repo};
 use crate::stack::trace::{self, RepoDir, Trace, TraceFile};
 
@@ -88,12 +88,12 @@ pub fn save_from_log(
     repo: &Repo,
     log: &Path,
     image: Option<&str>,
-) -> Result<(PathBuf, usize), ConvertError> {
-    let bad = |reason: String| ConvertError::Format {
+) -> Result<(PathBuf, usize), ImageError> {
+    let bad = |reason: String| ImageError::Format {
         what: format!("access log {}", log.display()),
         reason,
     };
-    let text = std::fs::read_to_string(log).map_err(|e| ConvertError::io(log, e))?;
+    let text = std::fs::read_to_string(log).map_err(|e| ImageError::io(log, e))?;
     let mut lines = text.lines();
     let header: serde_json::Value = lines
         .next()

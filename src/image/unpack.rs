@@ -16,7 +16,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use tracing::warn;
 
-use crate::image::Error as ConvertError;
+use crate::image::Error as ImageError;
 use crate::image::digest::{Digest, HashingReader};
 use crate::stack::override_stat::{self, Override};
 use crate::stack::whiteout;
@@ -195,16 +195,16 @@ fn decoder<'a, R: BufRead + 'a>(mut r: R) -> io::Result<Box<dyn Read + 'a>> {
 }
 
 /// Unpack `blob` into the (empty) directory `dest`.
-pub fn unpack(blob: impl Read, dest: &Path, t: &Target<'_>) -> Result<Unpacked, ConvertError> {
+pub fn unpack(blob: impl Read, dest: &Path, t: &Target<'_>) -> Result<Unpacked, ImageError> {
     let root = rustix::fs::open(
         dest,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| ConvertError::io(dest, e.into()))?;
+    .map_err(|e| ImageError::io(dest, e.into()))?;
     let mut compressed = BufReader::with_capacity(1 << 20, HashingReader::new(blob));
     let mut out = Unpacked::default();
-    let layer_err = |e: ConvertError| ConvertError::Layer {
+    let layer_err = |e: ImageError| ImageError::Layer {
         image: t.image.to_string(),
         layer: t.layer.to_string(),
         source: Box::new(e),
@@ -212,9 +212,9 @@ pub fn unpack(blob: impl Read, dest: &Path, t: &Target<'_>) -> Result<Unpacked, 
     let hit = std::rc::Rc::new(std::cell::Cell::new(false));
     let io_err = |what: &str, e: io::Error| {
         layer_err(if hit.get() {
-            ConvertError::TooLarge { limit: t.max_size }
+            ImageError::TooLarge { limit: t.max_size }
         } else {
-            ConvertError::format(what.to_string(), e)
+            ImageError::format(what.to_string(), e)
         })
     };
     {
@@ -233,7 +233,7 @@ pub fn unpack(blob: impl Read, dest: &Path, t: &Target<'_>) -> Result<Unpacked, 
                 let mut entry = entry.map_err(|e| io_err("reading the tar", e))?;
                 let name = entry.path_bytes().into_owned();
                 let shown = String::from_utf8_lossy(&name).into_owned();
-                let unsafe_entry = |reason: String| ConvertError::UnsafeEntry {
+                let unsafe_entry = |reason: String| ImageError::UnsafeEntry {
                     image: t.image.to_string(),
                     layer: t.layer.to_string(),
                     entry: shown.clone(),

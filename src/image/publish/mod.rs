@@ -13,7 +13,7 @@ pub use stage::{STAGED_ENV, Stage};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::error::Error as ConvertError;
+use super::error::Error as ImageError;
 
 /// Where stratum-0 repositories are mounted (for writing during a transaction).
 const CVMFS_ROOT: &str = "/cvmfs";
@@ -25,8 +25,8 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn parse(s: &str) -> Result<Target, ConvertError> {
-        let bad = |reason: &str| ConvertError::Publish {
+    pub fn parse(s: &str) -> Result<Target, ImageError> {
+        let bad = |reason: &str| ImageError::Publish {
             target: s.to_string(),
             reason: reason.to_string(),
         };
@@ -50,8 +50,8 @@ impl Target {
     }
 
     /// Check that `dir` (the convert's `--repo`) is inside the repository's tree.
-    pub fn check_dir(&self, dir: &Path) -> Result<(), ConvertError> {
-        let abs = std::path::absolute(dir).map_err(|e| ConvertError::io(dir, e))?;
+    pub fn check_dir(&self, dir: &Path) -> Result<(), ImageError> {
+        let abs = std::path::absolute(dir).map_err(|e| ImageError::io(dir, e))?;
         let inside = abs.starts_with(self.root())
             && !abs
                 .components()
@@ -59,7 +59,7 @@ impl Target {
         if inside {
             Ok(())
         } else {
-            Err(ConvertError::Publish {
+            Err(ImageError::Publish {
                 target: format!("cvmfs:{}", self.fqrn),
                 reason: format!(
                     "--repo {} is not inside {}",
@@ -72,8 +72,8 @@ impl Target {
 }
 
 /// Run `cvmfs_server ARGS… REPO`; its last line of output is the error.
-pub(super) fn cvmfs_server(target: &Target, args: &[&str]) -> Result<(), ConvertError> {
-    let fail = |reason: String| ConvertError::Publish {
+pub(super) fn cvmfs_server(target: &Target, args: &[&str]) -> Result<(), ImageError> {
+    let fail = |reason: String| ImageError::Publish {
         target: format!("cvmfs:{}", target.fqrn),
         reason,
     };
