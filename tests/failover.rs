@@ -70,14 +70,6 @@ fn workload(mnt: &Path) -> Command {
     c
 }
 
-/// A merged tree as the workload left it: kind, mode, content.
-fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
-    snapshot(root)
-        .into_iter()
-        .map(|(p, e)| (p, format!("{} {:o} {:?}", e.kind, e.mode, e.content)))
-        .collect()
-}
-
 /// A mount taken away when the test ends, passed or not.
 struct Mnt(PathBuf);
 
@@ -196,7 +188,7 @@ fn killed_servers_are_replaced_and_the_workload_sees_no_error() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("done {ROUNDS} err 0")
     );
-    let want = tree(&km);
+    let want = content_tree(&km);
     run_ok(Command::new("umount").arg(&km));
 
     let m = mount(&l, tmp.path(), "strata", "");
@@ -238,7 +230,11 @@ fn killed_servers_are_replaced_and_the_workload_sees_no_error() {
             .trim(),
         "0"
     );
-    assert_eq!(tree(&m), want, "the tree differs from kernel overlayfs'");
+    assert_eq!(
+        content_tree(&m),
+        want,
+        "the tree differs from kernel overlayfs'"
+    );
 
     unmount(&m);
     wait_until("the keeper to exit", || {

@@ -6,36 +6,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use stratafs::image::publish::delta::Delta;
 
-type Tree = BTreeMap<PathBuf, (String, Vec<u8>, u32)>;
-
-fn tree(root: &Path) -> Tree {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let p = root.join(&rel);
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        let (kind, data) = if m.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                stack.push(rel.join(e.unwrap().file_name()));
-            }
-            ("dir", Vec::new())
-        } else if m.file_type().is_symlink() {
-            let t = std::fs::read_link(&p).unwrap();
-            ("symlink", t.into_os_string().into_encoded_bytes())
-        } else {
-            ("file", std::fs::read(&p).unwrap())
-        };
-        if rel != Path::new("") {
-            out.insert(rel, (kind.to_string(), data, m.mode() & 0o7777));
-        }
-    }
-    out
+/// The tree below `root` as content (the root itself left out: a copy's root is not
+/// published).
+fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut t = common::content_tree(root);
+    t.remove(Path::new(""));
+    t
 }
 
 fn sh(dir: &Path, script: &str) {

@@ -151,7 +151,8 @@ impl Journal {
     /// The kernel is told of node `ino` as `name` in `parent` (a lookup, a new entry, a
     /// READDIRPLUS entry). Written once per node until it is forgotten.
     pub fn node(&self, ino: u64, parent: u64, name: &[u8]) {
-        if self.known.insert(ino) {
+        // Every lookup comes here: a shared lock answers the usual case (known already).
+        if !self.known.contains(&ino) && self.known.insert(ino) {
             self.append(
                 kind::NODE,
                 &[&ino.to_le_bytes(), &parent.to_le_bytes(), name],

@@ -305,7 +305,6 @@ impl Keeper {
             }
             restarts += 1;
             warn!(mountpoint = %self.mountpoint.display(), restarts, "the server died ({how}); starting another on the same connection");
-            info!("restart {restarts}");
         }
     }
 }

@@ -96,8 +96,15 @@ impl Overlay {
         if node.top() != 0 || !node.attr().is_dir() {
             return;
         }
-        if let Ok(fd) = self.layers[0].open_dir(&node.path()) {
-            self.accessed(&node, &fd);
+        // A directory being written in has its descriptor open already.
+        let cached = self.upper_dirs.lock().peek(&ino).cloned();
+        match cached {
+            Some(fd) => self.accessed(&node, &fd),
+            None => {
+                if let Ok(fd) = self.layers[0].open_dir(&node.path()) {
+                    self.accessed(&node, &fd);
+                }
+            }
         }
     }
 }

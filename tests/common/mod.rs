@@ -375,6 +375,24 @@ fn snapshot_impl(root: &Path, oracle: bool) -> BTreeMap<PathBuf, Entry> {
 
 use std::os::unix::ffi::OsStringExt;
 
+/// A tree as its content alone: kind, permission bits, file content or link target by path
+/// (the root included). For comparing trees whose owners and times may differ.
+pub fn content_tree(root: &Path) -> BTreeMap<PathBuf, String> {
+    snapshot(root)
+        .into_iter()
+        .map(|(p, e)| {
+            let v = format!(
+                "{} {:o} {:?} {:?}",
+                e.kind,
+                e.mode & 0o7777,
+                e.content,
+                e.target
+            );
+            (p, v)
+        })
+        .collect()
+}
+
 /// Compare two snapshots; on mismatch, report the first differing paths.
 pub fn assert_same_tree(ours: &BTreeMap<PathBuf, Entry>, oracle: &BTreeMap<PathBuf, Entry>) {
     let mut problems = Vec::new();

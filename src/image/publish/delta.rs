@@ -44,11 +44,7 @@ impl Delta {
     /// published directory at `rel`, if any, is hidden by it (opaque here or above), so that
     /// whatever it holds that the upper one does not is gone.
     fn dir(&mut self, upper: &Path, lower: &Path, rel: &Path, hides: bool) -> io::Result<()> {
-        let mut names = Vec::new();
-        for ent in std::fs::read_dir(upper.join(rel))? {
-            names.push(ent?.file_name());
-        }
-        names.sort();
+        let names = sorted_names(&upper.join(rel))?;
         for name in &names {
             let r = rel.join(name);
             let u = std::fs::symlink_metadata(upper.join(&r))?;
@@ -105,12 +101,7 @@ impl Delta {
         if !std::fs::symlink_metadata(upper.join(rel))?.is_dir() {
             return Ok(());
         }
-        let mut names = Vec::new();
-        for ent in std::fs::read_dir(upper.join(rel))? {
-            names.push(ent?.file_name());
-        }
-        names.sort();
-        for n in names {
+        for n in sorted_names(&upper.join(rel))? {
             let r = rel.join(n);
             // A directory made where one was deleted is opaque, never holds whiteouts that
             // matter (nothing is beneath it), but the kernel may leave some.
@@ -135,6 +126,16 @@ impl Delta {
         let w = b.into_inner()?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()
     }
+}
+
+/// The names in directory `d`, sorted (so that deltas and tars come out the same each run).
+fn sorted_names(d: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut names = Vec::new();
+    for ent in std::fs::read_dir(d)? {
+        names.push(ent?.file_name());
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// A kernel overlayfs whiteout: a character device 0/0.
