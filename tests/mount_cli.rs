@@ -226,6 +226,34 @@ fn daemon_mode_returns_once_live_and_exits_on_umount() {
     drop(m);
 }
 
+/// `stratafs MOUNTPOINT -o …` with relative paths, as a person types it: the server a keeper
+/// starts gets the same arguments and must not look at the mountpoint (which its keeper has
+/// mounted and nobody answers yet) before it serves. It did, and the mount hung.
+#[test]
+fn mountpoint_first_with_relative_paths() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    two_layers(tmp.path());
+    std::fs::create_dir(tmp.path().join("mnt")).unwrap();
+    let out = run(Command::new(BIN)
+        .current_dir(tmp.path())
+        .args(["mnt", "-o", "lowerdir=top:bottom"])
+        .arg("-o")
+        .arg("failover=on"));
+    assert!(
+        out.status.success(),
+        "mount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mnt = tmp.path().join("mnt");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("d/bottom.txt")).unwrap(),
+        "bottom"
+    );
+    run_ok(Command::new("umount").arg(&mnt));
+    wait_until("daemon exit after umount", || daemon_pids(&mnt).is_empty());
+}
+
 /// mount.fuse3 runs "stratafs SOURCE MOUNTPOINT -o OPTS" through the PATH: a PATH that
 /// starts with a directory holding the binary under test as `stratafs`.
 fn path_with_stratafs(dir: &Path) -> String {

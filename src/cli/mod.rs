@@ -24,8 +24,10 @@ pub const SUBCOMMANDS: &[&str] = &[
 
 /// The subcommand `arg` is a typo of, when it is not a path either: the mount form's first
 /// argument is a mountpoint or a source, which exist, or a word of a form like `-o`.
+/// The path is looked at last, and never by a keeper's server: its first argument may be the
+/// mountpoint, which its keeper mounted and nobody answers yet.
 fn mistyped_subcommand(arg: &str) -> Option<&'static str> {
-    if arg.is_empty() || arg.starts_with('-') || std::path::Path::new(arg).exists() {
+    if arg.is_empty() || arg.starts_with('-') {
         return None;
     }
     SUBCOMMANDS
@@ -34,6 +36,7 @@ fn mistyped_subcommand(arg: &str) -> Option<&'static str> {
         .filter(|&(d, c)| d <= 2 && d < c.len())
         .min()
         .map(|(_, c)| c)
+        .filter(|_| !crate::mount::keeper::is_server() && !std::path::Path::new(arg).exists())
 }
 
 /// Log lines on stderr: with their time where they go to a file or a journal, without it on
