@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 
 use super::daemon::Ready;
 use super::journal::Journal;
+use super::metrics::page::Page;
 use super::wire::init;
 
 /// Restarts allowed within [`WINDOW`] before the keeper gives up.
@@ -44,6 +45,8 @@ pub struct ServeEnv {
     pub layers: Vec<RawFd>,
     /// Whether this server is a restart (not the first start).
     pub restart: bool,
+    /// The mount's metrics page, which the keeper keeps.
+    pub page: Option<OwnedFd>,
 }
 
 /// Whether this process is a server a keeper started (and must not touch its mountpoint
@@ -83,6 +86,7 @@ impl ServeEnv {
             ready: fd("ready")?,
             layers,
             restart: fields.get("restart") == Some(&"1"),
+            page: fd("page"),
         })
     }
 
@@ -102,6 +106,11 @@ pub struct Keeper {
     pub upper: Option<PathBuf>,
     /// The program servers run: this one, as it was when the keeper started.
     pub program: PathBuf,
+    /// What the status file says of the layers and the metrics ([`Status`]).
+    pub labels: Vec<String>,
+    pub group: Option<String>,
+    /// `metrics=`: bound before the mount, served once it is live.
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 impl Keeper {
@@ -125,6 +134,7 @@ impl Keeper {
         &self,
         program: &Path,
         restart: bool,
+        page: Option<RawFd>,
     ) -> std::io::Result<(std::process::Child, std::fs::File)> {
         let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let pass: Vec<RawFd> = [
@@ -134,13 +144,14 @@ impl Keeper {
         ]
         .into_iter()
         .chain(self.layers.iter().map(|l| l.as_raw_fd()))
+        .chain(page)
         .collect();
         let layers: Vec<String> = self
             .layers
             .iter()
             .map(|l| l.as_raw_fd().to_string())
             .collect();
-        let env = format!(
+        let mut env = format!(
             "dev={};journal={};ready={};layers={};restart={}",
             pass[0],
             pass[1],
@@ -148,6 +159,9 @@ impl Keeper {
             layers.join(","),
             u8::from(restart)
         );
+        if let Some(p) = page {
+            env += &format!(";page={p}");
+        }
         let mut cmd = Command::new(program);
         if let Some(arg0) = std::env::args_os().next() {
             cmd.arg0(arg0);
@@ -192,17 +206,24 @@ impl Keeper {
 
     /// Start the server and keep one running until the mount ends. `ready` is released once
     /// the first server serves.
-    pub fn run(self, mut ready: Ready) -> Result<(), super::Error> {
+    pub fn run(mut self, mut ready: Ready) -> Result<(), super::Error> {
         let status = Status::path_for(&self.mountpoint);
         if status.is_none() {
             warn!(mountpoint = %self.mountpoint.display(), "not in the mount table: no status file");
         }
+        let page = status.as_deref().and_then(|p| self.make_page(p));
+        let page_fd = page.as_ref().map(|(_, f)| f.as_raw_fd());
+        let mut metrics = self.metrics.take();
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
         let mut starts: VecDeque<Instant> = VecDeque::new();
         let mut restarts = 0u32;
         let mut first = true;
         let mut program = self.program.clone();
         loop {
-            let (mut child, mut pipe) = match self.spawn(&program, !first) {
+            if let Some((p, _)) = &page {
+                p.set_restarts(restarts.into());
+            }
+            let (mut child, mut pipe) = match self.spawn(&program, !first, page_fd) {
                 Ok(c) => c,
                 Err(e) => {
                     let msg = format!(
@@ -226,6 +247,9 @@ impl Keeper {
                     ready.ok();
                     if daemon {
                         super::daemon::detach_stdio();
+                    }
+                    if let (Some(l), Some(p)) = (metrics.take(), &status) {
+                        super::metrics::http::serve(l, mount_metrics(p.clone()));
                     }
                 } else {
                     let _ = child.wait();
@@ -252,6 +276,9 @@ impl Keeper {
                 transport: if on_rings { "io_uring" } else { "dev" }.to_string(),
                 upper: self.upper.clone(),
                 mountpoint: self.mountpoint.clone(),
+                layers: self.labels.clone(),
+                group: self.group.clone(),
+                metrics: metrics_addr,
             };
             if let Some(p) = &status {
                 st.write(p);
@@ -259,7 +286,7 @@ impl Keeper {
             let exit = child.wait();
             if exit.as_ref().is_ok_and(|s| s.success()) || !self.alive() {
                 if let Some(p) = &status {
-                    let _ = std::fs::remove_file(p);
+                    Status::remove(p);
                 }
                 return Ok(());
             }
@@ -299,13 +326,43 @@ impl Keeper {
                 error!("{msg}");
                 self.give_up();
                 if let Some(p) = &status {
-                    let _ = std::fs::remove_file(p);
+                    Status::remove(p);
                 }
                 return Err(super::Error::Daemon(msg));
             }
             restarts += 1;
             warn!(mountpoint = %self.mountpoint.display(), restarts, "the server died ({how}); starting another on the same connection");
         }
+    }
+}
+
+impl Keeper {
+    /// The metrics page beside the status file `status`, kept for every server.
+    fn make_page(&self, status: &Path) -> Option<(std::sync::Arc<Page>, std::fs::File)> {
+        if let Some(d) = status.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        match Page::create(&status.with_extension("metrics"), self.labels.len()) {
+            Ok((p, f)) => Some((std::sync::Arc::new(p), f)),
+            Err(e) => {
+                warn!(mountpoint = %self.mountpoint.display(), "no metrics page: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// The body of a mount's own `/metrics`: its status file and page, read at each scrape.
+pub(crate) fn mount_metrics(status: PathBuf) -> impl Fn() -> String + Send + 'static {
+    move || {
+        let seen = std::fs::read(&status)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<Status>(&t).ok())
+            .and_then(|st| {
+                let page = Page::open(&status.with_extension("metrics")).ok()?;
+                Some(super::metrics::Seen { status: st, page })
+            });
+        super::metrics::encode(super::metrics::mount_families(seen.as_slice()))
     }
 }
 
@@ -324,12 +381,22 @@ pub fn connection_of(p: &Path) -> Option<u64> {
 /// What `stratafs status` reports, written by the keeper where it can find it.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Status {
+    /// The keeper; the server itself on a mount without one (`failover=off`).
     pub keeper: u32,
     pub server: u32,
     pub restarts: u32,
     pub transport: String,
     pub upper: Option<PathBuf>,
     pub mountpoint: PathBuf,
+    /// The layers' names for metrics, in the stack's order (upper first).
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// `metrics_group=`.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// `metrics=`, as bound.
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Status {
@@ -340,7 +407,13 @@ impl Status {
         Some(runtime_dir().join(format!("{conn}.json")))
     }
 
-    fn write(&self, p: &Path) {
+    /// Remove the status file at `p` and the metrics page beside it.
+    pub(crate) fn remove(p: &Path) {
+        let _ = std::fs::remove_file(p.with_extension("metrics"));
+        let _ = std::fs::remove_file(p);
+    }
+
+    pub(crate) fn write(&self, p: &Path) {
         let text = serde_json::to_vec(self).expect("serialisable");
         let tmp = p.with_extension("tmp");
         let r = p
@@ -387,6 +460,9 @@ pub fn status(mountpoint: &Path) -> Result<String, super::Error> {
     if let Some(u) = &st.upper {
         out += &format!("upper {}\n", u.display());
     }
+    if let Some(a) = &st.metrics {
+        out += &format!("metrics http://{a}/metrics\n");
+    }
     Ok(out)
 }
 
@@ -409,7 +485,7 @@ fn read_status(mountpoint: &Path) -> Result<Status, super::Error> {
         }
     }
     Err(not(
-        "a mount without a keeper (not stratafs, or mounted with -o failover=off)",
+        "no status file (not a stratafs mount, or one of an older version)",
     ))
 }
 
@@ -418,6 +494,11 @@ fn read_status(mountpoint: &Path) -> Result<Status, super::Error> {
 pub fn upgrade(mountpoint: &Path, binary: &Path) -> Result<String, super::Error> {
     let st = read_status(mountpoint)?;
     let bad = |why: String| super::Error::Daemon(format!("{}: {why}", mountpoint.display()));
+    if st.keeper == st.server {
+        return Err(bad(
+            "mounted with -o failover=off: no keeper to start another server".into(),
+        ));
+    }
     if st.transport != "dev" {
         return Err(bad(
             "a mount served over io_uring cannot be handed over".into()

@@ -12,6 +12,7 @@ pub mod error;
 pub mod journal;
 pub mod keeper;
 pub mod kernel;
+pub mod metrics;
 pub mod options;
 pub mod plan;
 pub mod report;

@@ -30,6 +30,10 @@ pub struct MountOptions {
     pub prefetch: Prefetch,
     /// Write request counts by opcode here at unmount.
     pub stats: Option<PathBuf>,
+    /// Serve this mount's Prometheus metrics at `http://ADDR/metrics` (`metrics=HOST:PORT`).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// The `group` label node-wide exporters report this mount under (`metrics_group=NAME`).
+    pub metrics_group: Option<String>,
     /// List subdirectories of listed directories and read small siblings of read files ahead
     /// (`lookahead=off` turns it off).
     pub lookahead: bool,
@@ -61,6 +65,19 @@ fn on_off(opt: &str, val: Option<&str>) -> Result<bool, Error> {
             reason: format!("expected on or off, got '{v}'"),
         }),
     }
+}
+
+/// `metrics=HOST:PORT` (a name is resolved now, to its first address).
+fn metrics_address(opt: &str, v: &str) -> Result<std::net::SocketAddr, Error> {
+    use std::net::ToSocketAddrs;
+    let bad = |reason: String| Error::BadOption {
+        option: opt.into(),
+        reason,
+    };
+    v.to_socket_addrs()
+        .map_err(|e| bad(format!("expected HOST:PORT: {e}")))?
+        .next()
+        .ok_or_else(|| bad(format!("{v}: no address")))
 }
 
 /// `io_uring=`: which transport serves requests.
@@ -101,6 +118,8 @@ impl Default for MountOptions {
             access_log: None,
             prefetch: Prefetch::Auto,
             stats: None,
+            metrics: None,
+            metrics_group: None,
             lookahead: true,
             io_uring: IoUring::Auto,
             readdirplus_lazy: true,
@@ -261,6 +280,8 @@ impl MountOptions {
                 self.access_log = Some(PathBuf::from(nonempty(key, val)?));
             }
             "stats" => self.stats = Some(PathBuf::from(nonempty(key, val)?)),
+            "metrics" => self.metrics = Some(metrics_address(opt, &nonempty(key, val)?)?),
+            "metrics_group" => self.metrics_group = Some(nonempty(key, val)?),
             "writeback" => self.writeback = on_off(opt, val)?,
             "handoff" => self.handoff = Some(on_off(opt, val)?),
             // strict: the lossless promise, which only /dev/fuse keeps (a ring mount's dead
@@ -400,6 +421,8 @@ const KNOWN: &[&str] = &[
     "passthrough",
     "access_log",
     "stats",
+    "metrics",
+    "metrics_group",
     "writeback",
     "handoff",
     "failover",

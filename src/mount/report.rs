@@ -42,7 +42,7 @@ fn totals(dir: &Path) -> std::io::Result<Count> {
 
 /// `.layers/<xx>/<hex>/layerfs` reads as `sha256:<hex>`, a `.flat/<xx>/<hex>` root (also
 /// through podmanStore's links) as `flat sha256:<hex>`; other layers by their path.
-fn label(p: &Path) -> String {
+pub(crate) fn label(p: &Path) -> String {
     let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     match RepoDir::parse(&real) {
         Some(d) if d.flat => format!("flat sha256:{}", &d.hex[..12]),

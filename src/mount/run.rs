@@ -12,6 +12,7 @@ use super::daemon::{self, Ready};
 use super::devfuse;
 use super::journal::Journal;
 use super::keeper::{Keeper, ServeEnv};
+use super::metrics::page::Page;
 use super::options::{IoUring, MountOptions, Prefetch};
 use super::plan::MountPlan;
 use super::session::{Passthrough, Session};
@@ -175,6 +176,7 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         drop(overlay);
         return keep(plan, &mountpoint);
     }
+    let metrics = bind_metrics(opts)?;
     let mut ready = if plan.foreground {
         Ready::foreground()
     } else {
@@ -192,8 +194,38 @@ pub fn run(plan: &MountPlan) -> Result<(), Error> {
         mountpoint,
         trace,
         journal: None,
+        page: None,
+        own: Some(Own { metrics }),
     };
     server.serve(plan)
+}
+
+fn anonymous_page(layers: usize) -> Result<Page, Error> {
+    Page::anonymous(layers).map_err(|e| Error::Daemon(format!("metrics page: {e}")))
+}
+
+/// `metrics=`: bound before anything is mounted, so a bad address leaves nothing behind.
+fn bind_metrics(opts: &MountOptions) -> Result<Option<std::net::TcpListener>, Error> {
+    opts.metrics
+        .map(|a| super::metrics::http::bind("metrics", a))
+        .transpose()
+}
+
+/// The layers' names in metrics, in the stack's order: the writable layer, then the lower
+/// ones top first by digest or path.
+fn layer_labels(plan: &MountPlan) -> Vec<String> {
+    let upper = plan.options.upperdir.is_some();
+    plan.layer_dirs()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if upper && i == 0 {
+                "upper".to_string()
+            } else {
+                super::report::label(p)
+            }
+        })
+        .collect()
 }
 
 fn mount_failed(ready: &mut Ready, mountpoint: &Path, e: io::Error) -> Error {
@@ -224,6 +256,7 @@ fn keep(plan: &MountPlan, mountpoint: &Path) -> Result<(), Error> {
         source: e,
     })?;
     let journal = Journal::create().map_err(|e| Error::Daemon(format!("journal: {e}")))?;
+    let metrics = bind_metrics(&plan.options)?;
     let mut ready = if plan.foreground {
         Ready::foreground()
     } else {
@@ -241,6 +274,9 @@ fn keep(plan: &MountPlan, mountpoint: &Path) -> Result<(), Error> {
         mountpoint: mountpoint.to_path_buf(),
         upper: cfg.upper.as_ref().map(|(u, _)| u.clone()),
         program: PathBuf::from("/proc/self/exe"),
+        labels: layer_labels(plan),
+        group: plan.options.metrics_group.clone(),
+        metrics,
     }
     .run(ready)
 }
@@ -288,6 +324,8 @@ fn serve_for_keeper(plan: &MountPlan, env: ServeEnv) -> Result<(), Error> {
         mountpoint,
         trace,
         journal: Some((journal, env.restart)),
+        page: env.page,
+        own: None,
     };
     server.serve(plan)
 }
@@ -301,6 +339,52 @@ struct Server {
     trace: Option<(Trace, PathBuf)>,
     /// The keeper's journal, and whether this server takes over from a dead one.
     journal: Option<(Arc<Journal>, bool)>,
+    /// The metrics page the keeper keeps.
+    page: Option<std::os::fd::OwnedFd>,
+    /// A mount without a keeper publishes its status and page itself.
+    own: Option<Own>,
+}
+
+/// What a mount without a keeper does a keeper's part of.
+struct Own {
+    metrics: Option<std::net::TcpListener>,
+}
+
+impl Own {
+    /// Write the status file and the page beside it, and serve `metrics=`; the page, or an
+    /// unshared one when there is no runtime directory to publish it in.
+    fn publish(self, plan: &MountPlan, mountpoint: &Path) -> (Page, Option<PathBuf>) {
+        let labels = layer_labels(plan);
+        let status = super::keeper::Status::path_for(mountpoint);
+        let page = status.as_ref().and_then(|p| {
+            let _ = p.parent().map(std::fs::create_dir_all);
+            Page::create(&p.with_extension("metrics"), labels.len())
+                .inspect_err(|e| warn!("no metrics page: {e}"))
+                .ok()
+        });
+        let Some((page, _file)) = page else {
+            let anon = Page::anonymous(labels.len()).expect("an anonymous mapping");
+            return (anon, None);
+        };
+        let status = status.expect("a page has a status path");
+        let me = std::process::id();
+        super::keeper::Status {
+            keeper: me,
+            server: me,
+            restarts: 0,
+            transport: "dev".to_string(),
+            upper: plan.options.upperdir.clone(),
+            mountpoint: mountpoint.to_path_buf(),
+            layers: labels,
+            group: plan.options.metrics_group.clone(),
+            metrics: self.metrics.as_ref().and_then(|l| l.local_addr().ok()),
+        }
+        .write(&status);
+        if let Some(l) = self.metrics {
+            super::metrics::http::serve(l, super::keeper::mount_metrics(status.clone()));
+        }
+        (page, Some(status))
+    }
 }
 
 impl Server {
@@ -312,6 +396,8 @@ impl Server {
             mountpoint,
             trace,
             journal,
+            page,
+            own,
         } = self;
         let opts = &plan.options;
         overlay.set_open_file_limit(open_file_budget());
@@ -329,13 +415,26 @@ impl Server {
             }
             _ => None,
         };
-        let stats = match &opts.stats {
-            Some(f) if !restart => {
-                let s = Stats::create(f, &mountpoint);
-                Some(Arc::new(or_fail(&mut ready, "stats", f, s)?))
-            }
-            _ => None,
+        let layers = plan.layer_dirs().len();
+        let (page, own_status) = match (page, own) {
+            (Some(fd), _) => match Page::from_fd(fd) {
+                Ok(p) => (p, None),
+                Err(e) => {
+                    warn!("metrics page: {e}");
+                    (anonymous_page(layers)?, None)
+                }
+            },
+            (None, Some(own)) => own.publish(plan, &mountpoint),
+            (None, None) => (anonymous_page(layers)?, None),
         };
+        // A restart writes the statistics file at unmount, as the first server would have:
+        // the page holds every server's counts.
+        let file = opts.stats.as_deref();
+        let stats = Stats::new(page, file, &mountpoint);
+        let stats = Some(Arc::new(match file {
+            Some(f) => or_fail(&mut ready, "stats", f, stats)?,
+            None => stats.map_err(|e| Error::Daemon(format!("statistics: {e}")))?,
+        }));
         let acl = super::kernel::acl(plan);
         let mut session = Session::new(Arc::clone(&overlay), Arc::clone(&dev), opts.passthrough)
             .with_acl(acl)
@@ -393,6 +492,15 @@ impl Server {
                 }
             }
         };
+        if let (Some(p), true) = (&own_status, on_rings) {
+            if let Some(mut st) = std::fs::read(p)
+                .ok()
+                .and_then(|t| serde_json::from_slice::<super::keeper::Status>(&t).ok())
+            {
+                st.transport = "io_uring".into();
+                st.write(p);
+            }
+        }
         if !restart {
             info!(mountpoint = %mountpoint.display(), layers = plan.lowerdirs.len(), "mounted");
         }
@@ -407,6 +515,7 @@ impl Server {
         }
         let prefetch = trace.map(|(t, from)| {
             let p = Prefetcher::start(Arc::clone(&overlay), t, from, PREFETCH_THREADS);
+            session.set_prefetch(Arc::clone(&p));
             if let Some(log) = &access {
                 log.watch_prefetch(Arc::clone(&p));
             }
@@ -429,7 +538,7 @@ impl Server {
         if let Some(p) = &prefetch {
             p.stop("unmounted");
         }
-        if let Some(s) = &stats {
+        if let Some(s) = stats.as_ref().filter(|_| opts.stats.is_some()) {
             info!(mountpoint = %mountpoint.display(), "{}", s.summary());
             if let Err(e) = s.write() {
                 warn!("stats: {e}");
@@ -439,6 +548,9 @@ impl Server {
             if let Err(e) = log.write() {
                 warn!("access log: {e}");
             }
+        }
+        if let Some(p) = &own_status {
+            super::keeper::Status::remove(p);
         }
         ran?;
         info!(mountpoint = %mountpoint.display(), "unmounted");

@@ -10,17 +10,18 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
+
+use super::metrics::page::{Page, Scalar};
 
 macro_rules! ops {
     ($($v:ident => $n:literal),* $(,)?) => {
         /// The requests the session answers.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum Op { $($v),* }
-        const NAMES: &[&str] = &[$($n),*];
+        pub(crate) const NAMES: &[&str] = &[$($n),*];
     };
 }
 
@@ -42,14 +43,13 @@ ops! {
     Other => "other",
 }
 
+/// A mount's request counters ([`Page`], which exporters read too) and, with `-o stats=FILE`,
+/// the file they are written to at unmount.
 pub struct Stats {
-    file: PathBuf,
+    file: Option<PathBuf>,
     mount: PathBuf,
     start: Instant,
-    count: Vec<AtomicU64>,
-    nanos: Vec<AtomicU64>,
-    /// Of all requests, those that came through FUSE over io_uring.
-    ring: AtomicU64,
+    page: Page,
 }
 
 /// Counts one request when dropped.
@@ -61,9 +61,8 @@ pub struct Timer<'a> {
 
 impl Drop for Timer<'_> {
     fn drop(&mut self) {
-        let i = self.op as usize;
-        self.stats.count[i].fetch_add(1, Ordering::Relaxed);
-        self.stats.nanos[i].fetch_add(self.t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let nanos = self.t0.elapsed().as_nanos() as u64;
+        self.stats.page.request(self.op, nanos);
     }
 }
 
@@ -83,18 +82,26 @@ struct Report<'a> {
 }
 
 impl Stats {
-    /// Checks now that `file` can be written (the error is the mount's, before it starts).
-    pub fn create(file: &Path, mount: &Path) -> io::Result<Stats> {
+    /// Counters in `page`; `file`, if given, is checked now that it can be written (the
+    /// error is the mount's, before it starts).
+    pub fn new(page: Page, file: Option<&Path>, mount: &Path) -> io::Result<Stats> {
         let s = Stats {
-            file: std::path::absolute(file)?,
+            file: file.map(std::path::absolute).transpose()?,
             mount: mount.to_path_buf(),
             start: Instant::now(),
-            count: NAMES.iter().map(|_| AtomicU64::new(0)).collect(),
-            nanos: NAMES.iter().map(|_| AtomicU64::new(0)).collect(),
-            ring: AtomicU64::new(0),
+            page,
         };
         s.write()?;
         Ok(s)
+    }
+
+    /// Counters only this process sees, written to `file` at unmount.
+    pub fn create(file: &Path, mount: &Path) -> io::Result<Stats> {
+        Stats::new(Page::anonymous(0)?, Some(file), mount)
+    }
+
+    pub fn page(&self) -> &Page {
+        &self.page
     }
 
     pub fn time(&self, op: Op) -> Timer<'_> {
@@ -107,30 +114,40 @@ impl Stats {
 
     /// Count `n` requests of `op` that took no measurable time (forgets of a batch).
     pub fn add(&self, op: Op, n: u64) {
-        self.count[op as usize].fetch_add(n, Ordering::Relaxed);
+        self.page.requests(op, n);
+    }
+
+    /// A request of `op` was answered with an error.
+    pub fn error(&self, op: Op) {
+        self.page.error(op);
     }
 
     /// Count one request that came through the rings.
     pub fn ring_request(&self) {
-        self.ring.fetch_add(1, Ordering::Relaxed);
+        self.page.add(Scalar::RingRequests, 1);
     }
 
     fn report(&self) -> Report<'_> {
         let mut ops = BTreeMap::new();
         let mut requests = 0;
         for (i, name) in NAMES.iter().enumerate() {
-            let count = self.count[i].load(Ordering::Relaxed);
-            if count > 0 {
-                requests += count;
-                let us = self.nanos[i].load(Ordering::Relaxed) / 1000;
-                ops.insert(*name, OpLine { count, us });
+            let f = self.page.op(i);
+            if f.count > 0 {
+                requests += f.count;
+                ops.insert(
+                    *name,
+                    OpLine {
+                        count: f.count,
+                        us: f.nanos / 1000,
+                    },
+                );
             }
         }
         Report {
             mount: &self.mount,
             seconds: self.start.elapsed().as_secs_f64(),
             requests,
-            io_uring_requests: self.ring.load(Ordering::Relaxed),
+            io_uring_requests: self.page.scalar(Scalar::RingRequests),
             ops,
         }
     }
@@ -148,14 +165,17 @@ impl Stats {
         s
     }
 
-    /// Write the whole report (temporary name, then rename).
+    /// Write the whole report, if a file was asked for (temporary name, then rename).
     pub fn write(&self) -> io::Result<()> {
-        let tmp = self.file.with_file_name(format!(
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let tmp = file.with_file_name(format!(
             ".{}.tmp",
-            self.file.file_name().unwrap_or_default().to_string_lossy()
+            file.file_name().unwrap_or_default().to_string_lossy()
         ));
         std::fs::write(&tmp, serde_json::to_vec(&self.report())?)?;
-        std::fs::rename(&tmp, &self.file)
+        std::fs::rename(&tmp, file)
     }
 }
 
@@ -178,5 +198,15 @@ mod tests {
         assert_eq!(v["ops"]["forget"]["count"], 3);
         assert!(v["ops"].get("read").is_none());
         assert!(s.summary().starts_with("requests=5 "));
+    }
+}
+
+impl crate::overlay::Tally for Stats {
+    fn file_opened(&self, layer: usize) {
+        self.page.file_opened(layer);
+    }
+
+    fn copied_up(&self) {
+        self.page.add(Scalar::CopyUps, 1);
     }
 }

@@ -121,6 +121,9 @@ impl Overlay {
         if !(kind == libc::S_IFREG && Self::copy_file_in_place(upper, &c)?) {
             Self::copy_in_work(upper, &c)?;
         }
+        if let Some(t) = self.tally() {
+            t.copied_up();
+        }
         let ptimes = Timestamps {
             last_access: ts(pst.st_atime, pst.st_atime_nsec),
             last_modification: ts(pst.st_mtime, pst.st_mtime_nsec),

@@ -100,6 +100,16 @@ pub struct Overlay {
     pub(crate) parked: dashmap::DashSet<Ino>,
     /// The mount's atime options.
     pub(crate) atime: atime::AtimePolicy,
+    /// Whoever counts what the overlay does (a mount's metrics), once set.
+    tally: std::sync::OnceLock<Arc<dyn Tally>>,
+}
+
+/// What the overlay counts, for whoever watches it (a front end's metrics).
+pub trait Tally: Send + Sync {
+    /// A file's content was opened, in layer `layer` (the stack's index, upper first).
+    fn file_opened(&self, layer: usize);
+    /// An entry was copied up into the writable layer.
+    fn copied_up(&self);
 }
 
 /// Release freed memory to the system after this many nodes went.
@@ -191,6 +201,7 @@ impl Overlay {
                 NonZeroUsize::new(UPPER_DIRS_OPEN).expect("nonzero"),
             )),
             lookahead: std::sync::OnceLock::new(),
+            tally: std::sync::OnceLock::new(),
             parked: dashmap::DashSet::new(),
             atime: if cfg.read_only {
                 atime::AtimePolicy {
@@ -230,6 +241,15 @@ impl Overlay {
     }
 
     /// Set how many layer files stay open for reads.
+    /// Count what the overlay does in `t` (set once; later calls are ignored).
+    pub fn set_tally(&self, t: Arc<dyn Tally>) {
+        let _ = self.tally.set(t);
+    }
+
+    pub(crate) fn tally(&self) -> Option<&dyn Tally> {
+        self.tally.get().map(|t| t.as_ref())
+    }
+
     pub fn set_open_file_limit(&self, n: usize) {
         self.files
             .lock()
@@ -645,6 +665,11 @@ impl Overlay {
         Some((node.path(), layer))
     }
 
+    /// The stack index of the layer `ino`'s content comes from.
+    pub fn layer_of(&self, ino: Ino) -> Option<usize> {
+        self.node(ino).ok().map(|n| n.top() as usize)
+    }
+
     /// A front end opened `ino` as `fd`: an unlinked file's attributes come from it, and
     /// changes of an open writable-layer file go through it (see [`Node::upper_fd`]).
     pub fn opened(&self, ino: Ino, fd: &Arc<OwnedFd>) {
@@ -671,7 +696,14 @@ impl Overlay {
     /// Open the file behind a node for reading (the top layer's copy).
     pub fn open_file(&self, node: &Node) -> io::Result<OwnedFd> {
         match node.attr().kind() {
-            libc::S_IFREG => self.top_layer(node).open_read(&node.path()),
+            libc::S_IFREG => {
+                let layer = self.top_layer(node);
+                let fd = layer.open_read(&node.path())?;
+                if let Some(t) = self.tally() {
+                    t.file_opened(layer.index);
+                }
+                Ok(fd)
+            }
             libc::S_IFDIR => Err(errno(libc::EISDIR)),
             _ => Err(errno(libc::EINVAL)),
         }

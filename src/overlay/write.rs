@@ -995,6 +995,9 @@ impl Overlay {
             self.copy_up(&node, if trunc { Data::Skip } else { Data::Copy })?;
         }
         let fd = self.layers[0].open_rw(&node.path())?;
+        if let Some(t) = self.tally() {
+            t.file_opened(0);
+        }
         if trunc {
             rustix::fs::ftruncate(&fd, 0)?;
             node.xattrs_after_content_change();

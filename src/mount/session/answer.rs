@@ -111,7 +111,16 @@ impl Session {
     }
 
     pub(super) fn answer(&self, h: &InHeader, args: Args<'_>, out: &mut Out<'_>) -> Answer {
-        let _t = op_of(&args).and_then(|op| self.timed(op));
+        let op = op_of(&args);
+        let _t = op.and_then(|op| self.timed(op));
+        let r = self.answer_timed(h, args, out);
+        if let (Err(Some(_)), Some(op), Some(st)) = (&r, op, self.stats()) {
+            st.error(op);
+        }
+        r
+    }
+
+    fn answer_timed(&self, h: &InHeader, args: Args<'_>, out: &mut Out<'_>) -> Answer {
         if !self.allowed(h) {
             return Err(Some(libc::EACCES));
         }

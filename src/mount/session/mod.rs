@@ -24,10 +24,12 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use tracing::{debug, error};
 
+use super::metrics::page::Scalar;
 use super::stats::{Op, Stats, Timer};
 use super::wire::{self, InHeader, Out};
 use crate::overlay::Overlay;
 use crate::overlay::namespace::Stale;
+use crate::overlay::prefetch::State;
 use crate::overlay::readdir::Bare;
 
 pub(crate) use requests::create_open_flags;
@@ -101,8 +103,10 @@ pub struct Shared {
     next_fh: AtomicU64,
     /// Files read, for `stratafs report`.
     access: Option<Arc<crate::mount::access::AccessLog>>,
-    /// Requests by opcode, for `-o stats=FILE`.
+    /// Requests by opcode and what they read: the mount's metrics and `-o stats=FILE`.
     stats: Option<Arc<Stats>>,
+    /// The prefetch, once started: a file's first read counts as its hit or miss.
+    prefetch: std::sync::OnceLock<Arc<crate::overlay::prefetch::Prefetcher>>,
     /// Ask for the kernel's writeback cache on a writable mount.
     writeback: bool,
     /// Whether READDIRPLUS replies may leave attributes out (`readdirplus=`).
@@ -133,6 +137,7 @@ impl Session {
             next_fh: AtomicU64::new(1),
             access: None,
             stats: None,
+            prefetch: std::sync::OnceLock::new(),
             writeback: false,
             bare: Bare::Lazy,
             unmounted: Once::new(),
@@ -172,10 +177,19 @@ impl Session {
         self
     }
 
-    /// Count requests and their time in `stats`.
+    /// Count requests and their time in `stats`, and what the overlay does.
     pub fn with_stats(mut self, stats: Option<Arc<Stats>>) -> Session {
+        if let Some(s) = &stats {
+            self.ov
+                .set_tally(Arc::clone(s) as Arc<dyn crate::overlay::Tally>);
+        }
         self.configure().stats = stats;
         self
+    }
+
+    /// The prefetch started: first reads count as its hits or misses.
+    pub fn set_prefetch(&self, p: Arc<crate::overlay::prefetch::Prefetcher>) {
+        let _ = self.prefetch.set(p);
     }
 
     pub(crate) fn timed(&self, op: Op) -> Option<Timer<'_>> {
@@ -316,6 +330,9 @@ impl Session {
             None => self.ov.cached_file(ino)?,
         };
         let n = Overlay::read_at(&fd, buf, offset)?;
+        if let Some(st) = &self.stats {
+            self.count_read(st, ino, offset, n);
+        }
         if let Some(log) = &self.access {
             log.record(ino, n, || {
                 let (path, layer) = self.ov.origin(ino)?;
@@ -323,6 +340,26 @@ impl Session {
             });
         }
         Ok(n)
+    }
+
+    /// Bytes read by layer; a read from the start, when a prefetch runs, as its hit or miss.
+    fn count_read(&self, st: &Stats, ino: u64, offset: u64, n: usize) {
+        if let Some(l) = self.ov.layer_of(ino) {
+            st.page().bytes_read(l, n as u64);
+        }
+        let Some(p) = self.prefetch.get().filter(|_| offset == 0) else {
+            return;
+        };
+        let Some((path, _)) = self.ov.origin(ino) else {
+            return;
+        };
+        let hit = p.state_of(&String::from_utf8_lossy(&path)) == Some(State::Fetched);
+        let which = if hit {
+            Scalar::PrefetchHits
+        } else {
+            Scalar::PrefetchMisses
+        };
+        st.page().add(which, 1);
     }
 
     /// Forget handle `fh` and its backing file's use.
