@@ -51,6 +51,10 @@ pub enum Cmd {
     /// Show who serves a mount: the server and keeper processes, restarts, the transport,
     /// the writable layer.
     Status(StatusArgs),
+    /// Prometheus metrics of every stratafs mount on this node (root: every user's): printed
+    /// once, or served at http://ADDR/metrics with --listen. One endpoint for podman's many
+    /// mounts.
+    Metrics(MetricsArgs),
     /// Hand a live mount to another stratafs binary (after a package upgrade): the keeper
     /// starts it on the same connection; no request fails.
     Upgrade(UpgradeArgs),
@@ -72,8 +76,12 @@ pub struct SnapshotterArgs {
     /// The unix socket containerd connects to (its proxy_plugins address).
     #[arg(long, value_name = "SOCKET")]
     address: Option<PathBuf>,
-    /// A TOML file with the same settings (repository, root, address); options given on the
-    /// command line win.
+    /// Serve Prometheus metrics of the snapshotter and of every mount it handed out at
+    /// http://HOST:PORT/metrics (off by default).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_address: Option<String>,
+    /// A TOML file with the same settings (repository, root, address, metrics_address);
+    /// options given on the command line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -212,6 +220,16 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct MetricsArgs {
+    /// Serve at http://HOST:PORT/metrics until stopped, instead of printing once.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Only the mounts made with -o metrics_group=NAME.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct UpgradeArgs {
     #[arg(value_name = "MOUNTPOINT")]
     mountpoint: PathBuf,
@@ -226,6 +244,7 @@ pub fn run(c: Commands) -> Result<(), Error> {
             print!("{}", crate::mount::keeper::status(&a.mountpoint)?);
             Ok(())
         }
+        Cmd::Metrics(a) => run_metrics(a),
         Cmd::Upgrade(a) => {
             let binary = match a.binary {
                 Some(b) => b,
@@ -248,6 +267,25 @@ pub fn run(c: Commands) -> Result<(), Error> {
     }
 }
 
+fn run_metrics(MetricsArgs { listen, group }: MetricsArgs) -> Result<(), Error> {
+    use crate::mount::metrics;
+    let body = move || {
+        let want = |st: &crate::mount::keeper::Status| group.is_none() || st.group == group;
+        metrics::encode(metrics::mount_families(&metrics::node_mounts(want)))
+    };
+    let Some(addr) = listen else {
+        print!("{}", body());
+        return Ok(());
+    };
+    let addr = crate::mount::options::metrics_address("--listen", &addr)?;
+    let listener = metrics::http::bind("--listen", addr)?;
+    info!(address = %addr, "serving the metrics of this node's mounts at /metrics");
+    metrics::http::serve(listener, body);
+    loop {
+        std::thread::park();
+    }
+}
+
 #[cfg(feature = "snapshotter")]
 fn run_snapshotter(a: SnapshotterArgs) -> Result<(), Error> {
     use crate::snapshotter::{self, Config};
@@ -261,7 +299,8 @@ fn run_snapshotter(a: SnapshotterArgs) -> Result<(), Error> {
     let repo = need(a.repo.or(file.repository), "repo", "repository")?;
     let root = need(a.root.or(file.root), "root", "root")?;
     let address = need(a.address.or(file.address), "address", "address")?;
-    Ok(snapshotter::run(&repo, &root, &address)?)
+    let metrics = a.metrics_address.or(file.metrics_address);
+    Ok(snapshotter::run(&repo, &root, &address, metrics.as_deref())?)
 }
 
 fn run_convert(

@@ -13,6 +13,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "convert",
     "gc",
     "images",
+    "metrics",
     "mount",
     "report",
     "rmi",

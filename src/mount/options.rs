@@ -68,7 +68,7 @@ fn on_off(opt: &str, val: Option<&str>) -> Result<bool, Error> {
 }
 
 /// `metrics=HOST:PORT` (a name is resolved now, to its first address).
-fn metrics_address(opt: &str, v: &str) -> Result<std::net::SocketAddr, Error> {
+pub fn metrics_address(opt: &str, v: &str) -> Result<std::net::SocketAddr, Error> {
     use std::net::ToSocketAddrs;
     let bad = |reason: String| Error::BadOption {
         option: opt.into(),

@@ -67,6 +67,8 @@ pub struct Config {
     pub root: Option<PathBuf>,
     /// The unix socket containerd connects to.
     pub address: Option<PathBuf>,
+    /// Serve Prometheus metrics at `http://HOST:PORT/metrics`.
+    pub metrics_address: Option<String>,
 }
 
 impl Config {
@@ -120,7 +122,21 @@ fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
 }
 
 /// Serve until SIGTERM or SIGINT.
-pub fn run(repo: &Path, root: &Path, address: &Path) -> Result<(), Error> {
+/// `metrics`: an address to serve Prometheus metrics at, for the snapshotter and every mount
+/// it handed out.
+pub fn run(
+    repo: &Path,
+    root: &Path,
+    address: &Path,
+    metrics: Option<&str>,
+) -> Result<(), Error> {
+    let metrics = metrics
+        .map(|a| {
+            let addr = crate::mount::options::metrics_address("--metrics-address", a)?;
+            crate::mount::metrics::http::bind("--metrics-address", addr)
+        })
+        .transpose()
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let repo_err = |reason: String| Error::Repository {
         path: repo.into(),
         reason,
@@ -142,7 +158,21 @@ pub fn run(repo: &Path, root: &Path, address: &Path) -> Result<(), Error> {
     })?;
     let store = Store::open(&root)?;
     let listener = bind(address)?;
-    let service = Arc::new(Service::new(repo.clone(), store));
+    let group = format!("snapshotter:{}", root.display());
+    let service = Arc::new(Service::new(repo.clone(), store, group));
+    if let Some(l) = metrics {
+        let s = Arc::clone(&service);
+        if let Ok(a) = l.local_addr() {
+            info!(address = %a, "serving metrics at /metrics");
+        }
+        crate::mount::metrics::http::serve(l, move || {
+            use crate::mount::metrics;
+            let mut families = s.metric_families();
+            let mine = |st: &crate::mount::keeper::Status| st.group.as_deref() == Some(s.group());
+            families.extend(metrics::mount_families(&metrics::node_mounts(mine)));
+            metrics::encode(families)
+        });
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{Info, Kind as ApiKind, Snapshotter, Usage, tonic};
@@ -26,6 +27,18 @@ pub const LABELS_DIGEST: &[&str] = &[
 pub struct Service {
     repo: PathBuf,
     store: Mutex<Store>,
+    /// `metrics_group=` of the mounts handed out, for the snapshotter's `/metrics`.
+    group: String,
+    counts: Counts,
+}
+
+/// What the snapshotter counts for its `/metrics`.
+#[derive(Default)]
+struct Counts {
+    remote_found: AtomicU64,
+    remote_missed: AtomicU64,
+    fuse_mounts: AtomicU64,
+    bind_mounts: AtomicU64,
 }
 
 struct Named<'a>(&'a str, &'a Record);
@@ -77,7 +90,7 @@ fn lowerdir(paths: &[PathBuf]) -> String {
 /// The mounts of a snapshot: a bind mount of its own directory when nothing is below it
 /// (containerd's overlayfs does the same), otherwise one stratafs mount of the whole stack,
 /// whiteouts of every form applied by the daemon that mount.fuse3 starts.
-fn mounts(stack: Stack, own: &Path) -> Vec<Mount> {
+fn mounts(stack: Stack, own: &Path, group: &str) -> Vec<Mount> {
     if stack.lowers.is_empty() {
         let rw = if stack.upper.is_some() { "rw" } else { "ro" };
         return vec![Mount {
@@ -97,6 +110,7 @@ fn mounts(stack: Stack, own: &Path) -> Vec<Mount> {
     }
     // What a kernel overlay mount from containerd allows: set-ID programs and devices.
     options.extend(["suid".into(), "dev".into()]);
+    options.push(format!("metrics_group={group}"));
     vec![Mount {
         r#type: "fuse3.stratafs".into(),
         source: "stratafs".into(),
@@ -106,11 +120,70 @@ fn mounts(stack: Stack, own: &Path) -> Vec<Mount> {
 }
 
 impl Service {
-    pub fn new(repo: PathBuf, store: Store) -> Service {
+    /// `group`: the metrics group of the mounts handed out (no comma: it is a mount option).
+    pub fn new(repo: PathBuf, store: Store, group: String) -> Service {
         Service {
             repo,
             store: Mutex::new(store),
+            group,
+            counts: Counts::default(),
         }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The mounts of `key`, counted by type.
+    fn mounts_of(&self, store: &Store, key: &str) -> Result<Vec<Mount>, Error> {
+        let own = store.files(store.get(key)?);
+        let m = mounts(store.stack(key)?, &own, &self.group);
+        for one in &m {
+            let c = if one.r#type == "bind" {
+                &self.counts.bind_mounts
+            } else {
+                &self.counts.fuse_mounts
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(m)
+    }
+
+    /// The snapshotter's own metric families: snapshots by kind, layers found in the
+    /// repository or not, mounts handed out by type.
+    pub fn metric_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use crate::mount::metrics::export::{counter, counters, gauge, gauges, label};
+        let mut kinds = [0u64; 3];
+        for (_, r) in self.store.lock().all() {
+            kinds[r.kind as usize] += 1;
+        }
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            gauges(
+                "stratafs_snapshotter_snapshots",
+                "Snapshots the snapshotter holds, by kind.",
+                [Kind::Active, Kind::View, Kind::Committed]
+                    .into_iter()
+                    .map(|k| gauge(vec![label("kind", kind_name(k))], kinds[k as usize] as f64))
+                    .collect(),
+            ),
+            counters(
+                "stratafs_snapshotter_remote_layers_total",
+                "Layers containerd asked for that the repository held (found) or not (missed).",
+                vec![
+                    counter(vec![label("result", "found")], c(&self.counts.remote_found)),
+                    counter(vec![label("result", "missed")], c(&self.counts.remote_missed)),
+                ],
+            ),
+            counters(
+                "stratafs_snapshotter_mounts_total",
+                "Mounts handed to containerd, by type.",
+                vec![
+                    counter(vec![label("type", "fuse3.stratafs")], c(&self.counts.fuse_mounts)),
+                    counter(vec![label("type", "bind")], c(&self.counts.bind_mounts)),
+                ],
+            ),
+        ]
     }
 
     /// The repository's unpacked layer a Prepare's labels point at, if it holds it.
@@ -133,6 +206,12 @@ impl Service {
         // A symlink here would lead out of the repository: only a real directory counts.
         let found = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
         debug!(layer = %digest, found, "repository lookup");
+        let c = if found {
+            &self.counts.remote_found
+        } else {
+            &self.counts.remote_missed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
         found.then(|| (target.clone(), dir))
     }
 
@@ -166,8 +245,7 @@ impl Service {
             return Err(Error::AlreadyExists(format!("target snapshot {target}")));
         }
         store.create(kind, &key, &parent, labels)?;
-        let own = store.files(store.get(&key)?);
-        Ok(mounts(store.stack(&key)?, &own))
+        self.mounts_of(&store, &key)
     }
 }
 
@@ -193,8 +271,7 @@ impl Snapshotter for Service {
 
     async fn mounts(&self, key: String) -> Result<Vec<Mount>, Error> {
         let store = self.store.lock();
-        let own = store.files(store.get(&key)?);
-        Ok(mounts(store.stack(&key)?, &own))
+        self.mounts_of(&store, &key)
     }
 
     async fn prepare(

@@ -17,7 +17,7 @@ pub struct Seen {
     pub page: Page,
 }
 
-fn label(name: &str, value: &str) -> LabelPair {
+pub fn label(name: &str, value: &str) -> LabelPair {
     let mut l = LabelPair::default();
     l.set_name(name.into());
     l.set_value(value.into());
