@@ -300,7 +300,12 @@ fn run_snapshotter(a: SnapshotterArgs) -> Result<(), Error> {
     let root = need(a.root.or(file.root), "root", "root")?;
     let address = need(a.address.or(file.address), "address", "address")?;
     let metrics = a.metrics_address.or(file.metrics_address);
-    Ok(snapshotter::run(&repo, &root, &address, metrics.as_deref())?)
+    Ok(snapshotter::run(
+        &repo,
+        &root,
+        &address,
+        metrics.as_deref(),
+    )?)
 }
 
 fn run_convert(

@@ -124,12 +124,7 @@ fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
 /// Serve until SIGTERM or SIGINT.
 /// `metrics`: an address to serve Prometheus metrics at, for the snapshotter and every mount
 /// it handed out.
-pub fn run(
-    repo: &Path,
-    root: &Path,
-    address: &Path,
-    metrics: Option<&str>,
-) -> Result<(), Error> {
+pub fn run(repo: &Path, root: &Path, address: &Path, metrics: Option<&str>) -> Result<(), Error> {
     let metrics = metrics
         .map(|a| {
             let addr = crate::mount::options::metrics_address("--metrics-address", a)?;

@@ -172,14 +172,20 @@ impl Service {
                 "Layers containerd asked for that the repository held (found) or not (missed).",
                 vec![
                     counter(vec![label("result", "found")], c(&self.counts.remote_found)),
-                    counter(vec![label("result", "missed")], c(&self.counts.remote_missed)),
+                    counter(
+                        vec![label("result", "missed")],
+                        c(&self.counts.remote_missed),
+                    ),
                 ],
             ),
             counters(
                 "stratafs_snapshotter_mounts_total",
                 "Mounts handed to containerd, by type.",
                 vec![
-                    counter(vec![label("type", "fuse3.stratafs")], c(&self.counts.fuse_mounts)),
+                    counter(
+                        vec![label("type", "fuse3.stratafs")],
+                        c(&self.counts.fuse_mounts),
+                    ),
                     counter(vec![label("type", "bind")], c(&self.counts.bind_mounts)),
                 ],
             ),
