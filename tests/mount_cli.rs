@@ -97,6 +97,27 @@ fn bad_input_is_one_line_naming_the_culprit() {
         assert!(e.contains(opt) && e.contains("/no/such/dir/f"), "{e}");
     }
 
+    // A metrics address that is malformed, or taken: refused before anything is mounted,
+    // with or without a keeper.
+    let e = fails(&["-o", &format!("lowerdir={top},metrics=nowhere"), m], &mnt);
+    assert!(e.contains("metrics=nowhere"), "{e}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    for failover in ["on", "off"] {
+        let e = fails(
+            &[
+                "-o",
+                &format!("lowerdir={top},metrics={addr},failover={failover}"),
+                m,
+            ],
+            &mnt,
+        );
+        assert!(
+            e.contains(&format!("metrics={addr}")) && e.contains("in use"),
+            "{e}"
+        );
+    }
+
     let nomnt = tmp.path().join("no-such-mountpoint");
     let e = fails(
         &["-o", &format!("lowerdir={top}"), nomnt.to_str().unwrap()],
