@@ -9,7 +9,10 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
+
+use parking_lot::Mutex;
 
 use crossbeam_channel::Sender;
 use rustix::io::Errno;
@@ -117,37 +120,92 @@ pub fn handshake(dev: &OwnedFd, s: &Session, rings: bool) -> io::Result<SavedIni
     }
 }
 
-/// Serve the connection with `threads` readers until it ends. A connection that INIT put on
-/// io_uring needs one: only FORGETs and INTERRUPTs still come this way.
+/// Serve the connection with up to `threads` readers until it ends. A connection that INIT
+/// put on io_uring needs one: only FORGETs and INTERRUPTs still come this way.
+///
+/// Readers are started as the load asks, not all at once: a reader that takes a request
+/// and leaves nobody waiting on the descriptor starts another, up to `threads`. A mount
+/// whose workload is one process at a time (most containers) keeps two readers and their
+/// buffers, not one per CPU.
 pub fn serve(dev: Arc<OwnedFd>, s: Session, threads: usize) -> io::Result<()> {
-    let notify = s.start_notifier();
-    let workers: Vec<_> = (1..threads.max(1))
-        .filter_map(|i| {
-            let (dev, s, notify) = (Arc::clone(&dev), s.clone(), notify.clone());
-            thread::Builder::new()
-                .name(format!("fuse-dev-{i}"))
-                .spawn(move || worker(&dev, &s, &notify))
-                .inspect_err(|e| warn!(error = %e, "one /dev/fuse reader fewer"))
-                .ok()
-        })
-        .collect();
-    let mut r = worker(&dev, &s, &notify);
-    drop(notify);
-    for w in workers {
+    let pool = Arc::new(Pool {
+        dev,
+        notify: s.start_notifier(),
+        s,
+        max: threads.max(1),
+        started: AtomicUsize::new(1),
+        idle: AtomicUsize::new(0),
+        readers: Mutex::new(Vec::new()),
+    });
+    let mut r = worker(&pool);
+    loop {
+        let Some(w) = pool.readers.lock().pop() else {
+            break;
+        };
         match w.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => r = r.and(Err(e)),
             Err(_) => error!("a /dev/fuse reader panicked"),
         }
     }
-    s.unmounted();
+    pool.s.unmounted();
     r
 }
 
-fn worker(dev: &OwnedFd, s: &Session, notify: &Sender<Stale>) -> io::Result<()> {
+/// The readers of one connection.
+struct Pool {
+    dev: Arc<OwnedFd>,
+    s: Session,
+    notify: Sender<Stale>,
+    max: usize,
+    /// Readers started (the first is the caller's thread).
+    started: AtomicUsize,
+    /// Readers waiting in read(2) now.
+    idle: AtomicUsize,
+    readers: Mutex<Vec<thread::JoinHandle<io::Result<()>>>>,
+}
+
+impl Pool {
+    /// Start one more reader, unless there are enough.
+    fn grow(self: &Arc<Pool>) {
+        let n = self.started.load(Ordering::Relaxed);
+        if n >= self.max
+            || self
+                .started
+                .compare_exchange(n, n + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let pool = Arc::clone(self);
+        match thread::Builder::new()
+            .name(format!("fuse-dev-{n}"))
+            .spawn(move || worker(&pool))
+        {
+            Ok(h) => self.readers.lock().push(h),
+            Err(e) => {
+                self.started.fetch_sub(1, Ordering::Relaxed);
+                warn!(error = %e, "one /dev/fuse reader fewer");
+            }
+        }
+    }
+}
+
+fn worker(pool: &Arc<Pool>) -> io::Result<()> {
+    let (dev, s) = (&*pool.dev, &pool.s);
     let mut buf = vec![0u8; BUF_LEN];
     let mut reply = vec![0u8; BUF_LEN];
-    while let Some(n) = read(dev, &mut buf)? {
+    loop {
+        pool.idle.fetch_add(1, Ordering::Relaxed);
+        let got = read(dev, &mut buf);
+        let left = pool.idle.fetch_sub(1, Ordering::Relaxed) - 1;
+        let Some(n) = got? else {
+            break;
+        };
+        if left == 0 {
+            // Nobody is left waiting for the next request.
+            pool.grow();
+        }
         let opcode = InHeader::parse(&buf).opcode;
         if let Some(len) = answer(s, &buf[..n], &mut reply) {
             write(dev, &reply[..len]);
@@ -156,7 +214,7 @@ fn worker(dev: &OwnedFd, s: &Session, notify: &Sender<Stale>) -> io::Result<()> 
             // After the reply, by the notifier thread (see Session::start_notifier).
             let stale = s.take_stale();
             if !stale.inodes.is_empty() || !stale.entries.is_empty() {
-                let _ = notify.send(stale);
+                let _ = pool.notify.send(stale);
             }
         }
     }

@@ -26,9 +26,20 @@ use crate::mount::session::Session;
 use crate::mount::wire::InHeader;
 use crate::overlay::namespace::Stale;
 
-/// Requests in flight per queue: enough that a queue's next request is already in its
-/// buffer when the thread comes back from the last one.
+/// Requests in flight per queue at most: enough that a queue's next request is already in
+/// its buffer when the thread comes back from the last one.
 const DEPTH: usize = 4;
+
+/// Ring entries per mount, over all queues: each holds a payload buffer of up to `max_write`
+/// (1 MiB), so a node of many CPUs and many mounts would otherwise reserve 4 per CPU per
+/// mount (256 MiB on 64 CPUs). Requests of one caller all go to its CPU's queue, so a
+/// queue's depth matters only for callers that issue several requests at once.
+const ENTRIES_PER_MOUNT: usize = 16;
+
+/// The depth of each of `queues` queues: [`ENTRIES_PER_MOUNT`] shared out, 1 to [`DEPTH`].
+fn depth_for(queues: usize) -> usize {
+    (ENTRIES_PER_MOUNT / queues.max(1)).clamp(1, DEPTH)
+}
 
 /// Each ring entry holds a payload buffer of the largest write the mount negotiates
 /// (allocated lazily by the kernel's zero pages).
@@ -122,7 +133,7 @@ impl<'d> Queue<'d> {
         if let Err(e) = rustix::thread::sched_setaffinity(None, &cpus) {
             debug!(queue = qid, error = %e, "not pinned");
         }
-        let ents = (0..DEPTH)
+        let ents = (0..depth_for(possible_cpus().unwrap_or(1)))
             .map(|_| {
                 let mut header = vec![0u8; frame::HEADER_LEN].into_boxed_slice();
                 let mut payload = vec![0u8; MAX_PAYLOAD as usize].into_boxed_slice();
@@ -194,10 +205,10 @@ impl<'d> Queue<'d> {
     }
 
     fn run(mut self, fs: &Session, notify: &Sender<Stale>) -> io::Result<()> {
-        for i in 0..DEPTH {
+        for i in 0..self.ents.len() {
             self.push(i, frame::CMD_REGISTER, 0)?;
         }
-        let mut live = DEPTH;
+        let mut live = self.ents.len();
         let mut served = 0u64;
         let mut changed = false;
         while live > 0 {
