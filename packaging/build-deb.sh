@@ -29,6 +29,7 @@ install -D -m 0644 "$root/packaging/storage.conf" "$ex/storage.conf"
 install -D -m 0644 "$root/packaging/containerd-config.toml" "$ex/containerd-config.toml"
 install -D -m 0644 "$root/packaging/snapshotter.toml" "$ex/snapshotter.toml"
 install -D -m 0644 "$root/packaging/stratafs-snapshotter.service" "$ex/stratafs-snapshotter.service"
+install -D -m 0644 "$root/packaging/stratafs-metrics.service" "$ex/stratafs-metrics.service"
 install -D -m 0644 "$root/packaging/fuse-io-uring.conf" "$ex/fuse-io-uring.conf"
 cat > "$stage/usr/share/doc/stratafs/copyright" <<COPY
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/

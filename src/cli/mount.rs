@@ -24,7 +24,9 @@ pub struct Cli {
     /// fsname=NAME, passthrough[=on|off] (read-only mounts), threads=N, prefetch=off|FILE
     /// (read ahead the files of a trace; by default the image's own, if its repository has one),
     /// access_log=FILE, stats=FILE (FUSE requests by opcode and the time in each, written at
-    /// unmount), lookahead=on|off (build the listings of a listed directory's subdirectories
+    /// unmount), metrics=HOST:PORT (serve the mount's Prometheus metrics at
+    /// http://HOST:PORT/metrics; `stratafs metrics` serves every mount's),
+    /// metrics_group=NAME (the group label node-wide exporters report it under), lookahead=on|off (build the listings of a listed directory's subdirectories
     /// and read small siblings of a read file ahead, on by default), writeback=on|off (the
     /// kernel's writeback cache on a writable mount, off by default), io_uring[=on|off|auto] (serve requests through FUSE
     /// over io_uring, one queue per CPU, when /sys/module/fuse/parameters/enable_uring is Y;

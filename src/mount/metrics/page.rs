@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use memmap2::MmapMut;
+use memmap2::{MmapMut, MmapOptions, MmapRaw};
 
 use crate::mount::stats::{NAMES, Op};
 
@@ -83,7 +83,9 @@ pub struct LayerFigures {
 }
 
 pub struct Page {
-    map: MmapMut,
+    /// Read-write for the server and keeper, read-only for exporters: only atomic loads
+    /// touch a read-only one.
+    map: MmapRaw,
     layers: usize,
 }
 
@@ -91,7 +93,7 @@ impl Page {
     /// A page only this process sees (no runtime directory, or a test).
     pub fn anonymous(layers: usize) -> io::Result<Page> {
         let map = MmapMut::map_anon(words(layers) * 8)?;
-        Ok(Page::init(map, layers))
+        Ok(Page::init(map.into(), layers))
     }
 
     /// A new page in the file `path` (made under a temporary name, then renamed), and the
@@ -105,14 +107,13 @@ impl Page {
             .truncate(true)
             .open(&tmp)?;
         f.set_len((words(layers) * 8) as u64)?;
-        // SAFETY: the file is ours, sized above; every access goes through atomics.
-        let map = unsafe { MmapMut::map_mut(&f)? };
+        let map = MmapOptions::new().map_raw(&f)?;
         let page = Page::init(map, layers);
         std::fs::rename(&tmp, path)?;
         Ok((page, f))
     }
 
-    fn init(map: MmapMut, layers: usize) -> Page {
+    fn init(map: MmapRaw, layers: usize) -> Page {
         let p = Page { map, layers };
         p.set(Header::Version, VERSION);
         p.set(Header::Ops, NAMES.len() as u64);
@@ -128,15 +129,18 @@ impl Page {
         p
     }
 
-    /// The page a keeper handed over, or one an exporter opens: checked before use.
-    pub fn from_file(f: File) -> io::Result<Page> {
+    /// The page a keeper handed over (`writable`), or one an exporter reads: checked before
+    /// use.
+    fn from_file(f: File, writable: bool) -> io::Result<Page> {
         let len = f.metadata()?.len() as usize;
         if len < HEADER_WORDS * 8 {
             return Err(io::Error::other("metrics page too short"));
         }
-        // SAFETY: only atomics touch the mapping, and its size is checked against the
-        // header before any word past the header is read.
-        let map = unsafe { MmapMut::map_mut(&f)? };
+        let map = if writable {
+            MmapOptions::new().map_raw(&f)?
+        } else {
+            MmapOptions::new().map_raw_read_only(&f)?
+        };
         let mut p = Page { map, layers: 0 };
         let ok = p.word(Header::Magic as usize).load(Ordering::Acquire) == MAGIC
             && p.get(Header::Version) == VERSION
@@ -152,20 +156,23 @@ impl Page {
         Ok(p)
     }
 
+    /// The page a keeper handed to its server.
     pub fn from_fd(fd: OwnedFd) -> io::Result<Page> {
-        Page::from_file(File::from(fd))
+        Page::from_file(File::from(fd), true)
     }
 
+    /// A mount's page, to read (an exporter).
     pub fn open(path: &Path) -> io::Result<Page> {
-        Page::from_file(File::options().read(true).write(true).open(path)?)
+        Page::from_file(File::open(path)?, false)
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {
         assert!(i < self.map.len() / 8, "metrics word {i} out of the page");
         // SAFETY: in bounds (checked above), 8-byte aligned (the mapping is page aligned),
         // and the mapping lives as long as `self`; other processes use the words only
-        // through atomics too.
-        unsafe { AtomicU64::from_ptr(self.map.as_ptr().cast::<u64>().add(i).cast_mut()) }
+        // through atomics too. A read-only mapping is only ever loaded from (exporters call
+        // no method that writes), which atomics allow on read-only memory.
+        unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().cast::<u64>().add(i)) }
     }
 
     fn get(&self, h: Header) -> u64 {
