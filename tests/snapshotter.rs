@@ -862,7 +862,7 @@ fn prometheus_scrapes_the_snapshotter_a_mount_and_the_node() {
     let group = format!("snapshotter:{}", fx.dir.join("ctrd/snap-state").display());
     let want = [
         // The container's root, reported by the snapshotter: it answered requests.
-        format!("sum(stratafs_fuse_requests_total{{job=\"snapshotter\"}})"),
+        "sum(stratafs_fuse_requests_total{job=\"snapshotter\"})".to_string(),
         format!("count(stratafs_mount_info{{job=\"snapshotter\",group=\"{group}\"}})"),
         "stratafs_snapshotter_mounts_total{type=\"fuse3.stratafs\"}".to_string(),
         "stratafs_snapshotter_remote_layers_total{result=\"found\"}".to_string(),

@@ -179,6 +179,16 @@ impl Stats {
     }
 }
 
+impl crate::overlay::Tally for Stats {
+    fn file_opened(&self, layer: usize) {
+        self.page.file_opened(layer);
+    }
+
+    fn copied_up(&self) {
+        self.page.add(Scalar::CopyUps, 1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,15 +208,5 @@ mod tests {
         assert_eq!(v["ops"]["forget"]["count"], 3);
         assert!(v["ops"].get("read").is_none());
         assert!(s.summary().starts_with("requests=5 "));
-    }
-}
-
-impl crate::overlay::Tally for Stats {
-    fn file_opened(&self, layer: usize) {
-        self.page.file_opened(layer);
-    }
-
-    fn copied_up(&self) {
-        self.page.add(Scalar::CopyUps, 1);
     }
 }

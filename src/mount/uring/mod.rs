@@ -47,10 +47,26 @@ const MAX_PAYLOAD: u32 = crate::mount::session::init::MAX_WRITE;
 
 type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
 
-/// One ring per possible CPU, made before the mount's INIT.
+/// The io_uring instances, made before the mount's INIT: one per serving thread, each serving
+/// the kernel's queues (one per possible CPU) of a block of CPUs ([`qids_of`]).
 pub struct Rings {
-    rings: Vec<Ring>,
+    rings: Vec<(Ring, Vec<u16>)>,
     handoff: bool,
+}
+
+/// Serving threads per mount at most. The kernel wants every CPU's queue to have an entry,
+/// but any ring may register entries of any queue and gets their completions: one thread per
+/// CPU on a 64-CPU node would be 64 threads per mount (6,400 for 100 containers), each with
+/// its stack and ring; a block of CPUs per thread is enough, since a caller's requests all go
+/// to its own CPU's queue.
+const RING_THREADS: usize = 8;
+
+/// The queues (CPUs) thread `t` of `threads` serves out of `cpus`: a contiguous block, so a
+/// thread's CPUs are neighbours (caches, NUMA nodes).
+fn qids_of(t: usize, threads: usize, cpus: usize) -> Vec<u16> {
+    (t * cpus / threads..(t + 1) * cpus / threads)
+        .map(|q| q as u16)
+        .collect()
 }
 
 /// Whether the kernel lets FUSE use io_uring at all (root may turn it on at any time).
@@ -71,11 +87,17 @@ fn possible_cpus() -> io::Result<usize> {
 }
 
 impl Rings {
-    /// One ring per possible CPU; `handoff`: see [`Queue::commit`].
+    /// Rings for every possible CPU's queue; `handoff`: see [`Queue::commit`].
     pub fn new(handoff: bool) -> io::Result<Rings> {
         let n = possible_cpus()?;
-        let rings = (0..n)
-            .map(|_| Ring::builder().build(DEPTH as u32))
+        let threads = n.min(RING_THREADS);
+        let depth = depth_for(n);
+        let rings = (0..threads)
+            .map(|t| {
+                let qids = qids_of(t, threads, n);
+                let entries = (qids.len() * depth).next_power_of_two() as u32;
+                Ring::builder().build(entries).map(|r| (r, qids))
+            })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Rings { rings, handoff })
     }
@@ -87,14 +109,15 @@ impl Rings {
     pub fn start(self, dev: std::sync::Arc<OwnedFd>, fs: Session) {
         let stale = fs.start_notifier();
         let handoff = self.handoff && can_leave_idle();
-        for (qid, ring) in self.rings.into_iter().enumerate() {
+        for (ring, qids) in self.rings {
             let dev = std::sync::Arc::clone(&dev);
             let fs = fs.clone();
             let stale = stale.clone();
+            let qid = qids[0];
             let spawned = thread::Builder::new()
                 .name(format!("fuse-ring-{qid}"))
                 .spawn(move || {
-                    let q = Queue::new(ring, qid as u16, &dev, handoff);
+                    let q = Queue::new(ring, &qids, &dev, handoff);
                     if let Err(e) = q.and_then(|q| q.run(&fs, &stale)) {
                         error!(queue = qid, error = %e, "io_uring queue failed; ending the mount");
                         std::process::exit(1);
@@ -111,6 +134,8 @@ impl Rings {
 
 /// A ring entry's buffers: the kernel keeps their addresses from REGISTER on.
 struct Ent {
+    /// The kernel queue (CPU) this entry belongs to.
+    qid: u16,
     header: Box<[u8]>,
     payload: Box<[u8]>,
     iov: Box<[libc::iovec; 2]>,
@@ -118,6 +143,7 @@ struct Ent {
 
 struct Queue<'d> {
     ring: Ring,
+    /// The first of the queues this thread serves, for logs.
     qid: u16,
     dev: &'d OwnedFd,
     ents: Vec<Ent>,
@@ -125,16 +151,22 @@ struct Queue<'d> {
 }
 
 impl<'d> Queue<'d> {
-    fn new(ring: Ring, qid: u16, dev: &'d OwnedFd, handoff: bool) -> io::Result<Queue<'d>> {
+    fn new(ring: Ring, qids: &[u16], dev: &'d OwnedFd, handoff: bool) -> io::Result<Queue<'d>> {
         let mut cpus = rustix::thread::CpuSet::new();
-        cpus.set(qid as usize);
-        // The queue is named after the CPU whose requests it receives; answering them there
-        // is the point. An offline CPU's queue still needs a thread, pinned or not.
+        for q in qids {
+            cpus.set(*q as usize);
+        }
+        // The thread serves the requests of these CPUs; answering them there is the point.
+        // An offline CPU's queue still needs entries, pinned or not.
+        let qid = qids[0];
         if let Err(e) = rustix::thread::sched_setaffinity(None, &cpus) {
             debug!(queue = qid, error = %e, "not pinned");
         }
-        let ents = (0..depth_for(possible_cpus().unwrap_or(1)))
-            .map(|_| {
+        let depth = depth_for(possible_cpus().unwrap_or(1));
+        let ents = qids
+            .iter()
+            .flat_map(|q| std::iter::repeat_n(*q, depth))
+            .map(|qid| {
                 let mut header = vec![0u8; frame::HEADER_LEN].into_boxed_slice();
                 let mut payload = vec![0u8; MAX_PAYLOAD as usize].into_boxed_slice();
                 let iov = Box::new([
@@ -148,6 +180,7 @@ impl<'d> Queue<'d> {
                     },
                 ]);
                 Ent {
+                    qid,
                     header,
                     payload,
                     iov,
@@ -193,7 +226,7 @@ impl<'d> Queue<'d> {
 
     fn push(&mut self, i: usize, cmd: u32, commit_id: u64) -> io::Result<()> {
         let sqe = opcode::UringCmd80::new(types::Fd(self.dev.as_raw_fd()), cmd)
-            .cmd(frame::cmd_req(commit_id, self.qid))
+            .cmd(frame::cmd_req(commit_id, self.ents[i].qid))
             .addr(Some(self.ents[i].iov.as_ptr() as u64))
             .build()
             .user_data(i as u64);
@@ -221,7 +254,7 @@ impl<'d> Queue<'d> {
                 Err(e) => return Err(e),
             }
             // At most the queue's depth completes at once: no allocation per wakeup.
-            let done: smallvec::SmallVec<[(usize, i32); DEPTH]> = self
+            let done: smallvec::SmallVec<[(usize, i32); 16]> = self
                 .ring
                 .completion()
                 .map(|c| (c.user_data() as usize, c.result()))
@@ -303,4 +336,23 @@ fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
     raw[24..28].copy_from_slice(&len.to_le_bytes());
     // SAFETY: the same 128 bytes back; any bit pattern is a valid sqe.
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_queue_is_served_once_by_few_threads() {
+        for cpus in [1, 2, 3, 8, 9, 64, 255] {
+            let threads = cpus.min(RING_THREADS);
+            let all: Vec<u16> = (0..threads)
+                .flat_map(|t| qids_of(t, threads, cpus))
+                .collect();
+            assert_eq!(all, (0..cpus as u16).collect::<Vec<_>>(), "{cpus} CPUs");
+            assert!((0..threads).all(|t| !qids_of(t, threads, cpus).is_empty()));
+        }
+        assert_eq!(depth_for(2), 4);
+        assert_eq!(depth_for(64), 1);
+    }
 }
