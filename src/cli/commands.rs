@@ -299,13 +299,33 @@ fn run_snapshotter(a: SnapshotterArgs) -> Result<(), Error> {
     let repo = need(a.repo.or(file.repository), "repo", "repository")?;
     let root = need(a.root.or(file.root), "root", "root")?;
     let address = need(a.address.or(file.address), "address", "address")?;
-    let metrics = a.metrics_address.or(file.metrics_address);
-    Ok(snapshotter::run(
-        &repo,
-        &root,
-        &address,
-        metrics.as_deref(),
-    )?)
+    // Bound first: a bad address is the one line, before anything is set up.
+    let listener = match a.metrics_address.or(file.metrics_address) {
+        Some(addr) => {
+            let addr = crate::mount::options::metrics_address("--metrics-address", &addr)?;
+            Some(crate::mount::metrics::http::bind(
+                "--metrics-address",
+                addr,
+            )?)
+        }
+        None => None,
+    };
+    let serve = listener.map(|l| -> Box<dyn FnOnce(snapshotter::Metrics)> {
+        Box::new(move |m: snapshotter::Metrics| {
+            use crate::mount::metrics;
+            if let Ok(a) = l.local_addr() {
+                info!(address = %a, "serving metrics at /metrics");
+            }
+            metrics::http::serve(l, move || {
+                let mine =
+                    |st: &crate::mount::keeper::Status| st.group.as_deref() == Some(&m.group);
+                let mut families = (m.families)();
+                families.extend(metrics::mount_families(&metrics::node_mounts(mine)));
+                metrics::encode(families)
+            });
+        })
+    });
+    Ok(snapshotter::run(&repo, &root, &address, serve)?)
 }
 
 fn run_convert(

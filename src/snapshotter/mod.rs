@@ -121,17 +121,21 @@ fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
     Ok(l)
 }
 
-/// Serve until SIGTERM or SIGINT.
-/// `metrics`: an address to serve Prometheus metrics at, for the snapshotter and every mount
-/// it handed out.
-pub fn run(repo: &Path, root: &Path, address: &Path, metrics: Option<&str>) -> Result<(), Error> {
-    let metrics = metrics
-        .map(|a| {
-            let addr = crate::mount::options::metrics_address("--metrics-address", a)?;
-            crate::mount::metrics::http::bind("--metrics-address", addr)
-        })
-        .transpose()
-        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+/// What the snapshotter's metrics are made of: its own families, and the metrics group its
+/// mounts carry (`metrics_group=`), whose mounts' metrics the caller adds.
+pub struct Metrics {
+    pub families: Arc<dyn Fn() -> Vec<prometheus::proto::MetricFamily> + Send + Sync>,
+    pub group: String,
+}
+
+/// Serve until SIGTERM or SIGINT. `metrics` is handed what the snapshotter's metrics are made
+/// of once it is set up (the caller serves them).
+pub fn run(
+    repo: &Path,
+    root: &Path,
+    address: &Path,
+    metrics: Option<Box<dyn FnOnce(Metrics)>>,
+) -> Result<(), Error> {
     let repo_err = |reason: String| Error::Repository {
         path: repo.into(),
         reason,
@@ -155,17 +159,11 @@ pub fn run(repo: &Path, root: &Path, address: &Path, metrics: Option<&str>) -> R
     let listener = bind(address)?;
     let group = format!("snapshotter:{}", root.display());
     let service = Arc::new(Service::new(repo.clone(), store, group));
-    if let Some(l) = metrics {
+    if let Some(hand) = metrics {
         let s = Arc::clone(&service);
-        if let Ok(a) = l.local_addr() {
-            info!(address = %a, "serving metrics at /metrics");
-        }
-        crate::mount::metrics::http::serve(l, move || {
-            use crate::mount::metrics;
-            let mut families = s.metric_families();
-            let mine = |st: &crate::mount::keeper::Status| st.group.as_deref() == Some(s.group());
-            families.extend(metrics::mount_families(&metrics::node_mounts(mine)));
-            metrics::encode(families)
+        hand(Metrics {
+            families: Arc::new(move || s.metric_families()),
+            group: service.group().to_string(),
         });
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
