@@ -324,15 +324,19 @@ fn status_names_the_processes_and_refuses_what_is_not_a_stratafs_mount() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     unmount(&m);
 
-    // Without a keeper there is nothing to tell, and status says why.
+    // Without a keeper, status says so (the server publishes its own status and metrics),
+    // and an upgrade, which needs a keeper to start the new server, is refused.
     let m = mount(&l, tmp.path(), "alone", ",failover=off");
-    let out = run(Command::new(BIN).arg("status").arg(&m));
+    let st = status(&m);
+    assert!(st["keeper"].contains("failover=off"), "{st:?}");
+    let out = run(Command::new(BIN).arg("upgrade").arg(&m));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("failover=off"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(is_mountpoint(&m), "a refused upgrade left the mount alone");
     unmount(&m);
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::image::Podman;
 use common::layout::TestRegistry;
+use common::layout::free_port;
 use common::*;
 use cri::Cri;
 
@@ -694,14 +695,6 @@ fn kubernetes_cri_runs_a_pod_from_the_repository() {
         0,
         "pods left after RemovePodSandbox"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn http_get(url: &str) -> String {

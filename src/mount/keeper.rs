@@ -449,11 +449,16 @@ fn take_upgrade(status: &Path) -> Option<PathBuf> {
 /// The status of the mount at `mountpoint`, one `key value` per line.
 pub fn status(mountpoint: &Path) -> Result<String, super::Error> {
     let st = read_status(mountpoint)?;
+    let keeper = if st.keeper == st.server {
+        "none (-o failover=off: the server's death ends the mount)".to_string()
+    } else {
+        st.keeper.to_string()
+    };
     let mut out = format!(
         "mountpoint {}\nserver {}\nkeeper {}\nrestarts {}\ntransport {}\n",
         st.mountpoint.display(),
         st.server,
-        st.keeper,
+        keeper,
         st.restarts,
         st.transport
     );
