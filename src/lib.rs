@@ -2,20 +2,22 @@
 //! with an optional writable layer on top; and convert images into the repository layout
 //! that CernVM-FS publishes.
 //!
-//! The crate has six parts with one-way dependencies (tests/architecture.rs keeps them so):
+//! The crate has seven parts with one-way dependencies (tests/architecture.rs keeps them so):
 //!
 //! | module | what | may use |
 //! |---|---|---|
 //! | [`confined`] | descriptor-relative, symlink-free filesystem helpers | — |
+//! | [`exposition`] | Prometheus' metric model and text format | — |
 //! | [`stack`] | the on-disk layer-stack contract: layers, whiteouts, override xattr, resolution | `confined` |
 //! | [`overlay`] | the FUSE-free merged filesystem core: inodes, listings, writes, copy-up | `stack`, `confined` |
-//! | [`mount`] | front ends: mount options and plan, the kernel mount, one FUSE session over /dev/fuse or io_uring, daemon, access log | `overlay`, `stack`, `confined` |
+//! | [`mount`] | front ends: mount options and plan, the kernel mount, one FUSE session over /dev/fuse or io_uring, daemon, access log, metrics | `overlay`, `stack`, `confined`, `exposition` |
 //! | [`image`] (feature `image`) | references, registries, unpacking, flat roots, the repository | `stack`, `confined` |
-//! | [`snapshotter`] (feature `snapshotter`) | containerd's Snapshots API over the repository | `image`, `stack`, `confined` |
+//! | [`snapshotter`] (feature `snapshotter`) | containerd's Snapshots API over the repository | `image`, `stack`, `confined`, `exposition` |
 //! | [`cli`] | the command line over all of them | everything |
 
 pub mod cli;
 pub mod confined;
+pub mod exposition;
 #[cfg(feature = "image")]
 pub mod image;
 pub mod mount;

@@ -7,13 +7,17 @@ use std::path::{Path, PathBuf};
 /// Part -> the parts it may reference through `crate::`.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("confined", &[]),
+    ("exposition", &[]),
     ("stack", &["stack", "confined"]),
     ("overlay", &["overlay", "stack", "confined"]),
-    ("mount", &["mount", "overlay", "stack", "confined"]),
+    (
+        "mount",
+        &["mount", "overlay", "stack", "confined", "exposition"],
+    ),
     ("image", &["image", "stack", "confined"]),
     (
         "snapshotter",
-        &["snapshotter", "image", "stack", "confined"],
+        &["snapshotter", "image", "stack", "confined", "exposition"],
     ),
     (
         "cli",
@@ -25,6 +29,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "confined",
             "image",
             "snapshotter",
+            "exposition",
         ],
     ),
 ];

@@ -95,11 +95,6 @@ impl Stats {
         Ok(s)
     }
 
-    /// Counters only this process sees, written to `file` at unmount.
-    pub fn create(file: &Path, mount: &Path) -> io::Result<Stats> {
-        Stats::new(Page::anonymous(0)?, Some(file), mount)
-    }
-
     pub fn page(&self) -> &Page {
         &self.page
     }
@@ -197,7 +192,7 @@ mod tests {
     fn counts_and_writes() {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("stats.json");
-        let s = Stats::create(&f, Path::new("/mnt")).unwrap();
+        let s = Stats::new(Page::anonymous(0).unwrap(), Some(&f), Path::new("/mnt")).unwrap();
         drop(s.time(Op::Lookup));
         drop(s.time(Op::Lookup));
         s.add(Op::Forget, 3);

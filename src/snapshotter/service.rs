@@ -152,6 +152,7 @@ impl Service {
     /// The snapshotter's own metric families: snapshots by kind, layers found in the
     /// repository or not, mounts handed out by type.
     pub fn metric_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use crate::exposition::{counter, counters, gauge, gauges, label};
         let mut kinds = [0u64; 3];
         for (_, r) in self.store.lock().all() {
             kinds[r.kind as usize] += 1;
@@ -337,58 +338,4 @@ impl Snapshotter for Service {
             .collect();
         Ok(tokio_stream::iter(all))
     }
-}
-
-/// The few metric shapes the snapshotter reports, in the prometheus crate's model.
-fn label(name: &str, value: &str) -> prometheus::proto::LabelPair {
-    let mut l = prometheus::proto::LabelPair::default();
-    l.set_name(name.into());
-    l.set_value(value.into());
-    l
-}
-
-fn counter(labels: Vec<prometheus::proto::LabelPair>, v: u64) -> prometheus::proto::Metric {
-    let mut c = prometheus::proto::Counter::default();
-    c.set_value(v as f64);
-    let mut m = prometheus::proto::Metric::from_label(labels);
-    m.set_counter(c);
-    m
-}
-
-fn gauge(labels: Vec<prometheus::proto::LabelPair>, v: f64) -> prometheus::proto::Metric {
-    let mut g = prometheus::proto::Gauge::default();
-    g.set_value(v);
-    let mut m = prometheus::proto::Metric::from_label(labels);
-    m.set_gauge(g);
-    m
-}
-
-fn family(
-    name: &str,
-    help: &str,
-    kind: prometheus::proto::MetricType,
-    metrics: Vec<prometheus::proto::Metric>,
-) -> prometheus::proto::MetricFamily {
-    let mut f = prometheus::proto::MetricFamily::default();
-    f.set_name(name.into());
-    f.set_help(help.into());
-    f.set_field_type(kind);
-    f.set_metric(metrics);
-    f
-}
-
-fn counters(
-    name: &str,
-    help: &str,
-    metrics: Vec<prometheus::proto::Metric>,
-) -> prometheus::proto::MetricFamily {
-    family(name, help, prometheus::proto::MetricType::COUNTER, metrics)
-}
-
-fn gauges(
-    name: &str,
-    help: &str,
-    metrics: Vec<prometheus::proto::Metric>,
-) -> prometheus::proto::MetricFamily {
-    family(name, help, prometheus::proto::MetricType::GAUGE, metrics)
 }

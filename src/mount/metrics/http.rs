@@ -45,8 +45,3 @@ pub fn serve(listener: TcpListener, body: impl Fn() -> String + Send + 'static) 
         warn!("metrics endpoint: {e}");
     }
 }
-
-/// The local address a listener got (port 0 asks the kernel for one).
-pub fn local(listener: &TcpListener) -> Option<SocketAddr> {
-    listener.local_addr().ok()
-}

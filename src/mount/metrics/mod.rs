@@ -8,4 +8,5 @@ pub mod export;
 pub mod http;
 pub mod page;
 
-pub use export::{Seen, encode, mount_families, node_mounts};
+pub use crate::exposition::encode;
+pub use export::{Seen, mount_families, node_mounts};
