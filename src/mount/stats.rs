@@ -1,5 +1,6 @@
-//! Per-mount request statistics (`-o stats=FILE`): how many FUSE requests of each opcode the
-//! daemon served and the time it spent in them (from the request's arrival in its handler to
+//! Per-mount request statistics, counted in the mount's metrics page
+//! ([`super::metrics::page`]) and, with `-o stats=FILE`, written out: how many FUSE requests
+//! of each opcode the daemon served and the time it spent in them (from the request's arrival in its handler to
 //! the reply written), so that a benchmark states requests per file next to its time and a
 //! change is judged by the requests it removed. Written at unmount, as JSON:
 //!
