@@ -1,11 +1,13 @@
 //! The keeper: the process that holds a mount's connection so that its server may die.
 //!
 //! A connection lives while any process holds its `/dev/fuse` file. The keeper makes the
-//! mount, then runs the server: this same program with the same command line, handed the
-//! descriptor, the [`Journal`], the layer roots (opened before the mount, which may hide one
-//! of them) and a pipe to say it is ready ([`ServeEnv`]). When the server dies while the
-//! mount is live, the keeper starts another on the same connection; it resumes from the
-//! journal and asks the kernel to resend what was in flight. More than [`MAX_RESTARTS`] in
+//! mount, then runs the server, handed the descriptor, the [`Journal`], the layer roots
+//! (opened before the mount, which may hide one of them) and a pipe to say it is ready
+//! ([`ServeEnv`]). The first server is a fork of the keeper (no exec: a short-lived mount,
+//! such as the one containerd makes to read `/etc/passwd`, costs little more than without a
+//! keeper); when it dies while the mount is live, the keeper starts this program again with
+//! the same command line on the same connection; it resumes from the journal and asks the
+//! kernel to resend what was in flight. More than [`MAX_RESTARTS`] in
 //! [`WINDOW`]: the keeper takes the mount away and exits 1, so nothing ever hangs.
 //!
 //! One keeper per mount, not one per node: it shares nothing with other mounts, so a bug or
@@ -111,6 +113,60 @@ pub struct Keeper {
     pub group: Option<String>,
     /// `metrics=`: bound before the mount, served once it is live.
     pub metrics: Option<std::net::TcpListener>,
+    /// How the first server serves, run in a fork of the keeper; `None`: as `program`.
+    pub first: Option<FirstServer>,
+}
+
+/// The first server's work, given its handover; returns the exit status.
+pub type FirstServer = Box<dyn FnOnce(ServeEnv) -> i32>;
+
+/// A server process, waited for by pid whether it was forked or spawned.
+struct ServerPid(libc::pid_t);
+
+impl ServerPid {
+    fn id(&self) -> u32 {
+        self.0 as u32
+    }
+
+    fn wait(&self) -> std::io::Result<std::process::ExitStatus> {
+        let mut st = 0;
+        loop {
+            // SAFETY: waits for a child of this process, into a local.
+            let r = unsafe { libc::waitpid(self.0, &mut st, 0) };
+            if r == self.0 {
+                return Ok(std::process::ExitStatus::from_raw(st));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Close every descriptor above stderr but `keep`.
+fn close_all_but(keep: &[RawFd]) {
+    let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(d) => d
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in open {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: after the fork nothing in this process uses these any more (the
+            // listing's own descriptor is already closed: EBADF, ignored).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Whether this process has one thread (a fork of it may then run anything).
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.strip_prefix("Threads:").is_some_and(|n| n.trim() == "1"))
+    })
 }
 
 impl Keeper {
@@ -130,13 +186,20 @@ impl Keeper {
             .collect()
     }
 
+    /// Start a server: the first in a fork of this process when it was given one
+    /// ([`Keeper::first`]), every other as `program`.
     fn spawn(
-        &self,
+        &mut self,
         program: &Path,
         restart: bool,
         page: Option<RawFd>,
-    ) -> std::io::Result<(std::process::Child, std::fs::File)> {
+    ) -> std::io::Result<(ServerPid, std::fs::File)> {
         let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        if !restart && single_threaded() {
+            if let Some(first) = self.first.take() {
+                return self.fork_first(first, rd, wr, page);
+            }
+        }
         let pass: Vec<RawFd> = [
             self.dev.as_raw_fd(),
             self.journal.fd().as_raw_fd(),
@@ -180,7 +243,72 @@ impl Keeper {
         }
         let child = cmd.spawn()?;
         drop(wr);
-        Ok((child, std::fs::File::from(rd)))
+        // Waited for by pid like a forked one: std's Child does nothing when dropped.
+        Ok((
+            ServerPid(child.id() as libc::pid_t),
+            std::fs::File::from(rd),
+        ))
+    }
+
+    /// The first server as a fork of the keeper: no exec, no loader relocations (the pages
+    /// stay shared with the keeper), no second parse of the options. Only while the keeper
+    /// is single-threaded; restarts and upgrades run the program.
+    fn fork_first(
+        &self,
+        first: FirstServer,
+        rd: OwnedFd,
+        wr: OwnedFd,
+        page: Option<RawFd>,
+    ) -> std::io::Result<(ServerPid, std::fs::File)> {
+        // SAFETY: the keeper has one thread (checked by the caller), so the child may run
+        // arbitrary code; it never returns into the keeper's loop (it exits).
+        match unsafe { libc::fork() } {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => {
+                drop(rd);
+                let env = (|| -> std::io::Result<ServeEnv> {
+                    let page = page
+                        .map(|p| {
+                            // SAFETY: the keeper's page file, open for the whole of its run.
+                            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(p) };
+                            fd.try_clone_to_owned()
+                        })
+                        .transpose()?;
+                    Ok(ServeEnv {
+                        dev: self.dev.try_clone()?,
+                        journal: self.journal.fd().try_clone_to_owned()?,
+                        ready: wr,
+                        layers: self.layers.iter().map(|l| l.as_raw_fd()).collect(),
+                        restart: false,
+                        page,
+                    })
+                })();
+                let code = match env {
+                    Ok(env) => {
+                        // What an exec would have closed (the keeper's own readiness pipe,
+                        // whose reader waits for its end; its metrics listener): all but
+                        // the handover and the standard descriptors.
+                        let keep: Vec<RawFd> = [env.dev.as_raw_fd(), env.journal.as_raw_fd()]
+                            .into_iter()
+                            .chain([env.ready.as_raw_fd()])
+                            .chain(env.layers.iter().copied())
+                            .chain(env.page.as_ref().map(|p| p.as_raw_fd()))
+                            .collect();
+                        close_all_but(&keep);
+                        first(env)
+                    }
+                    Err(e) => {
+                        error!("server: {e}");
+                        1
+                    }
+                };
+                std::process::exit(code)
+            }
+            pid => {
+                drop(wr);
+                Ok((ServerPid(pid), std::fs::File::from(rd)))
+            }
+        }
     }
 
     /// Whether the connection is still live (not unmounted, not aborted).
@@ -223,7 +351,7 @@ impl Keeper {
             if let Some((p, _)) = &page {
                 p.set_restarts(restarts.into());
             }
-            let (mut child, mut pipe) = match self.spawn(&program, !first, page_fd) {
+            let (child, mut pipe) = match self.spawn(&program, !first, page_fd) {
                 Ok(c) => c,
                 Err(e) => {
                     let msg = format!(
@@ -415,7 +543,7 @@ impl Status {
 
     pub(crate) fn write(&self, p: &Path) {
         let text = serde_json::to_vec(self).expect("serialisable");
-        let tmp = p.with_extension("tmp");
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
         let r = p
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)

@@ -277,8 +277,21 @@ fn keep(plan: &MountPlan, mountpoint: &Path) -> Result<(), Error> {
         labels: layer_labels(plan),
         group: plan.options.metrics_group.clone(),
         metrics,
+        first: Some(first_server(plan.clone())),
     }
     .run(ready)
+}
+
+/// The keeper's first server, run in its fork; its errors go to the log (the terminal is
+/// the keeper's until the mount is live, /dev/null after).
+fn first_server(plan: MountPlan) -> super::keeper::FirstServer {
+    Box::new(move |env| match serve_for_keeper(&plan, env) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e}");
+            1
+        }
+    })
 }
 
 /// A server started by a keeper: the overlay from the keeper's layer descriptors, the

@@ -99,7 +99,9 @@ impl Page {
     /// A new page in the file `path` (made under a temporary name, then renamed), and the
     /// file, to hand to a server.
     pub fn create(path: &Path, layers: usize) -> io::Result<(Page, File)> {
-        let tmp = path.with_extension("metrics-tmp");
+        // One per process: two mounts racing for a connection number (one ending while
+        // another starts) must not truncate each other's page.
+        let tmp = path.with_extension(format!("metrics-tmp{}", std::process::id()));
         let f = File::options()
             .read(true)
             .write(true)
