@@ -446,6 +446,7 @@ pub fn image_tree(mut s: BTreeMap<PathBuf, Entry>) -> BTreeMap<PathBuf, Entry> {
 
 pub mod image;
 pub mod layout;
+pub mod logwrites;
 pub mod podman;
 
 pub fn name(s: &str) -> &OsStr {
