@@ -23,3 +23,5 @@ pub use error::Error;
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod registry_hostile_tests;

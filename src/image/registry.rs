@@ -66,6 +66,9 @@ fn retry_after(resp: &Response<ureq::Body>) -> Option<Duration> {
     Some(Duration::from_secs(secs.min(120)))
 }
 
+/// Pages of a tag list followed at most (10 million tags at the 1,000 a page we ask for).
+const MAX_TAG_PAGES: usize = 10_000;
+
 pub struct Registry {
     name: ImageName,
     base: String,
@@ -278,7 +281,18 @@ impl Registry {
         }
         let mut out = Vec::new();
         let mut next = Some(format!("/v2/{}/tags/list?n=1000", self.name.repository));
+        // A registry whose `Link` leads back to a page already read, or on without end,
+        // would keep us here forever.
+        let mut seen = std::collections::HashSet::new();
         while let Some(path) = next.take() {
+            if !seen.insert(path.clone()) || seen.len() > MAX_TAG_PAGES {
+                return Err(ImageError::format(
+                    format!("{} tag list", self.name),
+                    format!(
+                        "the pages' Link headers loop or go on past {MAX_TAG_PAGES} pages (at {path})"
+                    ),
+                ));
+            }
             let mut resp = self.get(&path, "application/json")?;
             next = resp
                 .headers()

@@ -9,6 +9,8 @@
 //! ```
 
 mod filter;
+#[cfg(test)]
+mod hostile_tests;
 mod service;
 mod store;
 
