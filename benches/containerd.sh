@@ -51,10 +51,9 @@ for i in small big; do
   $BIN convert --repo $W/repo http://$R/bench/$i:t 2>/dev/null
 done
 
-# stratafs as containerd's mount.fuse3 runs it, through a wrapper that keeps an access log.
-printf '#!/bin/sh\nexec %s -o access_log=%s/access-$(date +%%s%%N).log "$@"\n' $BIN $W > $W/bin/stratafs
-chmod +x $W/bin/stratafs
-$BIN snapshotter --repo $W/repo --root $W/snap-state --address $W/snap.sock 2> $W/snapshotter.log & pids+=($!)
+# Every container root the snapshotter mounts keeps an access log.
+$BIN snapshotter --repo $W/repo --root $W/snap-state --address $W/snap.sock \
+  --mount-option "access_log=$W/access-{id}.log" 2> $W/snapshotter.log & pids+=($!)
 
 start_containerd() { # NAME SNAPSHOTTER
   local d=$W/ctrd-$1
@@ -104,7 +103,7 @@ run_ctr() { # NAME SNAPSHOTTER IMAGE
     PATH=$W/bin:$PATH ctr -a $a run --rm --snapshotter $2 $img bench-$r sh -c "${cmd[$3]}" >/dev/null
     e=$(now)
     echo "$e - $s" | bc
-    if [ $2 = stratafs ]; then cp "$(grep -l '/rootfs"' $W/access-*.log | head -1)" $W/report-$3.log; fi
+    if [ $2 = stratafs ]; then cp "$(ls $W/access-*.log | head -1)" $W/report-$3.log; fi
   done | median
 }
 # CRI keeps three references per image (tag, repo@digest, config id); all must go for the

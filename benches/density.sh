@@ -68,7 +68,7 @@ now() { date +%s.%N; }
 ours() { for p in /proc/[0-9]*; do [ "$(readlink $p/exe 2>/dev/null)" = "$BIN" ] && echo ${p#/proc/}; done; true; }
 # KiB of RSS and PSS over the pids on stdin; servers' anonymous KiB.
 memory() { xargs -r -I{} cat /proc/{}/smaps_rollup 2>/dev/null | awk '/^Rss:/{r+=$2} /^Pss:/{p+=$2} END {printf "%d %d\n", r, p}'; }
-mounts_handed() { curl -fs http://$M/metrics | awk '/^stratafs_snapshotter_mounts_total\{type="fuse3.stratafs"\}/{print $2}'; }
+mounts_handed() { curl -fs http://$M/metrics | awk '/^stratafs_snapshotter_mounts_total\{type="bind"\}/{print $2}'; }
 
 img=$R/bench/small:t
 declare -A last rss pss procs handed

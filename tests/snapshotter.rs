@@ -352,8 +352,8 @@ fn containerd_runs_images_from_the_repository_without_fetching_layers() {
         && start.elapsed() < Duration::from_secs(120)
     {
         std::thread::sleep(Duration::from_millis(300));
-        // mount.fuse3 runs `stratafs SOURCE MOUNTPOINT -o OPTIONS`.
-        kills += kill_servers("stratafs .*/rootfs( |$)", None);
+        // The snapshotter runs `stratafs -o OPTIONS… stratafs STATE/snapshots/N/mnt`.
+        kills += kill_servers("stratafs .*/snapshots/[0-9]+/mnt( |$)", None);
     }
     let out = job.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
@@ -555,6 +555,26 @@ fn bad_input_is_one_clear_line() {
         err.contains(&s("nope")) && err.contains("No such file"),
         "{err}"
     );
+
+    // A mount option for the roots that a mount would refuse, or one of the stack's own.
+    for (opt, says) in [
+        ("bogus=1", "unknown option"),
+        ("upperdir=/x", "sets the stack's options itself"),
+    ] {
+        let (ok, err) = snapshotter(&[
+            "--repo",
+            &s("repo"),
+            "--root",
+            &s("st0"),
+            "--address",
+            &s("o.sock"),
+            "--mount-option",
+            opt,
+        ]);
+        assert!(!ok);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(opt) && err.contains(says), "{err}");
+    }
 
     // A socket a live snapshotter serves is refused.
     let mut first = Command::new(BIN)
@@ -857,7 +877,8 @@ fn prometheus_scrapes_the_snapshotter_a_mount_and_the_node() {
         // The container's root, reported by the snapshotter: it answered requests.
         "sum(stratafs_fuse_requests_total{job=\"snapshotter\"})".to_string(),
         format!("count(stratafs_mount_info{{job=\"snapshotter\",group=\"{group}\"}})"),
-        "stratafs_snapshotter_mounts_total{type=\"fuse3.stratafs\"}".to_string(),
+        "stratafs_snapshotter_mounts_total{type=\"bind\"}".to_string(),
+        "stratafs_snapshotter_roots_mounted_total".to_string(),
         "stratafs_snapshotter_remote_layers_total{result=\"found\"}".to_string(),
         // The hand mount: the bytes of /greeting, read from the top layer.
         "sum(stratafs_layer_read_bytes_total{job=\"mount\"})".to_string(),

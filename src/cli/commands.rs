@@ -80,8 +80,12 @@ pub struct SnapshotterArgs {
     /// http://HOST:PORT/metrics (off by default).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_address: Option<String>,
-    /// A TOML file with the same settings (repository, root, address, metrics_address);
-    /// options given on the command line win.
+    /// A stratafs mount option for every container root, repeatable (io_uring=off,
+    /// passthrough=on, access_log=DIR/{id}.log with {id} the snapshot's number, …).
+    #[arg(long = "mount-option", value_name = "OPT")]
+    mount_options: Vec<String>,
+    /// A TOML file with the same settings (repository, root, address, metrics_address,
+    /// mount_options); options given on the command line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -299,6 +303,14 @@ fn run_snapshotter(a: SnapshotterArgs) -> Result<(), Error> {
     let repo = need(a.repo.or(file.repository), "repo", "repository")?;
     let root = need(a.root.or(file.root), "root", "root")?;
     let address = need(a.address.or(file.address), "address", "address")?;
+    let mount_options = if a.mount_options.is_empty() {
+        file.mount_options
+    } else {
+        a.mount_options
+    };
+    for o in &mount_options {
+        check_root_option(o)?;
+    }
     // Bound first: a bad address is the one line, before anything is set up.
     let listener = match a.metrics_address.or(file.metrics_address) {
         Some(addr) => {
@@ -325,7 +337,38 @@ fn run_snapshotter(a: SnapshotterArgs) -> Result<(), Error> {
             });
         })
     });
-    Ok(snapshotter::run(&repo, &root, &address, serve)?)
+    Ok(snapshotter::run(
+        &repo,
+        &root,
+        &address,
+        mount_options,
+        serve,
+    )?)
+}
+
+/// A snapshotter's `--mount-option`: one that a mount accepts, and not one of the stack's own.
+#[cfg(feature = "snapshotter")]
+fn check_root_option(o: &str) -> Result<(), Error> {
+    let name = o.split('=').next().unwrap_or("");
+    let own = [
+        "lowerdir",
+        "upperdir",
+        "workdir",
+        "ro",
+        "rw",
+        "metrics_group",
+    ];
+    if own.contains(&name) || o.contains(',') {
+        return Err(Error::Usage(format!(
+            "snapshotter: --mount-option {o}: the snapshotter sets the stack's options itself; give one option without commas"
+        )));
+    }
+    crate::mount::options::MountOptions::parse(&[&format!(
+        "lowerdir=/,{}",
+        o.replace("{id}", "0")
+    )])
+    .map_err(|e| Error::Usage(format!("snapshotter: --mount-option {o}: {e}")))?;
+    Ok(())
 }
 
 fn run_convert(

@@ -1,6 +1,7 @@
 //! A containerd remote snapshotter (proxy plugin): containerd asks over its Snapshots gRPC API,
 //! layers already unpacked in the repository are committed at once (containerd downloads
-//! nothing), and every container root is one `fuse3.stratafs` mount of the whole stack.
+//! nothing), and every container root is one stratafs mount of the whole stack, made by the
+//! snapshotter and handed to containerd as a bind mount ([`roots`]).
 //!
 //! ```toml
 //! [proxy_plugins.stratafs]
@@ -11,6 +12,7 @@
 mod filter;
 #[cfg(test)]
 mod hostile_tests;
+mod roots;
 mod service;
 mod store;
 
@@ -44,6 +46,8 @@ pub enum Error {
     Config { path: PathBuf, reason: String },
     #[error("socket {}: {reason}", path.display())]
     Socket { path: PathBuf, reason: String },
+    #[error("container root {}: {reason}", path.display())]
+    Mount { path: PathBuf, reason: String },
 }
 
 impl From<Error> for containerd_snapshots::tonic::Status {
@@ -71,6 +75,9 @@ pub struct Config {
     pub address: Option<PathBuf>,
     /// Serve Prometheus metrics at `http://HOST:PORT/metrics`.
     pub metrics_address: Option<String>,
+    /// stratafs mount options for every container root (`{id}`: the snapshot's number).
+    #[serde(default)]
+    pub mount_options: Vec<String>,
 }
 
 impl Config {
@@ -136,6 +143,7 @@ pub fn run(
     repo: &Path,
     root: &Path,
     address: &Path,
+    mount_options: Vec<String>,
     metrics: Option<Box<dyn FnOnce(Metrics)>>,
 ) -> Result<(), Error> {
     let repo_err = |reason: String| Error::Repository {
@@ -160,7 +168,8 @@ pub fn run(
     let store = Store::open(&root)?;
     let listener = bind(address)?;
     let group = format!("snapshotter:{}", root.display());
-    let service = Arc::new(Service::new(repo.clone(), store, group));
+    let service =
+        Arc::new(Service::new(repo.clone(), store, group).with_mount_options(mount_options));
     if let Some(hand) = metrics {
         let s = Arc::clone(&service);
         hand(Metrics {

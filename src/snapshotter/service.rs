@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::Error;
 use super::filter::{Fields, Filter};
+use super::roots;
 use super::store::{Kind, Record, Stack, Store};
 use crate::image::digest::Digest;
 
@@ -29,6 +30,10 @@ pub struct Service {
     store: Mutex<Store>,
     /// `metrics_group=` of the mounts handed out, for the snapshotter's `/metrics`.
     group: String,
+    /// Added to every container root's mount options.
+    mount_options: Vec<String>,
+    /// Whether roots are mounted (tests of the requests alone turn it off).
+    mount_roots: bool,
     counts: Counts,
 }
 
@@ -37,8 +42,8 @@ pub struct Service {
 struct Counts {
     remote_found: AtomicU64,
     remote_missed: AtomicU64,
-    fuse_mounts: AtomicU64,
     bind_mounts: AtomicU64,
+    roots_mounted: AtomicU64,
 }
 
 struct Named<'a>(&'a str, &'a Record);
@@ -87,21 +92,22 @@ fn lowerdir(paths: &[PathBuf]) -> String {
     crate::stack::lowerdir::join(paths)
 }
 
-/// The mounts of a snapshot: a bind mount of its own directory when nothing is below it
-/// (containerd's overlayfs does the same), otherwise one stratafs mount of the whole stack,
-/// whiteouts of every form applied by the daemon that mount.fuse3 starts.
-fn mounts(stack: Stack, own: &Path, group: &str) -> Vec<Mount> {
-    if stack.lowers.is_empty() {
-        let rw = if stack.upper.is_some() { "rw" } else { "ro" };
-        return vec![Mount {
-            r#type: "bind".into(),
-            source: own.to_string_lossy().into_owned(),
-            target: String::new(),
-            options: vec![rw.into(), "rbind".into()],
-        }];
+/// A bind mount of `dir` for containerd.
+fn bind(dir: &Path, writable: bool) -> Mount {
+    let rw = if writable { "rw" } else { "ro" };
+    Mount {
+        r#type: "bind".into(),
+        source: dir.to_string_lossy().into_owned(),
+        target: String::new(),
+        options: vec![rw.into(), "rbind".into()],
     }
+}
+
+/// The stratafs mount options of a stack with layers below it: whiteouts of every form
+/// applied by the daemon.
+fn stack_options(stack: &Stack, group: &str) -> Vec<String> {
     let mut options = vec![format!("lowerdir={}", lowerdir(&stack.lowers))];
-    match stack.upper {
+    match &stack.upper {
         Some((u, w)) => {
             options.push(format!("upperdir={}", u.display()));
             options.push(format!("workdir={}", w.display()));
@@ -111,12 +117,7 @@ fn mounts(stack: Stack, own: &Path, group: &str) -> Vec<Mount> {
     // What a kernel overlay mount from containerd allows: set-ID programs and devices.
     options.extend(["suid".into(), "dev".into()]);
     options.push(format!("metrics_group={group}"));
-    vec![Mount {
-        r#type: "fuse3.stratafs".into(),
-        source: "stratafs".into(),
-        target: String::new(),
-        options,
-    }]
+    options
 }
 
 impl Service {
@@ -126,27 +127,59 @@ impl Service {
             repo,
             store: Mutex::new(store),
             group,
+            mount_options: Vec::new(),
+            mount_roots: true,
             counts: Counts::default(),
         }
+    }
+
+    /// Mount options added to every container root's (`{id}`: the snapshot's number).
+    pub fn with_mount_options(mut self, options: Vec<String>) -> Service {
+        self.mount_options = options;
+        self
+    }
+
+    /// Hand out roots without mounting them: for tests of the requests alone.
+    #[cfg(test)]
+    pub(crate) fn without_mounting(mut self) -> Service {
+        self.mount_roots = false;
+        self
     }
 
     pub fn group(&self) -> &str {
         &self.group
     }
 
-    /// The mounts of `key`, counted by type.
+    /// The mounts of `key`: a bind mount of its own directory when nothing is below it
+    /// (containerd's overlayfs does the same), otherwise a bind mount of its root, which is
+    /// mounted here if it is not yet ([`roots`]).
     fn mounts_of(&self, store: &Store, key: &str) -> Result<Vec<Mount>, Error> {
-        let own = store.files(store.get(key)?);
-        let m = mounts(store.stack(key)?, &own, &self.group);
-        for one in &m {
-            let c = if one.r#type == "bind" {
-                &self.counts.bind_mounts
-            } else {
-                &self.counts.fuse_mounts
-            };
-            c.fetch_add(1, Ordering::Relaxed);
+        let rec = store.get(key)?;
+        let stack = store.stack(key)?;
+        let writable = stack.upper.is_some();
+        let dir = match store.root_of(rec) {
+            Some(mnt) if !stack.lowers.is_empty() => {
+                if self.mount_roots && !roots::is_mounted(&mnt) {
+                    let id = rec.id.to_string();
+                    let mut options = stack_options(&stack, &self.group);
+                    options.extend(self.mount_options.iter().map(|o| o.replace("{id}", &id)));
+                    roots::ensure(&mnt, &options)?;
+                    self.counts.roots_mounted.fetch_add(1, Ordering::Relaxed);
+                }
+                mnt
+            }
+            _ => store.files(rec),
+        };
+        self.counts.bind_mounts.fetch_add(1, Ordering::Relaxed);
+        Ok(vec![bind(&dir, writable)])
+    }
+
+    /// Unmount the root of `key`, if it has one, before its files change hands or go.
+    fn release(&self, store: &Store, key: &str) -> Result<(), Error> {
+        if let Some(mnt) = store.root_of(store.get(key)?) {
+            roots::release(&mnt);
         }
-        Ok(m)
+        Ok(())
     }
 
     /// The snapshotter's own metric families: snapshots by kind, layers found in the
@@ -181,13 +214,15 @@ impl Service {
             counters(
                 "stratafs_snapshotter_mounts_total",
                 "Mounts handed to containerd, by type.",
-                vec![
-                    counter(
-                        vec![label("type", "fuse3.stratafs")],
-                        c(&self.counts.fuse_mounts),
-                    ),
-                    counter(vec![label("type", "bind")], c(&self.counts.bind_mounts)),
-                ],
+                vec![counter(
+                    vec![label("type", "bind")],
+                    c(&self.counts.bind_mounts),
+                )],
+            ),
+            counters(
+                "stratafs_snapshotter_roots_mounted_total",
+                "Container roots the snapshotter mounted with stratafs.",
+                vec![counter(vec![], c(&self.counts.roots_mounted))],
             ),
         ]
     }
@@ -307,12 +342,16 @@ impl Snapshotter for Service {
         labels: HashMap<String, String>,
     ) -> Result<(), Error> {
         debug!(%name, %key, "commit");
-        self.store.lock().commit(&name, &key, labels)
+        let mut store = self.store.lock();
+        self.release(&store, &key)?;
+        store.commit(&name, &key, labels)
     }
 
     async fn remove(&self, key: String) -> Result<(), Error> {
         debug!(%key, "remove");
-        self.store.lock().remove(&key)
+        let mut store = self.store.lock();
+        self.release(&store, &key)?;
+        store.remove(&key)
     }
 
     async fn clear(&self) -> Result<(), Error> {

@@ -241,8 +241,9 @@ impl Store {
         }
         self.state.snapshots.remove(key);
         self.save()?;
-        if id != 0 {
-            // Failing here leaves a directory that cleanup removes later.
+        // Failing here, or a root still mounted (never deleted through), leaves a directory
+        // that cleanup removes later.
+        if id != 0 && !super::roots::is_mounted(&self.dir(id).join("mnt")) {
             let _ = fs::remove_dir_all(self.dir(id));
         }
         Ok(())
@@ -309,6 +310,11 @@ impl Store {
         }
     }
 
+    /// Where the root of an active or view snapshot is mounted ([`super::roots`]).
+    pub fn root_of(&self, rec: &Record) -> Option<PathBuf> {
+        (rec.remote.is_none() && rec.kind != Kind::Committed).then(|| self.dir(rec.id).join("mnt"))
+    }
+
     /// Remove directories no snapshot refers to (left by a crash or a failed removal).
     pub fn cleanup(&self) -> Result<Vec<PathBuf>, Error> {
         let live: std::collections::HashSet<u64> =
@@ -323,6 +329,11 @@ impl Store {
                 .and_then(|n| n.parse::<u64>().ok())
                 .is_some_and(|id| live.contains(&id));
             if !keep {
+                let mnt = e.path().join("mnt");
+                super::roots::release(&mnt);
+                if super::roots::is_mounted(&mnt) {
+                    continue; // never delete through a mount
+                }
                 fs::remove_dir_all(e.path()).map_err(io_err(&e.path()))?;
                 removed.push(e.path());
             }
