@@ -71,7 +71,7 @@ memory() { xargs -r -I{} cat /proc/{}/smaps_rollup 2>/dev/null | awk '/^Rss:/{r+
 mounts_handed() { curl -fs http://$M/metrics | awk '/^stratafs_snapshotter_mounts_total\{type="bind"\}/{print $2}'; }
 
 img=$R/bench/small:t
-declare -A last rss pss procs handed
+declare -A last med rss pss procs handed
 for s in overlayfs stratafs; do
   start_containerd $s
   a=$W/ctrd-$s/containerd.sock
@@ -82,12 +82,15 @@ for s in overlayfs stratafs; do
   fi
   for n in $COUNTS; do
     h0=$(mounts_handed)
+    starts=()
     for i in $(seq $n); do
       t0=$(now)
       PATH=$W/bin:$PATH ctr -a $a run -d --snapshotter $s $img d$n-$i /bin/busybox sleep 100000 >/dev/null
       t1=$(now)
+      starts+=("$(echo "$t1 - $t0" | bc)")
     done
     last[$s-$n]=$(echo "$t1 - $t0" | bc)
+    med[$s-$n]=$(printf '%s\n' "${starts[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     if [ $s = stratafs ]; then
       sleep 2 # the last container's short-lived mounts are gone
       read -r r p < <(ours | memory)
@@ -113,10 +116,11 @@ for _ in $(seq 50); do
 done
 cycle=$(echo "($(now) - $t0) * 1000 / 50" | bc -l)
 
-echo "| containers | start of the last: overlayfs | stratafs | stratafs processes | RSS, all together | PSS, all together | PSS per container | mounts handed out |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| containers | start of the last: overlayfs | stratafs | median start: overlayfs | stratafs | stratafs processes | RSS, all together | PSS, all together | PSS per container | mounts handed out |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for n in $COUNTS; do
-  printf "| %d | %.2f s | %.2f s | %d | %.1f MB | %.1f MB | %.2f MB | %d |\n" $n ${last[overlayfs-$n]} ${last[stratafs-$n]} \
+  printf "| %d | %.2f s | %.2f s | %.3f s | %.3f s | %d | %.1f MB | %.1f MB | %.2f MB | %d |\n" $n ${last[overlayfs-$n]} ${last[stratafs-$n]} \
+    ${med[overlayfs-$n]} ${med[stratafs-$n]} \
     ${procs[$n]} $(echo "${rss[$n]} / 1024" | bc -l) $(echo "${pss[$n]} / 1024" | bc -l) \
     $(echo "${pss[$n]} / 1024 / $n" | bc -l) ${handed[$n]}
 done

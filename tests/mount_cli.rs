@@ -470,6 +470,53 @@ fn a_mistyped_subcommand_is_named_with_the_one_meant() {
     }
 }
 
+/// `stratafs --help` and `stratafs help` show the mount form and every command with a line
+/// each; `stratafs help CMD` is that command's help; an unknown one is one line.
+#[test]
+fn help_lists_every_command() {
+    for args in [&["--help"][..], &["help"], &["-h"]] {
+        let out = run(Command::new(BIN).args(args));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("MOUNTPOINT"), "{args:?}: {text}");
+        if args != ["-h"] {
+            assert!(text.contains("lowerdir=TOP:...:BOTTOM"), "{args:?}: {text}");
+        }
+        for c in [
+            "convert",
+            "gc",
+            "images",
+            "metrics",
+            "mount",
+            "report",
+            "rmi",
+            "snapshotter",
+            "status",
+            "trace",
+            "upgrade",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{c} "))),
+                "{args:?} does not list {c}: {text}"
+            );
+        }
+    }
+    let out = run(Command::new(BIN).args(["help", "convert"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("--repo"), "{text}");
+    let out = run(Command::new(BIN).args(["help", "bogus"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "stratafs: help: unknown command 'bogus' (stratafs help lists them)\n"
+    );
+}
+
 /// `uidmapping`/`gidmapping` through a real mount: owners on disk are shown shifted, and a
 /// chown through the mount writes the unshifted ids back to the upper layer.
 #[test]

@@ -61,7 +61,14 @@ fn init_logging(default: &str) {
 /// The program: parse, run, and turn any error into one line on stderr. Returns the exit
 /// status.
 pub fn main() -> i32 {
-    let first = std::env::args().nth(1).unwrap_or_default();
+    let args: Vec<String> = std::env::args().collect();
+    let first = args.get(1).cloned().unwrap_or_default();
+    match (first.as_str(), args.len()) {
+        ("help", 2) | ("--help", 2) => return help(true),
+        ("-h", 2) => return help(false),
+        ("help", _) => return help_for(&args[2]),
+        _ => {}
+    }
     if SUBCOMMANDS.contains(&first.as_str()) {
         return subcommand(&first);
     }
@@ -80,6 +87,81 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// The mount form's help, then every subcommand with its one line.
+fn help(long: bool) -> i32 {
+    let mut cmd = <mount::Cli as clap::CommandFactory>::command().after_help(command_list());
+    let text = if long {
+        cmd.render_long_help()
+    } else {
+        cmd.render_help()
+    };
+    out(&text.to_string())
+}
+
+/// Print help text; a reader that went away (`| head`) is no error.
+fn out(text: &str) -> i32 {
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    0
+}
+
+#[cfg(feature = "image")]
+fn command_list() -> String {
+    let c = <commands::Commands as clap::CommandFactory>::command();
+    let width = SUBCOMMANDS.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = String::from("Commands (`stratafs help COMMAND` for each):\n");
+    for sc in c.get_subcommands() {
+        let about = sc.get_about().map(|a| a.to_string()).unwrap_or_default();
+        out += &format!("  {:width$}  {}\n", sc.get_name(), first_clause(&about));
+    }
+    out
+}
+
+/// A command's about text up to its first `: ` or `. ` outside parentheses: the rest is in
+/// the command's own help.
+#[cfg(feature = "image")]
+fn first_clause(about: &str) -> &str {
+    let mut depth = 0i32;
+    let b = about.as_bytes();
+    for (i, c) in b.iter().enumerate() {
+        match c {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            b':' | b'.' if depth == 0 && b.get(i + 1) == Some(&b' ') => return &about[..i],
+            _ => {}
+        }
+    }
+    about.trim_end_matches('.')
+}
+
+#[cfg(not(feature = "image"))]
+fn command_list() -> String {
+    "This build has only the mount form (built without feature 'image').\n".into()
+}
+
+/// `stratafs help COMMAND`: that command's help.
+fn help_for(name: &str) -> i32 {
+    if !SUBCOMMANDS.contains(&name) {
+        eprintln!("stratafs: help: unknown command '{name}' (stratafs help lists them)");
+        return 2;
+    }
+    subcommand_help(name)
+}
+
+#[cfg(feature = "image")]
+fn subcommand_help(name: &str) -> i32 {
+    let mut c = <commands::Commands as clap::CommandFactory>::command();
+    c.build(); // its usage line then says `stratafs NAME`
+    match c.find_subcommand_mut(name) {
+        Some(sc) => out(&sc.render_long_help().to_string()),
+        None => subcommand(name),
+    }
+}
+
+#[cfg(not(feature = "image"))]
+fn subcommand_help(name: &str) -> i32 {
+    subcommand(name)
 }
 
 #[cfg(feature = "image")]

@@ -14,10 +14,13 @@ use crate::mount::plan::MountPlan;
 ///   stratafs -o lowerdir=TOP:...:BOTTOM MOUNTPOINT
 ///   stratafs -o lowerdir=...,upperdir=U,workdir=W MOUNTPOINT
 ///   stratafs SOURCE MOUNTPOINT -o lowerdir=...
+/// and the commands listed at the end: stratafs COMMAND [ARGS]
 #[derive(Debug, Parser)]
 #[command(name = "stratafs", version, verbatim_doc_comment)]
 pub struct Cli {
-    /// Mount options, comma-separated; may be given several times. lowerdir=TOP:...:BOTTOM
+    /// Mount options, comma-separated; may be given several times (--help lists them).
+    ///
+    /// lowerdir=TOP:...:BOTTOM
     /// (`\:` is a literal colon), upperdir=U, workdir=W (same filesystem as U), fsync=0,
     /// volatile, uidmapping=:C:H:N[:C:H:N...], gidmapping=..., squash_to_uid=N,
     /// squash_to_gid=N, squash_to_root, xattr_permissions=0|1|2, allow_other, allow_root,
