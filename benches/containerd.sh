@@ -8,7 +8,7 @@
 # StartContainer until the command exits). A private containerd per snapshotter; images removed
 # (containerd's GC removes their content and snapshots) and the page cache dropped before each
 # run; the sandbox image stays pulled, as on a node. Medians; the access report of a stratafs
-# run (of the container's root: `ctr run` also mounts the image briefly on its own) says how
+# run (of the container's root, which the snapshotter mounts with an access log) says how
 # much of each image the command read.
 # Usage (as root): bash benches/containerd.sh      RUNS=5 for more.
 set -euo pipefail
