@@ -103,7 +103,12 @@ run_ctr() { # NAME SNAPSHOTTER IMAGE
     PATH=$W/bin:$PATH ctr -a $a run --rm --snapshotter $2 $img bench-$r sh -c "${cmd[$3]}" >/dev/null
     e=$(now)
     echo "$e - $s" | bc
-    if [ $2 = stratafs ]; then cp "$(ls $W/access-*.log | head -1)" $W/report-$3.log; fi
+    if [ $2 = stratafs ]; then
+      # The log is written out when the root is unmounted: at the snapshot's removal, which
+      # containerd's garbage collector does shortly after `ctr run --rm` returns.
+      for _ in $(seq 100); do grep -q " $W/snap-state/snapshots/[0-9]*/mnt " /proc/mounts || break; sleep 0.1; done
+      cp "$(ls $W/access-*.log | head -1)" $W/report-$3.log
+    fi
   done | median
 }
 # CRI keeps three references per image (tag, repo@digest, config id); all must go for the
