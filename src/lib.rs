@@ -26,6 +26,23 @@ pub mod overlay;
 pub mod snapshotter;
 pub mod stack;
 
+/// Everything under `dir`, as paths (tests that check nothing was written outside a place).
+#[cfg(test)]
+pub(crate) fn all_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Generated-input tests: `n` cases, or `PROPTEST_CASES` for a longer run.
 #[cfg(test)]
 pub(crate) fn test_cases(n: u32) -> proptest::test_runner::Config {

@@ -486,19 +486,7 @@ fn help_lists_every_command() {
         if args != ["-h"] {
             assert!(text.contains("lowerdir=TOP:...:BOTTOM"), "{args:?}: {text}");
         }
-        for c in [
-            "convert",
-            "gc",
-            "images",
-            "metrics",
-            "mount",
-            "report",
-            "rmi",
-            "snapshotter",
-            "status",
-            "trace",
-            "upgrade",
-        ] {
+        for c in stratafs::cli::SUBCOMMANDS {
             assert!(
                 text.lines()
                     .any(|l| l.trim_start().starts_with(&format!("{c} "))),

@@ -81,12 +81,36 @@ fn check_built(store: &Store) {
         "-c",
         "cat /data/keep/a /data/replace/new; ls /data/replace; ls /data/gone 2>&1 || true",
     ]);
-    assert_eq!(
-        out,
-        "replaced\nnew\nnew\nls: /data/gone: No such file or directory\n",
-        "built image content; its top layer: {}",
-        store.podman(&["diff", "localhost/strata-built"])
-    );
+    let want = "replaced\nnew\nnew\nls: /data/gone: No such file or directory\n";
+    if out != want {
+        // What would tell a wrong layer from a wrong view of a right one: the names c/storage
+        // recorded for the top layer when it was committed (its tar-split, never rewritten),
+        // what its diff directory holds, and what mounted it.
+        let top = store.podman(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.TopLayer}}",
+            "localhost/strata-built",
+        ]);
+        let top = top.trim();
+        let graph = store.dir.join("graph");
+        let sh = |c: &str| {
+            let o = run(Command::new("sh").arg("-c").arg(c));
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let names = sh(&format!(
+            "zcat {}/overlay-layers/{top}.tar-split.gz | grep -o '\"name\":\"[^\"]*\"'",
+            graph.display()
+        ));
+        let diff = sh(&format!("find {}/overlay/{top}/diff -ls", graph.display()));
+        let mounts = sh("grep -E 'stratafs|overlay' /proc/self/mountinfo");
+        panic!(
+            "built image content: {out:?}, want {want:?}\nits top layer by podman diff: {}\n\
+             tar-split names of layer {top}:\n{names}\ndiff dir:\n{diff}\nmounts:\n{mounts}",
+            store.podman(&["diff", "localhost/strata-built"])
+        );
+    }
 }
 
 /// Build, run with changes, diff, commit, run the commit. Returns the diff list.

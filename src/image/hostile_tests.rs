@@ -4,8 +4,6 @@
 //! error, never a panic, and unpacking must write nothing outside its directory. CI runs a
 //! short run (the case counts below); `PROPTEST_CASES=N` runs longer.
 
-use std::path::Path;
-
 use proptest::prelude::*;
 
 use super::digest::Digest;
@@ -15,6 +13,7 @@ use super::reference::{ImageName, Source};
 use super::unpack::{self, Target};
 use crate::stack::trace::Trace;
 
+use crate::all_under;
 use crate::test_cases as cases;
 
 /// Strings made of the pieces references, paths and JSON are made of, and random ones.
@@ -193,22 +192,6 @@ fn tar_of(entries: &[Entry]) -> Vec<u8> {
         b.append(&h, data).unwrap();
     }
     b.into_inner().unwrap()
-}
-
-/// Everything under `dir`, as paths.
-fn all_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
 }
 
 proptest! {

@@ -14,6 +14,7 @@ use containerd_snapshots::Snapshotter;
 use proptest::prelude::*;
 
 use super::{LABEL_TARGET, LABELS_DIGEST, Service, Store};
+use crate::all_under;
 use crate::test_cases as cases;
 
 /// A layer the repository holds.
@@ -82,22 +83,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => proptest::collection::vec("[ -~]{0,24}", 0..3).prop_map(Op::List),
         1 => Just(Op::Clear),
     ]
-}
-
-/// Every path under `dir`.
-fn all_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                todo.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn run(svc: &Service, op: Op) -> Option<Vec<containerd_snapshots::api::types::Mount>> {
