@@ -144,21 +144,24 @@ impl ServerPid {
     }
 }
 
-/// Close every descriptor above stderr but `keep`.
+/// Close every descriptor above stderr but `keep`, with close_range(2) over the gaps (no
+/// listing of /proc/self/fd: a mount lists no directory it does not serve).
 fn close_all_but(keep: &[RawFd]) {
-    let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
-        Ok(d) => d
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect(),
-        Err(_) => return,
-    };
-    for fd in open {
-        if fd > 2 && !keep.contains(&fd) {
-            // SAFETY: after the fork nothing in this process uses these any more (the
-            // listing's own descriptor is already closed: EBADF, ignored).
-            unsafe { libc::close(fd) };
+    let mut keep: Vec<u32> = keep.iter().filter_map(|&f| u32::try_from(f).ok()).collect();
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for k in keep.into_iter().filter(|&k| k >= 3) {
+        if k > from {
+            close_range(from, k - 1);
         }
+        from = k + 1;
     }
+    close_range(from, u32::MAX);
+}
+
+fn close_range(first: u32, last: u32) {
+    // SAFETY: closes descriptors nothing in this process uses any more (after the fork).
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
 }
 
 /// Whether this process has one thread (a fork of it may then run anything).
