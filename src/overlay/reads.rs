@@ -1,0 +1,145 @@
+//! Reading through the merged view: symlink targets, file contents (a descriptor per open
+//! file, kept in a small cache, and small siblings read ahead) and extended attributes.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::inode::Node;
+use super::{Ino, Overlay, errno, lookahead};
+use crate::stack::whiteout;
+
+impl Overlay {
+    pub fn readlink(&self, ino: Ino) -> io::Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.attr().kind() != libc::S_IFLNK {
+            return Err(errno(libc::EINVAL));
+        }
+        self.top_layer(&node).readlink(&node.path())
+    }
+
+    /// Open the file behind a node for reading (the top layer's copy).
+    pub fn open_file(&self, node: &Node) -> io::Result<OwnedFd> {
+        match node.attr().kind() {
+            libc::S_IFREG => {
+                let layer = self.top_layer(node);
+                let fd = layer.open_read(&node.path())?;
+                if let Some(t) = self.tally() {
+                    t.file_opened(layer.index);
+                }
+                Ok(fd)
+            }
+            libc::S_IFDIR => Err(errno(libc::EISDIR)),
+            _ => Err(errno(libc::EINVAL)),
+        }
+    }
+
+    /// A descriptor for reading `ino`, from the bounded cache.
+    pub fn cached_file(&self, ino: Ino) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.files.lock().get(&ino) {
+            return Ok(Arc::clone(fd));
+        }
+        let node = self.node(ino)?;
+        let fd = Arc::new(self.open_file(&node)?);
+        self.files.lock().put(ino, Arc::clone(&fd));
+        self.offer_siblings(&node);
+        Ok(fd)
+    }
+
+    /// A file of a lower layer is read for the first time: have look-ahead read its small
+    /// siblings, once per directory.
+    pub(crate) fn offer_siblings(&self, node: &Node) {
+        let Some(la) = self.lookahead.get() else {
+            return;
+        };
+        let Some((parent, _)) = node.link() else {
+            return;
+        };
+        if parent.siblings_offered.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let layers = parent.state.read().layers.clone();
+        let path = parent.path();
+        for l in layers {
+            if self.is_lower(l) && self.layers[l as usize].cvmfs.is_none() {
+                la.offer(lookahead::Job::Warm {
+                    layer: l,
+                    rel: path.clone(),
+                    siblings: true,
+                });
+            }
+        }
+    }
+
+    /// Drop a cached descriptor (the node was forgotten).
+    pub fn evict_file(&self, ino: Ino) {
+        self.files.lock().pop(&ino);
+        self.upper_dirs.lock().pop(&ino);
+    }
+
+    /// Read from `fd` at `offset` until `buf` is full or the file ends.
+    pub fn read_at(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Xattr names of a node, overlay-internal ones removed; NUL-separated.
+    pub fn list_xattrs(&self, ino: Ino) -> io::Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let raw = self.xattr_names(&node)?;
+        let mut out = Vec::with_capacity(raw.len());
+        for name in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if !self.is_hidden_xattr(name) {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Overlay-internal xattrs, and the override xattr where it carries the presented stat.
+    pub(crate) fn is_hidden_xattr(&self, name: &[u8]) -> bool {
+        whiteout::is_internal_xattr(name)
+            || self.ids.override_xattr.is_some_and(|x| x.name() == name)
+    }
+
+    pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        if self.is_hidden_xattr(name) {
+            return Ok(None);
+        }
+        let node = self.node(ino)?;
+        if !self
+            .xattr_names(&node)?
+            .split(|&b| b == 0)
+            .any(|n| n == name)
+        {
+            return Ok(None);
+        }
+        self.top_layer(&node).get_xattr(&node.path(), name)
+    }
+
+    /// The top copy's xattr names, NUL-separated: cached on the node until a change.
+    fn xattr_names(&self, node: &Node) -> io::Result<Arc<[u8]>> {
+        let (generation, cached) = node.cached_xattr_names();
+        if let Some(names) = cached {
+            return Ok(names);
+        }
+        // An open copy in the writable layer is read without a path walk (the kernel asks
+        // for security.capability before a new file's first write and before its chown).
+        let names: Arc<[u8]> = match node.upper_fd() {
+            Some(fd) => crate::stack::layer::list_xattrs_fd(&fd)?.into(),
+            None => self.top_layer(node).list_xattrs(&node.path())?.into(),
+        };
+        node.store_xattr_names(generation, Arc::clone(&names));
+        Ok(names)
+    }
+}
