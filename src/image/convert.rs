@@ -239,12 +239,12 @@ fn convert_one(
         let (i, tmp, u) = &done[idx];
         for (link, target) in &u.deferred_links {
             let lowers: Vec<PathBuf> = (0..*i).rev().map(|j| lower_path(j, &done)).collect();
-            materialise_link(&tmp.join("layerfs"), link, target, &lowers).map_err(|reason| {
+            materialise_link(&tmp.join("layerfs"), link, target, &lowers).map_err(|e| {
                 ImageError::UnsafeEntry {
                     image: image.clone(),
                     layer: layers[*i].digest.to_string(),
                     entry: String::from_utf8_lossy(link).into_owned(),
-                    reason,
+                    reason: e.to_string(),
                 }
             })?;
         }
@@ -488,6 +488,19 @@ fn fetch_into(
     Ok(u)
 }
 
+/// Why a hard link to a lower layer's file could not be made.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("hard link to '{0}', which neither this layer nor a lower one has")]
+    Missing(String),
+    #[error("hard link to a directory")]
+    Directory,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("linking from a lower layer: {0}")]
+    Link(io::Error),
+}
+
 /// A hard link whose target a lower layer holds: link to (or, across filesystems, copy) the
 /// file that is visible at `target` below this layer, by the stack's own resolution rules.
 fn materialise_link(
@@ -495,31 +508,22 @@ fn materialise_link(
     link: &[u8],
     target: &[u8],
     lowers_top_first: &[PathBuf],
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let stack: Vec<Layer> = lowers_top_first
         .iter()
         .enumerate()
-        .map(|(i, p)| Layer::open(i, p).map_err(|e| e.to_string()))
+        .map(|(i, p)| Layer::open(i, p).map_err(|e| io::Error::other(e.to_string())))
         .collect::<Result<_, _>>()?;
-    let missing = || {
-        format!(
-            "hard link to '{}', which neither this layer nor a lower one has",
-            String::from_utf8_lossy(target)
-        )
-    };
-    let (holders, st) = resolve::path(&stack, target)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(missing)?;
+    let (holders, st) = resolve::path(&stack, target)?
+        .ok_or_else(|| LinkError::Missing(String::from_utf8_lossy(target).into_owned()))?;
     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        return Err("hard link to a directory".into());
+        return Err(LinkError::Directory);
     }
     let (tparent, tname) = match target.iter().rposition(|&b| b == b'/') {
         Some(i) => (&target[..i], &target[i + 1..]),
         None => (&b""[..], target),
     };
-    let sdir = stack[holders[0] as usize]
-        .open_dir(tparent)
-        .map_err(|e| e.to_string())?;
+    let sdir = stack[holders[0] as usize].open_dir(tparent)?;
     let lcomps: Vec<&[u8]> = link.split(|b| *b == b'/').collect();
     let (lname, lparents) = lcomps.split_last().expect("non-empty link");
     let root = rustix::fs::open(
@@ -527,10 +531,10 @@ fn materialise_link(
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| e.to_string())?;
-    let dir = crate::confined::open_beneath(&root, lparents, false).map_err(|e| e.to_string())?;
+    .map_err(io::Error::from)?;
+    let dir = crate::confined::open_beneath(&root, lparents, false)?;
     rustix::fs::linkat(&sdir, tname, &dir, *lname, rustix::fs::AtFlags::empty())
-        .map_err(|e| format!("linking from a lower layer: {e}"))
+        .map_err(|e| LinkError::Link(e.into()))
 }
 
 /// Disk blocks of everything under `roots`, each inode counted once across calls.

@@ -88,7 +88,7 @@ impl Source {
             if let Some(rest) = s.strip_prefix(prefix) {
                 return ImageName::parse_bare(rest, plain)
                     .map(Source::Registry)
-                    .map_err(|r| bad(&r));
+                    .map_err(|r| bad(&r.to_string()));
             }
         }
         Err(bad(
@@ -161,12 +161,30 @@ pub fn valid_host(h: &str) -> bool {
             .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// What is wrong with an image name; the caller names the name.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error("bad registry host '{0}'")]
+    Registry(String),
+    #[error("bad repository name '{0}'")]
+    Repository(String),
+    #[error("bad tag '{0}'")]
+    Tag(String),
+    #[error("a tag or a digest is required")]
+    Unpinned,
+    #[error("{0}")]
+    Digest(String),
+}
+
 impl ImageName {
     /// `REGISTRY/REPO[:TAG][@sha256:...]`; a name without a registry part is Docker Hub's,
     /// as `docker pull` reads it.
-    pub fn parse_bare(s: &str, plain_http: bool) -> Result<ImageName, String> {
+    pub fn parse_bare(s: &str, plain_http: bool) -> Result<ImageName, NameError> {
         let (name, digest) = match s.split_once('@') {
-            Some((n, d)) => (n, Some(Digest::parse(d).map_err(|e| e.to_string())?)),
+            Some((n, d)) => (
+                n,
+                Some(Digest::parse(d).map_err(|e| NameError::Digest(e.to_string()))?),
+            ),
             None => (s, None),
         };
         let (path, tag) = match name.rsplit_once(':') {
@@ -181,18 +199,18 @@ impl ImageName {
             None => ("docker.io".to_string(), format!("library/{path}")),
         };
         if !valid_host(&registry) {
-            return Err(format!("bad registry host '{registry}'"));
+            return Err(NameError::Registry(registry));
         }
         if repository.len() > 255 || !repository.split('/').all(valid_component) {
-            return Err(format!("bad repository name '{repository}'"));
+            return Err(NameError::Repository(repository));
         }
         if let Some(t) = &tag {
             if !valid_tag(t, true) {
-                return Err(format!("bad tag '{t}'"));
+                return Err(NameError::Tag(t.clone()));
             }
         }
         if tag.is_none() && digest.is_none() {
-            return Err("a tag or a digest is required".into());
+            return Err(NameError::Unpinned);
         }
         Ok(ImageName {
             plain_http,
@@ -244,9 +262,9 @@ impl ImageName {
 
     /// This name with another tag (from a registry's tag list): refused unless the tag
     /// matches the distribution grammar.
-    pub fn with_tag(&self, tag: &str) -> Result<ImageName, String> {
+    pub fn with_tag(&self, tag: &str) -> Result<ImageName, NameError> {
         if !valid_tag(tag, false) {
-            return Err(format!("bad tag '{tag}'"));
+            return Err(NameError::Tag(tag.to_string()));
         }
         Ok(ImageName {
             tag: Some(tag.to_string()),

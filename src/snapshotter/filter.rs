@@ -99,10 +99,27 @@ fn split_unquoted(s: &str, sep: char) -> Vec<String> {
     out
 }
 
+/// What is wrong with a selector; [`Filter::parse`] names the filter.
+#[derive(Debug, thiserror::Error)]
+enum SyntaxError {
+    #[error("missing value")]
+    MissingValue,
+    #[error("unterminated {0}")]
+    Unterminated(char),
+    #[error("expected a field name at {0:?}")]
+    FieldName(String),
+    #[error("expected ==, != or ~= at {0:?}")]
+    Operator(String),
+    #[error("unexpected {0:?} after the value")]
+    Trailing(String),
+    #[error("{0}")]
+    Regex(#[from] regex::Error),
+}
+
 /// Read a quoted string (`"…"` with backslash escapes, or `/…/`) from the start of `s`;
 /// returns it and the rest.
-fn quoted(s: &str) -> Result<(String, &str), String> {
-    let q = s.chars().next().ok_or("missing value")?;
+fn quoted(s: &str) -> Result<(String, &str), SyntaxError> {
+    let q = s.chars().next().ok_or(SyntaxError::MissingValue)?;
     let mut out = String::new();
     let mut it = s[1..].char_indices();
     while let Some((i, c)) = it.next() {
@@ -121,10 +138,10 @@ fn quoted(s: &str) -> Result<(String, &str), String> {
             c => out.push(c),
         }
     }
-    Err(format!("unterminated {q}"))
+    Err(SyntaxError::Unterminated(q))
 }
 
-fn selector(s: &str) -> Result<Selector, String> {
+fn selector(s: &str) -> Result<Selector, SyntaxError> {
     let mut path = Vec::new();
     let mut rest = s;
     loop {
@@ -137,7 +154,7 @@ fn selector(s: &str) -> Result<Selector, String> {
                 .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
                 .unwrap_or(rest.len());
             if end == 0 {
-                return Err(format!("expected a field name at {rest:?}"));
+                return Err(SyntaxError::FieldName(rest.to_string()));
             }
             path.push(rest[..end].to_string());
             rest = &rest[end..];
@@ -160,12 +177,12 @@ fn selector(s: &str) -> Result<Selector, String> {
     } else if let Some(v) = rest.strip_prefix("~=") {
         ("~=", v)
     } else {
-        return Err(format!("expected ==, != or ~= at {rest:?}"));
+        return Err(SyntaxError::Operator(rest.to_string()));
     };
     let value = if value.starts_with('"') || (op == "~=" && value.starts_with('/')) {
         let (v, r) = quoted(value)?;
         if !r.is_empty() {
-            return Err(format!("unexpected {r:?} after the value"));
+            return Err(SyntaxError::Trailing(r.to_string()));
         }
         v
     } else {
@@ -174,7 +191,7 @@ fn selector(s: &str) -> Result<Selector, String> {
     let op = match op {
         "==" => Op::Equal(value),
         "!=" => Op::NotEqual(value),
-        _ => Op::Matches(regex::Regex::new(&value).map_err(|e| e.to_string())?),
+        _ => Op::Matches(regex::Regex::new(&value)?),
     };
     Ok(Selector { path, op })
 }

@@ -41,7 +41,7 @@ impl Stage {
                 "publishing needs root (the convert runs on a private overlay mount)".into(),
             ));
         }
-        let spool = spool_dir(&target.fqrn).map_err(fail)?;
+        let spool = spool_dir(&target.fqrn).map_err(|e| fail(e.to_string()))?;
         if spool.join("in_transaction.lock").exists() {
             return Err(fail(format!(
                 "a transaction is open (another publish, or a stale one: cvmfs_server abort -f {})",
@@ -49,7 +49,7 @@ impl Stage {
             )));
         }
         let rdonly = spool.join("rdonly");
-        let revision = revision(&rdonly).map_err(fail)?;
+        let revision = revision(&rdonly).map_err(|e| fail(e.to_string()))?;
         remove_dead_stages(&spool);
         let dir = spool.join(format!("{STAGE_PREFIX}{}", std::process::id()));
         for d in ["upper", "work"] {
@@ -140,7 +140,7 @@ impl Stage {
             tracing::info!(repository = %self.target.fqrn, "nothing changed: nothing to publish");
             return Ok(());
         }
-        let now = revision(&self.rdonly).map_err(&fail)?;
+        let now = revision(&self.rdonly).map_err(|e| fail(e.to_string()))?;
         if now != self.revision {
             return Err(fail(format!(
                 "the repository was published meanwhile (revision {} -> {now}): nothing published; run the convert again",
@@ -198,14 +198,29 @@ fn str_refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// Why a stratum-0's state could not be read.
+#[derive(Debug, thiserror::Error)]
+enum RepoStateError {
+    #[error("no stratum-0 repository {fqrn} on this machine ({}: {source})", conf.display())]
+    NoRepository {
+        fqrn: String,
+        conf: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: cannot read its revision: {source}", rdonly.display())]
+    Revision {
+        rdonly: PathBuf,
+        source: rustix::io::Errno,
+    },
+}
+
 /// The repository's spool directory, from its server configuration.
-fn spool_dir(fqrn: &str) -> Result<PathBuf, String> {
+fn spool_dir(fqrn: &str) -> Result<PathBuf, RepoStateError> {
     let conf = PathBuf::from(format!("/etc/cvmfs/repositories.d/{fqrn}/server.conf"));
-    let text = std::fs::read_to_string(&conf).map_err(|e| {
-        format!(
-            "no stratum-0 repository {fqrn} on this machine ({}: {e})",
-            conf.display()
-        )
+    let text = std::fs::read_to_string(&conf).map_err(|source| RepoStateError::NoRepository {
+        fqrn: fqrn.to_string(),
+        conf: conf.clone(),
+        source,
     })?;
     let spool = text
         .lines()
@@ -217,10 +232,14 @@ fn spool_dir(fqrn: &str) -> Result<PathBuf, String> {
 }
 
 /// The published revision the read-only mount shows.
-fn revision(rdonly: &Path) -> Result<String, String> {
+fn revision(rdonly: &Path) -> Result<String, RepoStateError> {
     let mut buf = [0u8; 32];
-    let n = rustix::fs::getxattr(rdonly, "user.revision", &mut buf)
-        .map_err(|e| format!("{}: cannot read its revision: {e}", rdonly.display()))?;
+    let n = rustix::fs::getxattr(rdonly, "user.revision", &mut buf).map_err(|source| {
+        RepoStateError::Revision {
+            rdonly: rdonly.to_path_buf(),
+            source,
+        }
+    })?;
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 
