@@ -22,7 +22,7 @@ use crate::image::repo::{LayerInfo, Repo, touch};
 use crate::image::source::{self, ImageSource, Resolved};
 use crate::image::unpack::{self, Target, Unpacked};
 use crate::stack::cvmfs::CATALOG_MARKER;
-use crate::stack::{Layer, resolve};
+use crate::stack::{Layer, layout, resolve};
 
 pub struct Options {
     pub platform: Platform,
@@ -232,14 +232,14 @@ fn convert_one(
     let lower_path = |j: usize, done: &[(usize, PathBuf, Unpacked)]| -> PathBuf {
         done.iter()
             .find(|(k, _, _)| layers[*k].digest == layers[j].digest)
-            .map(|(_, p, _)| p.join("layerfs"))
+            .map(|(_, p, _)| p.join(layout::LAYERFS))
             .unwrap_or_else(|| repo.layerfs(&layers[j].digest))
     };
     for idx in 0..done.len() {
         let (i, tmp, u) = &done[idx];
         for (link, target) in &u.deferred_links {
             let lowers: Vec<PathBuf> = (0..*i).rev().map(|j| lower_path(j, &done)).collect();
-            materialise_link(&tmp.join("layerfs"), link, target, &lowers).map_err(|e| {
+            materialise_link(&tmp.join(layout::LAYERFS), link, target, &lowers).map_err(|e| {
                 ImageError::UnsafeEntry {
                     image: image.clone(),
                     layer: layers[*i].digest.to_string(),
@@ -405,7 +405,7 @@ fn fetch_into(
     let (src, image, config, privileged, progress) =
         (job.src, job.image, job.config, job.privileged, job.progress);
     let layer = desc.digest.to_string();
-    let fs_dir = tmp.join("layerfs");
+    let fs_dir = tmp.join(layout::LAYERFS);
     std::fs::create_dir(&fs_dir).map_err(|e| ImageError::io(&fs_dir, e))?;
     let bar = progress.map(|m| {
         let b = m.add(ProgressBar::new(desc.size));
@@ -465,7 +465,7 @@ fn fetch_into(
         }
     }
     touch(&fs_dir.join(CATALOG_MARKER))?;
-    let meta = tmp.join(".metadata");
+    let meta = tmp.join(layout::METADATA);
     std::fs::create_dir(&meta).map_err(|e| ImageError::io(&meta, e))?;
     let info = vec![LayerInfo {
         id: diff_id.hex().to_string(),

@@ -20,6 +20,7 @@ use crate::image::digest::Digest;
 use crate::image::manifest::Manifest;
 use crate::image::reference::ImageName;
 use crate::stack::cvmfs::CATALOG_MARKER;
+use crate::stack::layout;
 
 const TMP: &str = ".stratafs-tmp";
 const LOCK: &str = ".stratafs.lock";
@@ -95,11 +96,11 @@ impl Repo {
         if tmp.exists() {
             force_remove(&tmp).map_err(io_err(&tmp))?;
         }
-        for d in [TMP, ".layers", ".flat", ".metadata"] {
+        for d in [TMP, layout::LAYERS, layout::FLAT, layout::METADATA] {
             let p = repo.root.join(d);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        for m in [".layers", ".flat"] {
+        for m in [layout::LAYERS, layout::FLAT] {
             touch(&repo.root.join(m).join(CATALOG_MARKER))?;
         }
         Ok(repo)
@@ -119,7 +120,7 @@ impl Repo {
     /// CVMFS mount, and a convert may be running).
     pub fn read(root: &Path) -> Result<Repo, ImageError> {
         let root = fs::canonicalize(root).map_err(io_err(root))?;
-        if !root.join(".layers").is_dir() {
+        if !root.join(layout::LAYERS).is_dir() {
             return Err(ImageError::Repo {
                 path: root,
                 reason: "not a repository (no .layers directory)".into(),
@@ -176,8 +177,7 @@ impl Repo {
     }
 
     fn manifest_file(&self, metadata_name: &str) -> PathBuf {
-        self.root
-            .join(".metadata")
+        layout::metadata_dir(&self.root)
             .join(metadata_name)
             .join("manifest.json")
     }
@@ -194,15 +194,15 @@ impl Repo {
     }
 
     pub fn layer_dir(&self, l: &Digest) -> PathBuf {
-        self.root.join(".layers").join(l.xx()).join(l.hex())
+        layout::layer_dir(&self.root, l.hex())
     }
 
     pub fn layerfs(&self, l: &Digest) -> PathBuf {
-        self.layer_dir(l).join("layerfs")
+        layout::layerfs(&self.root, l.hex())
     }
 
     pub fn flat_dir(&self, cfg: &Digest) -> PathBuf {
-        self.root.join(".flat").join(cfg.xx()).join(cfg.hex())
+        layout::flat_dir(&self.root, cfg.hex())
     }
 
     /// A layer is there when its `layerfs` is (it only ever appears by rename, complete).
@@ -212,10 +212,10 @@ impl Repo {
 
     /// Move a finished layer (a temp dir holding `layerfs/` and `.metadata/`) into place.
     pub fn install_layer(&self, l: &Digest, tmp: &Path) -> Result<(), ImageError> {
-        let parent = self.root.join(".layers").join(l.xx());
-        fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-        touch(&parent.join(CATALOG_MARKER))?;
         let dest = self.layer_dir(l);
+        let parent = dest.parent().expect("a layer's fan-out directory");
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+        touch(&parent.join(CATALOG_MARKER))?;
         if dest.exists() {
             // A leftover without layerfs (DUCC metadata only): replace it.
             force_remove(&dest).map_err(io_err(&dest))?;
@@ -225,7 +225,7 @@ impl Repo {
 
     /// Record that image `cfg` uses layer `l` (`.metadata/origin.json`).
     pub fn add_origin(&self, l: &Digest, cfg: &Digest) -> Result<(), ImageError> {
-        let p = self.layer_dir(l).join(".metadata/origin.json");
+        let p = self.layer_dir(l).join(layout::METADATA).join("origin.json");
         let mut o: Origin = fs::read(&p)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -241,7 +241,7 @@ impl Repo {
 
     /// A layer's uncompressed size from its `layers.json` (DUCC writes it too).
     pub fn layer_size(&self, l: &Digest) -> Option<u64> {
-        let b = fs::read(self.layer_dir(l).join(".metadata/layers.json")).ok()?;
+        let b = fs::read(self.layer_dir(l).join(layout::METADATA).join("layers.json")).ok()?;
         let v: Vec<LayerInfo> = serde_json::from_slice(&b).ok()?;
         v.first().map(|i| i.diff_size)
     }
@@ -251,17 +251,14 @@ impl Repo {
     }
 
     pub fn install_flat(&self, cfg: &Digest, tmp: &Path) -> Result<(), ImageError> {
-        let parent = self.root.join(".flat").join(cfg.xx());
-        fs::create_dir_all(&parent).map_err(io_err(&parent))?;
         let dest = self.flat_dir(cfg);
+        let parent = dest.parent().expect("a flat root's fan-out directory");
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
         fs::rename(tmp, &dest).map_err(io_err(&dest))
     }
 
     fn manifest_path(&self, name: &ImageName) -> PathBuf {
-        self.root
-            .join(".metadata")
-            .join(name.metadata_path())
-            .join("manifest.json")
+        self.manifest_file(&name.metadata_path())
     }
 
     /// The manifest recorded for `name`, if it was converted.
@@ -321,7 +318,7 @@ impl Repo {
 
     /// A tag moved: keep its old manifest in `remove-schedule.json` for `gc`.
     pub fn schedule_removal(&self, name: &ImageName, old: &[u8]) -> Result<(), ImageError> {
-        let p = self.root.join(".metadata/remove-schedule.json");
+        let p = layout::metadata_dir(&self.root).join("remove-schedule.json");
         let mut list: Vec<serde_json::Value> = fs::read(&p)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -335,7 +332,7 @@ impl Repo {
     /// Every image with a manifest under `.metadata/`.
     pub fn images(&self) -> Result<Vec<Image>, ImageError> {
         let mut out = Vec::new();
-        let base = self.root.join(".metadata");
+        let base = layout::metadata_dir(&self.root);
         let mut stack = vec![base.clone()];
         while let Some(d) = stack.pop() {
             let rd = match fs::read_dir(&d) {
@@ -379,7 +376,7 @@ impl Repo {
                 path: self.root.clone(),
                 reason: format!("no image '{want}' (see stratafs images --repo)"),
             })?;
-        let meta = self.root.join(".metadata").join(&name);
+        let meta = layout::metadata_dir(&self.root).join(&name);
         let manifest = fs::read(meta.join("manifest.json")).map_err(io_err(&meta))?;
         let t = self.root.join(TMP).join(format!(
             "rmi-{}-{}",
@@ -399,7 +396,7 @@ impl Repo {
             }
         }
         force_remove(&t).map_err(io_err(&meta))?;
-        remove_empty_parents(&meta, &self.root.join(".metadata"));
+        remove_empty_parents(&meta, &layout::metadata_dir(&self.root));
         Ok(name)
     }
 
@@ -416,7 +413,7 @@ impl Repo {
             }
         }
         let mut dead = Vec::new();
-        for (area, live) in [(".layers", &live_layers), (".flat", &live_flat)] {
+        for (area, live) in [(layout::LAYERS, &live_layers), (layout::FLAT, &live_flat)] {
             let base = self.root.join(area);
             for xx in read_names(&base)? {
                 let xdir = base.join(&xx);
@@ -431,7 +428,7 @@ impl Repo {
             }
         }
         // A trace goes with its image.
-        let traces = self.root.join(".traces");
+        let traces = self.root.join(layout::TRACES);
         for xx in read_names(&traces)? {
             let xdir = traces.join(&xx);
             for f in read_names(&xdir)? {
@@ -459,7 +456,7 @@ impl Repo {
             fs::rename(d, &t).map_err(io_err(d))?;
             force_remove(&t).map_err(io_err(d))?;
         }
-        let sched = self.root.join(".metadata/remove-schedule.json");
+        let sched = layout::metadata_dir(&self.root).join("remove-schedule.json");
         if sched.exists() {
             fs::remove_file(&sched).map_err(io_err(&sched))?;
         }

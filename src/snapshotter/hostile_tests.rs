@@ -119,7 +119,7 @@ proptest! {
     fn hostile_snapshotter_requests(ops in proptest::collection::vec(op(), 1..24)) {
         let t = tempfile::tempdir().unwrap();
         let (state, repo, outside) = (t.path().join("state"), t.path().join("repo"), t.path().join("outside"));
-        let held = repo.join(".layers/11").join(&HELD[7..]).join("layerfs");
+        let held = crate::stack::layout::layerfs(&repo, &HELD[7..]);
         std::fs::create_dir_all(&held).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         let svc = Service::new(repo.clone(), Store::open(&state).unwrap(), "g".into()).without_mounting();

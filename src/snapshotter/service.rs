@@ -238,12 +238,7 @@ impl Service {
                 return None;
             }
         };
-        let dir = self
-            .repo
-            .join(".layers")
-            .join(digest.xx())
-            .join(digest.hex())
-            .join("layerfs");
+        let dir = crate::stack::layout::layerfs(&self.repo, digest.hex());
         // A symlink here would lead out of the repository: only a real directory counts.
         let found = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
         debug!(layer = %digest, found, "repository lookup");

@@ -6,6 +6,7 @@
 
 pub mod cvmfs;
 pub mod layer;
+pub mod layout;
 pub mod lowerdir;
 pub mod override_stat;
 pub mod resolve;

@@ -36,40 +36,11 @@ pub struct Trace {
     pub files: Vec<TraceFile>,
 }
 
-/// What a directory is in the repository layout, by its name: a layer directory
-/// (`.layers/<xx>/<hex>/layerfs`) or a flat root (`.flat/<xx>/<hex>`), with the image or
-/// layer digest's hex and how many levels below the repository root it sits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepoDir {
-    pub flat: bool,
-    pub hex: String,
-    pub depth: usize,
-}
-
-impl RepoDir {
-    /// Parse `dir` as named (resolve symlinks first where the name may be a link).
-    pub fn parse(dir: &Path) -> Option<RepoDir> {
-        let parts: Vec<&str> = dir.iter().filter_map(|c| c.to_str()).collect();
-        let (flat, hex, depth) = match parts.as_slice() {
-            [.., ".layers", _, h, "layerfs"] => (false, *h, 4),
-            [.., ".flat", _, h] => (true, *h, 3),
-            _ => return None,
-        };
-        let is_hex = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-        is_hex.then(|| RepoDir {
-            flat,
-            hex: hex.to_string(),
-            depth,
-        })
-    }
-}
+pub use super::layout::RepoDir;
 
 /// Where the trace of the image with config digest `sha256:<hex>` lives in repository `root`.
 pub fn path_in_repo(root: &Path, config_hex: &str) -> PathBuf {
-    let xx = config_hex.get(..2).unwrap_or("00");
-    root.join(".traces")
-        .join(xx)
-        .join(format!("{config_hex}.json"))
+    super::layout::trace_file(root, config_hex)
 }
 
 impl Trace {
