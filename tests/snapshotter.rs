@@ -476,6 +476,56 @@ fn containerd_runs_images_from_the_repository_without_fetching_layers() {
         "info of a missing snapshot: {err}"
     );
 
+    // A root whose daemons died (a reboot, the OOM killer) is mounted again when containerd
+    // next asks for the snapshot's mounts; a removed snapshot's root is unmounted.
+    ctrd.ok(
+        "ctr",
+        &[
+            "containers",
+            "create",
+            "--snapshotter",
+            "stratafs",
+            &app,
+            "idle",
+            "true",
+        ],
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ctrd.dir.join("snap-state/metadata.json")).unwrap())
+            .unwrap();
+    // containerd names it NAMESPACE/N/KEY.
+    let id = state["snapshots"]
+        .as_object()
+        .and_then(|m| m.iter().find(|(k, _)| k.ends_with("/idle")))
+        .and_then(|(_, r)| r["id"].as_u64())
+        .unwrap_or_else(|| panic!("the idle container's snapshot in {state}"));
+    let mnt = ctrd.dir.join(format!("snap-state/snapshots/{id}/mnt"));
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("greeting")).unwrap(),
+        "hello\n"
+    );
+    run(Command::new("pkill").args(["-9", "-f", &format!("stratafs .*{}( |$)", mnt.display())]));
+    wait_until("the root's daemons gone", || {
+        // Its attributes are cached: a stat the kernel must send shows the dead connection.
+        rustix::fs::statx(
+            rustix::fs::CWD,
+            &mnt,
+            rustix::fs::AtFlags::STATX_FORCE_SYNC,
+            rustix::fs::StatxFlags::BASIC_STATS,
+        )
+        .is_err_and(|e| e == rustix::io::Errno::NOTCONN)
+    });
+    sn(&["mounts", "/unused", "idle"]);
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("greeting")).unwrap(),
+        "hello\n",
+        "the dead root was not mounted again"
+    );
+    ctrd.ok("ctr", &["containers", "rm", "idle"]);
+    wait_until("the removed snapshot's root unmounted", || {
+        !is_mountpoint(&mnt)
+    });
+
     // Removing the images lets containerd's garbage collector remove every snapshot; the
     // repository's layers are only borrowed and stay as they were.
     ctrd.ok("ctr", &["tasks", "kill", "-s", "9", "long"]);

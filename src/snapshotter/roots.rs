@@ -33,10 +33,37 @@ fn state(mnt: &Path) -> State {
         return State::NotMounted;
     };
     match (rustix::fs::stat(mnt), rustix::fs::stat(parent)) {
-        (Ok(m), Ok(p)) if m.st_dev != p.st_dev => State::Mounted(rustix::fs::minor(m.st_dev)),
+        (Ok(m), Ok(p)) if m.st_dev != p.st_dev => {
+            if answers(mnt) {
+                State::Mounted(rustix::fs::minor(m.st_dev))
+            } else {
+                State::Dead
+            }
+        }
         (Err(rustix::io::Errno::NOTCONN), _) => State::Dead,
         _ => State::NotMounted,
     }
+}
+
+/// Whether the daemon behind the mount at `mnt` answers: a stat the kernel must send (the
+/// attributes it caches would hide a dead daemon for as long as they last), on a thread of
+/// its own, so that a hung daemon costs the snapshotter a short wait and not its service.
+fn answers(mnt: &Path) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = mnt.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("root-probe".into())
+        .spawn(move || {
+            let r = rustix::fs::statx(
+                rustix::fs::CWD,
+                &p,
+                rustix::fs::AtFlags::STATX_FORCE_SYNC,
+                rustix::fs::StatxFlags::BASIC_STATS,
+            );
+            let _ = tx.send(!matches!(r, Err(rustix::io::Errno::NOTCONN)));
+        });
+    // No thread, or no answer in time: taken as alive (a slow daemon is not remounted).
+    spawned.is_err() || rx.recv_timeout(Duration::from_secs(2)).unwrap_or(true)
 }
 
 /// Whether `mnt` is a mount point (live or dead): nothing under it may be deleted.
@@ -45,10 +72,10 @@ pub fn is_mounted(mnt: &Path) -> bool {
 }
 
 /// Mount the stack `options` (mount options of stratafs, one per element) at `mnt` unless it
-/// is mounted and alive already.
-pub fn ensure(mnt: &Path, options: &[String]) -> Result<(), Error> {
+/// is mounted and alive already; whether it mounted it now.
+pub fn ensure(mnt: &Path, options: &[String]) -> Result<bool, Error> {
     match state(mnt) {
-        State::Mounted(_) => return Ok(()),
+        State::Mounted(_) => return Ok(false),
         State::Dead => {
             warn!(mountpoint = %mnt.display(), "a container root's daemon is gone: mounting it again");
             detach(mnt);
@@ -84,7 +111,7 @@ pub fn ensure(mnt: &Path, options: &[String]) -> Result<(), Error> {
         return Err(mount_error(mnt, line));
     }
     debug!(mountpoint = %mnt.display(), "container root mounted");
-    Ok(())
+    Ok(true)
 }
 
 fn mount_error(mnt: &Path, why: &str) -> Error {

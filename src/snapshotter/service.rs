@@ -159,12 +159,14 @@ impl Service {
         let writable = stack.upper.is_some();
         let dir = match store.root_of(rec) {
             Some(mnt) if !stack.lowers.is_empty() => {
-                if self.mount_roots && !roots::is_mounted(&mnt) {
+                if self.mount_roots {
                     let id = rec.id.to_string();
                     let mut options = stack_options(&stack, &self.group);
                     options.extend(self.mount_options.iter().map(|o| o.replace("{id}", &id)));
-                    roots::ensure(&mnt, &options)?;
-                    self.counts.roots_mounted.fetch_add(1, Ordering::Relaxed);
+                    // A live root is left alone; a dead one is mounted again.
+                    if roots::ensure(&mnt, &options)? {
+                        self.counts.roots_mounted.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 mnt
             }
