@@ -31,6 +31,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# qemu-storage-daemon is in qemu-utils from QEMU 8 on, in qemu-system-common in Debian 12's 7.2
+# (installed only where it is missing: the two would ship the same file).
+if ! command -v qemu-storage-daemon >/dev/null; then
+  echo "setup.sh: installing qemu-system-common (qemu-storage-daemon)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-common >/dev/null
+fi
 
 # Unprivileged mounts go through fusermount3 and need to open /dev/fuse.
 [ -e /dev/fuse ] || { echo "setup.sh: /dev/fuse does not exist (no FUSE in this kernel?)" >&2; exit 1; }

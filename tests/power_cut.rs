@@ -391,17 +391,29 @@ fn umount(p: &Path) {
     });
 }
 
-/// Unmount a stratafs mount and wait for its daemon to let go of the upper layer.
+/// Unmount a stratafs mount (its daemon may still hold the upper layer: [`umount`] of the
+/// filesystem below waits for it).
 fn unmount_stratafs(m: &Path) {
-    run_ok(Command::new("fusermount3").arg("-u").arg(m));
+    // Retried: once (of some 25 runs) fusermount3 said "Device or resource busy" right after
+    // the check had closed every file.
+    wait_until(&format!("{} unmounted", m.display()), || {
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg(m)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
 }
 
-/// Mount `lower` with the upper and work directories under `fs`.
+/// Mount `lower` with the upper and work directories under `fs`, over /dev/fuse (what the
+/// upper receives does not depend on the transport; said, so the kernel's switch cannot
+/// change it).
 fn mount_stratafs(lower: &Path, fs: &Path, m: &Path, extra: &[&str]) -> Result<(), String> {
     std::fs::create_dir_all(m).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.arg("-o").arg(format!(
-        "{},upperdir={},workdir={}",
+        "{},upperdir={},workdir={},io_uring=off",
         lowerdir_opt(&[lower.to_path_buf()]),
         fs.join("u").display(),
         fs.join("w").display()
