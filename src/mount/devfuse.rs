@@ -207,15 +207,14 @@ fn worker(pool: &Arc<Pool>) -> io::Result<()> {
             pool.grow();
         }
         let opcode = InHeader::parse(&buf).opcode;
-        if let Some(len) = answer(s, &buf[..n], &mut reply) {
+        let replied = answer(s, &buf[..n], &mut reply);
+        let stale = s.may_stale(opcode).then(|| s.settle_stale()).flatten();
+        if let Some(len) = replied {
             write(dev, &reply[..len]);
         }
-        if s.may_stale(opcode) {
+        if let Some(stale) = stale {
             // After the reply, by the notifier thread (see Session::start_notifier).
-            let stale = s.take_stale();
-            if !stale.inodes.is_empty() || !stale.entries.is_empty() {
-                let _ = pool.notify.send(stale);
-            }
+            let _ = pool.notify.send(stale);
         }
     }
     Ok(())

@@ -236,7 +236,7 @@ impl Session {
     }
 
     /// Whether a request may have left the kernel's caches stale: then the transport calls
-    /// [`Session::take_stale`] once its reply is sent.
+    /// [`Session::settle_stale`] before its reply is sent.
     pub fn may_stale(&self, opcode: u32) -> bool {
         // OPEN and listings too: an access may have stamped an atime (see overlay::atime).
         self.ov.writable()
@@ -247,24 +247,37 @@ impl Session {
                 ))
     }
 
-    /// What requests made stale since the last call.
-    pub fn take_stale(&self) -> Stale {
-        self.ov.take_stale()
+    /// What requests made stale since the last call, to be told the kernel. Stale inodes
+    /// are told here, before the reply: a caller that stats the file as soon as its write
+    /// returns must see the mode the write changed (set-ID bits cleared), and an inode's
+    /// invalidation takes no lock a request may hold. Stale entries are returned, for the
+    /// notifier thread to tell after the reply (see [`Session::start_notifier`]).
+    pub fn settle_stale(&self) -> Option<Stale> {
+        let mut stale = self.ov.take_stale();
+        for ino in std::mem::take(&mut stale.inodes) {
+            self.inval_inode(ino);
+        }
+        (!stale.entries.is_empty()).then_some(stale)
     }
 
     /// Tell the kernel what `stale` names. Not from a thread the kernel may be waiting on
     /// for the request that holds the lock an invalidation needs.
     pub fn notify(&self, stale: Stale) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
         for ino in stale.inodes {
-            let mut body = [0u8; 24];
-            Out::new(&mut body).inval_inode(ino);
-            self.send_notify(wire::notify::INVAL_INODE, &body);
+            self.inval_inode(ino);
         }
         for (parent, name) in stale.entries {
             let mut body = smallvec::SmallVec::<[u8; 256]>::from_elem(0, 17 + name.len());
             Out::new(&mut body).inval_entry(parent, &name);
             self.send_notify(wire::notify::INVAL_ENTRY, &body);
         }
+    }
+
+    fn inval_inode(&self, ino: u64) {
+        let mut body = [0u8; 24];
+        Out::new(&mut body).inval_inode(ino);
+        self.send_notify(wire::notify::INVAL_INODE, &body);
     }
 
     fn send_notify(&self, code: i32, body: &[u8]) {

@@ -243,7 +243,7 @@ impl<'d> Queue<'d> {
         }
         let mut live = self.ents.len();
         let mut served = 0u64;
-        let mut changed = false;
+        let mut stale = Stale::default();
         while live > 0 {
             if served > 0 {
                 self.commit()?;
@@ -281,18 +281,18 @@ impl<'d> Queue<'d> {
                 }
                 let opcode = InHeader::parse(&ent.header).opcode;
                 frame::answer(fs, &mut ent.header, &mut ent.payload);
-                changed |= fs.may_stale(opcode);
+                if fs.may_stale(opcode) {
+                    if let Some(s) = fs.settle_stale() {
+                        stale.entries.extend(s.entries);
+                    }
+                }
                 served += 1;
                 self.push(i, frame::CMD_COMMIT_AND_FETCH, commit)?;
             }
-            if changed {
-                changed = false;
-                let stale = fs.take_stale();
-                if !stale.inodes.is_empty() || !stale.entries.is_empty() {
-                    // After the replies are on their way.
-                    self.ring.submit()?;
-                    let _ = notify.send(stale);
-                }
+            if !stale.entries.is_empty() {
+                // After the replies are on their way.
+                self.ring.submit()?;
+                let _ = notify.send(std::mem::take(&mut stale));
             }
         }
         debug!(queue = self.qid, served, "io_uring queue done");
