@@ -250,6 +250,13 @@ fn convert_one(
         }
     }
     for (i, tmp, u) in &done {
+        write_record(tmp, u).map_err(|e| ImageError::Layer {
+            image: image.clone(),
+            layer: layers[*i].digest.to_string(),
+            source: Box::new(e),
+        })?;
+    }
+    for (i, tmp, u) in &done {
         summary.bytes_fetched += u.compressed_size;
         summary.files += u.files;
         summary.content_bytes += u.diff_size;
@@ -486,6 +493,30 @@ fn fetch_into(
         "layer unpacked"
     );
     Ok(u)
+}
+
+/// Write the record of the layer unpacked (and checked) in `tmp`: what `verify=on` mounts
+/// check it against. Made after the deferred hard links, so that it holds the layer as
+/// installed.
+fn write_record(tmp: &Path, u: &Unpacked) -> Result<(), ImageError> {
+    use crate::stack::record;
+    let raw = |d: &Option<crate::image::digest::Digest>| -> record::Hash {
+        let mut h = [0u8; 32];
+        if let Some(d) = d {
+            for (i, b) in h.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&d.hex()[2 * i..2 * i + 2], 16).unwrap_or(0);
+            }
+        }
+        h
+    };
+    let fs = tmp.join(layout::LAYERFS);
+    let bytes = record::build(
+        &fs,
+        &u.digests,
+        (raw(&u.compressed_digest), raw(&u.diff_id)),
+    )
+    .map_err(|e| ImageError::io(&fs, io::Error::other(e.to_string())))?;
+    crate::image::repo::write_atomic(&layout::record_file(tmp), &bytes)
 }
 
 /// Why a hard link to a lower layer's file could not be made.

@@ -7,6 +7,7 @@
 //! layer or through a symlink another entry planted; names with `..` are refused; a hard link
 //! must name an entry of the same layer (or, deferred, a file of a lower layer of the image).
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -19,6 +20,7 @@ use tracing::warn;
 use crate::image::Error as ImageError;
 use crate::image::digest::{Digest, HashingReader};
 use crate::stack::override_stat::{self, Override};
+use crate::stack::record::{ContentHasher, FileDigest, HashingWriter};
 use crate::stack::whiteout;
 
 /// Where the unpacked layer is written and with what privileges.
@@ -68,6 +70,9 @@ pub struct Unpacked {
     /// Hard links whose target is not in this layer: (link path, target path). The caller
     /// materialises them from the image's lower layers.
     pub deferred_links: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Content digests of the regular files, by path, taken as the tar streamed by: what the
+    /// layer's record is made from (see [`crate::stack::record`]).
+    pub digests: HashMap<Vec<u8>, FileDigest>,
 }
 
 /// xattrs an image may not set: they would steer our own mount (overlay markers, the
@@ -363,6 +368,8 @@ fn write_entry<R: Read>(
         rustix::fs::unlinkat(&dir, &cn, AtFlags::empty())?;
     }
     out.files += 1;
+    let path = comps.join(&b'/');
+    out.digests.remove(&path);
     match kind {
         E::Regular | E::Continuous | E::GNUSparse => {
             let fd = rustix::fs::openat(
@@ -371,8 +378,13 @@ fn write_entry<R: Read>(
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
             )?;
-            let mut f = std::fs::File::from(fd);
-            io::copy(entry, &mut f)?;
+            let mut w = HashingWriter {
+                inner: std::fs::File::from(fd),
+                hasher: ContentHasher::default(),
+            };
+            io::copy(entry, &mut w)?;
+            let f = w.inner;
+            out.digests.insert(path, w.hasher.finish());
             set_owner_xattrs(f.as_fd(), &meta, libc::S_IFREG, 0, t)?;
             rustix::fs::fchmod(&f, Mode::from_raw_mode(meta.mode))?;
             rustix::fs::futimens(&f, &times(&meta))?;
@@ -407,7 +419,11 @@ fn write_entry<R: Read>(
                 )?)
             });
             match linked.map_err(|e| e.raw_os_error()) {
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some(d) = out.digests.get(&tcomps.join(&b'/')).cloned() {
+                        out.digests.insert(path, d);
+                    }
+                }
                 Err(Some(libc::ENOENT)) => {
                     out.files -= 1;
                     out.deferred_links

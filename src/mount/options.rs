@@ -51,6 +51,11 @@ pub struct MountOptions {
     pub failover: bool,
     /// `noatime`, `relatime`, `strictatime`, `nodiratime`: the writable layer's access times.
     pub atime: crate::overlay::atime::AtimePolicy,
+    /// Check every lower layer against its record (`verify=on`).
+    pub verify: bool,
+    /// The node's table of checked content (`verify_cache=PATH|none`; `None`: the user's
+    /// default, see [`crate::stack::verified`]).
+    pub verify_cache: Option<PathBuf>,
     /// Options that do not apply ([`NOT_APPLICABLE`]), accepted with a warning.
     pub ignored: Vec<String>,
 }
@@ -127,6 +132,8 @@ impl Default for MountOptions {
             handoff: None,
             failover: true,
             atime: Default::default(),
+            verify: false,
+            verify_cache: None,
             ignored: Vec::new(),
         }
     }
@@ -349,6 +356,8 @@ impl MountOptions {
                 }
             }
             "volatile" => self.fsync = false,
+            "verify" => self.verify = on_off(opt, val)?,
+            "verify_cache" => self.verify_cache = Some(PathBuf::from(nonempty(key, val)?)),
             "uidmapping" => self.ids.uids = parse_mapping(key, &nonempty(key, val)?)?,
             "gidmapping" => self.ids.gids = parse_mapping(key, &nonempty(key, val)?)?,
             "squash_to_root" => {
@@ -433,6 +442,8 @@ const KNOWN: &[&str] = &[
     "threads",
     "fsync",
     "volatile",
+    "verify",
+    "verify_cache",
     "uidmapping",
     "gidmapping",
     "squash_to_root",

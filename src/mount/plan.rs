@@ -120,6 +120,13 @@ impl MountPlan {
             ids: self.options.ids.clone(),
             resume: false,
             atime: self.options.atime,
+            verify: self.options.verify.then(|| crate::overlay::VerifyConfig {
+                cache: match &self.options.verify_cache {
+                    Some(p) if p.as_os_str() == "none" => None,
+                    Some(p) => Some(p.clone()),
+                    None => crate::stack::verified::VerifiedCache::default_path(),
+                },
+            }),
         }
     }
 

@@ -178,7 +178,7 @@ impl Overlay {
                     Mode::from_raw_mode(0o600),
                 )?;
                 if c.data == Data::Copy {
-                    let input = c.src.open_read(c.rel)?;
+                    let input = c.src.open_read_all(c.rel)?;
                     copy_data(&input, &out, c.st.st_size as u64)?;
                 }
                 file = Some(out);
@@ -240,7 +240,7 @@ impl Overlay {
             return Ok(false);
         };
         if c.data == Data::Copy {
-            copy_data(&c.src.open_read(c.rel)?, &out, c.st.st_size as u64)?;
+            copy_data(&c.src.open_read_all(c.rel)?, &out, c.st.st_size as u64)?;
         }
         // Owner first (a chown drops set-id bits and file capabilities), then xattrs, mode.
         match rustix::fs::fchown(

@@ -68,6 +68,15 @@ pub struct Config {
     pub resume: bool,
     /// When an access updates an atime on the writable layer.
     pub atime: atime::AtimePolicy,
+    /// Check every lower layer against its record (`verify=on`).
+    pub verify: Option<VerifyConfig>,
+}
+
+/// How a verifying mount checks its layers.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyConfig {
+    /// The node's table of content already checked; `None`: none.
+    pub cache: Option<PathBuf>,
 }
 
 pub struct Overlay {
@@ -102,6 +111,8 @@ pub struct Overlay {
     pub(crate) parked: dashmap::DashSet<Ino>,
     /// The mount's atime options.
     pub(crate) atime: atime::AtimePolicy,
+    /// Lower layers are checked against their records (`verify=on`).
+    pub(crate) verifying: bool,
     /// Whoever counts what the overlay does (a mount's metrics), once set.
     tally: std::sync::OnceLock<Arc<dyn Tally>>,
 }
@@ -126,6 +137,56 @@ impl std::fmt::Debug for Overlay {
     }
 }
 
+/// The node's table of checked content, when it can be used (else checks are not shared).
+fn verified_cache(v: &VerifyConfig) -> Option<Arc<crate::stack::verified::VerifiedCache>> {
+    let path = v.cache.as_ref()?;
+    match crate::stack::verified::VerifiedCache::open(path) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::warn!("verify: content checks not shared between mounts: {e}");
+            None
+        }
+    }
+}
+
+/// The checker of layer `l`: its record, found beside it, must be the record of the layer
+/// its directory is named for.
+fn verifier_of(
+    l: &Layer,
+    cache: Option<Arc<crate::stack::verified::VerifiedCache>>,
+) -> Result<crate::stack::verify::Verifier, Error> {
+    use crate::stack::{layout, record};
+    let refuse = |reason: String| Error::Unverifiable {
+        layer: l.path.clone(),
+        reason,
+    };
+    let real = std::fs::canonicalize(&l.path).unwrap_or_else(|_| l.path.clone());
+    let (file, hex) = layout::record_of_layerfs(&real).ok_or_else(|| {
+        refuse("not a repository layer (.layers/<xx>/<digest>/layerfs): no record".into())
+    })?;
+    if !file.exists() {
+        return Err(refuse(format!(
+            "no record at {} (converted before records existed: see stratafs convert --repair)",
+            file.display()
+        )));
+    }
+    let rec = record::Record::open(&file).map_err(|e| refuse(e.to_string()))?;
+    let found = record::hex(&rec.layer().0);
+    if found != hex {
+        return Err(refuse(format!(
+            "{}: the record of layer {found}, not of this one",
+            file.display()
+        )));
+    }
+    let check_owner = l.cvmfs.is_none();
+    Ok(crate::stack::verify::Verifier::new(
+        rec,
+        real.display().to_string(),
+        check_owner,
+        cache,
+    ))
+}
+
 impl Overlay {
     /// Open every layer root (top first). Nothing below the roots is touched.
     pub fn new(lowerdirs: &[PathBuf]) -> Result<Overlay, Error> {
@@ -148,8 +209,13 @@ impl Overlay {
             upper = Some(Upper::open(&l, w, cfg.fsync, cfg.resume)?);
             layers.push(l);
         }
+        let cache = cfg.verify.as_ref().and_then(verified_cache);
         for p in &cfg.lowerdirs {
-            layers.push(Layer::open(layers.len(), p).map_err(Error::Lower)?);
+            let mut l = Layer::open(layers.len(), p).map_err(Error::Lower)?;
+            if cfg.verify.is_some() {
+                l.set_verifier(verifier_of(&l, cache.clone())?);
+            }
+            layers.push(l);
         }
         let mut devs: Vec<u64> = Vec::new();
         let dev_index = layers
@@ -203,6 +269,7 @@ impl Overlay {
                 NonZeroUsize::new(UPPER_DIRS_OPEN).expect("nonzero"),
             )),
             lookahead: std::sync::OnceLock::new(),
+            verifying: cfg.verify.is_some(),
             tally: std::sync::OnceLock::new(),
             parked: dashmap::DashSet::new(),
             atime: if cfg.read_only {

@@ -80,16 +80,44 @@ impl Overlay {
 
     /// Read from `fd` at `offset` until `buf` is full or the file ends.
     pub fn read_at(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        crate::stack::layer::read_at(fd, buf, offset)
+    }
+
+    /// Read file `ino` through `fd` (from [`Overlay::open_file`] or the cache): under
+    /// `verify=on` the blocks a lower file's read comes from are checked first.
+    pub fn read_file(
+        &self,
+        ino: Ino,
+        fd: &OwnedFd,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> io::Result<usize> {
+        if !self.verifying {
+            return Self::read_at(fd, buf, offset);
         }
-        Ok(done)
+        let node = self.node(ino)?;
+        let layers = node.state.read().layers.clone();
+        let mut from = layers[0];
+        if !self.is_lower(from) {
+            // The writable layer's copy, unless `fd` was opened on the lower copy before a
+            // copy-up (it keeps reading that one, as on kernel overlayfs).
+            let Some(&below) = layers.get(1) else {
+                return Self::read_at(fd, buf, offset);
+            };
+            let st = rustix::fs::fstat(fd)?;
+            let up = self.layers[0].stat(&node.path())?;
+            if up.is_some_and(|u| (u.st_dev, u.st_ino) == (st.st_dev, st.st_ino)) {
+                return Self::read_at(fd, buf, offset);
+            }
+            from = below;
+        }
+        self.layers[from as usize].read(&node.path(), fd, buf, offset)
+    }
+
+    /// Whether the kernel may read `node`'s open file straight from its layer (passthrough):
+    /// not when its blocks are still to be checked as they are read.
+    pub fn may_pass_through(&self, node: &Node) -> bool {
+        !self.verifying || self.top_layer(node).may_pass_through(&node.path())
     }
 
     /// Xattr names of a node, overlay-internal ones removed; NUL-separated.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs};
 
+use super::verify::Verifier;
 use super::{cvmfs, whiteout};
 use crate::confined::{self, cstr, split_long};
 
@@ -72,6 +73,8 @@ pub struct Layer {
     /// O_NOATIME was refused here once (files of another owner, without CAP_FOWNER): files
     /// are opened without it from then on.
     noatime_denied: std::sync::atomic::AtomicBool,
+    /// Set under `verify=on`: every answer of this layer is checked against its record.
+    verifier: Option<Verifier>,
 }
 
 impl Layer {
@@ -115,7 +118,17 @@ impl Layer {
             dev: st.st_dev,
             cvmfs,
             noatime_denied: std::sync::atomic::AtomicBool::new(false),
+            verifier: None,
         })
+    }
+
+    /// Check everything this layer answers from now on against `v`.
+    pub fn set_verifier(&mut self, v: Verifier) {
+        self.verifier = Some(v);
+    }
+
+    pub fn verifier(&self) -> Option<&Verifier> {
+        self.verifier.as_ref()
     }
 
     /// Run `f` on (directory, rest) reaching `rel`: the root and `rel` itself when it is short,
@@ -149,6 +162,9 @@ impl Layer {
             rustix::fs::statat(d, p, AtFlags::SYMLINK_NOFOLLOW)
         }) {
             Ok(mut st) => {
+                if let Some(v) = &self.verifier {
+                    v.check_stat(rel, Some(&st))?;
+                }
                 if let Some(c) = &self.cvmfs {
                     (st.st_uid, st.st_gid) = c.owner(st.st_uid, st.st_gid);
                     st.st_ino = c.ino(rel);
@@ -159,6 +175,9 @@ impl Layer {
                 if e.raw_os_error()
                     .is_some_and(|c| absent(&rustix::io::Errno::from_raw_os_error(c))) =>
             {
+                if let Some(v) = &self.verifier {
+                    v.check_stat(rel, None)?;
+                }
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -192,9 +211,46 @@ impl Layer {
         self.open_beneath(rel, flags)
     }
 
-    /// Open a regular file for reading.
+    /// Open a regular file for reading. Under `verify=on` a file of one block or less is
+    /// checked whole before the descriptor is returned.
     pub fn open_read(&self, rel: &RelPath) -> io::Result<OwnedFd> {
-        self.open_data(rel, OFlags::RDONLY)
+        let fd = self.open_data(rel, OFlags::RDONLY)?;
+        if let Some(v) = &self.verifier {
+            v.check_open(rel, &fd, self.cvmfs.is_some())?;
+        }
+        Ok(fd)
+    }
+
+    /// Open a regular file for reading, every byte of it checked (a copy-up copies it all).
+    pub fn open_read_all(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        let fd = self.open_data(rel, OFlags::RDONLY)?;
+        if let Some(v) = &self.verifier {
+            v.check_all(rel, &fd, self.cvmfs.is_some())?;
+        }
+        Ok(fd)
+    }
+
+    /// Read from `fd` (opened by [`Layer::open_read`] for `rel`) at `offset` until `buf`
+    /// is full or the file ends; under `verify=on` the blocks read are checked first.
+    pub fn read(
+        &self,
+        rel: &RelPath,
+        fd: &OwnedFd,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> io::Result<usize> {
+        match &self.verifier {
+            Some(v) => v.read(rel, fd, buf, offset, self.cvmfs.is_some()),
+            None => read_at(fd, buf, offset),
+        }
+    }
+
+    /// Whether the kernel may read `rel` straight from the layer (passthrough): only when
+    /// nothing is left to check after open.
+    pub fn may_pass_through(&self, rel: &RelPath) -> bool {
+        self.verifier
+            .as_ref()
+            .is_none_or(|v| v.checked_at_open(rel))
     }
 
     /// Open a regular file for reading and writing (the writable layer only).
@@ -245,12 +301,20 @@ impl Layer {
                 char_whiteout,
             });
         }
+        if let Some(v) = &self.verifier {
+            v.check_listing(rel, out.iter().map(|e| (&e.name[..], e.kind)))?;
+        }
         Ok(out)
     }
 
     pub fn readlink(&self, rel: &RelPath) -> io::Result<Vec<u8>> {
-        self.at(rel, |d, p| rustix::fs::readlinkat(d, p, Vec::new()))
-            .map(|l| l.into_bytes())
+        let target = self
+            .at(rel, |d, p| rustix::fs::readlinkat(d, p, Vec::new()))
+            .map(|l| l.into_bytes())?;
+        if let Some(v) = &self.verifier {
+            v.check_target(rel, &target)?;
+        }
+        Ok(target)
     }
 
     /// Run `f` on a path that reaches `rel` through this process's descriptor of its parent
@@ -290,17 +354,22 @@ impl Layer {
     /// a CernVM-FS client's magic ones.
     pub fn list_xattrs(&self, rel: &RelPath) -> io::Result<Vec<u8>> {
         let names = self.with_proc_path(rel, list_xattrs_at)?;
-        if self.cvmfs.is_none() {
-            return Ok(names);
-        }
-        let mut out = Vec::with_capacity(names.len());
-        for n in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            if !cvmfs::is_magic_xattr(n) {
-                out.extend_from_slice(n);
-                out.push(0);
+        let names = if self.cvmfs.is_none() {
+            names
+        } else {
+            let mut out = Vec::with_capacity(names.len());
+            for n in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                if !cvmfs::is_magic_xattr(n) {
+                    out.extend_from_slice(n);
+                    out.push(0);
+                }
             }
+            out
+        };
+        if let Some(v) = &self.verifier {
+            v.check_xattr_names(rel, &names)?;
         }
-        Ok(out)
+        Ok(names)
     }
 
     /// The value of one xattr; `None` when absent.
@@ -310,8 +379,12 @@ impl Layer {
         if self.cvmfs.is_some() && cvmfs::is_magic_xattr(name) {
             return Ok(None);
         }
-        let name = cstr(name)?;
-        self.with_proc_path(rel, |p| get_xattr_at(p, &name))
+        let cname = cstr(name)?;
+        let value = self.with_proc_path(rel, |p| get_xattr_at(p, &cname))?;
+        if let Some(v) = &self.verifier {
+            v.check_xattr(rel, name, value.as_deref())?;
+        }
+        Ok(value)
     }
 
     /// Whether the directory at `rel` hides the layers below it (xattr or `.wh..wh..opq`).
@@ -338,7 +411,7 @@ impl Layer {
 }
 
 /// All xattr names at a path (not following it), NUL-separated.
-fn list_xattrs_at(p: &CString) -> io::Result<Vec<u8>> {
+pub(crate) fn list_xattrs_at(p: &CString) -> io::Result<Vec<u8>> {
     list_xattrs_with(
         || rustix::fs::llistxattr_query(p),
         |buf| rustix::fs::llistxattr(p, buf),
@@ -379,15 +452,33 @@ fn list_xattrs_with(
 }
 
 /// One xattr's value at a path (not following it); `None` when absent.
-fn get_xattr_at(p: &CString, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn get_xattr_at(p: &CString, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+    get_xattr_with(
+        || rustix::fs::lgetxattr_query(p, name),
+        |buf| rustix::fs::lgetxattr(p, name, buf),
+    )
+}
+
+/// One xattr's value of an open file; `None` when absent.
+pub(crate) fn get_xattr_fd(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+    get_xattr_with(
+        || rustix::fs::fgetxattr_query(fd, name),
+        |buf| rustix::fs::fgetxattr(fd, name, buf),
+    )
+}
+
+fn get_xattr_with(
+    query: impl Fn() -> rustix::io::Result<usize>,
+    get: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> io::Result<Option<Vec<u8>>> {
     loop {
-        let n = match rustix::fs::lgetxattr_query(p, name) {
+        let n = match query() {
             Ok(n) => n,
             Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let mut buf = vec![0u8; n];
-        match rustix::fs::lgetxattr(p, name, &mut buf[..]) {
+        match get(&mut buf[..]) {
             Ok(m) => {
                 buf.truncate(m);
                 return Ok(Some(buf));
@@ -411,4 +502,18 @@ fn filetype_bits(t: rustix::fs::FileType) -> u32 {
         T::BlockDevice => libc::S_IFBLK,
         T::Unknown => 0,
     }
+}
+
+/// Read from `fd` at `offset` until `buf` is full or the file ends.
+pub fn read_at(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
 }

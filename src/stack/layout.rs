@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! ROOT/.layers/<xx>/<hex>/layerfs     a layer, unpacked   (xx: the first two hex digits)
-//! ROOT/.layers/<xx>/<hex>/.metadata   its origin and size
+//! ROOT/.layers/<xx>/<hex>/.metadata   its origin and size, and its record
 //! ROOT/.flat/<xx>/<hex>               an image's merged root, by config digest
 //! ROOT/.metadata/<name>/              an image's manifest and config, by name
 //! ROOT/.traces/<xx>/<hex>.json        an image's trace, by config digest
@@ -38,6 +38,21 @@ pub fn layer_dir(root: &Path, hex: &str) -> PathBuf {
 /// `ROOT/.layers/<xx>/<hex>/layerfs`: a layer's files.
 pub fn layerfs(root: &Path, hex: &str) -> PathBuf {
     layer_dir(root, hex).join(LAYERFS)
+}
+
+/// A layer's record, in its metadata (see [`crate::stack::record`]).
+pub const RECORD: &str = "record";
+
+/// `<layer dir>/.metadata/record`: the record of the layer whose directory is `layer_dir`.
+pub fn record_file(layer_dir: &Path) -> PathBuf {
+    layer_dir.join(METADATA).join(RECORD)
+}
+
+/// The record of the layer whose files are at `layerfs` (`.layers/<xx>/<hex>/layerfs`), and
+/// the layer's digest hex; `None` when `layerfs` is not a layer's files by its name.
+pub fn record_of_layerfs(layerfs: &Path) -> Option<(PathBuf, String)> {
+    let d = RepoDir::parse(layerfs).filter(|d| !d.flat)?;
+    Some((record_file(layerfs.parent()?), d.hex))
 }
 
 /// `ROOT/.flat/<xx>/<hex>`: an image's merged root, by its config digest.

@@ -9,8 +9,11 @@ pub mod layer;
 pub mod layout;
 pub mod lowerdir;
 pub mod override_stat;
+pub mod record;
 pub mod resolve;
 pub mod trace;
+pub mod verified;
+pub mod verify;
 pub mod whiteout;
 
 pub use layer::{Layer, LayerError, RawEntry, RelPath, join};

@@ -19,6 +19,8 @@ pub fn sha256_hex(b: &[u8]) -> String {
 /// One tar entry of a crafted layer. Names are written raw (no checks): hostile on purpose.
 pub enum TarEntry<'a> {
     File(&'a str, &'a [u8]),
+    /// A file with mode 0755.
+    Exec(&'a str, &'a [u8]),
     Dir(&'a str),
     Symlink(&'a str, &'a str),
     HardLink(&'a str, &'a str),
@@ -33,6 +35,11 @@ pub fn tar_bytes(entries: &[TarEntry<'_>]) -> Vec<u8> {
             TarEntry::File(n, d) => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(0o644);
+                (n, d)
+            }
+            TarEntry::Exec(n, d) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o755);
                 (n, d)
             }
             TarEntry::Dir(n) => {

@@ -112,7 +112,12 @@ impl Session {
             Entry::Vacant(v) => {
                 let node = self.ov.node(ino).map_err(errno)?;
                 let fd = Arc::new(self.ov.open_file(&node).map_err(errno)?);
-                match BackingId::open(&self.dev, std::os::fd::AsFd::as_fd(&*fd)) {
+                // A file checked block by block as it is read (verify=on) is served by us.
+                let backing = match self.ov.may_pass_through(&node) {
+                    true => BackingId::open(&self.dev, std::os::fd::AsFd::as_fd(&*fd)),
+                    false => Err(io::Error::other("blocks still to be verified")),
+                };
+                match backing {
                     Ok(id) => v.insert(Backing { id, fd, opens: 0 }),
                     Err(e) => {
                         // e.g. a layer on a stacked filesystem: serve its reads ourselves.

@@ -342,7 +342,7 @@ impl Session {
             Some(h) => Arc::clone(&h.fd),
             None => self.ov.cached_file(ino)?,
         };
-        let n = Overlay::read_at(&fd, buf, offset)?;
+        let n = self.ov.read_file(ino, &fd, buf, offset)?;
         if let Some(st) = &self.stats {
             self.count_read(st, ino, offset, n);
         }

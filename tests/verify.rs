@@ -1,0 +1,313 @@
+//! `verify=on`: a converted image's layers are checked against the records `convert` wrote.
+//! The layer directories are tampered with after conversion — a byte changed, a file added,
+//! a mode changed, a file replaced by a symlink, a byte changed in the middle of a big file
+//! and of an executable — and each change is caught through the mount (cat, ls, exec, bwrap)
+//! while untouched files read normally; with verify=off the same mount serves the changes.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use common::image::{busybox_base_tar, which};
+use common::layout::*;
+use common::*;
+
+const BIG: usize = 3 * (1 << 20) + 5;
+
+fn big_content() -> Vec<u8> {
+    (0..BIG).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// busybox, then a layer with the files the cases change.
+fn image(dir: &Path) -> PathBuf {
+    let base = std::fs::read(busybox_base_tar(dir)).unwrap();
+    let bb = std::fs::read(which("busybox")).unwrap();
+    let big = big_content();
+    let app = tar_bytes(&[
+        TarEntry::Dir("proc"),
+        TarEntry::Dir("dev"),
+        TarEntry::File("hello.sh", b"echo hello from $(cat /keep.txt)\n"),
+        TarEntry::File("keep.txt", b"kept\n"),
+        TarEntry::File("byte.txt", b"original\n"),
+        TarEntry::Dir("sub"),
+        TarEntry::File("sub/one", b"1\n"),
+        TarEntry::File("mode.txt", b"mode\n"),
+        TarEntry::File("link.txt", b"link\n"),
+        TarEntry::File("big.bin", &big),
+        TarEntry::Dir("opt"),
+        TarEntry::Exec("opt/bb", &bb),
+    ]);
+    let layout = dir.join("layout");
+    make_layout(&layout, "v1", &[base, app]);
+    layout
+}
+
+/// The `layerfs` directory of the repository's layer holding `file`.
+fn layer_with(repo: &Path, file: &str) -> PathBuf {
+    for xx in std::fs::read_dir(repo.join(".layers")).unwrap() {
+        let xx = xx.unwrap().path();
+        if !xx.is_dir() {
+            continue;
+        }
+        for l in std::fs::read_dir(&xx).unwrap() {
+            let fs = l.unwrap().path().join("layerfs");
+            if fs.join(file).exists() {
+                return fs;
+            }
+        }
+    }
+    panic!("no layer of {} holds {file}", repo.display());
+}
+
+fn flip_byte(p: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+}
+
+/// A foreground mount whose log is kept; unmounted on drop.
+struct Mounted {
+    mnt: PathBuf,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Mounted {
+    fn new(repo: &Path, opts: &str, mnt: &Path, log: &Path) -> Mounted {
+        let err = std::fs::File::create(log).unwrap();
+        let child = Command::new(BIN)
+            .env("STRATAFS_LOG", "info,stratafs=debug")
+            .args(["mount", "-f", "--repo"])
+            .arg(repo)
+            .args(["-o", opts, "example.org/v/app:v1"])
+            .arg(mnt)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let mut m = Mounted {
+            mnt: mnt.into(),
+            child,
+            log: log.into(),
+        };
+        wait_until("the mount", || {
+            if let Ok(Some(st)) = m.child.try_wait() {
+                panic!("mount exited {st}: {}", m.log());
+            }
+            is_mountpoint(mnt)
+        });
+        m
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Run `args` chrooted in the mount: (exit status success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = run(Command::new("chroot").arg(&self.mnt).args(args));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn converted(tmp: &Path) -> PathBuf {
+    let layout = image(tmp);
+    let repo = tmp.join("repo");
+    run_ok(Command::new(BIN).args([
+        "convert",
+        "--repo",
+        repo.to_str().unwrap(),
+        &format!("oci:{}:v1", layout.display()),
+        "--name",
+        "example.org/v/app:v1",
+    ]));
+    repo
+}
+
+/// Change the app layer in every way the cases check.
+fn tamper(app: &Path) {
+    flip_byte(&app.join("byte.txt"), 3);
+    std::fs::write(app.join("sub/added"), b"added\n").unwrap();
+    std::fs::set_permissions(app.join("mode.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(app.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink("keep.txt", app.join("link.txt")).unwrap();
+    flip_byte(&app.join("big.bin"), 2 * (1 << 20) + 100);
+    flip_byte(&app.join("opt/bb"), 1000);
+}
+
+#[test]
+fn changes_to_a_layer_are_caught_and_the_rest_reads() {
+    require_root();
+    require_tool("bwrap");
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = converted(tmp.path());
+    let app = layer_with(&repo, "hello.sh");
+    let record = app.parent().unwrap().join(".metadata/record");
+    assert!(
+        record.is_file(),
+        "convert wrote no record at {}",
+        record.display()
+    );
+    tamper(&app);
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let cache = tmp.path().join("verified");
+    let opts = format!("verify=on,verify_cache={}", cache.display());
+    let m = Mounted::new(&repo, &opts, &mnt, &tmp.path().join("on.log"));
+
+    // Untouched files, in the changed layer and below it, read and run.
+    assert_eq!(m.run(&["/bin/cat", "/keep.txt"]).1, "kept\n");
+    assert_eq!(m.run(&["/bin/sh", "/hello.sh"]).1, "hello from kept\n");
+    assert_eq!(m.run(&["/bin/cat", "/sub/one"]).1, "1\n");
+    // The first block of the big file is intact: read alone, it reads.
+    let (ok, head, err) = m.run(&[
+        "/bin/sh",
+        "-c",
+        "busybox head -c 4096 /big.bin | busybox od -An -tx1 | busybox head -1",
+    ]);
+    assert!(ok, "{err}");
+    let want: Vec<String> = big_content()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(head.split_whitespace().collect::<Vec<_>>(), want);
+
+    // EIO is what the caller sees (busybox tail reports it but exits 0).
+    let eio = |args: &[&str]| {
+        let (ok, out, err) = m.run(args);
+        assert!(
+            err.contains("I/O error") || err.contains("Input/output error"),
+            "{args:?} was not refused: ok={ok} out={out:?} err={err:?}\n{}",
+            m.log()
+        );
+    };
+    eio(&["/bin/cat", "/byte.txt"]);
+    // busybox ls does not report a failed readdir: GNU ls from outside does.
+    let out = run(Command::new("ls").arg(mnt.join("sub")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Input/output error"),
+        "ls: {err}"
+    );
+    eio(&["/bin/ls", "-l", "/mode.txt"]);
+    eio(&["/bin/cat", "/link.txt"]);
+    eio(&[
+        "/bin/sh",
+        "-c",
+        "set -o pipefail; busybox tail -c 1000000 /big.bin | busybox wc -c",
+    ]);
+    let (ok, _, err) = m.run(&["/opt/bb", "true"]);
+    assert!(!ok, "a changed executable ran: {err}");
+    // The same through bwrap, the unprivileged runtime of HPC nodes.
+    let bw = |cmd: &[&str]| {
+        run(Command::new("bwrap")
+            .arg("--ro-bind")
+            .arg(&mnt)
+            .args(["/", "--proc", "/proc", "--dev", "/dev", "--unshare-all"])
+            .args(cmd))
+    };
+    let out = bw(&["/bin/cat", "/byte.txt"]);
+    assert!(!out.status.success(), "bwrap read a changed file");
+    let out = bw(&["/bin/sh", "/hello.sh"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from kept\n");
+
+    // One line per refusal, naming the layer, the path, what was expected and found.
+    let log = m.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("verification failed") && l.contains("/byte.txt"))
+        .unwrap_or_else(|| panic!("no log line for /byte.txt:\n{log}"));
+    assert!(line.contains(&app.display().to_string()), "{line}");
+    assert!(line.contains("content: expected "), "{line}");
+    for what in [
+        "/sub/added",
+        "/mode.txt: mode",
+        "/link.txt",
+        "/big.bin: content",
+        "/opt/bb: content",
+    ] {
+        assert!(log.contains(what), "no log line for {what}:\n{log}");
+    }
+    drop(m);
+
+    // verify=off: the same layers mount, changes and all.
+    let m = Mounted::new(&repo, "verify=off", &mnt, &tmp.path().join("off.log"));
+    assert_eq!(m.run(&["/bin/cat", "/byte.txt"]).1, "oriGinal\n");
+    assert!(m.run(&["/bin/ls", "/sub"]).1.contains("added"));
+}
+
+/// A layer without a record (converted before records existed) refuses a verify=on mount
+/// with one line naming it; so does a damaged record. Without verify the mount works.
+#[test]
+fn a_layer_without_a_good_record_is_refused() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = converted(tmp.path());
+    let app = layer_with(&repo, "hello.sh");
+    let record = app.parent().unwrap().join(".metadata/record");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = |opts: &str| {
+        run(Command::new(BIN)
+            .args(["mount", "--repo"])
+            .arg(&repo)
+            .args(["-o", opts, "example.org/v/app:v1"])
+            .arg(&mnt))
+    };
+    let saved = std::fs::read(&record).unwrap();
+    std::fs::remove_file(&record).unwrap();
+    let out = mount("verify=on,verify_cache=none");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !is_mountpoint(&mnt), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("stratafs:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        err.contains(&app.display().to_string()) && err.contains("no record"),
+        "{err}"
+    );
+
+    let mut bad = saved.clone();
+    bad.truncate(bad.len() - 7);
+    std::fs::write(&record, &bad).unwrap();
+    let out = mount("verify=on,verify_cache=none");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !is_mountpoint(&mnt), "{err}");
+    assert!(err.contains("not a layer record"), "{err}");
+
+    // Another layer's record in its place.
+    let base = layer_with(&repo, "bin/busybox");
+    std::fs::copy(base.parent().unwrap().join(".metadata/record"), &record).unwrap();
+    let out = mount("verify=on,verify_cache=none");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not of this one"), "{err}");
+
+    let out = mount("verify=off");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+}
