@@ -255,6 +255,39 @@ fn changes_to_a_layer_are_caught_and_the_rest_reads() {
     let m = Mounted::new(&repo, "verify=off", &mnt, &tmp.path().join("off.log"));
     assert_eq!(m.run(&["/bin/cat", "/byte.txt"]).1, "oriGinal\n");
     assert!(m.run(&["/bin/ls", "/sub"]).1.contains("added"));
+    drop(m);
+
+    // A daemon (as podman starts them) has no stderr: its refusals reach syslog.
+    let sock_path = tmp.path().join("syslog.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    run_ok(
+        Command::new(BIN)
+            .env("STRATAFS_SYSLOG", &sock_path)
+            .args(["mount", "--repo"])
+            .arg(&repo)
+            .args(["-o", "verify=on,verify_cache=none", "example.org/v/app:v1"])
+            .arg(&mnt),
+    );
+    let read = std::fs::read(mnt.join("byte.txt"));
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    assert_eq!(read.map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = line.contains("verification failed");
+        got.push(line);
+        if done {
+            break;
+        }
+    }
+    let line = got.last().cloned().unwrap_or_default();
+    assert!(
+        line.starts_with("<27>stratafs[") && line.contains("/byte.txt: content"),
+        "{got:?}"
+    );
 }
 
 /// A layer without a record (converted before records existed) refuses a verify=on mount

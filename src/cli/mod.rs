@@ -48,7 +48,7 @@ fn init_logging(default: &str) {
         .with_env_filter(
             EnvFilter::try_from_env("STRATAFS_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(crate::mount::daemon::LogSink::new)
         .with_ansi(terminal)
         .with_target(false);
     if terminal {

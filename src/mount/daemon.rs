@@ -81,9 +81,79 @@ pub fn fork() -> Result<Ready, Error> {
     }
 }
 
+/// Where log lines go: stderr, or syslog (the journal) once a daemon has let go of its
+/// terminal, so that what a mount started by podman reports (a layer that fails
+/// verification, a server restarted) reaches the operator.
+pub struct LogSink(Vec<u8>);
+
+impl LogSink {
+    pub fn new() -> LogSink {
+        LogSink(Vec::new())
+    }
+}
+
+impl Default for LogSink {
+    fn default() -> Self {
+        LogSink::new()
+    }
+}
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if SYSLOG.get().is_none() {
+            return std::io::stderr().write(buf);
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let text = std::mem::take(&mut self.0);
+        let Some(path) = SYSLOG.get() else {
+            return std::io::stderr().flush();
+        };
+        // A socket per event, not one kept: a keeper's forked server closes descriptors it
+        // does not know, and a kept number could come to name another socket.
+        let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+            return Ok(());
+        };
+        if sock.connect(path).is_err() {
+            return Ok(());
+        }
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let level = |w: &[u8]| line.windows(w.len()).take(48).any(|x| x == w);
+            // Facility daemon (3 << 3) with the line's severity.
+            let prio = 24
+                + if level(b"ERROR") {
+                    3
+                } else if level(b"WARN") {
+                    4
+                } else {
+                    6
+                };
+            let mut msg = format!("<{prio}>stratafs[{}]: ", std::process::id()).into_bytes();
+            msg.extend_from_slice(line);
+            let _ = sock.send(&msg);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LogSink {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+/// The syslog socket log lines go to once the daemon let go of its terminal:
+/// `STRATAFS_SYSLOG` (tests), else `/dev/log`. Where none listens, lines are dropped, as
+/// they would be on /dev/null.
+static SYSLOG: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
+
 /// Point stdin/stdout/stderr at /dev/null so that callers reading our output until EOF
-/// (podman, containerd) are not held by the daemon.
+/// (podman, containerd) are not held by the daemon; log lines go to syslog from then on.
 pub fn detach_stdio() {
+    let _ = SYSLOG.set(std::env::var_os("STRATAFS_SYSLOG").unwrap_or_else(|| "/dev/log".into()));
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
