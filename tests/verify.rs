@@ -173,7 +173,11 @@ fn changes_to_a_layer_are_caught_and_the_rest_reads() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let cache = tmp.path().join("verified");
-    let opts = format!("verify=on,verify_cache={}", cache.display());
+    let port = free_port();
+    let opts = format!(
+        "verify=on,verify_cache={},metrics=127.0.0.1:{port}",
+        cache.display()
+    );
     let m = Mounted::new(&repo, &opts, &mnt, &tmp.path().join("on.log"));
 
     // Untouched files, in the changed layer and below it, read and run.
@@ -249,6 +253,21 @@ fn changes_to_a_layer_are_caught_and_the_rest_reads() {
     ] {
         assert!(log.contains(what), "no log line for {what}:\n{log}");
     }
+    // The refusals and the bytes hashed are counted.
+    let metrics = scrape(port);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert!(value("stratafs_verify_failures_total") >= 6.0, "{metrics}");
+    assert!(
+        value("stratafs_verified_bytes_total") >= (1 << 20) as f64,
+        "{metrics}"
+    );
     drop(m);
 
     // verify=off: the same layers mount, changes and all.
@@ -343,4 +362,15 @@ fn a_layer_without_a_good_record_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+}
+
+/// GET /metrics of a mount's endpoint.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
 }

@@ -183,6 +183,11 @@ impl crate::overlay::Tally for Stats {
     fn copied_up(&self) {
         self.page.add(Scalar::CopyUps, 1);
     }
+
+    fn verified(&self, failures: u64, bytes: u64) {
+        self.page.add(Scalar::VerifyFailures, failures);
+        self.page.add(Scalar::VerifiedBytes, bytes);
+    }
 }
 
 #[cfg(test)]

@@ -123,6 +123,8 @@ pub trait Tally: Send + Sync {
     fn file_opened(&self, layer: usize);
     /// An entry was copied up into the writable layer.
     fn copied_up(&self);
+    /// Layer answers refused by verification, and bytes hashed to check them.
+    fn verified(&self, failures: u64, bytes: u64);
 }
 
 /// Release freed memory to the system after this many nodes went.
@@ -312,6 +314,10 @@ impl Overlay {
     /// Set how many layer files stay open for reads.
     /// Count what the overlay does in `t` (set once; later calls are ignored).
     pub fn set_tally(&self, t: Arc<dyn Tally>) {
+        for v in self.layers.iter().filter_map(|l| l.verifier()) {
+            let t = Arc::clone(&t);
+            v.set_counter(Arc::new(move |failures, bytes| t.verified(failures, bytes)));
+        }
         let _ = self.tally.set(t);
     }
 

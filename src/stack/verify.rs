@@ -56,7 +56,12 @@ pub struct Verifier {
     /// Whole files checked, by record entry: the file they were checked as.
     whole: DashMap<u32, Identity>,
     blocks: DashMap<u32, Arc<Blocks>>,
+    /// Who counts refusals and bytes hashed (a mount's metrics), once set.
+    counter: std::sync::OnceLock<Counter>,
 }
+
+/// Called with (answers refused, bytes hashed).
+pub type Counter = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +93,17 @@ impl Verifier {
             cache,
             whole: DashMap::new(),
             blocks: DashMap::new(),
+            counter: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn set_counter(&self, c: Counter) {
+        let _ = self.counter.set(c);
+    }
+
+    fn count(&self, failures: u64, bytes: u64) {
+        if let Some(c) = self.counter.get() {
+            c(failures, bytes);
         }
     }
 
@@ -98,6 +114,7 @@ impl Verifier {
     /// Log the mismatch and turn it into the EIO the caller gets.
     fn refuse(&self, m: Mismatch) -> io::Error {
         tracing::error!(layer = %self.label, "verification failed: {m}");
+        self.count(1, 0);
         io::Error::from_raw_os_error(libc::EIO)
     }
 
@@ -389,6 +406,7 @@ impl Verifier {
         let mut extra = [0u8; 1];
         let longer = whole && read_at(fd, &mut extra, start + len as u64)? != 0;
         let found: Hash = Sha256::digest(&buf[..n]).into();
+        self.count(0, n as u64);
         if n != len || longer || found != want {
             return Err(self.differs(rel, "content", record::hex(&want), record::hex(&found)));
         }

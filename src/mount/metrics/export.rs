@@ -31,7 +31,7 @@ pub fn mount_families(mounts: &[Seen]) -> Vec<MetricFamily> {
     let mut latency = Vec::new();
     let mut opened = Vec::new();
     let mut read = Vec::new();
-    let mut scalars: [Vec<Metric>; 4] = Default::default();
+    let mut scalars: [Vec<Metric>; 6] = Default::default();
     for s in mounts {
         let ml = mount_labels(s);
         let mut il = ml.clone();
@@ -85,6 +85,8 @@ pub fn mount_families(mounts: &[Seen]) -> Vec<MetricFamily> {
             Scalar::PrefetchHits,
             Scalar::PrefetchMisses,
             Scalar::RingRequests,
+            Scalar::VerifyFailures,
+            Scalar::VerifiedBytes,
         ]
         .into_iter()
         .enumerate()
@@ -92,7 +94,7 @@ pub fn mount_families(mounts: &[Seen]) -> Vec<MetricFamily> {
             scalars[k].push(counter(ml.clone(), s.page.scalar(sc)));
         }
     }
-    let [copy_ups, hits, misses, ring] = scalars;
+    let [copy_ups, hits, misses, ring, verify_failures, verified] = scalars;
     vec![
         gauges(
             "stratafs_mounts",
@@ -139,6 +141,16 @@ pub fn mount_families(mounts: &[Seen]) -> Vec<MetricFamily> {
             "stratafs_layer_read_bytes_total",
             "Bytes the server read for callers, by layer (passthrough reads bypass it).",
             read,
+        ),
+        counters(
+            "stratafs_verify_failures_total",
+            "Answers of a layer refused because they differ from its record (verify=on).",
+            verify_failures,
+        ),
+        counters(
+            "stratafs_verified_bytes_total",
+            "Bytes of layer files hashed to check them against their records (verify=on).",
+            verified,
         ),
         counters(
             "stratafs_copy_ups_total",

@@ -49,6 +49,8 @@ pub enum Scalar {
     PrefetchHits,
     PrefetchMisses,
     RingRequests,
+    VerifyFailures,
+    VerifiedBytes,
 }
 const SCALARS: usize = 16;
 
