@@ -362,6 +362,50 @@ fn a_layer_without_a_good_record_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+
+    // --repair: the layers of the given image without a record are fetched again, checked
+    // and put in place with one (a change made to them goes too); a layer no given image
+    // holds is named.
+    let other = tmp.path().join("other");
+    make_layout(&other, "v1", &[tar_bytes(&[TarEntry::File("o", b"o\n")])]);
+    let conv = |src: &Path, name: &str, repair: bool| {
+        let mut c = Command::new(BIN);
+        c.args(["convert", "--repo"]).arg(&repo);
+        if repair {
+            c.arg("--repair");
+        }
+        run(c
+            .arg(format!("oci:{}:v1", src.display()))
+            .args(["--name", name]))
+    };
+    assert!(
+        conv(&other, "example.org/v/other:v1", false)
+            .status
+            .success()
+    );
+    let other_layer = layer_with(&repo, "o");
+    std::fs::remove_file(other_layer.parent().unwrap().join(".metadata/record")).unwrap();
+    std::fs::remove_file(&record).unwrap();
+    flip_byte(&app.join("byte.txt"), 3);
+    let out = conv(&tmp.path().join("layout"), "example.org/v/app:v1", true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(record.is_file(), "--repair wrote no record: {err}");
+    let warned = err
+        .lines()
+        .find(|l| l.contains("no record"))
+        .unwrap_or_else(|| panic!("the other layer was not named: {err}"));
+    let other_dir = other_layer.parent().unwrap().display().to_string();
+    assert!(warned.contains(&other_dir), "{warned}");
+    let out = mount("verify=on,verify_cache=none");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = std::fs::read(mnt.join("byte.txt"));
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    assert_eq!(read.unwrap(), b"original\n");
 }
 
 /// GET /metrics of a mount's endpoint.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Error;
 use crate::image::Error as ImageError;
@@ -108,6 +108,11 @@ pub struct ConvertArgs {
     /// 1024): a layer that inflates beyond it is refused, nothing of it kept.
     #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
     max_layer_size: u64,
+    /// Fetch again the layers of the given images that have no record (converted before
+    /// records existed, or tampered with), check their digests, and put them in place with
+    /// one; then name every layer of the repository that still has none.
+    #[arg(long)]
+    repair: bool,
     /// Name a single local image gets in the repository (REGISTRY/REPO:TAG).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -378,6 +383,7 @@ fn run_convert(
         platform,
         jobs,
         max_layer_size,
+        repair,
         name,
         json,
         thin,
@@ -462,6 +468,7 @@ fn run_convert(
             measure_disk: json,
             thin,
             max_layer_size,
+            repair,
         };
         Ok(convert::convert(&repo, &sources, &opts)?)
     })();
@@ -478,6 +485,11 @@ fn run_convert(
     };
     let n = crate::image::podman_store::write(&repo)?;
     info!(images = n, "podmanStore updated");
+    if repair {
+        for l in repo.layers_without_record()? {
+            warn!(layer = %l.display(), "no record: no image given holds this layer; verify=on mounts refuse it");
+        }
+    }
     info!("{}", convert::describe(&s));
     if publish.is_some() {
         repo.close_clean()?;

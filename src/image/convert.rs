@@ -36,6 +36,8 @@ pub struct Options {
     pub thin: Option<ThinOutput>,
     /// The most bytes one layer may unpack to.
     pub max_layer_size: u64,
+    /// Fetch again, check and replace the layers that have no record (`--repair`).
+    pub repair: bool,
 }
 
 /// The default of `--max-layer-size`: far above any real layer, far below a full disk.
@@ -183,7 +185,12 @@ fn convert_one(
                     .eq(layers.iter().map(|l| &l.digest))
         })
     });
-    let complete = repo.has_flat(cfg) && layers.iter().all(|l| repo.has_layer(&l.digest));
+    // Under --repair a layer without a record (converted before records existed, or whose
+    // record went) counts as missing: it is fetched, checked and put in place again.
+    let present = |d: &crate::image::digest::Digest| {
+        repo.has_layer(d) && (!opts.repair || layout::record_file(&repo.layer_dir(d)).is_file())
+    };
+    let complete = repo.has_flat(cfg) && layers.iter().all(|l| present(&l.digest));
     if same_image && complete {
         repo.link(&r.name, cfg)?;
         if repo.config_of(&r.name.metadata_path()).is_none() {
@@ -200,7 +207,7 @@ fn convert_one(
         });
     }
     let missing: Vec<usize> = (0..layers.len())
-        .filter(|&i| !repo.has_layer(&layers[i].digest))
+        .filter(|&i| !present(&layers[i].digest))
         .collect();
     // Two entries of one manifest may name the same blob: fetch it once.
     let mut unique = Vec::new();
@@ -757,6 +764,7 @@ mod tests {
             name: None,
             measure_disk: false,
             thin: None,
+            repair: false,
         }
     }
 

@@ -183,6 +183,31 @@ impl Repo {
     }
 
     /// A fresh directory in the temporary area.
+    /// The layers of the repository (`.layers/<xx>/<hex>` with a `layerfs`) that have no
+    /// record: `verify=on` mounts refuse them.
+    pub fn layers_without_record(&self) -> Result<Vec<PathBuf>, ImageError> {
+        let top = self.root.join(layout::LAYERS);
+        let mut out = Vec::new();
+        for fan in fs::read_dir(&top).map_err(io_err(&top))? {
+            let fan = fan.map_err(io_err(&top))?.path();
+            let Ok(dirs) = fs::read_dir(&fan) else {
+                continue;
+            };
+            for d in dirs.flatten() {
+                let d = d.path();
+                let named = d
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(layout::is_hex);
+                if named && d.join(layout::LAYERFS).is_dir() && !layout::record_file(&d).is_file() {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     pub fn temp_dir(&self, what: &str) -> Result<PathBuf, ImageError> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let p = self
@@ -217,8 +242,12 @@ impl Repo {
         fs::create_dir_all(parent).map_err(io_err(parent))?;
         touch(&parent.join(CATALOG_MARKER))?;
         if dest.exists() {
-            // A leftover without layerfs (DUCC metadata only): replace it.
-            force_remove(&dest).map_err(io_err(&dest))?;
+            // A leftover without layerfs (DUCC metadata only), or a layer `--repair` fetched
+            // again: moved aside in one rename, the new one renamed in, the old removed.
+            let old = self.temp_dir("replaced")?;
+            fs::rename(&dest, old.join("layer")).map_err(io_err(&dest))?;
+            fs::rename(tmp, &dest).map_err(io_err(&dest))?;
+            return force_remove(&old).map_err(io_err(&old));
         }
         fs::rename(tmp, &dest).map_err(io_err(&dest))
     }
