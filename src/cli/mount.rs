@@ -42,7 +42,11 @@ pub struct Cli {
     /// when the server dies; on by default; strict also serves /dev/fuse, never io_uring, so
     /// that no request is lost; see `stratafs status`), noatime, relatime (the default),
     /// strictatime, nodiratime (access times of the writable layer, as on kernel overlayfs),
-    /// context="..." (accepted),
+    /// verify=on|off (check every lower layer against the record `convert` wrote beside it:
+    /// content before it is served, names, types, modes, owners, xattrs, link targets; a
+    /// mismatch is EIO and a log line; off by default), verify_cache=PATH|none (the node's
+    /// table of files already checked; by default /var/cache/stratafs/verified for root,
+    /// ~/.cache/stratafs/verified otherwise), context="..." (accepted),
     /// and the kernel flags ro, rw, dev, nodev, suid, nosuid, exec, noexec. Options of mount(8),
     /// libfuse and fuse-overlayfs that do not apply here (nofail, x-*, kernel_cache, noacl …)
     /// are warned about and ignored; any other unknown option is an error.
