@@ -418,3 +418,143 @@ fn scrape(port: u16) -> String {
     c.read_to_string(&mut s).unwrap();
     s
 }
+
+/// `convert --sign KEY` signs each record; a mount that trusts the key (`--trust`,
+/// `-o verify_trust=`) takes the layers, one that trusts another key, or finds a record
+/// changed after signing or unsigned, refuses with one line naming the layer.
+#[test]
+fn signed_records_are_checked_against_the_trusted_keys() {
+    require_root();
+    require_tool("openssl");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    for k in ["a", "b"] {
+        run_ok(
+            Command::new("openssl")
+                .args(["genpkey", "-algorithm", "ed25519", "-out"])
+                .arg(t.join(format!("{k}.key"))),
+        );
+        run_ok(
+            Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(t.join(format!("{k}.key")))
+                .arg("-out")
+                .arg(t.join(format!("{k}.pub"))),
+        );
+    }
+    let layout = image(t);
+    let repo = t.join("repo");
+    run_ok(
+        Command::new(BIN)
+            .args(["convert", "--repo"])
+            .arg(&repo)
+            .arg("--sign")
+            .arg(t.join("a.key"))
+            .arg(format!("oci:{}:v1", layout.display()))
+            .args(["--name", "example.org/v/app:v1"]),
+    );
+    let app = layer_with(&repo, "hello.sh");
+    let meta = app.parent().unwrap().join(".metadata");
+    let mnt = t.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = |args: &[&str]| {
+        let out = run(Command::new(BIN)
+            .args(["mount", "--repo"])
+            .arg(&repo)
+            .args(args)
+            .args(["example.org/v/app:v1"])
+            .arg(&mnt));
+        let read = std::fs::read_to_string(mnt.join("keep.txt"));
+        if is_mountpoint(&mnt) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+        }
+        let errors: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with("stratafs:"))
+            .map(String::from)
+            .collect();
+        (out.status.success(), read.ok(), errors)
+    };
+    let a_pub = t.join("a.pub").display().to_string();
+    let b_pub = t.join("b.pub").display().to_string();
+    let (ok, read, errors) = mount(&["--trust", &a_pub, "-o", "verify_cache=none"]);
+    assert!(ok, "{errors:?}");
+    assert_eq!(read.as_deref(), Some("kept\n"));
+    let (ok, _, errors) = mount(&["-o", &format!("verify_trust={a_pub},verify_cache=none")]);
+    assert!(ok, "{errors:?}");
+
+    let refused = |args: &[&str], want: &[&str]| {
+        let (ok, _, errors) = mount(args);
+        assert!(!ok && !is_mountpoint(&mnt), "{args:?} mounted");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(want.iter().all(|w| errors[0].contains(w)), "{errors:?}");
+    };
+    let layer = app.display().to_string();
+    let untrusted = [layer.as_str(), "not signed by a trusted key"];
+    refused(&["--trust", &b_pub], &untrusted);
+    // A record changed after it was signed (its last digest).
+    let record = meta.join("record");
+    let mut bytes = std::fs::read(&record).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    std::fs::write(&record, &bytes).unwrap();
+    refused(&["--trust", &a_pub], &untrusted);
+    bytes[n - 1] ^= 1;
+    std::fs::write(&record, &bytes).unwrap();
+    std::fs::remove_file(meta.join("record.sig")).unwrap();
+    refused(&["--trust", &a_pub], &[&layer, "no signature"]);
+    // A bad key file is one line naming it.
+    refused(
+        &["--trust", "/etc/hostname"],
+        &["verify_trust", "/etc/hostname"],
+    );
+}
+
+/// Podman (rootful) runs an image of the repository's podmanStore — a flat root, checked
+/// against the flat root's record — with `mountopt = "verify=on"`: untouched files run, a
+/// changed one fails the container's command.
+#[test]
+fn podman_runs_verified_images_and_refuses_changed_files() {
+    require_root();
+    let tmp = shared_tempdir();
+    let repo = converted(tmp.path());
+    let app = layer_with(&repo, "hello.sh");
+    let podman = common::podman::Store::with_mountopt(
+        &tmp.path().join("podman"),
+        Path::new(BIN),
+        None,
+        Some(&repo.join("podmanStore")),
+        &["verify=on", "verify_cache=none"],
+    );
+    let out = podman.podman(&[
+        "run",
+        "--rm",
+        "example.org/v/app:v1",
+        "/bin/sh",
+        "/hello.sh",
+    ]);
+    assert_eq!(out, "hello from kept\n");
+    // The flat root's files are hard links to the layers': a change to one is a change to both.
+    flip_byte(&app.join("byte.txt"), 3);
+    let out = podman.try_podman(&[
+        "run",
+        "--rm",
+        "example.org/v/app:v1",
+        "/bin/cat",
+        "/byte.txt",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Input/output error"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("oriGinal"));
+    let out = podman.podman(&[
+        "run",
+        "--rm",
+        "example.org/v/app:v1",
+        "/bin/cat",
+        "/keep.txt",
+    ]);
+    assert_eq!(out, "kept\n");
+}

@@ -113,6 +113,11 @@ pub struct ConvertArgs {
     /// one; then name every layer of the repository that still has none.
     #[arg(long)]
     repair: bool,
+    /// Sign each layer's record with this Ed25519 private key (PEM, as `openssl genpkey
+    /// -algorithm ed25519` writes it); mounts check it with --trust / -o verify_trust=.
+    /// With --repair, layers whose record is unsigned are fetched and checked again too.
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
     /// Name a single local image gets in the repository (REGISTRY/REPO:TAG).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -169,6 +174,10 @@ pub struct MountArgs {
     /// More mount options, as for the mount form (allow_other, xattr_permissions=2, ...).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
+    /// Check every layer against its record, which must be signed by this Ed25519 public key
+    /// (PEM; repeatable: any one of them). The same as -o verify_trust=KEY.
+    #[arg(long, value_name = "KEY")]
+    trust: Vec<PathBuf>,
     /// Stay in the foreground.
     #[arg(short = 'f')]
     foreground: bool,
@@ -384,6 +393,7 @@ fn run_convert(
         jobs,
         max_layer_size,
         repair,
+        sign,
         name,
         json,
         thin,
@@ -437,6 +447,11 @@ fn run_convert(
     if name.is_some() && sources.len() != 1 {
         return Err(Error::Usage("option --name needs exactly one IMAGE".into()));
     }
+    let sign = sign
+        .map(|k| crate::stack::trust::SigningKey::load(&k))
+        .transpose()
+        .map_err(|e| Error::Usage(format!("option --sign: {e}")))?
+        .map(std::sync::Arc::new);
     let publish = publish.map(|p| publish::Target::parse(&p)).transpose()?;
     if let Some(t) = &publish {
         t.check_dir(&repo)?;
@@ -469,6 +484,7 @@ fn run_convert(
             thin,
             max_layer_size,
             repair,
+            sign,
         };
         Ok(convert::convert(&repo, &sources, &opts)?)
     })();
@@ -555,6 +571,7 @@ fn run_mount(
         upper,
         work,
         options,
+        trust,
         foreground,
         access_log,
         no_prefetch,
@@ -592,6 +609,10 @@ fn run_mount(
         _ => return Err(usage("give --repo DIR IMAGE or --thin FILE")),
     };
     let mut opts = MountOptions::parse_extra(&options)?;
+    if !trust.is_empty() {
+        opts.verify = true;
+        opts.verify_trust.extend(trust);
+    }
     opts.upperdir = upper;
     opts.workdir = work;
     if access_log.is_some() {

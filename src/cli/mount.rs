@@ -46,7 +46,9 @@ pub struct Cli {
     /// content before it is served, names, types, modes, owners, xattrs, link targets; a
     /// mismatch is EIO and a log line; off by default), verify_cache=PATH|none (the node's
     /// table of files already checked; by default /var/cache/stratafs/verified for root,
-    /// ~/.cache/stratafs/verified otherwise), context="..." (accepted),
+    /// ~/.cache/stratafs/verified otherwise), verify_trust=FILE (an Ed25519 public key in PEM,
+    /// repeatable: each layer's record must be signed by one; implies verify=on),
+    /// context="..." (accepted),
     /// and the kernel flags ro, rw, dev, nodev, suid, nosuid, exec, noexec. Options of mount(8),
     /// libfuse and fuse-overlayfs that do not apply here (nofail, x-*, kernel_cache, noacl …)
     /// are warned about and ignored; any other unknown option is an error.

@@ -38,6 +38,8 @@ pub struct Options {
     pub max_layer_size: u64,
     /// Fetch again, check and replace the layers that have no record (`--repair`).
     pub repair: bool,
+    /// Sign each record written (`--sign`).
+    pub sign: Option<std::sync::Arc<crate::stack::trust::SigningKey>>,
 }
 
 /// The default of `--max-layer-size`: far above any real layer, far below a full disk.
@@ -188,9 +190,18 @@ fn convert_one(
     // Under --repair a layer without a record (converted before records existed, or whose
     // record went) counts as missing: it is fetched, checked and put in place again.
     let present = |d: &crate::image::digest::Digest| {
-        repo.has_layer(d) && (!opts.repair || layout::record_file(&repo.layer_dir(d)).is_file())
+        let dir = repo.layer_dir(d);
+        repo.has_layer(d)
+            && (!opts.repair
+                || (layout::record_file(&dir).is_file()
+                    && (opts.sign.is_none() || layout::record_sig_file(&dir).is_file())))
     };
-    let complete = repo.has_flat(cfg) && layers.iter().all(|l| present(&l.digest));
+    let flat_record = layout::flat_record_file(&repo.root, cfg.hex());
+    let flat_ok = repo.has_flat(cfg)
+        && (!opts.repair
+            || (flat_record.is_file()
+                && (opts.sign.is_none() || layout::sig_of(&flat_record).is_file())));
+    let complete = flat_ok && layers.iter().all(|l| present(&l.digest));
     if same_image && complete {
         repo.link(&r.name, cfg)?;
         if repo.config_of(&r.name.metadata_path()).is_none() {
@@ -257,7 +268,7 @@ fn convert_one(
         }
     }
     for (i, tmp, u) in &done {
-        write_record(tmp, u).map_err(|e| ImageError::Layer {
+        write_record(tmp, u, opts.sign.as_deref()).map_err(|e| ImageError::Layer {
             image: image.clone(),
             layer: layers[*i].digest.to_string(),
             source: Box::new(e),
@@ -269,16 +280,20 @@ fn convert_one(
         summary.content_bytes += u.diff_size;
         repo.install_layer(&layers[*i].digest, tmp)?;
     }
-    if !repo.has_flat(cfg) {
+    // A layer fetched again by --repair leaves the flat root's hard links on the old files.
+    if !flat_ok || (opts.repair && !unique.is_empty()) {
         let tmp = repo.temp_dir("flat")?;
         let paths: Vec<PathBuf> = layers.iter().map(|l| repo.layerfs(&l.digest)).collect();
         let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
-        FlatBuilder::build(&refs, &tmp, &config).map_err(|e| ImageError::Layer {
+        let in_flat = |e: ImageError| ImageError::Layer {
             image: image.clone(),
             layer: "flat root".into(),
-            source: Box::new(ImageError::io(&tmp, e)),
-        })?;
+            source: Box::new(e),
+        };
+        FlatBuilder::build(&refs, &tmp, &config).map_err(|e| in_flat(ImageError::io(&tmp, e)))?;
         touch(&tmp.join(CATALOG_MARKER))?;
+        write_flat_record(&tmp, &paths, cfg, &flat_record, opts.sign.as_deref())
+            .map_err(in_flat)?;
         repo.install_flat(cfg, &tmp)?;
     }
     for l in layers {
@@ -505,7 +520,11 @@ fn fetch_into(
 /// Write the record of the layer unpacked (and checked) in `tmp`: what `verify=on` mounts
 /// check it against. Made after the deferred hard links, so that it holds the layer as
 /// installed.
-fn write_record(tmp: &Path, u: &Unpacked) -> Result<(), ImageError> {
+fn write_record(
+    tmp: &Path,
+    u: &Unpacked,
+    sign: Option<&crate::stack::trust::SigningKey>,
+) -> Result<(), ImageError> {
     use crate::stack::record;
     let raw = |d: &Option<crate::image::digest::Digest>| -> record::Hash {
         let mut h = [0u8; 32];
@@ -517,13 +536,62 @@ fn write_record(tmp: &Path, u: &Unpacked) -> Result<(), ImageError> {
         h
     };
     let fs = tmp.join(layout::LAYERFS);
-    let bytes = record::build(
-        &fs,
-        &u.digests,
-        (raw(&u.compressed_digest), raw(&u.diff_id)),
-    )
-    .map_err(|e| ImageError::io(&fs, io::Error::other(e.to_string())))?;
-    crate::image::repo::write_atomic(&layout::record_file(tmp), &bytes)
+    let known = record::by_path(&u.digests);
+    let bytes = record::build(&fs, &known, (raw(&u.compressed_digest), raw(&u.diff_id)))
+        .map_err(|e| ImageError::io(&fs, io::Error::other(e.to_string())))?;
+    let file = layout::record_file(tmp);
+    if let Some(key) = sign {
+        let rec = record::Record::from_vec(bytes.clone(), &file)
+            .map_err(|e| ImageError::io(&file, io::Error::other(e.to_string())))?;
+        crate::image::repo::write_atomic(&layout::record_sig_file(tmp), key.sign(&rec).as_bytes())?;
+    }
+    crate::image::repo::write_atomic(&file, &bytes)
+}
+
+/// Write the record of the flat root built in `tmp` from `layers` to `file` (beside where the
+/// root goes). Its files are hard links to the layers' own: their digests come from the
+/// layers' records, by inode; a file that had to be copied is hashed.
+fn write_flat_record(
+    tmp: &Path,
+    layers: &[PathBuf],
+    cfg: &crate::image::digest::Digest,
+    file: &Path,
+    sign: Option<&crate::stack::trust::SigningKey>,
+) -> Result<(), ImageError> {
+    use crate::stack::record::{self, FileDigest, Record};
+    use std::collections::HashMap;
+    use std::os::unix::ffi::OsStrExt;
+    let mut by_inode: HashMap<(u64, u64), FileDigest> = HashMap::new();
+    for l in layers {
+        let Some((rec_file, _)) = layout::record_for(l) else {
+            continue;
+        };
+        let Ok(rec) = Record::open(&rec_file) else {
+            continue;
+        };
+        for (path, d) in rec.files() {
+            let p = l.join(std::ffi::OsStr::from_bytes(&path));
+            if let Ok(m) = std::fs::symlink_metadata(&p) {
+                by_inode.insert((m.dev(), m.ino()), d);
+            }
+        }
+    }
+    let known = |_: &[u8], st: &rustix::fs::Stat| by_inode.get(&(st.st_dev, st.st_ino)).cloned();
+    let mut cfg_raw = [0u8; 32];
+    for (i, b) in cfg_raw.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&cfg.hex()[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    let bytes = record::build(tmp, &known, (cfg_raw, [0; 32]))
+        .map_err(|e| ImageError::io(tmp, io::Error::other(e.to_string())))?;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
+    }
+    if let Some(key) = sign {
+        let rec = Record::from_vec(bytes.clone(), file)
+            .map_err(|e| ImageError::io(file, io::Error::other(e.to_string())))?;
+        crate::image::repo::write_atomic(&layout::sig_of(file), key.sign(&rec).as_bytes())?;
+    }
+    crate::image::repo::write_atomic(file, &bytes)
 }
 
 /// Why a hard link to a lower layer's file could not be made.
@@ -765,6 +833,7 @@ mod tests {
             measure_disk: false,
             thin: None,
             repair: false,
+            sign: None,
         }
     }
 

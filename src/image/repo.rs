@@ -283,6 +283,13 @@ impl Repo {
         let dest = self.flat_dir(cfg);
         let parent = dest.parent().expect("a flat root's fan-out directory");
         fs::create_dir_all(parent).map_err(io_err(parent))?;
+        if dest.exists() {
+            // Built again by --repair: the old one aside in one rename, then removed.
+            let old = self.temp_dir("replaced")?;
+            fs::rename(&dest, old.join("flat")).map_err(io_err(&dest))?;
+            fs::rename(tmp, &dest).map_err(io_err(&dest))?;
+            return force_remove(&old).map_err(io_err(&old));
+        }
         fs::rename(tmp, &dest).map_err(io_err(&dest))
     }
 
@@ -450,7 +457,9 @@ impl Repo {
                     continue;
                 }
                 for h in read_names(&xdir)? {
-                    if h != CATALOG_MARKER && !live.contains(&h) {
+                    // A flat root's record (and its signatures) goes with the root.
+                    let of = h.split('.').next().unwrap_or_default();
+                    if h != CATALOG_MARKER && !live.contains(of) {
                         dead.push(xdir.join(h));
                     }
                 }

@@ -56,6 +56,9 @@ pub struct MountOptions {
     /// The node's table of checked content (`verify_cache=PATH|none`; `None`: the user's
     /// default, see [`crate::stack::verified`]).
     pub verify_cache: Option<PathBuf>,
+    /// Public keys a layer's record must be signed by (`verify_trust=FILE`, repeatable;
+    /// implies `verify=on`).
+    pub verify_trust: Vec<PathBuf>,
     /// Options that do not apply ([`NOT_APPLICABLE`]), accepted with a warning.
     pub ignored: Vec<String>,
 }
@@ -134,6 +137,7 @@ impl Default for MountOptions {
             atime: Default::default(),
             verify: false,
             verify_cache: None,
+            verify_trust: Vec::new(),
             ignored: Vec::new(),
         }
     }
@@ -358,6 +362,10 @@ impl MountOptions {
             "volatile" => self.fsync = false,
             "verify" => self.verify = on_off(opt, val)?,
             "verify_cache" => self.verify_cache = Some(PathBuf::from(nonempty(key, val)?)),
+            "verify_trust" => {
+                self.verify_trust.push(PathBuf::from(nonempty(key, val)?));
+                self.verify = true;
+            }
             "uidmapping" => self.ids.uids = parse_mapping(key, &nonempty(key, val)?)?,
             "gidmapping" => self.ids.gids = parse_mapping(key, &nonempty(key, val)?)?,
             "squash_to_root" => {
@@ -444,6 +452,7 @@ const KNOWN: &[&str] = &[
     "volatile",
     "verify",
     "verify_cache",
+    "verify_trust",
     "uidmapping",
     "gidmapping",
     "squash_to_root",

@@ -126,6 +126,7 @@ impl MountPlan {
                     Some(p) => Some(p.clone()),
                     None => crate::stack::verified::VerifiedCache::default_path(),
                 },
+                trust: self.options.verify_trust.clone(),
             }),
         }
     }

@@ -79,6 +79,8 @@ struct Report<'a> {
     seconds: f64,
     requests: u64,
     io_uring_requests: u64,
+    /// Bytes hashed to check layer content against records (verify=on).
+    verified_bytes: u64,
     ops: BTreeMap<&'static str, OpLine>,
 }
 
@@ -144,6 +146,7 @@ impl Stats {
             seconds: self.start.elapsed().as_secs_f64(),
             requests,
             io_uring_requests: self.page.scalar(Scalar::RingRequests),
+            verified_bytes: self.page.scalar(Scalar::VerifiedBytes),
             ops,
         }
     }

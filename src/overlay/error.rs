@@ -13,6 +13,8 @@ pub enum Error {
     NoLowerdir,
     #[error("upperdir {0}")]
     Upper(LayerError),
+    #[error("option verify_trust: {0}")]
+    Trust(crate::stack::trust::TrustError),
     #[error("verify=on: layer {layer}: {reason}")]
     Unverifiable { layer: PathBuf, reason: String },
     #[error("option workdir={path}: {reason}")]

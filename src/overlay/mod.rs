@@ -77,6 +77,8 @@ pub struct Config {
 pub struct VerifyConfig {
     /// The node's table of content already checked; `None`: none.
     pub cache: Option<PathBuf>,
+    /// Public keys: each layer's record must be signed by one (`verify_trust=`).
+    pub trust: Vec<PathBuf>,
 }
 
 pub struct Overlay {
@@ -156,16 +158,18 @@ fn verified_cache(v: &VerifyConfig) -> Option<Arc<crate::stack::verified::Verifi
 fn verifier_of(
     l: &Layer,
     cache: Option<Arc<crate::stack::verified::VerifiedCache>>,
+    trust: Option<&crate::stack::trust::TrustedKeys>,
 ) -> Result<crate::stack::verify::Verifier, Error> {
     use crate::stack::{layout, record};
+    // The path the layer was given as may be a descriptor's (/proc/self/fd/N): name the
+    // directory itself.
+    let real = std::fs::canonicalize(&l.path).unwrap_or_else(|_| l.path.clone());
     let refuse = |reason: String| Error::Unverifiable {
-        layer: l.path.clone(),
+        layer: real.clone(),
         reason,
     };
-    let real = std::fs::canonicalize(&l.path).unwrap_or_else(|_| l.path.clone());
-    let (file, hex) = layout::record_of_layerfs(&real).ok_or_else(|| {
-        refuse("not a repository layer (.layers/<xx>/<digest>/layerfs): no record".into())
-    })?;
+    let (file, hex) = layout::record_for(&real)
+        .ok_or_else(|| refuse("not a repository's layer or flat root: no record".into()))?;
     if !file.exists() {
         return Err(refuse(format!(
             "no record at {} (converted before records existed: see stratafs convert --repair)",
@@ -179,6 +183,10 @@ fn verifier_of(
             "{}: the record of layer {found}, not of this one",
             file.display()
         )));
+    }
+    if let Some(keys) = trust {
+        keys.check(&rec, &layout::sig_of(&file))
+            .map_err(|e| refuse(e.to_string()))?;
     }
     let check_owner = l.cvmfs.is_none();
     Ok(crate::stack::verify::Verifier::new(
@@ -212,10 +220,16 @@ impl Overlay {
             layers.push(l);
         }
         let cache = cfg.verify.as_ref().and_then(verified_cache);
+        let trust = match &cfg.verify {
+            Some(v) if !v.trust.is_empty() => {
+                Some(crate::stack::trust::TrustedKeys::load(&v.trust).map_err(Error::Trust)?)
+            }
+            _ => None,
+        };
         for p in &cfg.lowerdirs {
             let mut l = Layer::open(layers.len(), p).map_err(Error::Lower)?;
             if cfg.verify.is_some() {
-                l.set_verifier(verifier_of(&l, cache.clone())?);
+                l.set_verifier(verifier_of(&l, cache.clone(), trust.as_ref())?);
             }
             layers.push(l);
         }

@@ -48,11 +48,37 @@ pub fn record_file(layer_dir: &Path) -> PathBuf {
     layer_dir.join(METADATA).join(RECORD)
 }
 
-/// The record of the layer whose files are at `layerfs` (`.layers/<xx>/<hex>/layerfs`), and
-/// the layer's digest hex; `None` when `layerfs` is not a layer's files by its name.
-pub fn record_of_layerfs(layerfs: &Path) -> Option<(PathBuf, String)> {
-    let d = RepoDir::parse(layerfs).filter(|d| !d.flat)?;
-    Some((record_file(layerfs.parent()?), d.hex))
+/// `<layer dir>/.metadata/record.sig`: signatures of the layer's record.
+pub fn record_sig_file(layer_dir: &Path) -> PathBuf {
+    sig_of(&record_file(layer_dir))
+}
+
+/// The record of the tree at `dir` when it is a layer's files (`.layers/<xx>/<hex>/layerfs`)
+/// or a flat root (`.flat/<xx>/<hex>`), and the digest hex the record must name; `None` when
+/// `dir` is neither by its name.
+pub fn record_for(dir: &Path) -> Option<(PathBuf, String)> {
+    let d = RepoDir::parse(dir)?;
+    let file = if d.flat {
+        flat_record_file(d.root_of(dir)?, &d.hex)
+    } else {
+        record_file(dir.parent()?)
+    };
+    Some((file, d.hex))
+}
+
+/// `ROOT/.flat/<xx>/<hex>.record`: the record of an image's merged root (beside it: the
+/// root itself is what a container sees).
+pub fn flat_record_file(root: &Path, config_hex: &str) -> PathBuf {
+    root.join(FLAT)
+        .join(xx(config_hex))
+        .join(format!("{config_hex}.{RECORD}"))
+}
+
+/// The signatures of the record `record` (`<record>.sig`).
+pub fn sig_of(record: &Path) -> PathBuf {
+    let mut s = record.as_os_str().to_owned();
+    s.push(".sig");
+    PathBuf::from(s)
 }
 
 /// `ROOT/.flat/<xx>/<hex>`: an image's merged root, by its config digest.

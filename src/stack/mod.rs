@@ -12,6 +12,7 @@ pub mod override_stat;
 pub mod record;
 pub mod resolve;
 pub mod trace;
+pub mod trust;
 pub mod verified;
 pub mod verify;
 pub mod whiteout;

@@ -424,6 +424,23 @@ impl Record {
         self.entries == 0
     }
 
+    /// Every regular file with its path and digest.
+    pub fn files(&self) -> Vec<(Vec<u8>, FileDigest)> {
+        let mut out = Vec::new();
+        let mut dirs = vec![(Vec::new(), self.root())];
+        while let Some((path, d)) = dirs.pop() {
+            for c in d.children() {
+                let p = crate::stack::join(&path, c.name());
+                match c.kind() {
+                    libc::S_IFDIR => dirs.push((p, c)),
+                    libc::S_IFREG => out.push((p, c.digest().expect("a file's digest"))),
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
     /// The entry at `rel` (`/`-separated, empty for the root).
     pub fn lookup(&self, rel: &[u8]) -> Option<Entry<'_>> {
         let mut e = self.root();
@@ -447,14 +464,22 @@ struct Found {
     children: Vec<Found>,
 }
 
-/// Build the record of the layer unpacked at `root`. `digests` are the content digests
-/// taken while unpacking, by path; a regular file without one (a hard link made from a lower
-/// layer) is hashed from disk. `layer` is the blob digest and diff ID.
-pub fn build(
-    root: &Path,
-    digests: &HashMap<Vec<u8>, FileDigest>,
-    layer: (Hash, Hash),
-) -> Result<Vec<u8>, RecordError> {
+/// Where the content digests of a tree being recorded come from: by path and stat; a file
+/// without one is hashed from disk.
+pub type Known<'a> = &'a dyn Fn(&[u8], &rustix::fs::Stat) -> Option<FileDigest>;
+
+/// Content digests by path (taken while unpacking).
+pub fn by_path(
+    m: &HashMap<Vec<u8>, FileDigest>,
+) -> impl Fn(&[u8], &rustix::fs::Stat) -> Option<FileDigest> + '_ {
+    move |p, _| m.get(p).cloned()
+}
+
+/// Build the record of the tree at `root` (an unpacked layer, or an image's flat root).
+/// `known` gives the content digests taken while unpacking; a regular file without one (a
+/// hard link made from a lower layer) is hashed from disk. `layer` is the blob digest and
+/// diff ID (a flat root: its config digest, and zeros).
+pub fn build(root: &Path, known: Known<'_>, layer: (Hash, Hash)) -> Result<Vec<u8>, RecordError> {
     let dir = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -483,7 +508,7 @@ pub fn build(
         digest: None,
         children: Vec::new(),
     };
-    walk(root, &dir, b"", digests, &mut top)?;
+    walk(root, &dir, b"", known, &mut top)?;
     Ok(lay_out(top, layer))
 }
 
@@ -491,7 +516,7 @@ fn walk(
     root: &Path,
     dir: &OwnedFd,
     rel: &[u8],
-    digests: &HashMap<Vec<u8>, FileDigest>,
+    known: Known<'_>,
     into: &mut Found,
 ) -> Result<(), RecordError> {
     let entry_err = |name: &[u8], source: io::Error| RecordError::Entry {
@@ -542,7 +567,7 @@ fn walk(
                 let sub =
                     confined::open_dir_beneath(dir, &name).map_err(|e| entry_err(&name, e))?;
                 f.xattrs = xattrs_of(&sub, None).map_err(|e| entry_err(&name, e))?;
-                walk(root, &sub, &path, digests, &mut f)?;
+                walk(root, &sub, &path, known, &mut f)?;
             }
             libc::S_IFLNK => {
                 f.target = rustix::fs::readlinkat(dir, &c, Vec::new())
@@ -560,8 +585,8 @@ fn walk(
                 )
                 .map_err(|e| entry_err(&name, e.into()))?;
                 f.xattrs = xattrs_of(&file, None).map_err(|e| entry_err(&name, e))?;
-                f.digest = Some(match digests.get(&path) {
-                    Some(d) => d.clone(),
+                f.digest = Some(match known(&path, &st) {
+                    Some(d) => d,
                     None => digest_of(File::from(file)).map_err(|e| entry_err(&name, e))?,
                 });
             }
@@ -709,7 +734,7 @@ mod tests {
         std::fs::write(r.join("a/big"), &big).unwrap();
         std::fs::write(r.join(".wh.gone"), b"").unwrap();
         std::os::unix::fs::symlink("../x", r.join("a/link")).unwrap();
-        let bytes = build(r, &HashMap::new(), ([1; 32], [2; 32])).unwrap();
+        let bytes = build(r, &|_, _| None, ([1; 32], [2; 32])).unwrap();
         let rec = Record::from_vec(bytes, Path::new("rec")).unwrap();
         assert_eq!(rec.layer(), ([1; 32], [2; 32]));
         let names: Vec<_> = rec.root().children().map(|e| e.name().to_vec()).collect();
@@ -736,7 +761,7 @@ mod tests {
     fn a_damaged_record_is_refused() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("f"), b"x").unwrap();
-        let bytes = build(d.path(), &HashMap::new(), ([0; 32], [0; 32])).unwrap();
+        let bytes = build(d.path(), &|_, _| None, ([0; 32], [0; 32])).unwrap();
         for cut in [0, 10, HEADER, bytes.len() - 1] {
             assert!(Record::from_vec(bytes[..cut].to_vec(), Path::new("r")).is_err());
         }

@@ -47,7 +47,11 @@ impl Identity {
         let mut h = Sha256::new();
         if cvmfs {
             let name = c"user.hash";
-            if let Some(v) = crate::stack::layer::get_xattr_fd(fd.as_fd(), name)? {
+            // A chunked file may have no whole-file hash: then it is known by its inode.
+            let hash = crate::stack::layer::get_xattr_fd(fd.as_fd(), name)?.filter(|v| {
+                v.len() >= 40 && v.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            });
+            if let Some(v) = hash {
                 h.update(b"cvmfs\0");
                 h.update(&v);
                 h.update(st.stx_size.to_le_bytes());

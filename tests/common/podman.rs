@@ -18,6 +18,17 @@ impl Store {
         user: Option<&'static str>,
         additional_store: Option<&Path>,
     ) -> Store {
+        Store::with_mountopt(dir, mount_program, user, additional_store, &[])
+    }
+
+    /// As [`Store::new`], with more options for podman to pass the mount program (`mountopt`).
+    pub fn with_mountopt(
+        dir: &Path,
+        mount_program: &Path,
+        user: Option<&'static str>,
+        additional_store: Option<&Path>,
+        more: &[&str],
+    ) -> Store {
         for t in ["podman", "runc", "busybox", "runuser"] {
             require_tool(t);
         }
@@ -31,7 +42,8 @@ impl Store {
             })
             .unwrap_or_default();
         // Podman passes mountopt to the mount program: ours takes the suites' transport.
-        let transport = transport_opts();
+        let mut transport: Vec<String> = transport_opts().into_iter().map(String::from).collect();
+        transport.extend(more.iter().map(|s| s.to_string()));
         let mountopt = if mount_program == Path::new(BIN) && !transport.is_empty() {
             format!("mountopt = \"{}\"\n", transport.join(","))
         } else {
@@ -71,6 +83,15 @@ impl Store {
 
     /// Run podman with `args`, expecting success; its stdout.
     pub fn podman(&self, args: &[&str]) -> String {
+        String::from_utf8(run_ok(&mut self.command(args)).stdout).unwrap()
+    }
+
+    /// Run podman with `args`, whatever comes of it.
+    pub fn try_podman(&self, args: &[&str]) -> std::process::Output {
+        run(&mut self.command(args))
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
         let mut c = match self.user {
             Some(u) => {
                 let mut c = Command::new("runuser");
@@ -99,7 +120,7 @@ impl Store {
             }
         };
         c.current_dir(&self.dir).args(args);
-        String::from_utf8(run_ok(&mut c).stdout).unwrap()
+        c
     }
 }
 
