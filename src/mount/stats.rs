@@ -79,6 +79,8 @@ struct Report<'a> {
     seconds: f64,
     requests: u64,
     io_uring_requests: u64,
+    /// Bytes the server read for callers, all layers together.
+    read_bytes: u64,
     /// Bytes hashed to check layer content against records (verify=on).
     verified_bytes: u64,
     ops: BTreeMap<&'static str, OpLine>,
@@ -146,6 +148,9 @@ impl Stats {
             seconds: self.start.elapsed().as_secs_f64(),
             requests,
             io_uring_requests: self.page.scalar(Scalar::RingRequests),
+            read_bytes: (0..self.page.layers())
+                .map(|l| self.page.layer(l).bytes_read)
+                .sum(),
             verified_bytes: self.page.scalar(Scalar::VerifiedBytes),
             ops,
         }
