@@ -20,7 +20,7 @@ WAS=$(cat $SWITCH)
 trap 'echo $WAS > $SWITCH; fusermount3 -u $W/mnt 2>/dev/null || true' EXIT
 bash "$ROOT/benches/repo_images.sh"
 cargo build --release -q --manifest-path "$ROOT/Cargo.toml"
-BIN=$ROOT/target/release/stratafs
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/stratafs
 mkdir -p $W/mnt
 if [ ! -e $W/repo/.done ]; then
   rm -rf $W/repo
