@@ -116,7 +116,7 @@ fn warm(ov: &Overlay, layer: u16, dir: &[u8], siblings: bool) {
         }
         if let Ok(Some(st)) = st {
             if (st.st_size as u64) <= SMALL {
-                if let Ok(fd) = layer.open_read(&rel) {
+                if let Ok(fd) = layer.open_for_readahead(&rel) {
                     let _ = rustix::fs::fadvise(&fd, 0, None, rustix::fs::Advice::WillNeed);
                 }
             }

@@ -221,6 +221,12 @@ impl Layer {
         Ok(fd)
     }
 
+    /// Open a regular file only to have the kernel read it ahead (`fadvise`): nothing read
+    /// through this descriptor reaches a caller, so nothing is checked.
+    pub fn open_for_readahead(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        self.open_data(rel, OFlags::RDONLY)
+    }
+
     /// Open a regular file for reading, every byte of it checked (a copy-up copies it all).
     pub fn open_read_all(&self, rel: &RelPath) -> io::Result<OwnedFd> {
         let fd = self.open_data(rel, OFlags::RDONLY)?;

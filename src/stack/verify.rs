@@ -292,7 +292,7 @@ impl Verifier {
         if self.whole.get(&e.index).is_some_and(|d| *d == id) {
             return Ok(());
         }
-        self.check_block(rel, &e, fd, 0, cvmfs, None)
+        self.check_block(rel, &e, fd, 0, cvmfs, None).map(|_| ())
     }
 
     /// Check every block of a file (a copy-up copies them all).
@@ -354,10 +354,19 @@ impl Verifier {
                 }
             } else {
                 scratch.resize((bend - bstart) as usize, 0);
-                self.check_block(rel, &e, fd, b, cvmfs, Some(&mut scratch))?;
+                let hashed = self.check_block(rel, &e, fd, b, cvmfs, Some(&mut scratch))?;
                 state.done[word].fetch_or(bit, Ordering::Release);
-                let from = (pos - bstart) as usize;
-                buf[done..done + take].copy_from_slice(&scratch[from..from + take]);
+                if hashed {
+                    let from = (pos - bstart) as usize;
+                    buf[done..done + take].copy_from_slice(&scratch[from..from + take]);
+                } else {
+                    // Checked before, as this very file: read it as any checked block.
+                    let n = read_at(fd, &mut buf[done..done + take], pos)?;
+                    if n < take {
+                        done += n;
+                        break;
+                    }
+                }
                 done += take;
             }
             pos += take as u64;
@@ -367,8 +376,8 @@ impl Verifier {
 
     /// Check block `b` of entry `e` (block 0 of a whole file: all of it) against the record,
     /// reading it into `scratch` when given (else into a buffer of our own). On the node's
-    /// cache, a block checked before for the same file and digest is taken as checked —
-    /// unless `scratch` must be filled.
+    /// cache, a block checked before for the same file and digest is taken as checked.
+    /// Returns whether the block was read (into `scratch`, when given) and hashed.
     fn check_block(
         &self,
         rel: &[u8],
@@ -377,19 +386,17 @@ impl Verifier {
         b: u64,
         cvmfs: bool,
         scratch: Option<&mut Vec<u8>>,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let want = e.block(b).expect("block in range");
         let (id, racy) = Identity::of(fd, cvmfs)?;
         let key = id.key(b, &want);
         let whole = !e.by_blocks();
-        if scratch.is_none() {
-            if let Some(c) = &self.cache {
-                if c.contains(&key) {
-                    if whole {
-                        self.whole.insert(e.index, id);
-                    }
-                    return Ok(());
+        if let Some(c) = &self.cache {
+            if c.contains(&key) {
+                if whole {
+                    self.whole.insert(e.index, id);
                 }
+                return Ok(false);
             }
         }
         let start = b * record::BLOCK;
@@ -422,7 +429,7 @@ impl Verifier {
                 self.whole.insert(e.index, id);
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
