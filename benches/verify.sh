@@ -7,7 +7,7 @@
 # the node's table filled by an earlier run; over /dev/fuse and over io_uring (the kernel's
 # switch is put back at the end). Medians of RUNS; bytes the server read and bytes it hashed
 # from the mount's stats.
-# Usage (as root): bash benches/verify.sh      RUNS=5 for more.
+# Usage (as root): bash benches/verify.sh      RUNS=5 for more; WORKLOADS=job for one.
 set -euo pipefail
 shopt -s inherit_errexit
 RUNS=${RUNS:-3}
@@ -18,8 +18,10 @@ SWITCH=/sys/module/fuse/parameters/enable_uring
 [ -f $SWITCH ] || { echo "verify.sh: $SWITCH missing: the kernel has no FUSE over io_uring" >&2; exit 1; }
 WAS=$(cat $SWITCH)
 trap 'echo $WAS > $SWITCH; fusermount3 -u $W/mnt 2>/dev/null || true' EXIT
-bash "$ROOT/benches/repo_images.sh"
-cargo build --release -q --manifest-path "$ROOT/Cargo.toml"
+if [ "${1:-}" != once ]; then
+  bash "$ROOT/benches/repo_images.sh"
+  cargo build --release -q --manifest-path "$ROOT/Cargo.toml"
+fi
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/stratafs
 mkdir -p $W/mnt
 if [ ! -e $W/repo/.done ]; then
@@ -28,6 +30,21 @@ if [ ! -e $W/repo/.done ]; then
   touch $W/repo/.done
 fi
 JOB="python3 -c 'import numpy, scipy.linalg'"
+# Through a pipe: GNU tar reads nothing when its archive is /dev/null.
+TAR="tar -cf - -C / --exclude=./proc --exclude=./dev . | cat"
+# `verify.sh once OPTS [tar]`: one cold job (or tar) with mount options OPTS, for farm-bench
+# to pair runs:
+#   farm-bench -n 15 --vs 'bash benches/verify.sh once verify=off' -- bash benches/verify.sh once verify=on,verify_cache=none
+if [ "${1:-}" = once ]; then
+  trap - EXIT
+  CMD=$JOB
+  [ "${3:-}" = tar ] && CMD=$TAR
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  $BIN mount --repo $W/repo --no-prefetch -o "$2" bench.local/big:t $W/mnt
+  chroot $W/mnt /bin/sh -c "$CMD" > /dev/null; rc=$?
+  fusermount3 -u $W/mnt
+  exit $rc
+fi
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # run: uring Y|N, mount options, command -> "seconds read_MB hashed_MB" (medians)
 run() {
@@ -47,11 +64,10 @@ PY
 TABLE=$W/verified
 echo "| workload | transport | verify | time | read | hashed |"
 echo "|---|---|---|---|---|---|"
-for wl in job tar; do
+for wl in ${WORKLOADS:-job tar}; do
   case $wl in
     job) CMD=$JOB ;;
-    # Through a pipe: GNU tar reads nothing when its archive is /dev/null.
-    tar) CMD="tar -cf - -C / --exclude=./proc --exclude=./dev . | cat" ;;
+    tar) CMD=$TAR ;;
   esac
   for t in dev io_uring; do
     sw=N; opt=io_uring=off

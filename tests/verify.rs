@@ -219,7 +219,7 @@ fn changes_to_a_layer_are_caught_and_the_rest_reads() {
     eio(&[
         "/bin/sh",
         "-c",
-        "set -o pipefail; busybox tail -c 1000000 /big.bin | busybox wc -c",
+        "set -o pipefail; busybox tail -c 1100000 /big.bin | busybox wc -c",
     ]);
     let (ok, _, err) = m.run(&["/opt/bb", "true"]);
     assert!(!ok, "a changed executable ran: {err}");
@@ -265,7 +265,7 @@ fn changes_to_a_layer_are_caught_and_the_rest_reads() {
     };
     assert!(value("stratafs_verify_failures_total") >= 6.0, "{metrics}");
     assert!(
-        value("stratafs_verified_bytes_total") >= (1 << 20) as f64,
+        value("stratafs_verified_bytes_total") >= 65536.0,
         "{metrics}"
     );
     drop(m);
@@ -557,4 +557,72 @@ fn podman_runs_verified_images_and_refuses_changed_files() {
         "/keep.txt",
     ]);
     assert_eq!(out, "kept\n");
+}
+
+/// A writable mount copies up only checked content: appending to a changed file fails (the
+/// copy-up reads it whole first), to an intact one works; with passthrough, a big file is
+/// still served by the mount (its blocks are checked as read).
+#[test]
+fn copy_ups_and_passthrough_take_only_checked_content() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = converted(tmp.path());
+    let app = layer_with(&repo, "hello.sh");
+    flip_byte(&app.join("byte.txt"), 3);
+    flip_byte(&app.join("big.bin"), 2 * (1 << 20) + 100);
+    let (upper, work, mnt) = (
+        tmp.path().join("u"),
+        tmp.path().join("w"),
+        tmp.path().join("mnt"),
+    );
+    for d in [&upper, &work, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    run_ok(
+        Command::new(BIN)
+            .args(["mount", "--repo"])
+            .arg(&repo)
+            .arg("--upper")
+            .arg(&upper)
+            .arg("--work")
+            .arg(&work)
+            .args(["-o", "verify=on,verify_cache=none", "example.org/v/app:v1"])
+            .arg(&mnt),
+    );
+    let append = |f: &str| {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join(f))
+            .and_then(|mut h| h.write_all(b"more\n"))
+            .map_err(|e| e.raw_os_error())
+    };
+    assert_eq!(append("keep.txt"), Ok(()));
+    assert_eq!(append("byte.txt"), Err(Some(libc::EIO)));
+    assert_eq!(append("big.bin"), Err(Some(libc::EIO)));
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    assert_eq!(
+        std::fs::read(upper.join("keep.txt")).unwrap(),
+        b"kept\nmore\n"
+    );
+    assert!(!upper.join("byte.txt").exists() && !upper.join("big.bin").exists());
+
+    // Read-only with passthrough: the small intact file may pass through, the big file's
+    // changed block is still refused.
+    run_ok(
+        Command::new(BIN)
+            .args(["mount", "--repo"])
+            .arg(&repo)
+            .args([
+                "-o",
+                "verify=on,verify_cache=none,passthrough,io_uring=off",
+                "example.org/v/app:v1",
+            ])
+            .arg(&mnt),
+    );
+    let keep = std::fs::read(mnt.join("keep.txt"));
+    let big = std::fs::read(mnt.join("big.bin"));
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    assert_eq!(keep.unwrap(), b"kept\n");
+    assert_eq!(big.map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
 }

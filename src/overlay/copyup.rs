@@ -135,6 +135,9 @@ impl Overlay {
             .ok_or_else(|| errno(libc::ENOENT))?;
         let real = self.compose_ino(&self.layers[0], ust.st_ino);
         self.names.keep_number(real, node.ino);
+        // Reads now come from the writable layer's copy (or, through a descriptor opened
+        // before, from the lower one: see Overlay::read_file).
+        self.read_plans.remove(&node.ino);
         {
             let mut s = node.state.write();
             if kind == libc::S_IFDIR && s.layers.len() == 1 {

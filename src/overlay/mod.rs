@@ -72,6 +72,9 @@ pub struct Config {
     pub verify: Option<VerifyConfig>,
 }
 
+/// `None`: plain reads; else (layer, record entry, path) of a file checked block by block.
+pub(crate) type ReadPlan = Option<(u16, u32, Arc<[u8]>)>;
+
 /// How a verifying mount checks its layers.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyConfig {
@@ -115,6 +118,9 @@ pub struct Overlay {
     pub(crate) atime: atime::AtimePolicy,
     /// Lower layers are checked against their records (`verify=on`).
     pub(crate) verifying: bool,
+    /// Under `verify=on`, how each lower file read so far is checked as read (see
+    /// [`Layer::read_plan`]): found once per file, not per read.
+    pub(crate) read_plans: dashmap::DashMap<Ino, ReadPlan>,
     /// Whoever counts what the overlay does (a mount's metrics), once set.
     tally: std::sync::OnceLock<Arc<dyn Tally>>,
 }
@@ -286,6 +292,7 @@ impl Overlay {
             )),
             lookahead: std::sync::OnceLock::new(),
             verifying: cfg.verify.is_some(),
+            read_plans: dashmap::DashMap::new(),
             tally: std::sync::OnceLock::new(),
             parked: dashmap::DashSet::new(),
             atime: if cfg.read_only {

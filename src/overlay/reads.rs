@@ -75,6 +75,7 @@ impl Overlay {
     /// Drop a cached descriptor (the node was forgotten).
     pub fn evict_file(&self, ino: Ino) {
         self.files.lock().pop(&ino);
+        self.read_plans.remove(&ino);
         self.upper_dirs.lock().pop(&ino);
     }
 
@@ -95,6 +96,14 @@ impl Overlay {
         if !self.verifying {
             return Self::read_at(fd, buf, offset);
         }
+        if let Some(plan) = self.read_plans.get(&ino).map(|p| p.clone()) {
+            return match plan {
+                None => Self::read_at(fd, buf, offset),
+                Some((l, entry, rel)) => {
+                    self.layers[l as usize].read_planned(entry, &rel, fd, buf, offset)
+                }
+            };
+        }
         let node = self.node(ino)?;
         let layers = node.state.read().layers.clone();
         let mut from = layers[0];
@@ -111,7 +120,21 @@ impl Overlay {
             }
             from = below;
         }
-        self.layers[from as usize].read(&node.path(), fd, buf, offset)
+        let rel = node.path();
+        let layer = &self.layers[from as usize];
+        let plan = layer
+            .read_plan(&rel)?
+            .map(|entry| (from, entry, Arc::<[u8]>::from(rel.as_slice())));
+        if from == layers[0] {
+            // A lower file still on top: the plan holds until the node is forgotten.
+            self.read_plans.insert(ino, plan.clone());
+        }
+        match plan {
+            None => Self::read_at(fd, buf, offset),
+            Some((l, entry, rel)) => {
+                self.layers[l as usize].read_planned(entry, &rel, fd, buf, offset)
+            }
+        }
     }
 
     /// Whether the kernel may read `node`'s open file straight from its layer (passthrough):

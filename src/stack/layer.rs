@@ -251,6 +251,30 @@ impl Layer {
         }
     }
 
+    /// How reads of `rel` are to be checked, found once per file: `None`, not as they come
+    /// (no verifier, or checked whole at open); else its record entry.
+    pub fn read_plan(&self, rel: &RelPath) -> io::Result<Option<u32>> {
+        match &self.verifier {
+            Some(v) => v.block_entry(rel),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Layer::read`] by a plan from [`Layer::read_plan`].
+    pub fn read_planned(
+        &self,
+        entry: u32,
+        rel: &RelPath,
+        fd: &OwnedFd,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> io::Result<usize> {
+        match &self.verifier {
+            Some(v) => v.read_entry(entry, rel, fd, buf, offset, self.cvmfs.is_some()),
+            None => read_at(fd, buf, offset),
+        }
+    }
+
     /// Whether the kernel may read `rel` straight from the layer (passthrough): only when
     /// nothing is left to check after open.
     pub fn may_pass_through(&self, rel: &RelPath) -> bool {

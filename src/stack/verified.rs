@@ -166,6 +166,9 @@ impl VerifiedCache {
         // atomic words below; a torn pair of words matches no key.
         let map =
             unsafe { memmap2::MmapOptions::new().len(len as usize).map_mut(&f) }.map_err(io_err)?;
+        // Every lookup lands on a random page: after the page cache was dropped, one disk
+        // read each. Have the kernel read the table ahead at once (holes cost nothing).
+        let _ = map.advise(memmap2::Advice::WillNeed);
         Ok(VerifiedCache {
             map,
             path: path.into(),

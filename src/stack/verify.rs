@@ -326,6 +326,30 @@ impl Verifier {
         cvmfs: bool,
     ) -> io::Result<usize> {
         let e = self.entry(rel)?;
+        self.read_entry(e.index, rel, fd, buf, offset, cvmfs)
+    }
+
+    /// The record's entry of `rel`, for [`Verifier::read_entry`]; `None`: a file checked
+    /// whole at open, nothing left to check as it is read.
+    pub fn block_entry(&self, rel: &[u8]) -> io::Result<Option<u32>> {
+        let e = self.entry(rel)?;
+        Ok(e.by_blocks().then_some(e.index))
+    }
+
+    /// [`Verifier::read`] of the file at record entry `index` (found once per file, not per
+    /// read); `rel` is its path, for messages.
+    pub fn read_entry(
+        &self,
+        index: u32,
+        rel: &[u8],
+        fd: &OwnedFd,
+        buf: &mut [u8],
+        offset: u64,
+        cvmfs: bool,
+    ) -> io::Result<usize> {
+        let Some(e) = self.record.entry(index) else {
+            return Err(self.refuse(Mismatch::Added { path: shown(rel) }));
+        };
         if !e.by_blocks() {
             return read_at(fd, buf, offset);
         }
@@ -354,7 +378,11 @@ impl Verifier {
                 }
             } else {
                 scratch.resize((bend - bstart) as usize, 0);
-                let hashed = self.check_block(rel, &e, fd, b, cvmfs, Some(&mut scratch))?;
+                let key = state.id.key(b, &e.block(b).expect("block in range"));
+                // Checked before as this file (the one it was when opened): no need to hash.
+                let known = self.cache.as_ref().is_some_and(|c| c.contains(&key));
+                let hashed =
+                    !known && self.check_block(rel, &e, fd, b, cvmfs, Some(&mut scratch))?;
                 state.done[word].fetch_or(bit, Ordering::Release);
                 if hashed {
                     let from = (pos - bstart) as usize;
