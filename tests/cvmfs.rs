@@ -256,6 +256,26 @@ fn convert(repo: &Path, layout: &Path, name: &str, extra: &[&str]) -> std::proce
         .arg(name))
 }
 
+/// Convert the image at `layout` into `<dir>/repo` as `name`, and publish it under a fresh
+/// `<area>/<unique>`: (the repository, its place under the stratum-0, the client's view).
+fn convert_and_publish(
+    dir: &Path,
+    layout: &Path,
+    name: &str,
+    area: &str,
+) -> (PathBuf, String, PathBuf) {
+    let repo = dir.join("repo");
+    let out = convert(&repo, layout, name, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sub = format!("{area}/{}", unique());
+    let client_repo = publish(&repo, &sub);
+    (repo, sub, client_repo)
+}
+
 /// A directory the test user owns (mount points, access logs).
 fn user_dir(p: &Path) -> PathBuf {
     std::fs::create_dir_all(p).unwrap();
@@ -368,16 +388,9 @@ fn an_image_from_a_real_cernvm_fs_client() {
     }
     cvmfs_up();
     let tmp = shared_tempdir();
-    let repo = tmp.path().join("repo");
     let layout = app_image(tmp.path());
-    let out = convert(&repo, &layout, "example.org/sci/app:1", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sub = format!("stratafs-e2e/{}", unique());
-    let client_repo = publish(&repo, &sub);
+    let (repo, sub, client_repo) =
+        convert_and_publish(tmp.path(), &layout, "example.org/sci/app:1", "stratafs-e2e");
     let layers = client_layers(&client_repo);
     assert_eq!(layers.len(), 2, "{layers:?}");
     // What the client shows underneath, so the checks below mean something.
@@ -859,15 +872,12 @@ fn a_published_image_verifies_on_the_client() {
     ]);
     let layout = tmp.path().join("layout");
     make_layout(&layout, "v1", &[base, app]);
-    let repo = tmp.path().join("repo");
-    let out = convert(&repo, &layout, "example.org/sci/verify:1", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (_, sub, client_repo) = convert_and_publish(
+        tmp.path(),
+        &layout,
+        "example.org/sci/verify:1",
+        "stratafs-verify",
     );
-    let sub = format!("stratafs-verify/{}", unique());
-    let client_repo = publish(&repo, &sub);
     let layers = client_layers(&client_repo);
     let big_on_client = on_client(&layers, "opt/big.bin");
     let mut buf = [0u8; 64];
