@@ -4,7 +4,9 @@
 # with the image's trace, bwrap straight on the published .flat root, and "pull everything
 # first" (the docker archive fetched over the same link, podman load, podman run).
 # Prints a markdown table: of RUNS runs (odd), the median run's seconds and the bytes the client
-# (or curl) fetched in that same run.
+# (or curl) fetched in that same run. MODES picks the columns (default "stratafs stratafs+trace
+# flat pull"); stratafs+verify and stratafs+trace+verify mount with `-o verify=on` and no node
+# table (every file read is hashed).
 # Needs root and the CernVM-FS kit (../shared/cvmfs or $STRATAFS_CVMFS_KIT).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -25,7 +27,7 @@ mkdir -p $W
 
 bash "$ROOT/benches/repo_images.sh" >/dev/null
 cargo build --release -q --manifest-path "$ROOT/Cargo.toml"
-BIN=$ROOT/target/release/stratafs
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/stratafs
 CL=$(bash "$KIT/cvmfs-up.sh")
 CLIENT=$CL/$SUB
 M=$W/mnt
@@ -56,8 +58,9 @@ use_delay() { # ms: the client (and curl) talk to apache through the delay proxy
 trap 'use_delay 0' EXIT
 bwrap_job() { bwrap --bind "$1" / --proc /proc --dev /dev sh -c "$JOB" >/dev/null; }
 
-# The repository: converted here, a trace recorded from a first run on the client, published.
-if [ ! -e $W/.published ]; then
+# The repository: converted here (with its records), a trace recorded from a first run on the
+# client, published.
+if [ ! -e $W/.published-with-records ]; then
   rm -rf $W/repo
   $BIN convert --repo $W/repo oci:$B/repo-run/big:t --name $IMAGE 2>/dev/null
   bash "$KIT/cvmfs-publish.sh" $W/repo $SUB >&2
@@ -71,7 +74,7 @@ if [ ! -e $W/.published ]; then
   $BIN trace --repo $W/repo $W/record.log 2>/dev/null
   bash "$KIT/cvmfs-publish.sh" $W/repo $SUB >&2
   CL=$(bash "$KIT/cvmfs-up.sh")
-  touch $W/.published
+  touch $W/.published-with-records
 fi
 FLAT=$(ls -d $CLIENT/.flat/*/*/ | head -1)
 ln -sf $B/repo-run/big.tar /var/www/html/stratafs-big.tar
@@ -97,6 +100,12 @@ run_mode() { # mode -> "seconds bytes"
     stratafs+trace)
       $BIN mount --repo $CLIENT --access-log $W/prefetch.log $IMAGE $M 2>/dev/null
       bwrap_job $M ;;
+    stratafs+verify)
+      $BIN mount --repo $CLIENT --no-prefetch -o verify=on,verify_cache=none $IMAGE $M 2>/dev/null
+      bwrap_job $M ;;
+    stratafs+trace+verify)
+      $BIN mount --repo $CLIENT --access-log $W/prefetch.log -o verify=on,verify_cache=none $IMAGE $M 2>/dev/null
+      bwrap_job $M ;;
     flat)
       bwrap_job $FLAT ;;
     pull)
@@ -118,22 +127,28 @@ run_mode() { # mode -> "seconds bytes"
   echo "$(echo "$e - $s" | bc) $bytes"
 }
 
-echo "| delay (each way) | stratafs | stratafs + trace | bwrap on .flat | pull everything first |"
-echo "|---|---|---|---|---|"
+MODES=${MODES:-"stratafs stratafs+trace flat pull"}
+declare -A title=([stratafs]="stratafs" [stratafs+trace]="stratafs + trace" [flat]="bwrap on .flat"
+  [pull]="pull everything first" [stratafs+verify]="stratafs, verify=on"
+  [stratafs+trace+verify]="stratafs + trace, verify=on")
+head="| delay (each way) |"; rule="|---|"
+for mode in $MODES; do head="$head ${title[$mode]} |"; rule="$rule---|"; done
+echo "$head"; echo "$rule"
 for d in $DELAYS; do
   use_delay $d
   row="| $d ms |"
-  for mode in stratafs stratafs+trace flat pull; do
+  for mode in $MODES; do
     out=$(for r in $(seq $RUNS); do run_mode $mode; done)
     mid=$(echo "$out" | median_run)
     t=$(echo "$mid" | awk '{print $1}')
     mb=$(echo "$mid" | awk '{printf "%.0f", $2 / 1e6}')
     row="$row $(printf '%.2f s (%s MB)' $t $mb) |"
-    [ $mode = stratafs+trace ] && cp $W/prefetch.log $W/prefetch-$d.log
+    [ $mode = stratafs+trace ] && cp $W/prefetch.log $W/prefetch-$d.log || true
   done
   echo "$row"
 done
 for d in $DELAYS; do
+  [ -f $W/prefetch-$d.log ] || continue
   echo
   echo "stratafs report of the last prefetching run at $d ms:"
   echo '```'

@@ -35,6 +35,8 @@ fn image(dir: &Path) -> PathBuf {
         TarEntry::File("sub/one", b"1\n"),
         TarEntry::File("mode.txt", b"mode\n"),
         TarEntry::File("link.txt", b"link\n"),
+        TarEntry::File("aaaa.txt", b"aaaa\n"),
+        TarEntry::File("bbbb.txt", b"bbbb\n"),
         TarEntry::File("big.bin", &big),
         TarEntry::Dir("opt"),
         TarEntry::Exec("opt/bb", &bb),
@@ -625,4 +627,46 @@ fn copy_ups_and_passthrough_take_only_checked_content() {
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
     assert_eq!(keep.unwrap(), b"kept\n");
     assert_eq!(big.map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
+}
+
+/// A check is remembered for a file, not for a name: a file renamed over one that was read
+/// and checked is checked again when opened; a name made a hard link to another file (same
+/// size, mode and owner) does not read as that file.
+#[test]
+fn a_file_put_in_place_after_its_check_is_checked_again() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = converted(tmp.path());
+    let app = layer_with(&repo, "hello.sh");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Mounted::new(
+        &repo,
+        "verify=on,verify_cache=none",
+        &mnt,
+        &tmp.path().join("log"),
+    );
+    assert_eq!(std::fs::read(mnt.join("keep.txt")).unwrap(), b"kept\n");
+    assert_eq!(std::fs::read(mnt.join("aaaa.txt")).unwrap(), b"aaaa\n");
+    // Same size, another file, renamed over the checked one.
+    let t = app.join(".tampered");
+    std::fs::write(&t, b"kepT\n").unwrap();
+    std::fs::rename(&t, app.join("keep.txt")).unwrap();
+    // bbbb.txt becomes another name of aaaa.txt.
+    std::fs::remove_file(app.join("bbbb.txt")).unwrap();
+    std::fs::hard_link(app.join("aaaa.txt"), app.join("bbbb.txt")).unwrap();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let eio = |f: &str| {
+        let r = std::fs::read(mnt.join(f));
+        assert_eq!(
+            r.as_ref().map_err(|e| e.raw_os_error()),
+            Err(Some(libc::EIO)),
+            "{f}: {:?}\n{}",
+            r.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+            m.log()
+        );
+    };
+    eio("keep.txt");
+    eio("bbbb.txt");
+    assert_eq!(std::fs::read(mnt.join("aaaa.txt")).unwrap(), b"aaaa\n");
 }

@@ -189,18 +189,13 @@ fn convert_one(
     });
     // Under --repair a layer without a record (converted before records existed, or whose
     // record went) counts as missing: it is fetched, checked and put in place again.
+    let sign = opts.sign.as_deref();
     let present = |d: &crate::image::digest::Digest| {
-        let dir = repo.layer_dir(d);
         repo.has_layer(d)
-            && (!opts.repair
-                || (layout::record_file(&dir).is_file()
-                    && (opts.sign.is_none() || layout::record_sig_file(&dir).is_file())))
+            && (!opts.repair || record_ok(&layout::record_file(&repo.layer_dir(d)), sign))
     };
     let flat_record = layout::flat_record_file(&repo.root, cfg.hex());
-    let flat_ok = repo.has_flat(cfg)
-        && (!opts.repair
-            || (flat_record.is_file()
-                && (opts.sign.is_none() || layout::sig_of(&flat_record).is_file())));
+    let flat_ok = repo.has_flat(cfg) && (!opts.repair || record_ok(&flat_record, sign));
     let complete = flat_ok && layers.iter().all(|l| present(&l.digest));
     if same_image && complete {
         repo.link(&r.name, cfg)?;
@@ -548,6 +543,18 @@ fn write_record(
     crate::image::repo::write_atomic(&file, &bytes)
 }
 
+/// Whether `file` is a readable record and, with a key to sign with, signed by that key.
+fn record_ok(file: &Path, sign: Option<&crate::stack::trust::SigningKey>) -> bool {
+    let Ok(rec) = crate::stack::record::Record::open(file) else {
+        return false;
+    };
+    sign.is_none_or(|k| {
+        crate::stack::trust::TrustedKeys::from_raw(vec![k.public()])
+            .check(&rec, &layout::sig_of(file))
+            .is_ok()
+    })
+}
+
 /// Write the record of the flat root built in `tmp` from `layers` to `file` (beside where the
 /// root goes). Its files are hard links to the layers' own: their digests come from the
 /// layers' records, by inode; a file that had to be copied is hashed.
@@ -566,6 +573,16 @@ fn write_flat_record(
         let Some((rec_file, _)) = layout::record_for(l) else {
             continue;
         };
+        // Signing vouches for the digests taken from a layer's record: only a record this
+        // key signed (made from a tar this run or an earlier one checked) may give them.
+        if sign.is_some() && !record_ok(&rec_file, sign) {
+            return Err(ImageError::io(
+                &rec_file,
+                io::Error::other(
+                    "not signed by the --sign key: fetch the layer again with convert --repair --sign",
+                ),
+            ));
+        }
         let Ok(rec) = Record::open(&rec_file) else {
             continue;
         };

@@ -135,9 +135,6 @@ impl Overlay {
             .ok_or_else(|| errno(libc::ENOENT))?;
         let real = self.compose_ino(&self.layers[0], ust.st_ino);
         self.names.keep_number(real, node.ino);
-        // Reads now come from the writable layer's copy (or, through a descriptor opened
-        // before, from the lower one: see Overlay::read_file).
-        self.read_plans.remove(&node.ino);
         {
             let mut s = node.state.write();
             if kind == libc::S_IFDIR && s.layers.len() == 1 {
@@ -181,8 +178,9 @@ impl Overlay {
                     Mode::from_raw_mode(0o600),
                 )?;
                 if c.data == Data::Copy {
-                    let input = c.src.open_read_all(c.rel)?;
+                    let input = c.src.open_read(c.rel)?;
                     copy_data(&input, &out, c.st.st_size as u64)?;
+                    c.src.check_copy(c.rel, &out)?;
                 }
                 file = Some(out);
             }
@@ -243,7 +241,8 @@ impl Overlay {
             return Ok(false);
         };
         if c.data == Data::Copy {
-            copy_data(&c.src.open_read_all(c.rel)?, &out, c.st.st_size as u64)?;
+            copy_data(&c.src.open_read(c.rel)?, &out, c.st.st_size as u64)?;
+            c.src.check_copy(c.rel, &out)?;
         }
         // Owner first (a chown drops set-id bits and file capabilities), then xattrs, mode.
         match rustix::fs::fchown(

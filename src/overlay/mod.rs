@@ -72,8 +72,16 @@ pub struct Config {
     pub verify: Option<VerifyConfig>,
 }
 
-/// `None`: plain reads; else (layer, record entry, path) of a file checked block by block.
-pub(crate) type ReadPlan = Option<(u16, u32, Arc<[u8]>)>;
+/// How reads of a lower file are checked under `verify=on`: against record entry `entry` of
+/// layer `layer` (the name `rel` it was opened by), for the file `file` (device, inode) that
+/// was opened; a read through a descriptor of another file plans afresh.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadPlan {
+    pub layer: u16,
+    pub entry: u32,
+    pub rel: Arc<[u8]>,
+    pub file: (u64, u64),
+}
 
 /// How a verifying mount checks its layers.
 #[derive(Debug, Clone, Default)]
@@ -182,7 +190,14 @@ fn verifier_of(
             file.display()
         )));
     }
-    let rec = record::Record::open(&file).map_err(|e| refuse(e.to_string()))?;
+    // With keys to trust, the record is read whole before its signature is checked, so that
+    // a change to the file afterwards cannot change what was checked.
+    let rec = match trust {
+        Some(_) => std::fs::read(&file)
+            .map_err(|e| refuse(format!("{}: {e}", file.display())))
+            .and_then(|b| record::Record::from_vec(b, &file).map_err(|e| refuse(e.to_string())))?,
+        None => record::Record::open(&file).map_err(|e| refuse(e.to_string()))?,
+    };
     let found = record::hex(&rec.layer().0);
     if found != hex {
         return Err(refuse(format!(
@@ -521,7 +536,11 @@ impl Overlay {
                     },
                 )
             };
-            let accept = |n: &Node| n.state.read().real == real && !n.is_detached();
+            let accept = |n: &Node| {
+                n.state.read().real == real
+                    && !n.is_detached()
+                    && self.same_in_record(layers[0], n, dir, name)
+            };
             if let Some(node) = self.names.table.lookup_ref(ino, make, accept) {
                 if !node.attr().is_dir() {
                     node.add_name(dir, name); // a hard link seen under another name
@@ -532,6 +551,20 @@ impl Overlay {
             // holds: give this one a number of its own, remembered while the mount lives.
             ino = self.names.renumber(real);
         }
+    }
+
+    /// Under `verify=on`, whether `name` in `dir` may be taken as another name of node `n`
+    /// (a hard link): only when the layer's record gives both the same content, else a name
+    /// made a hard link to another file after conversion would read as that file.
+    fn same_in_record(&self, layer: u16, n: &Node, dir: &Node, name: &[u8]) -> bool {
+        let Some(v) = self.layers[layer as usize].verifier() else {
+            return true;
+        };
+        if n.attr().is_dir() {
+            return true;
+        }
+        let (a, b) = (n.path(), join(&dir.path(), name));
+        a == b || v.same_content(&a, &b)
     }
 
     /// The layers holding `name` under `dir` (top first) and the top entry's stat.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::inode::Node;
-use super::{Ino, Overlay, errno, lookahead};
+use super::{Ino, Overlay, ReadPlan, errno, lookahead};
 use crate::stack::whiteout;
 
 impl Overlay {
@@ -25,6 +25,9 @@ impl Overlay {
             libc::S_IFREG => {
                 let layer = self.top_layer(node);
                 let fd = layer.open_read(&node.path())?;
+                if self.verifying && self.is_lower(node.top()) {
+                    self.plan_reads(node, &fd)?;
+                }
                 if let Some(t) = self.tally() {
                     t.file_opened(layer.index);
                 }
@@ -85,7 +88,8 @@ impl Overlay {
     }
 
     /// Read file `ino` through `fd` (from [`Overlay::open_file`] or the cache): under
-    /// `verify=on` the blocks a lower file's read comes from are checked first.
+    /// `verify=on` a lower file's read is checked against the record entry of the name it
+    /// was opened by (see [`Overlay::plan_reads`]), whatever file `fd` is now.
     pub fn read_file(
         &self,
         ino: Ino,
@@ -96,45 +100,56 @@ impl Overlay {
         if !self.verifying {
             return Self::read_at(fd, buf, offset);
         }
-        if let Some(plan) = self.read_plans.get(&ino).map(|p| p.clone()) {
-            return match plan {
-                None => Self::read_at(fd, buf, offset),
-                Some((l, entry, rel)) => {
-                    self.layers[l as usize].read_planned(entry, &rel, fd, buf, offset)
-                }
-            };
+        let st = rustix::fs::fstat(fd)?;
+        let plan = self.read_plans.get(&ino).map(|p| p.clone());
+        let planned = |p: &ReadPlan, buf: &mut [u8]| {
+            self.layers[p.layer as usize].read_planned(p.entry, &p.rel, fd, buf, offset)
+        };
+        if let Some(p) = plan.as_ref().filter(|p| p.file == (st.st_dev, st.st_ino)) {
+            return planned(p, buf);
         }
         let node = self.node(ino)?;
-        let layers = node.state.read().layers.clone();
-        let mut from = layers[0];
-        if !self.is_lower(from) {
-            // The writable layer's copy, unless `fd` was opened on the lower copy before a
-            // copy-up (it keeps reading that one, as on kernel overlayfs).
-            let Some(&below) = layers.get(1) else {
-                return Self::read_at(fd, buf, offset);
-            };
-            let st = rustix::fs::fstat(fd)?;
-            let up = self.layers[0].stat(&node.path())?;
-            if up.is_some_and(|u| (u.st_dev, u.st_ino) == (st.st_dev, st.st_ino)) {
-                return Self::read_at(fd, buf, offset);
-            }
-            from = below;
+        let top = node.top();
+        if self.is_lower(top) {
+            let p = self.plan_reads(&node, fd)?;
+            return planned(&p, buf);
         }
-        let rel = node.path();
-        let layer = &self.layers[from as usize];
-        let plan = layer
-            .read_plan(&rel)?
-            .map(|entry| (from, entry, Arc::<[u8]>::from(rel.as_slice())));
-        if from == layers[0] {
-            // A lower file still on top: the plan holds until the node is forgotten.
-            self.read_plans.insert(ino, plan.clone());
+        // The writable layer's copy …
+        let up = self.layers[0].stat(&node.path())?;
+        if up.is_some_and(|u| (u.st_dev, u.st_ino) == (st.st_dev, st.st_ino)) {
+            return Self::read_at(fd, buf, offset);
         }
+        // … or a descriptor of the lower file, opened before the copy-up (it keeps reading
+        // that one, as on kernel overlayfs): checked as it was planned when opened.
         match plan {
-            None => Self::read_at(fd, buf, offset),
-            Some((l, entry, rel)) => {
-                self.layers[l as usize].read_planned(entry, &rel, fd, buf, offset)
+            Some(p) => planned(&p, buf),
+            None => {
+                tracing::error!(
+                    ino,
+                    "verify: a read through a descriptor of no known file: refused"
+                );
+                Err(errno(libc::EIO))
             }
         }
+    }
+
+    /// Under `verify=on`, note how reads of the lower file `node` opened as `fd` are checked:
+    /// against the record entry of its name now, in its top layer.
+    pub(crate) fn plan_reads(&self, node: &Node, fd: &OwnedFd) -> io::Result<ReadPlan> {
+        let top = node.top();
+        let rel = node.path();
+        let st = rustix::fs::fstat(fd)?;
+        let entry = self.layers[top as usize]
+            .read_plan(&rel)?
+            .unwrap_or(u32::MAX);
+        let p = ReadPlan {
+            layer: top,
+            entry,
+            rel: Arc::from(rel.as_slice()),
+            file: (st.st_dev, st.st_ino),
+        };
+        self.read_plans.insert(node.ino, p.clone());
+        Ok(p)
     }
 
     /// Whether the kernel may read `node`'s open file straight from its layer (passthrough):

@@ -130,6 +130,16 @@ pub fn detect(
     if fqrn.is_empty() {
         return None;
     }
+    // Only a FUSE filesystem can be the client: on a local disk anyone who can write the layer
+    // could set `user.fqrn` (and `user.hash`, which verification trusts on a client).
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    // f_type's width differs between platforms.
+    #[allow(clippy::unnecessary_cast)]
+    let fs_type = rustix::fs::fstatfs(root).map(|s| s.f_type as i64);
+    if fs_type != Ok(FUSE_SUPER_MAGIC) {
+        tracing::warn!(layer = %layer_path.display(), "user.fqrn on a filesystem that is not FUSE: not a CernVM-FS client");
+        return None;
+    }
     Some(Client {
         claimed: claimed_owner(root, root_owner).ok().flatten(),
         ino_seed: fnv(

@@ -227,13 +227,13 @@ impl Layer {
         self.open_data(rel, OFlags::RDONLY)
     }
 
-    /// Open a regular file for reading, every byte of it checked (a copy-up copies it all).
-    pub fn open_read_all(&self, rel: &RelPath) -> io::Result<OwnedFd> {
-        let fd = self.open_data(rel, OFlags::RDONLY)?;
-        if let Some(v) = &self.verifier {
-            v.check_all(rel, &fd, self.cvmfs.is_some())?;
+    /// Under `verify=on`, check the copy a copy-up made of `rel` against the record (the
+    /// copy, not the layer's file, which could change between a check and the copy).
+    pub fn check_copy(&self, rel: &RelPath, copy: &OwnedFd) -> io::Result<()> {
+        match &self.verifier {
+            Some(v) => v.check_copy(rel, copy),
+            None => Ok(()),
         }
-        Ok(fd)
     }
 
     /// Read from `fd` (opened by [`Layer::open_read`] for `rel`) at `offset` until `buf`
@@ -251,11 +251,11 @@ impl Layer {
         }
     }
 
-    /// How reads of `rel` are to be checked, found once per file: `None`, not as they come
-    /// (no verifier, or checked whole at open); else its record entry.
+    /// The record entry reads of the file `rel` are checked against, found once per file;
+    /// `None` without a verifier.
     pub fn read_plan(&self, rel: &RelPath) -> io::Result<Option<u32>> {
         match &self.verifier {
-            Some(v) => v.block_entry(rel),
+            Some(v) => v.entry_index(rel).map(Some),
             None => Ok(None),
         }
     }
@@ -318,6 +318,10 @@ impl Layer {
             // getdents does not carry rdev (and some filesystems give no type): stat those.
             if kind == 0 || kind == libc::S_IFCHR {
                 let st = rustix::fs::statat(dir.fd()?, ent.file_name(), AtFlags::SYMLINK_NOFOLLOW)?;
+                if let Some(v) = &self.verifier {
+                    // A device's number decides whether it is a whiteout: check it here.
+                    v.check_stat(&join(rel, name), Some(&st))?;
+                }
                 kind = st.st_mode & libc::S_IFMT;
                 char_whiteout = whiteout::is_char_whiteout(st.st_mode, st.st_rdev);
             }

@@ -347,11 +347,17 @@ impl Record {
         Ok(rec)
     }
 
-    /// Every entry's references point inside the record, and a directory's children come
-    /// after it (so no walk can loop).
+    /// Every entry's references point inside the record; the entries are laid out breadth
+    /// first, each directory's children right after the previous directory's (so every entry
+    /// but the root has one parent, and no walk can loop or revisit); a file's block list
+    /// matches its size.
     fn check_entries(&self) -> Result<(), &'static str> {
         let nstr = (self.digests - self.strings) as u64;
         let nhash = ((self.bytes().len() - self.digests) / 32) as u64;
+        if self.root().kind() != libc::S_IFDIR {
+            return Err("a root that is not a directory");
+        }
+        let mut next = 1u64;
         for index in 0..self.entries {
             let e = Entry { rec: self, index };
             let (f0, f4) = (e.field(0) as u64, e.field(4) as u64);
@@ -361,19 +367,33 @@ impl Record {
                 return Err("a name or xattr outside the record");
             }
             match e.kind() {
-                libc::S_IFDIR
-                    if f24 > 0 && (f20 <= index as u64 || f20 + f24 > self.entries as u64) =>
-                {
-                    return Err("a directory's entries outside the record");
+                libc::S_IFDIR => {
+                    if f20 != next || f20 + f24 > self.entries as u64 {
+                        return Err("a directory's entries out of place");
+                    }
+                    next += f24;
                 }
                 libc::S_IFLNK if f20 + f24 > nstr => {
                     return Err("a link target outside the record");
                 }
-                libc::S_IFREG if f20 + f24.max(1) > nhash => {
-                    return Err("a digest outside the record");
+                libc::S_IFREG => {
+                    if f20 + f24.max(1) > nhash {
+                        return Err("a digest outside the record");
+                    }
+                    let size = e.size();
+                    let fits = match f24 {
+                        0 => size <= BLOCK,
+                        n => size > BLOCK && n == size.div_ceil(BLOCK),
+                    };
+                    if !fits {
+                        return Err("a file's blocks do not match its size");
+                    }
                 }
                 _ => {}
             }
+        }
+        if next != self.entries as u64 {
+            return Err("entries no directory holds");
         }
         Ok(())
     }
@@ -772,6 +792,35 @@ mod tests {
         let mut bad = bytes.clone();
         // The root's child range pointing past the end.
         bad[HEADER + 24..HEADER + 28].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(Record::from_vec(bad, Path::new("r")).is_err());
+    }
+
+    /// Records made to hang or crash a reader: children ranges that overlap (a walk would
+    /// visit entries again and again), a block list that does not match the file's size (a
+    /// read would ask for a block the record lacks).
+    #[test]
+    fn records_that_would_hang_or_crash_a_reader_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::write(d.path().join("a/b/f"), vec![1u8; BLOCK as usize * 3]).unwrap();
+        let bytes = build(d.path(), &|_, _| None, ([0; 32], [0; 32])).unwrap();
+        let rec = Record::from_vec(bytes.clone(), Path::new("r")).unwrap();
+        let at = |i: u32| HEADER + i as usize * ENTRY;
+        let (a, f) = (
+            rec.lookup(b"a").unwrap().index,
+            rec.lookup(b"a/b/f").unwrap().index,
+        );
+        // "a" listing itself and everything after it.
+        let mut bad = bytes.clone();
+        bad[at(a) + 20..at(a) + 24].copy_from_slice(&a.to_le_bytes());
+        assert!(Record::from_vec(bad, Path::new("r")).is_err());
+        // Two blocks for a file of three.
+        let mut bad = bytes.clone();
+        bad[at(f) + 24..at(f) + 28].copy_from_slice(&2u32.to_le_bytes());
+        assert!(Record::from_vec(bad, Path::new("r")).is_err());
+        // A size far beyond its blocks.
+        let mut bad = bytes;
+        bad[at(f) + 40..at(f) + 48].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(Record::from_vec(bad, Path::new("r")).is_err());
     }
 

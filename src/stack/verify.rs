@@ -39,10 +39,41 @@ pub enum Mismatch {
     Changing { path: String },
 }
 
+/// What a file is, as far as this process remembers checks: one fstat of the descriptor a
+/// read comes through. Another file (a rename over it), or a change to its content (size,
+/// mtime, ctime), is another `Quick`, and its checks start again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quick([i64; 7]);
+
+impl Quick {
+    pub fn of(fd: &OwnedFd) -> io::Result<Quick> {
+        let st = rustix::fs::fstat(fd)?;
+        Ok(Quick([
+            st.st_dev as i64,
+            st.st_ino as i64,
+            st.st_size,
+            st.st_mtime,
+            st.st_mtime_nsec as i64,
+            st.st_ctime,
+            st.st_ctime_nsec as i64,
+        ]))
+    }
+}
+
 /// The per-file state of a big file: which blocks were checked, for which file.
 struct Blocks {
+    quick: Quick,
     id: Identity,
     done: Box<[AtomicU64]>,
+}
+
+/// What a check of one block found.
+struct Checked {
+    /// The block was read into the scratch buffer and hashed (else: known from the node's
+    /// table, nothing read).
+    hashed: bool,
+    /// The file had not changed for a while: the check may be remembered.
+    remember: bool,
 }
 
 pub struct Verifier {
@@ -54,7 +85,7 @@ pub struct Verifier {
     check_owner: bool,
     cache: Option<Arc<VerifiedCache>>,
     /// Whole files checked, by record entry: the file they were checked as.
-    whole: DashMap<u32, Identity>,
+    whole: DashMap<u32, Quick>,
     blocks: DashMap<u32, Arc<Blocks>>,
     /// Who counts refusals and bytes hashed (a mount's metrics), once set.
     counter: std::sync::OnceLock<Counter>,
@@ -279,33 +310,58 @@ impl Verifier {
         if e.kind() != libc::S_IFREG {
             return Ok(());
         }
-        let (id, _) = Identity::of(fd, cvmfs)?;
+        let q = Quick::of(fd)?;
         if e.by_blocks() {
-            let fresh = self.blocks.get(&e.index).is_none_or(|b| b.id != id);
-            if fresh {
-                let n = e.size().div_ceil(record::BLOCK).div_ceil(64) as usize;
-                let done = (0..n).map(|_| AtomicU64::new(0)).collect();
-                self.blocks.insert(e.index, Arc::new(Blocks { id, done }));
-            }
+            return self.state_for(&e, fd, q, cvmfs).map(|_| ());
+        }
+        if self.whole.get(&e.index).is_some_and(|d| *d == q) {
             return Ok(());
         }
-        if self.whole.get(&e.index).is_some_and(|d| *d == id) {
-            return Ok(());
-        }
-        self.check_block(rel, &e, fd, 0, cvmfs, None).map(|_| ())
+        self.check_block(rel, &e, fd, 0, cvmfs, None, q).map(|_| ())
     }
 
-    /// Check every block of a file (a copy-up copies them all).
-    pub fn check_all(&self, rel: &[u8], fd: &OwnedFd, cvmfs: bool) -> io::Result<()> {
-        self.check_open(rel, fd, cvmfs)?;
+    /// The block state of the big file at entry `e` for the file `fd` is (`q`): kept while
+    /// it is the same file, made afresh otherwise.
+    fn state_for(
+        &self,
+        e: &Entry<'_>,
+        fd: &OwnedFd,
+        q: Quick,
+        cvmfs: bool,
+    ) -> io::Result<Arc<Blocks>> {
+        if let Some(b) = self.blocks.get(&e.index).filter(|b| b.quick == q) {
+            return Ok(Arc::clone(&b));
+        }
+        let (id, _) = Identity::of(fd, cvmfs)?;
+        let n = e.size().div_ceil(record::BLOCK).div_ceil(64) as usize;
+        let done = (0..n).map(|_| AtomicU64::new(0)).collect();
+        let b = Arc::new(Blocks { quick: q, id, done });
+        self.blocks.insert(e.index, Arc::clone(&b));
+        Ok(b)
+    }
+
+    /// Check a copy (a copy-up's, in the writable layer) of the file at `rel` whole: what
+    /// was copied is what the record holds, whatever happened to the layer's file meanwhile.
+    pub fn check_copy(&self, rel: &[u8], copy: &OwnedFd) -> io::Result<()> {
         let e = self.entry(rel)?;
-        if e.by_blocks() {
-            let mut sink = vec![0u8; record::BLOCK as usize];
-            let mut off = 0;
-            while off < e.size() {
-                self.read(rel, fd, &mut sink, off, cvmfs)?;
-                off += record::BLOCK;
-            }
+        let want = e.digest().ok_or_else(|| {
+            self.differs(rel, "type", mode_str(e.kind()), mode_str(libc::S_IFREG))
+        })?;
+        // The copy's own magic link, opened anew for reading (it was made write-only).
+        let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(copy));
+        let f = rustix::fs::open(
+            p.as_str(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let found = record::digest_of(std::fs::File::from(f))?;
+        self.count(0, e.size());
+        if found != want {
+            let hex = |d: &record::FileDigest| match d {
+                record::FileDigest::Whole(h) => record::hex(h),
+                record::FileDigest::Blocks(b) => format!("{} blocks", b.len()),
+            };
+            return Err(self.differs(rel, "content (copy-up)", hex(&want), hex(&found)));
         }
         Ok(())
     }
@@ -329,15 +385,22 @@ impl Verifier {
         self.read_entry(e.index, rel, fd, buf, offset, cvmfs)
     }
 
-    /// The record's entry of `rel`, for [`Verifier::read_entry`]; `None`: a file checked
-    /// whole at open, nothing left to check as it is read.
-    pub fn block_entry(&self, rel: &[u8]) -> io::Result<Option<u32>> {
-        let e = self.entry(rel)?;
-        Ok(e.by_blocks().then_some(e.index))
+    /// Whether the record gives the files `a` and `b` the same content (hard links).
+    pub fn same_content(&self, a: &[u8], b: &[u8]) -> bool {
+        match (self.record.lookup(a), self.record.lookup(b)) {
+            (Some(x), Some(y)) => x.digest().is_some() && x.digest() == y.digest(),
+            _ => false,
+        }
+    }
+
+    /// The record's entry of the file `rel`, for [`Verifier::read_entry`].
+    pub fn entry_index(&self, rel: &[u8]) -> io::Result<u32> {
+        Ok(self.entry(rel)?.index)
     }
 
     /// [`Verifier::read`] of the file at record entry `index` (found once per file, not per
-    /// read); `rel` is its path, for messages.
+    /// read); `rel` is its path, for messages. Whatever file `fd` is now is what is checked:
+    /// a check is remembered for a file (see [`Quick`]), not for a name.
     pub fn read_entry(
         &self,
         index: u32,
@@ -347,19 +410,30 @@ impl Verifier {
         offset: u64,
         cvmfs: bool,
     ) -> io::Result<usize> {
-        let Some(e) = self.record.entry(index) else {
+        let Some(e) = self
+            .record
+            .entry(index)
+            .filter(|e| e.kind() == libc::S_IFREG)
+        else {
             return Err(self.refuse(Mismatch::Added { path: shown(rel) }));
         };
+        let q = Quick::of(fd)?;
         if !e.by_blocks() {
-            return read_at(fd, buf, offset);
-        }
-        let state = match self.blocks.get(&e.index) {
-            Some(b) => Arc::clone(&b),
-            None => {
-                self.check_open(rel, fd, cvmfs)?;
-                Arc::clone(&self.blocks.get(&e.index).expect("just made"))
+            if self.whole.get(&e.index).is_some_and(|d| *d == q) {
+                return read_at(fd, buf, offset);
             }
-        };
+            let mut scratch = Vec::new();
+            let c = self.check_block(rel, &e, fd, 0, cvmfs, Some(&mut scratch), q)?;
+            if !c.hashed {
+                return read_at(fd, buf, offset);
+            }
+            // The bytes hashed are the bytes served.
+            let from = (offset as usize).min(scratch.len());
+            let n = buf.len().min(scratch.len() - from);
+            buf[..n].copy_from_slice(&scratch[from..from + n]);
+            return Ok(n);
+        }
+        let state = self.state_for(&e, fd, q, cvmfs)?;
         let end = (offset + buf.len() as u64).min(e.size());
         let mut done = 0usize;
         let mut pos = offset;
@@ -380,15 +454,20 @@ impl Verifier {
                 scratch.resize((bend - bstart) as usize, 0);
                 let key = state.id.key(b, &e.block(b).expect("block in range"));
                 // Checked before as this file (the one it was when opened): no need to hash.
-                let known = self.cache.as_ref().is_some_and(|c| c.contains(&key));
-                let hashed =
-                    !known && self.check_block(rel, &e, fd, b, cvmfs, Some(&mut scratch))?;
-                state.done[word].fetch_or(bit, Ordering::Release);
-                if hashed {
+                let c = match self.cache.as_ref().is_some_and(|c| c.contains(&key)) {
+                    true => Checked {
+                        hashed: false,
+                        remember: true,
+                    },
+                    false => self.check_block(rel, &e, fd, b, cvmfs, Some(&mut scratch), q)?,
+                };
+                if c.remember {
+                    state.done[word].fetch_or(bit, Ordering::Release);
+                }
+                if c.hashed {
                     let from = (pos - bstart) as usize;
                     buf[done..done + take].copy_from_slice(&scratch[from..from + take]);
                 } else {
-                    // Checked before, as this very file: read it as any checked block.
                     let n = read_at(fd, &mut buf[done..done + take], pos)?;
                     if n < take {
                         done += n;
@@ -405,7 +484,8 @@ impl Verifier {
     /// Check block `b` of entry `e` (block 0 of a whole file: all of it) against the record,
     /// reading it into `scratch` when given (else into a buffer of our own). On the node's
     /// cache, a block checked before for the same file and digest is taken as checked.
-    /// Returns whether the block was read (into `scratch`, when given) and hashed.
+    /// `q`: the file `fd` is, remembered with a whole file's check.
+    #[allow(clippy::too_many_arguments)]
     fn check_block(
         &self,
         rel: &[u8],
@@ -414,17 +494,23 @@ impl Verifier {
         b: u64,
         cvmfs: bool,
         scratch: Option<&mut Vec<u8>>,
-    ) -> io::Result<bool> {
-        let want = e.block(b).expect("block in range");
+        q: Quick,
+    ) -> io::Result<Checked> {
+        let Some(want) = e.block(b) else {
+            return Err(self.differs(rel, "size", e.size().to_string(), "more blocks".into()));
+        };
         let (id, racy) = Identity::of(fd, cvmfs)?;
         let key = id.key(b, &want);
         let whole = !e.by_blocks();
         if let Some(c) = &self.cache {
             if c.contains(&key) {
                 if whole {
-                    self.whole.insert(e.index, id);
+                    self.whole.insert(e.index, q);
                 }
-                return Ok(false);
+                return Ok(Checked {
+                    hashed: false,
+                    remember: true,
+                });
             }
         }
         let start = b * record::BLOCK;
@@ -454,10 +540,13 @@ impl Verifier {
                 c.insert(&key);
             }
             if whole {
-                self.whole.insert(e.index, id);
+                self.whole.insert(e.index, q);
             }
         }
-        Ok(true)
+        Ok(Checked {
+            hashed: true,
+            remember: !racy,
+        })
     }
 }
 
