@@ -103,7 +103,7 @@ impl Overlay {
         let st = rustix::fs::fstat(fd)?;
         let plan = self.read_plans.get(&ino).map(|p| p.clone());
         let planned = |p: &ReadPlan, buf: &mut [u8]| {
-            self.layers[p.layer as usize].read_planned(p.entry, &p.rel, fd, buf, offset)
+            self.layers[p.layer as usize].read_planned(p.entry, &p.rel, (fd, &st), buf, offset)
         };
         if let Some(p) = plan.as_ref().filter(|p| p.file == (st.st_dev, st.st_ino)) {
             return planned(p, buf);

@@ -260,17 +260,21 @@ impl Layer {
         }
     }
 
-    /// [`Layer::read`] by a plan from [`Layer::read_plan`].
+    /// [`Layer::read`] by a plan from [`Layer::read_plan`]; `st`: an fstat of `fd`, made
+    /// by the caller.
     pub fn read_planned(
         &self,
         entry: u32,
         rel: &RelPath,
-        fd: &OwnedFd,
+        (fd, st): (&OwnedFd, &Stat),
         buf: &mut [u8],
         offset: u64,
     ) -> io::Result<usize> {
         match &self.verifier {
-            Some(v) => v.read_entry(entry, rel, fd, buf, offset, self.cvmfs.is_some()),
+            Some(v) => {
+                let q = super::verify::Quick::from_stat(st);
+                v.read_entry(entry, rel, (fd, q), buf, offset, self.cvmfs.is_some())
+            }
             None => read_at(fd, buf, offset),
         }
     }

@@ -47,8 +47,12 @@ pub struct Quick([i64; 7]);
 
 impl Quick {
     pub fn of(fd: &OwnedFd) -> io::Result<Quick> {
-        let st = rustix::fs::fstat(fd)?;
-        Ok(Quick([
+        Ok(Quick::from_stat(&rustix::fs::fstat(fd)?))
+    }
+
+    /// The same, from an fstat the caller made of the descriptor.
+    pub fn from_stat(st: &Stat) -> Quick {
+        Quick([
             st.st_dev as i64,
             st.st_ino as i64,
             st.st_size,
@@ -56,7 +60,7 @@ impl Quick {
             st.st_mtime_nsec as i64,
             st.st_ctime,
             st.st_ctime_nsec as i64,
-        ]))
+        ])
     }
 }
 
@@ -382,7 +386,8 @@ impl Verifier {
         cvmfs: bool,
     ) -> io::Result<usize> {
         let e = self.entry(rel)?;
-        self.read_entry(e.index, rel, fd, buf, offset, cvmfs)
+        let q = Quick::of(fd)?;
+        self.read_entry(e.index, rel, (fd, q), buf, offset, cvmfs)
     }
 
     /// Whether the record gives the files `a` and `b` the same content (hard links).
@@ -401,11 +406,12 @@ impl Verifier {
     /// [`Verifier::read`] of the file at record entry `index` (found once per file, not per
     /// read); `rel` is its path, for messages. Whatever file `fd` is now is what is checked:
     /// a check is remembered for a file (see [`Quick`]), not for a name.
+    /// `(fd, q)`: the descriptor and what file it is now ([`Quick::from_stat`] of its fstat).
     pub fn read_entry(
         &self,
         index: u32,
         rel: &[u8],
-        fd: &OwnedFd,
+        (fd, q): (&OwnedFd, Quick),
         buf: &mut [u8],
         offset: u64,
         cvmfs: bool,
@@ -417,7 +423,7 @@ impl Verifier {
         else {
             return Err(self.refuse(Mismatch::Added { path: shown(rel) }));
         };
-        let q = Quick::of(fd)?;
+
         if !e.by_blocks() {
             if self.whole.get(&e.index).is_some_and(|d| *d == q) {
                 return read_at(fd, buf, offset);
