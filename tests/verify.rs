@@ -493,7 +493,34 @@ fn signed_records_are_checked_against_the_trusted_keys() {
     };
     let layer = app.display().to_string();
     let untrusted = [layer.as_str(), "not signed by a trusted key"];
-    refused(&["--trust", &b_pub], &untrusted);
+    // Another key: the manifest, checked first, is not signed by it.
+    refused(
+        &["--trust", &b_pub],
+        &["manifest", "not signed by a trusted key"],
+    );
+    // Which layers make the image is signed too: a changed manifest is refused, and so is a
+    // layer directory that is a symlink to another (signed) layer.
+    let manifest = repo.join(".metadata/example.org/v/app:v1/manifest.json");
+    let saved = std::fs::read(&manifest).unwrap();
+    let mut changed = saved.clone();
+    changed.push(b'\n');
+    std::fs::write(&manifest, &changed).unwrap();
+    refused(
+        &["--trust", &a_pub],
+        &["manifest", "not signed by a trusted key"],
+    );
+    std::fs::write(&manifest, &saved).unwrap();
+    let app_dir = app.parent().unwrap().to_path_buf();
+    let base_dir = layer_with(&repo, "bin/busybox")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let aside = app_dir.with_extension("aside");
+    std::fs::rename(&app_dir, &aside).unwrap();
+    std::os::unix::fs::symlink(&base_dir, &app_dir).unwrap();
+    refused(&["--trust", &a_pub], &["not of this one"]);
+    std::fs::remove_file(&app_dir).unwrap();
+    std::fs::rename(&aside, &app_dir).unwrap();
     // A record changed after it was signed (its last digest).
     let record = meta.join("record");
     let mut bytes = std::fs::read(&record).unwrap();

@@ -564,6 +564,25 @@ fn run_images(ImagesArgs { repo }: ImagesArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// With keys to trust, which layers make the image is what a trusted key signed: the
+/// manifest's signature is checked and the layers are taken from the bytes checked.
+fn trusted_manifest(
+    repo: &Repo,
+    name: &str,
+    bytes: &[u8],
+    keys: &[PathBuf],
+) -> Result<crate::image::manifest::Manifest, Error> {
+    let keys = crate::stack::trust::TrustedKeys::load(keys)
+        .map_err(|e| Error::Usage(format!("option verify_trust: {e}")))?;
+    let refuse = |reason: String| ImageError::Repo {
+        path: repo.root.clone(),
+        reason: format!("image {name}: {reason}"),
+    };
+    keys.check_manifest(bytes, &repo.manifest_sig_at(name))
+        .map_err(|e| refuse(format!("manifest {e}")))?;
+    Ok(serde_json::from_slice(bytes).map_err(|e| refuse(format!("manifest: {e}")))?)
+}
+
 fn run_mount(
     MountArgs {
         repo,
@@ -580,10 +599,18 @@ fn run_mount(
     }: MountArgs,
 ) -> Result<(), Error> {
     let usage = |why: &str| Error::Usage(format!("stratafs mount: {why}"));
+    let mut opts = MountOptions::parse_extra(&options)?;
+    if !trust.is_empty() {
+        opts.verify = true;
+        opts.verify_trust.extend(trust);
+    }
     let (dirs, what, mountpoint, trace) = match (&repo, &thin, paths.as_slice()) {
         (Some(repo), None, [image, mnt]) => {
             let repo = Repo::read(repo)?;
-            let (img, _) = repo.find_image(image)?;
+            let (mut img, bytes) = repo.find_image(image)?;
+            if !opts.verify_trust.is_empty() {
+                img.manifest = trusted_manifest(&repo, &img.name, &bytes, &opts.verify_trust)?;
+            }
             let trace =
                 crate::image::trace::find_for_config(&repo, img.manifest.config.digest.hex());
             let mut dirs = Vec::new();
@@ -609,11 +636,6 @@ fn run_mount(
         (None, Some(_), _) => return Err(usage("with --thin give only MOUNTPOINT")),
         _ => return Err(usage("give --repo DIR IMAGE or --thin FILE")),
     };
-    let mut opts = MountOptions::parse_extra(&options)?;
-    if !trust.is_empty() {
-        opts.verify = true;
-        opts.verify_trust.extend(trust);
-    }
     opts.upperdir = upper;
     opts.workdir = work;
     if access_log.is_some() {

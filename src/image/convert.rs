@@ -196,7 +196,14 @@ fn convert_one(
     };
     let flat_record = layout::flat_record_file(&repo.root, cfg.hex());
     let flat_ok = repo.has_flat(cfg) && (!opts.repair || record_ok(&flat_record, sign));
-    let complete = flat_ok && layers.iter().all(|l| present(&l.digest));
+    // With --sign, an image whose manifest that key did not sign is converted again (its
+    // layers and flat root are kept if they are in order).
+    let manifest_ok = sign.is_none_or(|k| {
+        crate::stack::trust::TrustedKeys::from_raw(vec![k.public()])
+            .check_manifest(&r.manifest_bytes, &repo.manifest_sig_file(&r.name))
+            .is_ok()
+    });
+    let complete = flat_ok && manifest_ok && layers.iter().all(|l| present(&l.digest));
     if same_image && complete {
         repo.link(&r.name, cfg)?;
         if repo.config_of(&r.name.metadata_path()).is_none() {
@@ -304,6 +311,12 @@ fn convert_one(
     repo.link(&r.name, cfg)?;
     repo.write_config(&r.name, &r.config_bytes)?;
     repo.write_manifest(&r.name, &r.manifest_bytes)?;
+    if let Some(key) = &opts.sign {
+        crate::image::repo::write_atomic(
+            &repo.manifest_sig_file(&r.name),
+            key.sign_manifest(&r.manifest_bytes).as_bytes(),
+        )?;
+    }
     summary.layers_fetched += unique.len();
     summary.layers_reused += layers.len() - unique.len();
     info!(image, config = %cfg, status, "done");

@@ -297,6 +297,16 @@ impl Repo {
         self.manifest_file(&name.metadata_path())
     }
 
+    /// Where the signatures of `name`'s manifest are (`convert --sign`).
+    pub fn manifest_sig_file(&self, name: &ImageName) -> PathBuf {
+        crate::stack::layout::sig_of(&self.manifest_path(name))
+    }
+
+    /// The same, for an image as [`Repo::images`] names it (its path under `.metadata/`).
+    pub fn manifest_sig_at(&self, metadata_path: &str) -> PathBuf {
+        crate::stack::layout::sig_of(&self.manifest_file(metadata_path))
+    }
+
     /// The manifest recorded for `name`, if it was converted.
     pub fn manifest_of(&self, name: &ImageName) -> Option<Vec<u8>> {
         fs::read(self.manifest_path(name)).ok()

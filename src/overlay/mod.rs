@@ -182,7 +182,10 @@ fn verifier_of(
         layer: real.clone(),
         reason,
     };
-    let (file, hex) = layout::record_for(&real)
+    // The name the layer was given by decides which layer it must be (a symlinked layer
+    // directory does not make another layer this one); a descriptor's path, by what it is.
+    let (file, hex) = layout::record_for(&l.path)
+        .or_else(|| layout::record_for(&real))
         .ok_or_else(|| refuse("not a repository's layer or flat root: no record".into()))?;
     if !file.exists() {
         return Err(refuse(format!(

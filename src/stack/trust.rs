@@ -26,11 +26,20 @@ fn message(record: &Record) -> Vec<u8> {
     m
 }
 
+/// What is signed for an image: a context of its own, then the manifest's SHA-256 (which
+/// names the config and every layer by digest).
+fn manifest_message(manifest: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut m = b"stratafs image manifest v1\n".to_vec();
+    m.extend_from_slice(&sha2::Sha256::digest(manifest));
+    m
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     #[error("{path}: {why}")]
     Key { path: PathBuf, why: String },
-    #[error("{path}: no signature (convert --sign signs records)")]
+    #[error("{path}: no signature (convert --sign signs them)")]
     Unsigned { path: PathBuf },
     #[error("{path}: not signed by a trusted key")]
     Untrusted { path: PathBuf },
@@ -80,7 +89,16 @@ impl SigningKey {
 
     /// The signature file's line for `record`.
     pub fn sign(&self, record: &Record) -> String {
-        let sig = self.0.sign(&message(record));
+        self.sign_message(&message(record))
+    }
+
+    /// The signature file's line for an image's manifest: which layers make the image.
+    pub fn sign_manifest(&self, manifest: &[u8]) -> String {
+        self.sign_message(&manifest_message(manifest))
+    }
+
+    fn sign_message(&self, msg: &[u8]) -> String {
+        let sig = self.0.sign(msg);
         format!(
             "ed25519 {}\n",
             base64::engine::general_purpose::STANDARD.encode(sig.as_ref())
@@ -131,6 +149,15 @@ impl TrustedKeys {
     /// Check `record` against the signature file `sig`: one of its lines must be a signature
     /// by one of the keys.
     pub fn check(&self, record: &Record, sig: &Path) -> Result<(), TrustError> {
+        self.check_message(&message(record), sig)
+    }
+
+    /// Check an image's manifest against its signature file `sig`.
+    pub fn check_manifest(&self, manifest: &[u8], sig: &Path) -> Result<(), TrustError> {
+        self.check_message(&manifest_message(manifest), sig)
+    }
+
+    fn check_message(&self, msg: &[u8], sig: &Path) -> Result<(), TrustError> {
         let text = match std::fs::read_to_string(sig) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -143,7 +170,6 @@ impl TrustedKeys {
                 });
             }
         };
-        let msg = message(record);
         let sigs = text
             .lines()
             .filter_map(|l| l.strip_prefix("ed25519 "))
@@ -156,7 +182,7 @@ impl TrustedKeys {
             if self
                 .0
                 .iter()
-                .any(|k| UnparsedPublicKey::new(&ED25519, k).verify(&msg, &s).is_ok())
+                .any(|k| UnparsedPublicKey::new(&ED25519, k).verify(msg, &s).is_ok())
             {
                 return Ok(());
             }
