@@ -408,6 +408,24 @@ fn a_layer_without_a_good_record_is_refused() {
     let read = std::fs::read(mnt.join("byte.txt"));
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
     assert_eq!(read.unwrap(), b"original\n");
+
+    // A layer whose record is in place but whose files were changed is found by --repair
+    // (every byte hashed) and fetched again; so is a flat root that gained a file.
+    flip_byte(&app.join("byte.txt"), 3);
+    let flat = std::fs::canonicalize(repo.join("example.org/v/app:v1")).unwrap();
+    std::fs::write(flat.join("planted"), b"x").unwrap();
+    let out = conv(&tmp.path().join("layout"), "example.org/v/app:v1", true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("does not match its record") && err.contains(&app.display().to_string()),
+        "{err}"
+    );
+    assert!(
+        !flat.join("planted").exists(),
+        "the flat root was not built again: {err}"
+    );
+    assert_eq!(std::fs::read(app.join("byte.txt")).unwrap(), b"original\n");
 }
 
 /// GET /metrics of a mount's endpoint.

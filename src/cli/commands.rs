@@ -108,10 +108,10 @@ pub struct ConvertArgs {
     /// 1024): a layer that inflates beyond it is refused, nothing of it kept.
     #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
     max_layer_size: u64,
-    /// Fetch again the layers of the given images that have no readable record (converted
-    /// before records existed; with --sign: none signed by that key), check their digests,
-    /// and put them in place with one; then name every layer of the repository that still
-    /// has none.
+    /// Check every layer (and flat root) of the given images against its record, every byte
+    /// hashed; fetch again those that differ or have no readable record (converted before
+    /// records existed; with --sign: none signed by that key), check their digests and put
+    /// them in place with one; then name every layer of the repository that still has none.
     #[arg(long)]
     repair: bool,
     /// Sign each layer's record with this Ed25519 private key (PEM, as `openssl genpkey

@@ -190,12 +190,26 @@ fn convert_one(
     // Under --repair a layer without a record (converted before records existed, or whose
     // record went) counts as missing: it is fetched, checked and put in place again.
     let sign = opts.sign.as_deref();
+    // Under --repair, a layer is in order when its record reads (and is signed by --sign's
+    // key) and the layer holds exactly what the record says, every byte hashed.
+    let in_order: HashSet<&crate::image::digest::Digest> = match opts.repair {
+        false => HashSet::new(),
+        true => layers
+            .iter()
+            .map(|l| &l.digest)
+            .filter(|d| {
+                let file = layout::record_file(&repo.layer_dir(d));
+                repo.has_layer(d) && record_ok(&file, sign) && tree_matches(&repo.layerfs(d), &file)
+            })
+            .collect(),
+    };
     let present = |d: &crate::image::digest::Digest| {
-        repo.has_layer(d)
-            && (!opts.repair || record_ok(&layout::record_file(&repo.layer_dir(d)), sign))
+        repo.has_layer(d) && (!opts.repair || in_order.contains(d))
     };
     let flat_record = layout::flat_record_file(&repo.root, cfg.hex());
-    let flat_ok = repo.has_flat(cfg) && (!opts.repair || record_ok(&flat_record, sign));
+    let flat_ok = repo.has_flat(cfg)
+        && (!opts.repair
+            || (record_ok(&flat_record, sign) && tree_matches(&repo.flat_dir(cfg), &flat_record)));
     // With --sign, an image whose manifest that key did not sign is converted again (its
     // layers and flat root are kept if they are in order).
     let manifest_ok = sign.is_none_or(|k| {
@@ -554,6 +568,28 @@ fn write_record(
         crate::image::repo::write_atomic(&layout::record_sig_file(tmp), key.sign(&rec).as_bytes())?;
     }
     crate::image::repo::write_atomic(&file, &bytes)
+}
+
+/// Whether the tree at `dir` holds exactly what the record `file` says (for --repair: the
+/// first difference is logged, naming it).
+fn tree_matches(dir: &Path, file: &Path) -> bool {
+    use crate::stack::{record::Record, verify};
+    let (Ok(rec), Ok(mut layer)) = (Record::open(file), Layer::open(0, dir)) else {
+        return false;
+    };
+    layer.set_verifier(verify::Verifier::new(
+        rec,
+        dir.display().to_string(),
+        true,
+        None,
+    ));
+    match verify::check_whole_layer(&layer) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(layer = %dir.display(), "does not match its record ({e}): fetched again");
+            false
+        }
+    }
 }
 
 /// Whether `file` is a readable record and, with a key to sign with, signed by that key.

@@ -563,3 +563,49 @@ fn xattr_shown(name: &[u8], v: Option<&[u8]>) -> String {
         Some(v) => format!("{n}={}", String::from_utf8_lossy(v)),
     }
 }
+
+/// Check a whole layer against the record its verifier holds, as a mount would see all of it:
+/// every entry's stat, every listing, link target and xattr, every byte of every file. The
+/// first difference is the error (and its log line). For `convert --repair`.
+pub fn check_whole_layer(layer: &super::Layer) -> io::Result<()> {
+    fn walk(l: &super::Layer, rel: &[u8], buf: &mut [u8]) -> io::Result<()> {
+        let names = l.list_xattrs(rel)?;
+        for n in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            l.get_xattr(rel, n)?;
+        }
+        for e in l.read_dir(rel)? {
+            let p = super::join(rel, &e.name);
+            let Some(st) = l.stat(&p)? else {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            };
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => walk(l, &p, buf)?,
+                libc::S_IFLNK => {
+                    l.readlink(&p)?;
+                }
+                libc::S_IFREG => {
+                    let fd = l.open_read(&p)?;
+                    let mut off = 0u64;
+                    loop {
+                        let n = l.read(&p, &fd, buf, off)?;
+                        if n == 0 {
+                            break;
+                        }
+                        off += n as u64;
+                    }
+                }
+                _ => {}
+            }
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                let names = l.list_xattrs(&p)?;
+                for n in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                    l.get_xattr(&p, n)?;
+                }
+            }
+        }
+        Ok(())
+    }
+    layer.stat(b"")?;
+    let mut buf = vec![0u8; record::BLOCK as usize];
+    walk(layer, b"", &mut buf)
+}
