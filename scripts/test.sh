@@ -17,7 +17,7 @@ was=$(cat $uring)
 echo Y > $uring
 STRATAFS_TEST_TRANSPORT=io_uring cargo test --test write_differential --test posix --test atime \
   --test differential --test whiteout_rules --test reads --test readdir --test podman \
-  --test podman_store 2>&1 || { echo "$was" > $uring; exit 1; }
+  --test podman_store --test verify 2>&1 || { echo "$was" > $uring; exit 1; }
 echo "$was" > $uring
 # The unit tests work on temporary directories only: run the same binary as stratafs-test,
 # from a copy it can reach wherever this checkout lives.

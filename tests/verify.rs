@@ -75,6 +75,15 @@ fn flip_byte(p: &Path, at: u64) {
     f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
 }
 
+/// Mount options `o` with the suite's transport (`STRATAFS_TEST_TRANSPORT`) added.
+fn with_transport(o: &str) -> String {
+    std::iter::once(o)
+        .chain(transport_opts())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A foreground mount whose log is kept; unmounted on drop.
 struct Mounted {
     mnt: PathBuf,
@@ -89,7 +98,7 @@ impl Mounted {
             .env("STRATAFS_LOG", "info,stratafs=debug")
             .args(["mount", "-f", "--repo"])
             .arg(repo)
-            .args(["-o", opts, "example.org/v/app:v1"])
+            .args(["-o", &with_transport(opts), "example.org/v/app:v1"])
             .arg(mnt)
             .stderr(err)
             .spawn()
@@ -105,6 +114,7 @@ impl Mounted {
             }
             is_mountpoint(mnt)
         });
+        assert_transport(mnt);
         m
     }
 
@@ -288,9 +298,14 @@ fn changes_to_a_layer_are_caught_and_the_rest_reads() {
             .env("STRATAFS_SYSLOG", &sock_path)
             .args(["mount", "--repo"])
             .arg(&repo)
-            .args(["-o", "verify=on,verify_cache=none", "example.org/v/app:v1"])
+            .args([
+                "-o",
+                &with_transport("verify=on,verify_cache=none"),
+                "example.org/v/app:v1",
+            ])
             .arg(&mnt),
     );
+    assert_transport(&mnt);
     let read = std::fs::read(mnt.join("byte.txt"));
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
     assert_eq!(read.map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
@@ -326,7 +341,7 @@ fn a_layer_without_a_good_record_is_refused() {
         run(Command::new(BIN)
             .args(["mount", "--repo"])
             .arg(&repo)
-            .args(["-o", opts, "example.org/v/app:v1"])
+            .args(["-o", &with_transport(opts), "example.org/v/app:v1"])
             .arg(&mnt))
     };
     let saved = std::fs::read(&record).unwrap();
@@ -482,6 +497,7 @@ fn signed_records_are_checked_against_the_trusted_keys() {
             .args(["mount", "--repo"])
             .arg(&repo)
             .args(args)
+            .args(transport_opts().into_iter().flat_map(|t| ["-o", t]))
             .args(["example.org/v/app:v1"])
             .arg(&mnt));
         let read = std::fs::read_to_string(mnt.join("keep.txt"));
@@ -633,9 +649,14 @@ fn copy_ups_and_passthrough_take_only_checked_content() {
             .arg(&upper)
             .arg("--work")
             .arg(&work)
-            .args(["-o", "verify=on,verify_cache=none", "example.org/v/app:v1"])
+            .args([
+                "-o",
+                &with_transport("verify=on,verify_cache=none"),
+                "example.org/v/app:v1",
+            ])
             .arg(&mnt),
     );
+    assert_transport(&mnt);
     let append = |f: &str| {
         use std::io::Write;
         std::fs::OpenOptions::new()
@@ -654,7 +675,8 @@ fn copy_ups_and_passthrough_take_only_checked_content() {
     );
     assert!(!upper.join("byte.txt").exists() && !upper.join("big.bin").exists());
 
-    // Read-only with passthrough: the small intact file may pass through, the big file's
+    // Read-only with passthrough (over /dev/fuse, whatever the suite's transport: a
+    // passthrough open needs it): the small intact file may pass through, the big file's
     // changed block is still refused.
     run_ok(
         Command::new(BIN)

@@ -548,26 +548,30 @@ fn write_record(
     sign: Option<&crate::stack::trust::SigningKey>,
 ) -> Result<(), ImageError> {
     use crate::stack::record;
-    let raw = |d: &Option<crate::image::digest::Digest>| -> record::Hash {
-        let mut h = [0u8; 32];
-        if let Some(d) = d {
-            for (i, b) in h.iter_mut().enumerate() {
-                *b = u8::from_str_radix(&d.hex()[2 * i..2 * i + 2], 16).unwrap_or(0);
-            }
-        }
-        h
-    };
+    let raw = |d: &Option<crate::image::digest::Digest>| d.as_ref().map_or([0; 32], |d| d.raw());
     let fs = tmp.join(layout::LAYERFS);
     let known = record::by_path(&u.digests);
     let bytes = record::build(&fs, &known, (raw(&u.compressed_digest), raw(&u.diff_id)))
         .map_err(|e| ImageError::io(&fs, io::Error::other(e.to_string())))?;
-    let file = layout::record_file(tmp);
-    if let Some(key) = sign {
-        let rec = record::Record::from_vec(bytes.clone(), &file)
-            .map_err(|e| ImageError::io(&file, io::Error::other(e.to_string())))?;
-        crate::image::repo::write_atomic(&layout::record_sig_file(tmp), key.sign(&rec).as_bytes())?;
+    save_record(&layout::record_file(tmp), &bytes, sign)
+}
+
+/// Write a record built as `bytes` to `file` (its signature first, with a key to sign with),
+/// each by a temporary name and a rename.
+fn save_record(
+    file: &Path,
+    bytes: &[u8],
+    sign: Option<&crate::stack::trust::SigningKey>,
+) -> Result<(), ImageError> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
     }
-    crate::image::repo::write_atomic(&file, &bytes)
+    if let Some(key) = sign {
+        let rec = crate::stack::record::Record::from_vec(bytes.to_vec(), file)
+            .map_err(|e| ImageError::io(file, io::Error::other(e.to_string())))?;
+        crate::image::repo::write_atomic(&layout::sig_of(file), key.sign(&rec).as_bytes())?;
+    }
+    crate::image::repo::write_atomic(file, bytes)
 }
 
 /// Whether the tree at `dir` holds exactly what the record `file` says (for --repair: the
@@ -643,21 +647,9 @@ fn write_flat_record(
         }
     }
     let known = |_: &[u8], st: &rustix::fs::Stat| by_inode.get(&(st.st_dev, st.st_ino)).cloned();
-    let mut cfg_raw = [0u8; 32];
-    for (i, b) in cfg_raw.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&cfg.hex()[2 * i..2 * i + 2], 16).unwrap_or(0);
-    }
-    let bytes = record::build(tmp, &known, (cfg_raw, [0; 32]))
+    let bytes = record::build(tmp, &known, (cfg.raw(), [0; 32]))
         .map_err(|e| ImageError::io(tmp, io::Error::other(e.to_string())))?;
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
-    }
-    if let Some(key) = sign {
-        let rec = Record::from_vec(bytes.clone(), file)
-            .map_err(|e| ImageError::io(file, io::Error::other(e.to_string())))?;
-        crate::image::repo::write_atomic(&layout::sig_of(file), key.sign(&rec).as_bytes())?;
-    }
-    crate::image::repo::write_atomic(file, &bytes)
+    save_record(file, &bytes, sign)
 }
 
 /// Why a hard link to a lower layer's file could not be made.

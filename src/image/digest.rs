@@ -13,6 +13,19 @@ use crate::image::Error as ImageError;
 pub struct Digest(String);
 
 impl Digest {
+    /// The 32 bytes the hex spells (a digest is validated as 64 lowercase hex digits).
+    pub fn raw(&self) -> [u8; 32] {
+        let mut h = [0u8; 32];
+        for (i, b) in h.iter_mut().enumerate() {
+            *b = self
+                .0
+                .get(2 * i..2 * i + 2)
+                .and_then(|x| u8::from_str_radix(x, 16).ok())
+                .unwrap_or(0);
+        }
+        h
+    }
+
     pub fn parse(s: &str) -> Result<Digest, ImageError> {
         let hex = s.strip_prefix("sha256:").ok_or_else(|| {
             ImageError::format(format!("digest '{s}'"), "only sha256:<hex> is supported")

@@ -48,11 +48,6 @@ pub fn record_file(layer_dir: &Path) -> PathBuf {
     layer_dir.join(METADATA).join(RECORD)
 }
 
-/// `<layer dir>/.metadata/record.sig`: signatures of the layer's record.
-pub fn record_sig_file(layer_dir: &Path) -> PathBuf {
-    sig_of(&record_file(layer_dir))
-}
-
 /// The record of the tree at `dir` when it is a layer's files (`.layers/<xx>/<hex>/layerfs`)
 /// or a flat root (`.flat/<xx>/<hex>`), and the digest hex the record must name; `None` when
 /// `dir` is neither by its name.

@@ -142,10 +142,6 @@ impl Verifier {
         }
     }
 
-    pub fn record(&self) -> &Record {
-        &self.record
-    }
-
     /// Log the mismatch and turn it into the EIO the caller gets.
     fn refuse(&self, m: Mismatch) -> io::Error {
         tracing::error!(layer = %self.label, "verification failed: {m}");
