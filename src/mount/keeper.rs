@@ -372,6 +372,30 @@ impl Keeper {
             let mut said = String::new();
             let _ = pipe.read_to_string(&mut said);
             let line = said.lines().next().unwrap_or("").to_string();
+            // The status file before the mount command returns: `stratafs status` right
+            // after a mount must find it.
+            // Only the INIT: the keeper stays small whatever the journal holds.
+            let on_rings = self
+                .journal
+                .saved_init()
+                .and_then(|i| i.negotiated())
+                .is_some_and(|n| n.has(init::OVER_IO_URING));
+            if !first || line == "ok" {
+                let st = Status {
+                    keeper: std::process::id(),
+                    server: child.id(),
+                    restarts,
+                    transport: if on_rings { "io_uring" } else { "dev" }.to_string(),
+                    upper: self.upper.clone(),
+                    mountpoint: self.mountpoint.clone(),
+                    layers: self.labels.clone(),
+                    group: self.group.clone(),
+                    metrics: metrics_addr,
+                };
+                if let Some(p) = &status {
+                    st.write(p);
+                }
+            }
             if first {
                 if line == "ok" {
                     let daemon = ready.is_daemon();
@@ -393,26 +417,6 @@ impl Keeper {
                     return Err(super::Error::Daemon(reason));
                 }
                 first = false;
-            }
-            // Only the INIT: the keeper stays small whatever the journal holds.
-            let on_rings = self
-                .journal
-                .saved_init()
-                .and_then(|i| i.negotiated())
-                .is_some_and(|n| n.has(init::OVER_IO_URING));
-            let st = Status {
-                keeper: std::process::id(),
-                server: child.id(),
-                restarts,
-                transport: if on_rings { "io_uring" } else { "dev" }.to_string(),
-                upper: self.upper.clone(),
-                mountpoint: self.mountpoint.clone(),
-                layers: self.labels.clone(),
-                group: self.group.clone(),
-                metrics: metrics_addr,
-            };
-            if let Some(p) = &status {
-                st.write(p);
             }
             let exit = child.wait();
             if exit.as_ref().is_ok_and(|s| s.success()) || !self.alive() {
