@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# A clean clone builds once: incremental state would only take disk (CI once ran out of it while
+# linking). The build and the suites together need about 5 GB on a fresh machine.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+df -h . /var/tmp /tmp | sed 's/^/test.sh: /'
+if [ "$free_kb" -lt $((5 * 1024 * 1024)) ]; then
+  echo "test.sh: $(pwd): $((free_kb / 1024)) MB free, the build and the suites need 5 GB" >&2
+  exit 1
+fi
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
