@@ -4,7 +4,8 @@
 //!
 //!     cargo bench -q --bench cri_pod -- SOCKET IMAGE LOG_DIR COMMAND...
 //!
-//! prints `pull=<s> pod=<s> run=<s> total=<s>` on stdout and the container's log on stderr.
+//! prints `pull=<s> pod=<s> run=<s> total=<s>` on stdout and the container's log on stderr;
+//! `-- pull SOCKET IMAGE` only pulls (a node's sandbox image, before the pods: benches/fleet.sh).
 //! Without arguments (as `cargo test --all-targets` runs it) it only says how to use it.
 
 #[path = "../tests/common/cri.rs"]
@@ -19,14 +20,21 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    if args.len() < 4 {
-        eprintln!("usage: cargo bench --bench cri_pod -- SOCKET IMAGE LOG_DIR COMMAND...");
-        return;
-    }
     let fail = |e: String| -> ! {
         eprintln!("cri_pod: {e}");
         std::process::exit(1)
     };
+    if args.len() == 3 && args[0] == "pull" {
+        let mut c = cri::Cri::connect(Path::new(&args[1])).unwrap_or_else(|e| fail(e));
+        c.pull(&args[2]).unwrap_or_else(|e| fail(e));
+        return;
+    }
+    if args.len() < 4 {
+        eprintln!(
+            "usage: cargo bench --bench cri_pod -- SOCKET IMAGE LOG_DIR COMMAND... | pull SOCKET IMAGE"
+        );
+        return;
+    }
     let t0 = Instant::now();
     let mut c = cri::Cri::connect(Path::new(&args[0])).unwrap_or_else(|e| fail(e));
     let image_ref = c.pull(&args[1]).unwrap_or_else(|e| fail(e));

@@ -17,6 +17,7 @@ packages=(
   man-db                                           # the packaged man pages render
   containerd stargz-snapshotter protobuf-compiler  # the containerd snapshotter: engine, ctr-remote, gRPC build
   prometheus                                       # scrapes the metrics in tests (promtool checks them)
+  squid libapache2-mod-wsgi-py3                    # the fleet on CernVM-FS: site proxy, stratum-1 (benches/fleet.sh)
   qemu-utils xfsprogs                              # power cuts replayed: a logged block device, xfs uppers
   # CernVM-FS 2.12's runtime (the build itself comes from the kit below) and its stratum-0's web server
   libfuse3-3 libfuse2 libssl3 uuid libcap2 zlib1g libsqlite3-0 sqlite3 gawk psmisc lsof curl rsync jq

@@ -116,7 +116,8 @@ impl Cri {
     }
 
     /// CreateContainer + StartContainer of `command` in `pod`, wait for it to exit, remove
-    /// it; returns the text of its log (CRI lines are "<time> <stream> <tag> <text>").
+    /// it; returns the text of its log (CRI lines are "<time> <stream> <tag> <text>"), or an
+    /// error if it exited with another status than 0.
     pub fn run_container(
         &mut self,
         pod: &Pod,
@@ -152,6 +153,7 @@ impl Cri {
             }))
             .map_err(|e| format!("StartContainer: {e}"))?;
         let t = Instant::now();
+        let exit_code;
         loop {
             let status = self
                 .rt
@@ -164,10 +166,12 @@ impl Cri {
                 .status
                 .ok_or("ContainerStatus without a status")?;
             if status.state == ContainerState::ContainerExited as i32 {
+                exit_code = status.exit_code;
                 break;
             }
-            if t.elapsed() > Duration::from_secs(120) {
-                return Err("the container did not exit within 120 s".into());
+            // Long enough for a big image started on many nodes of one small machine at once.
+            if t.elapsed() > Duration::from_secs(600) {
+                return Err("the container did not exit within 600 s".into());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -185,11 +189,18 @@ impl Cri {
                     .remove_container(RemoveContainerRequest { container_id: id }),
             )
             .map_err(|e| format!("RemoveContainer: {e}"))?;
-        Ok(log
+        let lines: Vec<String> = log
             .lines()
             .filter_map(|l| l.splitn(4, ' ').nth(3))
             .map(String::from)
-            .collect())
+            .collect();
+        if exit_code != 0 {
+            return Err(format!(
+                "the container exited with {exit_code}; its log:\n{}",
+                lines.join("\n")
+            ));
+        }
+        Ok(lines)
     }
 
     /// StopPodSandbox + RemovePodSandbox.
