@@ -704,10 +704,13 @@ fn convert_publishes_in_one_ingest_or_not_at_all() {
 }
 
 /// Layers that delete what earlier ones hold: an OCI whiteout, an opaque directory, a deleted
-/// directory, a path deleted and made again as another type.
+/// directory, a path deleted and made again as another type; and a device node, as images
+/// ship in /dev.
 fn deleting_image(dir: &Path) -> PathBuf {
     use TarEntry::*;
     let l1 = tar_bytes(&[
+        Dir("dev/"),
+        Char("dev/null", 1, 3),
         Dir("etc/"),
         File("etc/msg", b"hello\n"),
         Dir("data/"),
@@ -745,7 +748,8 @@ fn deleting_image(dir: &Path) -> PathBuf {
     layout
 }
 
-/// A tree as an image's content: kind, mode, owner, content or target, mtime of non-directories.
+/// A tree as an image's content: kind, mode, owner, content or target, mtime of non-directories,
+/// device number.
 fn image_entries(root: &Path) -> BTreeMap<PathBuf, String> {
     snapshot(root)
         .into_iter()
@@ -753,8 +757,8 @@ fn image_entries(root: &Path) -> BTreeMap<PathBuf, String> {
         .map(|(p, e)| {
             let mtime = if e.kind == "dir" { 0 } else { e.mtime.0 };
             let v = format!(
-                "{} {:o} {}:{} {:?} {:?} {mtime}",
-                e.kind, e.mode, e.uid, e.gid, e.content, e.target
+                "{} {:o} {}:{} {:?} {:?} {mtime} rdev {:x}",
+                e.kind, e.mode, e.uid, e.gid, e.content, e.target, e.rdev
             );
             (p, v)
         })

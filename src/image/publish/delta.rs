@@ -121,7 +121,29 @@ impl Delta {
         b.follow_symlinks(false);
         b.mode(tar::HeaderMode::Complete);
         for rel in &self.adds {
-            b.append_path_with_name(upper.join(rel), rel)?;
+            let path = upper.join(rel);
+            let meta = std::fs::symlink_metadata(&path)?;
+            let ft = meta.file_type();
+            if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+                // The tar crate names a special file by its path on disk, not by the name it
+                // is given (an absolute path, which it then refuses): write its header here.
+                let mut h = tar::Header::new_gnu();
+                h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+                h.set_entry_type(if ft.is_char_device() {
+                    tar::EntryType::Char
+                } else if ft.is_block_device() {
+                    tar::EntryType::Block
+                } else {
+                    tar::EntryType::Fifo
+                });
+                h.set_size(0);
+                let rdev = meta.rdev();
+                h.set_device_major(libc::major(rdev))?;
+                h.set_device_minor(libc::minor(rdev))?;
+                b.append_data(&mut h, rel, io::empty())?;
+            } else {
+                b.append_path_with_name(path, rel)?;
+            }
         }
         let w = b.into_inner()?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()
@@ -146,4 +168,54 @@ fn is_whiteout(m: &std::fs::Metadata) -> bool {
 fn is_opaque(p: &Path) -> bool {
     let mut buf = [0u8; 2];
     rustix::fs::lgetxattr(p, OPAQUE, &mut buf).is_ok_and(|n| &buf[..n] == b"y")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Special files go into the tar under their name in the repository (a FIFO stands for
+    /// device nodes here: making one needs no root).
+    #[test]
+    fn special_files_keep_their_relative_names() {
+        let t = tempfile::tempdir().unwrap();
+        let (upper, lower) = (t.path().join("upper"), t.path().join("lower"));
+        std::fs::create_dir_all(upper.join("img/dev")).unwrap();
+        std::fs::create_dir_all(&lower).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            upper.join("img/dev/pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o640),
+            0,
+        )
+        .unwrap();
+        std::fs::write(upper.join("img/dev/file"), b"x").unwrap();
+        let d = Delta::between(&upper, &lower).unwrap();
+        let out = t.path().join("delta.tar");
+        d.write_tar(&upper, &out).unwrap();
+        let mut ar = tar::Archive::new(std::fs::File::open(&out).unwrap());
+        let entries: Vec<(String, tar::EntryType, u32)> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.entry_type(),
+                    h.mode().unwrap() & 0o7777,
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("img".into(), tar::EntryType::Directory, 0o755),
+                ("img/dev".into(), tar::EntryType::Directory, 0o755),
+                ("img/dev/file".into(), tar::EntryType::Regular, 0o644),
+                ("img/dev/pipe".into(), tar::EntryType::Fifo, 0o640),
+            ]
+        );
+    }
 }
