@@ -213,7 +213,7 @@ LogFormat "%h %t \"%r\" %>s %B %D \"%{Via}i\"" fleet
 CustomLog $F/s1/access.log fleet
 DocumentRoot $F/s1/empty
 KeepAlive On
-MaxRequestWorkers 128
+MaxRequestWorkers 125
 Alias /cvmfs/$REPO /srv/cvmfs/$S1
 <Directory "/srv/cvmfs/$S1">
     Options -MultiViews
