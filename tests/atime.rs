@@ -86,7 +86,7 @@ fn atime_options_govern_access_times_as_on_kernel_overlayfs() {
         run_ok(cmd.arg(&sm));
         assert_transport(&sm);
         let got = probe(&sm);
-        run_ok(Command::new("fusermount3").arg("-u").arg(&sm));
+        fuse_unmount(&sm);
         if got != want {
             problems.push(format!(
                 "-o {opt}:\n  kernel   {want:?}\n  stratafs {got:?}"

@@ -64,7 +64,7 @@ fn copy_up_syncs(mkfs_opts: &[&str], mount_opts: &str) -> (usize, usize) {
         .unwrap();
     std::io::Write::write_all(&mut g, b"appended").unwrap();
     drop(g);
-    run_ok(Command::new("fusermount3").arg("-u").arg(&mnt));
+    fuse_unmount(&mnt);
     assert!(daemon.wait().unwrap().success(), "daemon exit status");
     let trace = std::fs::read_to_string(&log).unwrap();
     let calls = |name: &str| {

@@ -153,7 +153,7 @@ fn connection(m: &Path) -> String {
 }
 
 fn unmount(m: &Path) {
-    run_ok(Command::new("fusermount3").arg("-u").arg(m));
+    fuse_unmount(m);
 }
 
 #[test]

@@ -332,7 +332,7 @@ fn ring_threads_hand_their_cpu_to_callers_on_writable_mounts() {
             None => run_ok(Command::new("bash").arg("-c").arg(&script)),
         };
         let policies = user.map(ring_policies);
-        run_ok(Command::new("fusermount3").arg("-u").arg(&m));
+        fuse_unmount(&m);
         assert!(
             daemon.wait().unwrap().success(),
             "{name}: daemon exit status"

@@ -5,13 +5,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 
 use common::*;
 
 /// Unmount and check the daemon exited 0.
 fn unmount(mut child: Child, mnt: &Path) {
-    run_ok(Command::new("fusermount3").arg("-u").arg(mnt));
+    fuse_unmount(mnt);
     assert!(child.wait().unwrap().success());
 }
 

@@ -197,7 +197,7 @@ fn foreground_daemon_exits_zero_on_unmount() {
         std::fs::read_to_string(mnt.join("d/bottom.txt")).unwrap(),
         "bottom"
     );
-    run_ok(Command::new("fusermount3").arg("-u").arg(&mnt));
+    fuse_unmount(&mnt);
     let status = child.wait().unwrap();
     assert!(status.success(), "daemon exited with {status}");
 }

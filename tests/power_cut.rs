@@ -394,16 +394,7 @@ fn umount(p: &Path) {
 /// Unmount a stratafs mount (its daemon may still hold the upper layer: [`umount`] of the
 /// filesystem below waits for it).
 fn unmount_stratafs(m: &Path) {
-    // Retried: once (of some 25 runs) fusermount3 said "Device or resource busy" right after
-    // the check had closed every file.
-    wait_until(&format!("{} unmounted", m.display()), || {
-        Command::new("fusermount3")
-            .arg("-u")
-            .arg(m)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
+    fuse_unmount(m);
 }
 
 /// Mount `lower` with the upper and work directories under `fs`, over /dev/fuse (what the

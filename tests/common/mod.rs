@@ -58,6 +58,27 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// `fusermount3 -u p`, again while it says the mount is busy. The tests of one binary are
+/// threads of one process: a child another test forks holds copies of this test's open files
+/// until it execs (they are close-on-exec), so a mount whose files were all closed can be busy
+/// for a moment.
+pub fn fuse_unmount(p: &Path) {
+    let start = std::time::Instant::now();
+    loop {
+        let out = run(Command::new("fusermount3").arg("-u").arg(p));
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("busy") && start.elapsed() < std::time::Duration::from_secs(10),
+            "fusermount3 -u {}: {err}",
+            p.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn is_mountpoint(p: &Path) -> bool {
     let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
