@@ -14,8 +14,10 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::image::Error as ImageError;
+use crate::image::digest::Digest;
 use crate::image::flat::FlatBuilder;
 use crate::image::manifest::{Descriptor, ImageConfig, Platform};
+use crate::image::records::{record_ok, tree_matches, write_flat_record, write_record};
 use crate::image::reference::{ImageName, Source};
 use crate::image::registry::Registry;
 use crate::image::repo::{LayerInfo, Repo, touch};
@@ -166,84 +168,13 @@ fn convert_one(
 ) -> Result<ImageSummary, ImageError> {
     let image = r.name.to_string();
     let cfg = &r.manifest.config.digest;
-    let config = ImageConfig::parse(&format!("{image} config"), &r.config_bytes)?;
+    let config = parse_config(&image, r)?;
     let layers = &r.manifest.layers;
-    if let Some(d) = config.rootfs.as_ref().map(|f| f.diff_ids.len()) {
-        if d != layers.len() {
-            return Err(ImageError::format(
-                format!("{image} config"),
-                format!("{d} diff_ids for {} layers", layers.len()),
-            ));
-        }
+    let standing = Standing::assess(repo, r, opts);
+    if standing.same_image && standing.complete(repo, layers) {
+        return up_to_date(repo, r, summary);
     }
-    let old = repo.manifest_of(&r.name);
-    // The same image, whoever wrote its manifest (DUCC re-serialises it with other keys).
-    let same_image = old.as_deref().is_some_and(|o| {
-        serde_json::from_slice::<crate::image::manifest::Manifest>(o).is_ok_and(|m| {
-            m.config.digest == *cfg
-                && m.layers
-                    .iter()
-                    .map(|l| &l.digest)
-                    .eq(layers.iter().map(|l| &l.digest))
-        })
-    });
-    // Under --repair a layer without a record (converted before records existed, or whose
-    // record went) counts as missing: it is fetched, checked and put in place again.
-    let sign = opts.sign.as_deref();
-    // Under --repair, a layer is in order when its record reads (and is signed by --sign's
-    // key) and the layer holds exactly what the record says, every byte hashed.
-    let in_order: HashSet<&crate::image::digest::Digest> = match opts.repair {
-        false => HashSet::new(),
-        true => layers
-            .iter()
-            .map(|l| &l.digest)
-            .filter(|d| {
-                let file = layout::record_file(&repo.layer_dir(d));
-                repo.has_layer(d) && record_ok(&file, sign) && tree_matches(&repo.layerfs(d), &file)
-            })
-            .collect(),
-    };
-    let present = |d: &crate::image::digest::Digest| {
-        repo.has_layer(d) && (!opts.repair || in_order.contains(d))
-    };
-    let flat_record = layout::flat_record_file(&repo.root, cfg.hex());
-    let flat_ok = repo.has_flat(cfg)
-        && (!opts.repair
-            || (record_ok(&flat_record, sign) && tree_matches(&repo.flat_dir(cfg), &flat_record)));
-    // With --sign, an image whose manifest that key did not sign is converted again (its
-    // layers and flat root are kept if they are in order).
-    let manifest_ok = sign.is_none_or(|k| {
-        crate::stack::trust::TrustedKeys::from_raw(vec![k.public()])
-            .check_manifest(&r.manifest_bytes, &repo.manifest_sig_file(&r.name))
-            .is_ok()
-    });
-    let complete = flat_ok && manifest_ok && layers.iter().all(|l| present(&l.digest));
-    if same_image && complete {
-        repo.link(&r.name, cfg)?;
-        if repo.config_of(&r.name.metadata_path()).is_none() {
-            repo.write_config(&r.name, &r.config_bytes)?;
-        }
-        info!(image, "up to date, nothing to do");
-        summary.layers_reused += layers.len();
-        return Ok(ImageSummary {
-            name: image,
-            config: cfg.to_string(),
-            status: "up to date",
-            layers_fetched: 0,
-            layers_reused: layers.len(),
-        });
-    }
-    let missing: Vec<usize> = (0..layers.len())
-        .filter(|&i| !present(&layers[i].digest))
-        .collect();
-    // Two entries of one manifest may name the same blob: fetch it once.
-    let mut unique = Vec::new();
-    let mut names = HashSet::new();
-    for &i in &missing {
-        if names.insert(layers[i].digest.clone()) {
-            unique.push(i);
-        }
-    }
+    let unique = standing.to_fetch(repo, layers);
     info!(
         image,
         layers = layers.len(),
@@ -260,8 +191,165 @@ fn convert_one(
         max_size: opts.max_layer_size,
     };
     let fetched = fetch_layers(&job, layers, &unique, opts.jobs)?;
-    // Into place bottom to top: a deferred hard link may need any layer below it.
-    let mut done: Vec<(usize, PathBuf, Unpacked)> = fetched;
+    place_layers(repo, &image, layers, fetched, opts.sign.as_deref(), summary)?;
+    // A layer fetched again by --repair leaves the flat root's hard links on the old files.
+    if !standing.flat_ok || (opts.repair && !unique.is_empty()) {
+        build_flat(
+            repo,
+            &image,
+            layers,
+            &config,
+            cfg,
+            &standing.flat_record,
+            opts,
+        )?;
+    }
+    let status = name_image(repo, r, &standing, opts)?;
+    summary.layers_fetched += unique.len();
+    summary.layers_reused += layers.len() - unique.len();
+    info!(image, config = %cfg, status, "done");
+    Ok(ImageSummary {
+        name: image,
+        config: cfg.to_string(),
+        status,
+        layers_fetched: unique.len(),
+        layers_reused: layers.len() - unique.len(),
+    })
+}
+
+/// The image's config, with as many diff IDs as the manifest has layers.
+fn parse_config(image: &str, r: &Resolved) -> Result<ImageConfig, ImageError> {
+    let config = ImageConfig::parse(&format!("{image} config"), &r.config_bytes)?;
+    let layers = r.manifest.layers.len();
+    if let Some(d) = config.rootfs.as_ref().map(|f| f.diff_ids.len()) {
+        if d != layers {
+            return Err(ImageError::format(
+                format!("{image} config"),
+                format!("{d} diff_ids for {layers} layers"),
+            ));
+        }
+    }
+    Ok(config)
+}
+
+/// What the repository already holds of an image, and whether it is in order.
+struct Standing {
+    /// The manifest the image's name pointed at before this run.
+    old: Option<Vec<u8>>,
+    /// The same image, whoever wrote its manifest (DUCC re-serialises it with other keys).
+    same_image: bool,
+    /// Under --repair, the layers whose record reads (and is signed by --sign's key) and
+    /// whose directory holds exactly what the record says, every byte hashed. A layer
+    /// without a record (converted before records existed, or whose record went) is not in
+    /// order: it is fetched, checked and put in place again.
+    in_order: Option<HashSet<Digest>>,
+    flat_ok: bool,
+    /// With --sign, an image whose manifest that key did not sign is converted again (its
+    /// layers and flat root are kept if they are in order).
+    manifest_ok: bool,
+    flat_record: PathBuf,
+}
+
+impl Standing {
+    fn assess(repo: &Repo, r: &Resolved, opts: &Options) -> Standing {
+        let cfg = &r.manifest.config.digest;
+        let layers = &r.manifest.layers;
+        let old = repo.manifest_of(&r.name);
+        let same_image = old.as_deref().is_some_and(|o| {
+            serde_json::from_slice::<crate::image::manifest::Manifest>(o).is_ok_and(|m| {
+                m.config.digest == *cfg
+                    && m.layers
+                        .iter()
+                        .map(|l| &l.digest)
+                        .eq(layers.iter().map(|l| &l.digest))
+            })
+        });
+        let sign = opts.sign.as_deref();
+        let in_order = opts.repair.then(|| {
+            layers
+                .iter()
+                .map(|l| &l.digest)
+                .filter(|d| {
+                    let file = layout::record_file(&repo.layer_dir(d));
+                    repo.has_layer(d)
+                        && record_ok(&file, sign)
+                        && tree_matches(&repo.layerfs(d), &file)
+                })
+                .cloned()
+                .collect()
+        });
+        let flat_record = layout::flat_record_file(&repo.root, cfg.hex());
+        let flat_ok = repo.has_flat(cfg)
+            && (!opts.repair
+                || (record_ok(&flat_record, sign)
+                    && tree_matches(&repo.flat_dir(cfg), &flat_record)));
+        let manifest_ok = sign.is_none_or(|k| {
+            crate::stack::trust::TrustedKeys::from_raw(vec![k.public()])
+                .check_manifest(&r.manifest_bytes, &repo.manifest_sig_file(&r.name))
+                .is_ok()
+        });
+        Standing {
+            old,
+            same_image,
+            in_order,
+            flat_ok,
+            manifest_ok,
+            flat_record,
+        }
+    }
+
+    fn present(&self, repo: &Repo, d: &Digest) -> bool {
+        repo.has_layer(d) && self.in_order.as_ref().is_none_or(|o| o.contains(d))
+    }
+
+    fn complete(&self, repo: &Repo, layers: &[Descriptor]) -> bool {
+        self.flat_ok && self.manifest_ok && layers.iter().all(|l| self.present(repo, &l.digest))
+    }
+
+    /// The indexes of the layers to fetch: each missing blob once (two entries of one
+    /// manifest may name the same blob).
+    fn to_fetch(&self, repo: &Repo, layers: &[Descriptor]) -> Vec<usize> {
+        let mut names = HashSet::new();
+        (0..layers.len())
+            .filter(|&i| !self.present(repo, &layers[i].digest))
+            .filter(|&i| names.insert(layers[i].digest.clone()))
+            .collect()
+    }
+}
+
+/// Everything is in place: the name is linked (and its config written if it went).
+fn up_to_date(
+    repo: &Repo,
+    r: &Resolved,
+    summary: &mut Summary,
+) -> Result<ImageSummary, ImageError> {
+    let image = r.name.to_string();
+    let layers = r.manifest.layers.len();
+    repo.link(&r.name, &r.manifest.config.digest)?;
+    if repo.config_of(&r.name.metadata_path()).is_none() {
+        repo.write_config(&r.name, &r.config_bytes)?;
+    }
+    info!(image, "up to date, nothing to do");
+    summary.layers_reused += layers;
+    Ok(ImageSummary {
+        name: image,
+        config: r.manifest.config.digest.to_string(),
+        status: "up to date",
+        layers_fetched: 0,
+        layers_reused: layers,
+    })
+}
+
+/// Fetched layers into place, bottom to top: their deferred hard links made (a link may
+/// need any layer below it), their records written, then each renamed into the repository.
+fn place_layers(
+    repo: &Repo,
+    image: &str,
+    layers: &[Descriptor],
+    mut done: Vec<(usize, PathBuf, Unpacked)>,
+    sign: Option<&crate::stack::trust::SigningKey>,
+    summary: &mut Summary,
+) -> Result<(), ImageError> {
     done.sort_by_key(|(i, _, _)| *i);
     let lower_path = |j: usize, done: &[(usize, PathBuf, Unpacked)]| -> PathBuf {
         done.iter()
@@ -269,14 +357,14 @@ fn convert_one(
             .map(|(_, p, _)| p.join(layout::LAYERFS))
             .unwrap_or_else(|| repo.layerfs(&layers[j].digest))
     };
-    for idx in 0..done.len() {
-        let (i, tmp, u) = &done[idx];
+    let in_layer = |i: usize| layers[i].digest.to_string();
+    for (i, tmp, u) in &done {
         for (link, target) in &u.deferred_links {
             let lowers: Vec<PathBuf> = (0..*i).rev().map(|j| lower_path(j, &done)).collect();
             materialise_link(&tmp.join(layout::LAYERFS), link, target, &lowers).map_err(|e| {
                 ImageError::UnsafeEntry {
-                    image: image.clone(),
-                    layer: layers[*i].digest.to_string(),
+                    image: image.to_string(),
+                    layer: in_layer(*i),
                     entry: String::from_utf8_lossy(link).into_owned(),
                     reason: e.to_string(),
                 }
@@ -284,9 +372,9 @@ fn convert_one(
         }
     }
     for (i, tmp, u) in &done {
-        write_record(tmp, u, opts.sign.as_deref()).map_err(|e| ImageError::Layer {
-            image: image.clone(),
-            layer: layers[*i].digest.to_string(),
+        write_record(tmp, u, sign).map_err(|e| ImageError::Layer {
+            image: image.to_string(),
+            layer: in_layer(*i),
             source: Box::new(e),
         })?;
     }
@@ -296,27 +384,47 @@ fn convert_one(
         summary.content_bytes += u.diff_size;
         repo.install_layer(&layers[*i].digest, tmp)?;
     }
-    // A layer fetched again by --repair leaves the flat root's hard links on the old files.
-    if !flat_ok || (opts.repair && !unique.is_empty()) {
-        let tmp = repo.temp_dir("flat")?;
-        let paths: Vec<PathBuf> = layers.iter().map(|l| repo.layerfs(&l.digest)).collect();
-        let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
-        let in_flat = |e: ImageError| ImageError::Layer {
-            image: image.clone(),
-            layer: "flat root".into(),
-            source: Box::new(e),
-        };
-        FlatBuilder::build(&refs, &tmp, &config).map_err(|e| in_flat(ImageError::io(&tmp, e)))?;
-        touch(&tmp.join(CATALOG_MARKER))?;
-        write_flat_record(&tmp, &paths, cfg, &flat_record, opts.sign.as_deref())
-            .map_err(in_flat)?;
-        repo.install_flat(cfg, &tmp)?;
-    }
-    for l in layers {
+    Ok(())
+}
+
+/// The flat root of the image, built from its layers in the repository, with its record.
+fn build_flat(
+    repo: &Repo,
+    image: &str,
+    layers: &[Descriptor],
+    config: &ImageConfig,
+    cfg: &Digest,
+    record: &Path,
+    opts: &Options,
+) -> Result<(), ImageError> {
+    let tmp = repo.temp_dir("flat")?;
+    let paths: Vec<PathBuf> = layers.iter().map(|l| repo.layerfs(&l.digest)).collect();
+    let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    let in_flat = |e: ImageError| ImageError::Layer {
+        image: image.to_string(),
+        layer: "flat root".into(),
+        source: Box::new(e),
+    };
+    FlatBuilder::build(&refs, &tmp, config).map_err(|e| in_flat(ImageError::io(&tmp, e)))?;
+    touch(&tmp.join(CATALOG_MARKER))?;
+    write_flat_record(&tmp, &paths, cfg, record, opts.sign.as_deref()).map_err(in_flat)?;
+    repo.install_flat(cfg, &tmp)
+}
+
+/// The image's names last, once its layers and flat root are in place: origins, the public
+/// link, config, manifest (and its signature). Returns the image's status.
+fn name_image(
+    repo: &Repo,
+    r: &Resolved,
+    standing: &Standing,
+    opts: &Options,
+) -> Result<&'static str, ImageError> {
+    let cfg = &r.manifest.config.digest;
+    for l in &r.manifest.layers {
         repo.add_origin(&l.digest, cfg)?;
     }
-    let status = match &old {
-        Some(o) if !same_image => {
+    let status = match &standing.old {
+        Some(o) if !standing.same_image => {
             repo.schedule_removal(&r.name, o)?;
             "updated"
         }
@@ -331,16 +439,7 @@ fn convert_one(
             key.sign_manifest(&r.manifest_bytes).as_bytes(),
         )?;
     }
-    summary.layers_fetched += unique.len();
-    summary.layers_reused += layers.len() - unique.len();
-    info!(image, config = %cfg, status, "done");
-    Ok(ImageSummary {
-        name: image,
-        config: cfg.to_string(),
-        status,
-        layers_fetched: unique.len(),
-        layers_reused: layers.len() - unique.len(),
-    })
+    Ok(status)
 }
 
 /// What every layer fetch of one image shares.
@@ -539,119 +638,6 @@ fn fetch_into(
     Ok(u)
 }
 
-/// Write the record of the layer unpacked (and checked) in `tmp`: what `verify=on` mounts
-/// check it against. Made after the deferred hard links, so that it holds the layer as
-/// installed.
-fn write_record(
-    tmp: &Path,
-    u: &Unpacked,
-    sign: Option<&crate::stack::trust::SigningKey>,
-) -> Result<(), ImageError> {
-    use crate::stack::record;
-    let raw = |d: &Option<crate::image::digest::Digest>| d.as_ref().map_or([0; 32], |d| d.raw());
-    let fs = tmp.join(layout::LAYERFS);
-    let known = record::by_path(&u.digests);
-    let bytes = record::build(&fs, &known, (raw(&u.compressed_digest), raw(&u.diff_id)))
-        .map_err(|e| ImageError::io(&fs, io::Error::other(e.to_string())))?;
-    save_record(&layout::record_file(tmp), &bytes, sign)
-}
-
-/// Write a record built as `bytes` to `file` (its signature first, with a key to sign with),
-/// each by a temporary name and a rename.
-fn save_record(
-    file: &Path,
-    bytes: &[u8],
-    sign: Option<&crate::stack::trust::SigningKey>,
-) -> Result<(), ImageError> {
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
-    }
-    if let Some(key) = sign {
-        let rec = crate::stack::record::Record::from_vec(bytes.to_vec(), file)
-            .map_err(|e| ImageError::io(file, io::Error::other(e.to_string())))?;
-        crate::image::repo::write_atomic(&layout::sig_of(file), key.sign(&rec).as_bytes())?;
-    }
-    crate::image::repo::write_atomic(file, bytes)
-}
-
-/// Whether the tree at `dir` holds exactly what the record `file` says (for --repair: the
-/// first difference is logged, naming it).
-fn tree_matches(dir: &Path, file: &Path) -> bool {
-    use crate::stack::{record::Record, verify};
-    let (Ok(rec), Ok(mut layer)) = (Record::open(file), Layer::open(0, dir)) else {
-        return false;
-    };
-    layer.set_verifier(verify::Verifier::new(
-        rec,
-        dir.display().to_string(),
-        true,
-        None,
-    ));
-    match verify::check_whole_layer(&layer) {
-        Ok(()) => true,
-        Err(e) => {
-            warn!(layer = %dir.display(), "does not match its record ({e}): fetched again");
-            false
-        }
-    }
-}
-
-/// Whether `file` is a readable record and, with a key to sign with, signed by that key.
-fn record_ok(file: &Path, sign: Option<&crate::stack::trust::SigningKey>) -> bool {
-    let Ok(rec) = crate::stack::record::Record::open(file) else {
-        return false;
-    };
-    sign.is_none_or(|k| {
-        crate::stack::trust::TrustedKeys::from_raw(vec![k.public()])
-            .check(&rec, &layout::sig_of(file))
-            .is_ok()
-    })
-}
-
-/// Write the record of the flat root built in `tmp` from `layers` to `file` (beside where the
-/// root goes). Its files are hard links to the layers' own: their digests come from the
-/// layers' records, by inode; a file that had to be copied is hashed.
-fn write_flat_record(
-    tmp: &Path,
-    layers: &[PathBuf],
-    cfg: &crate::image::digest::Digest,
-    file: &Path,
-    sign: Option<&crate::stack::trust::SigningKey>,
-) -> Result<(), ImageError> {
-    use crate::stack::record::{self, FileDigest, Record};
-    use std::collections::HashMap;
-    use std::os::unix::ffi::OsStrExt;
-    let mut by_inode: HashMap<(u64, u64), FileDigest> = HashMap::new();
-    for l in layers {
-        let Some((rec_file, _)) = layout::record_for(l) else {
-            continue;
-        };
-        // Signing vouches for the digests taken from a layer's record: only a record this
-        // key signed (made from a tar this run or an earlier one checked) may give them.
-        if sign.is_some() && !record_ok(&rec_file, sign) {
-            return Err(ImageError::io(
-                &rec_file,
-                io::Error::other(
-                    "not signed by the --sign key: fetch the layer again with convert --repair --sign",
-                ),
-            ));
-        }
-        let Ok(rec) = Record::open(&rec_file) else {
-            continue;
-        };
-        for (path, d) in rec.files() {
-            let p = l.join(std::ffi::OsStr::from_bytes(&path));
-            if let Ok(m) = std::fs::symlink_metadata(&p) {
-                by_inode.insert((m.dev(), m.ino()), d);
-            }
-        }
-    }
-    let known = |_: &[u8], st: &rustix::fs::Stat| by_inode.get(&(st.st_dev, st.st_ino)).cloned();
-    let bytes = record::build(tmp, &known, (cfg.raw(), [0; 32]))
-        .map_err(|e| ImageError::io(tmp, io::Error::other(e.to_string())))?;
-    save_record(file, &bytes, sign)
-}
-
 /// Why a hard link to a lower layer's file could not be made.
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
@@ -742,7 +728,7 @@ fn write_thin(t: &ThinOutput, src: &Source, r: &Resolved) -> Result<(), ImageErr
         Source::Registry(n) if n.plain_http => "http",
         _ => "https",
     };
-    let digest = crate::image::digest::Digest::of(&r.manifest_bytes).to_string();
+    let digest = Digest::of(&r.manifest_bytes).to_string();
     let origin = match src {
         Source::Registry(_) => format!("{scheme}://{n}"),
         _ => n.to_string(),
@@ -772,187 +758,5 @@ fn write_thin(t: &ThinOutput, src: &Source, r: &Resolved) -> Result<(), ImageErr
 }
 
 #[cfg(test)]
-mod tests {
-    //! The pipeline on temporary directories with an image held in memory: no root, no
-    //! network. (Real sources and registries are in `tests/convert.rs`.)
-    use super::*;
-    use crate::image::digest::Digest;
-    use crate::image::manifest::{Fetched, Platform};
-    use std::collections::HashMap;
-    use std::io::Read;
-
-    struct MemImage {
-        name: ImageName,
-        manifest: Vec<u8>,
-        config: Vec<u8>,
-        blobs: HashMap<String, Vec<u8>>,
-    }
-
-    enum E<'a> {
-        File(&'a str, &'a str),
-        Dir(&'a str),
-        Link(&'a str, &'a str),
-    }
-
-    fn tar(entries: &[E<'_>]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for e in entries {
-            let mut h = tar::Header::new_ustar();
-            h.set_mtime(1_600_000_000);
-            h.set_uid(rustix::process::geteuid().as_raw() as u64);
-            h.set_gid(rustix::process::getegid().as_raw() as u64);
-            match e {
-                E::File(p, c) => {
-                    h.set_entry_type(tar::EntryType::Regular);
-                    h.set_mode(0o644);
-                    h.set_size(c.len() as u64);
-                    b.append_data(&mut h, p, c.as_bytes()).unwrap();
-                }
-                E::Dir(p) => {
-                    h.set_entry_type(tar::EntryType::Directory);
-                    h.set_mode(0o755);
-                    h.set_size(0);
-                    b.append_data(&mut h, p, &b""[..]).unwrap();
-                }
-                E::Link(p, target) => {
-                    h.set_entry_type(tar::EntryType::Link);
-                    h.set_size(0);
-                    b.append_link(&mut h, p, target).unwrap();
-                }
-            }
-        }
-        b.into_inner().unwrap()
-    }
-
-    fn image(layers: &[Vec<u8>]) -> MemImage {
-        let mut blobs = HashMap::new();
-        let (mut descs, mut diff_ids) = (Vec::new(), Vec::new());
-        for l in layers {
-            let d = Digest::of(l).to_string();
-            diff_ids.push(d.clone());
-            descs.push(serde_json::json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                "digest": d, "size": l.len()
-            }));
-            blobs.insert(d, l.clone());
-        }
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids}
-        }))
-        .unwrap();
-        let cd = Digest::of(&config).to_string();
-        blobs.insert(cd.clone(), config.clone());
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-            "layers": descs
-        }))
-        .unwrap();
-        MemImage {
-            name: ImageName::parse_bare("example.org/lab/mem:1", false).unwrap(),
-            manifest,
-            config,
-            blobs,
-        }
-    }
-
-    impl ImageSource for MemImage {
-        fn resolve(&self, _p: &Platform) -> Result<Resolved, ImageError> {
-            let manifest = match Fetched::parse("mem", None, &self.manifest)? {
-                Fetched::Image(m) => m,
-                _ => unreachable!("a manifest"),
-            };
-            Ok(Resolved {
-                name: self.name.clone(),
-                manifest_bytes: self.manifest.clone(),
-                manifest,
-                config_bytes: self.config.clone(),
-            })
-        }
-        fn blob(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, ImageError> {
-            let b = self
-                .blobs
-                .get(&d.digest.to_string())
-                .cloned()
-                .unwrap_or_default();
-            Ok(Box::new(std::io::Cursor::new(b)))
-        }
-    }
-
-    fn opts() -> Options {
-        Options {
-            max_layer_size: MAX_LAYER_SIZE,
-            platform: Platform::parse("linux/amd64").unwrap(),
-            jobs: 2,
-            name: None,
-            measure_disk: false,
-            thin: None,
-            repair: false,
-            sign: None,
-        }
-    }
-
-    #[test]
-    fn converts_installs_and_is_then_up_to_date() {
-        let t = tempfile::tempdir().unwrap();
-        let repo = Repo::open(&t.path().join("repo")).unwrap();
-        let bottom = tar(&[
-            E::Dir("etc"),
-            E::File("etc/os", "one\n"),
-            E::File("etc/gone", "x"),
-            E::Dir("opq"),
-            E::File("opq/old", "o"),
-        ]);
-        let top = tar(&[
-            E::File("etc/.wh.gone", ""),
-            E::Dir("opq"),
-            E::File("opq/.wh..wh..opq", ""),
-            E::File("opq/new", "n"),
-            E::Link("etc/os-link", "etc/os"),
-        ]);
-        let img = image(&[bottom, top]);
-        let mut sum = Summary::default();
-        let s = convert_source(&repo, &img, &opts(), &mut sum).unwrap();
-        assert_eq!((s.status, s.layers_fetched), ("converted", 2));
-        let flat = repo.public_link(&img.name);
-        let read = |p: &str| std::fs::read_to_string(flat.join(p)).ok();
-        assert_eq!(read("etc/os").as_deref(), Some("one\n"));
-        assert_eq!(
-            read("etc/os-link").as_deref(),
-            Some("one\n"),
-            "hard link into a lower layer"
-        );
-        assert_eq!(read("etc/gone"), None, "whited out");
-        assert_eq!(read("opq/old"), None, "opaque dir");
-        assert_eq!(read("opq/new").as_deref(), Some("n"));
-        assert!(flat.join(".singularity.d/runscript").exists());
-        assert!(repo.manifest_of(&img.name).is_some());
-        // Layers keep their whiteouts literally, as DUCC's do.
-        let top_layer = img.resolve(&opts().platform).unwrap().manifest.layers[1]
-            .digest
-            .clone();
-        assert!(repo.layerfs(&top_layer).join("etc/.wh.gone").exists());
-        let s = convert_source(&repo, &img, &opts(), &mut sum).unwrap();
-        assert_eq!((s.status, s.layers_fetched), ("up to date", 0));
-    }
-
-    #[test]
-    fn a_corrupt_blob_installs_nothing() {
-        let t = tempfile::tempdir().unwrap();
-        let repo = Repo::open(&t.path().join("repo")).unwrap();
-        let mut img = image(&[tar(&[E::File("f", "x")])]);
-        for b in img.blobs.values_mut() {
-            if b.len() > 1000 {
-                b[600] ^= 1;
-            }
-        }
-        let e = convert_source(&repo, &img, &opts(), &mut Summary::default()).unwrap_err();
-        assert!(e.to_string().contains("digest mismatch"), "{e}");
-        assert!(repo.manifest_of(&img.name).is_none());
-        let tmp = t.path().join("repo/.stratafs-tmp");
-        assert!(!tmp.exists() || std::fs::read_dir(&tmp).unwrap().next().is_none());
-    }
-}
+#[path = "convert_tests.rs"]
+mod tests;

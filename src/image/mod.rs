@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod podman_store;
 pub mod publish;
 pub mod recipe;
+mod records;
 pub mod reference;
 pub mod registry;
 pub mod repo;
