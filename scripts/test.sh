@@ -17,7 +17,7 @@ fi
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo check --quiet --no-default-features --bin stratafs
-cargo test --all-targets 2>&1
+cargo test --all-targets --no-fail-fast 2>&1
 # The differential and podman suites again, with every stratafs mount served through FUSE
 # over io_uring (the kernel's switch is put back afterwards).
 uring=/sys/module/fuse/parameters/enable_uring
