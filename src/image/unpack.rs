@@ -334,25 +334,20 @@ fn write_entry<R: Read>(
         Some(libc::ENOTDIR) => EntryError::Unsafe("a parent is not a directory".into()),
         _ => EntryError::Io(e),
     })?;
-    let cn = cstr(last)?;
-    let existing = rustix::fs::statat(&dir, &cn, AtFlags::SYMLINK_NOFOLLOW).ok();
+    let at = At {
+        root,
+        dir: &dir,
+        cn: cstr(last)?,
+        meta: &meta,
+        t,
+        name,
+    };
+    let existing = rustix::fs::statat(&dir, &at.cn, AtFlags::SYMLINK_NOFOLLOW).ok();
     let existing_dir = existing
         .as_ref()
         .is_some_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
     if kind == E::Directory {
-        if existing.is_some() && !existing_dir {
-            rustix::fs::unlinkat(&dir, &cn, AtFlags::empty())?;
-        }
-        if !existing_dir {
-            rustix::fs::mkdirat(&dir, &cn, Mode::from_raw_mode(0o700))?;
-        }
-        let fd = rustix::fs::openat(
-            &dir,
-            &cn,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        set_owner_xattrs(&fd, &meta, libc::S_IFDIR, 0, t)?;
+        at.dir(existing.is_some() && !existing_dir, existing_dir)?;
         pending.push(PendingDir {
             comps: comps.iter().map(|c| c.to_vec()).collect(),
             meta,
@@ -365,128 +360,16 @@ fn write_entry<R: Read>(
         ));
     }
     if existing.is_some() {
-        rustix::fs::unlinkat(&dir, &cn, AtFlags::empty())?;
+        rustix::fs::unlinkat(&dir, &at.cn, AtFlags::empty())?;
     }
     out.files += 1;
     let path = comps.join(&b'/');
     out.digests.remove(&path);
     match kind {
-        E::Regular | E::Continuous | E::GNUSparse => {
-            let fd = rustix::fs::openat(
-                &dir,
-                &cn,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )?;
-            let mut w = HashingWriter {
-                inner: std::fs::File::from(fd),
-                hasher: ContentHasher::default(),
-            };
-            io::copy(entry, &mut w)?;
-            let f = w.inner;
-            out.digests.insert(path, w.hasher.finish());
-            set_owner_xattrs(f.as_fd(), &meta, libc::S_IFREG, 0, t)?;
-            rustix::fs::fchmod(&f, Mode::from_raw_mode(meta.mode))?;
-            rustix::fs::futimens(&f, &times(&meta))?;
-        }
-        E::Symlink => {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| EntryError::Unsafe("symlink without a target".into()))?;
-            rustix::fs::symlinkat(cstr(&target)?, &dir, &cn)?;
-            if t.privileged {
-                chown_at(&dir, &cn, &meta)?;
-            }
-            rustix::fs::utimensat(&dir, &cn, &times(&meta), AtFlags::SYMLINK_NOFOLLOW)?;
-        }
-        E::Link => {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| EntryError::Unsafe("hard link without a target".into()))?
-                .into_owned();
-            let tcomps = components(&target)
-                .map_err(|r| EntryError::Unsafe(format!("hard link target: {r}")))?;
-            let Some((tlast, tparents)) = tcomps.split_last() else {
-                return Err(EntryError::Unsafe("hard link to the layer root".into()));
-            };
-            let linked = open_beneath(root, tparents, false).and_then(|tdir| {
-                Ok(rustix::fs::linkat(
-                    &tdir,
-                    cstr(tlast)?,
-                    &dir,
-                    &cn,
-                    AtFlags::empty(),
-                )?)
-            });
-            match linked.map_err(|e| e.raw_os_error()) {
-                Ok(()) => {
-                    if let Some(d) = out.digests.get(&tcomps.join(&b'/')).cloned() {
-                        out.digests.insert(path, d);
-                    }
-                }
-                Err(Some(libc::ENOENT)) => {
-                    out.files -= 1;
-                    out.deferred_links
-                        .push((comps.join(&b'/'), tcomps.join(&b'/')));
-                }
-                Err(Some(libc::EPERM)) => {
-                    return Err(EntryError::Unsafe(format!(
-                        "hard link to '{}', a directory",
-                        String::from_utf8_lossy(&target)
-                    )));
-                }
-                Err(Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR)) => {
-                    return Err(EntryError::Unsafe(format!(
-                        "hard link target '{}' goes through a symlink or a non-directory",
-                        String::from_utf8_lossy(&target)
-                    )));
-                }
-                Err(e) => {
-                    return Err(EntryError::Io(io::Error::from_raw_os_error(
-                        e.unwrap_or(libc::EIO),
-                    )));
-                }
-            }
-        }
-        E::Char | E::Block | E::Fifo => {
-            let h = entry.header();
-            let (ma, mi) = (
-                h.device_major().ok().flatten().unwrap_or(0),
-                h.device_minor().ok().flatten().unwrap_or(0),
-            );
-            let (ifmt, ft) = match kind {
-                E::Char => (libc::S_IFCHR, rustix::fs::FileType::CharacterDevice),
-                E::Block => (libc::S_IFBLK, rustix::fs::FileType::BlockDevice),
-                _ => (libc::S_IFIFO, rustix::fs::FileType::Fifo),
-            };
-            let rdev = libc::makedev(ma, mi);
-            if ifmt == libc::S_IFIFO || t.privileged {
-                rustix::fs::mknodat(&dir, &cn, ft, Mode::from_raw_mode(0o600), rdev)?;
-                if t.privileged {
-                    chown_at(&dir, &cn, &meta)?;
-                } else if meta.uid != own_uid() || meta.gid != own_gid() {
-                    // user.* xattrs cannot be set on a fifo: the owner is lost.
-                    warn!(image = t.image, layer = t.layer, entry = %String::from_utf8_lossy(name),
-                        "fifo owner {}:{} not kept", meta.uid, meta.gid);
-                }
-            } else {
-                // No device nodes without privilege: an empty file whose override xattr
-                // says what it is, as containers/storage does for rootless images.
-                let fd = rustix::fs::openat(
-                    &dir,
-                    &cn,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )?;
-                set_override(&fd, &meta, ifmt, rdev)?;
-            }
-            rustix::fs::chmodat(&dir, &cn, Mode::from_raw_mode(meta.mode), AtFlags::empty())?;
-            rustix::fs::utimensat(&dir, &cn, &times(&meta), AtFlags::SYMLINK_NOFOLLOW)?;
-        }
+        E::Regular | E::Continuous | E::GNUSparse => at.file(entry, path, out),
+        E::Symlink => at.symlink(entry),
+        E::Link => at.hard_link(entry, path, out),
+        E::Char | E::Block | E::Fifo => at.special(entry.header(), kind),
         other => {
             out.files -= 1;
             warn!(
@@ -495,12 +378,186 @@ fn write_entry<R: Read>(
                 entry = %String::from_utf8_lossy(name),
                 "skipping tar entry of type {other:?}"
             );
+            Ok(())
         }
     }
-    Ok(())
 }
 
-/// The entry's owner on `name` itself (never a symlink's target).
+/// Where one tar entry goes: name `cn` in `dir`, a directory of the layer `root` opened
+/// beneath it; with the entry's metadata and its name in the tar (for messages).
+struct At<'a> {
+    root: &'a OwnedFd,
+    dir: &'a OwnedFd,
+    cn: CString,
+    meta: &'a Meta,
+    t: &'a Target<'a>,
+    name: &'a [u8],
+}
+
+impl At<'_> {
+    /// A directory, made unless it is there; replacing a non-directory (`replace`). Its
+    /// mode and times are applied at the end, once nothing more is written into it.
+    fn dir(&self, replace: bool, exists: bool) -> Result<(), EntryError> {
+        if replace {
+            rustix::fs::unlinkat(self.dir, &self.cn, AtFlags::empty())?;
+        }
+        if !exists {
+            rustix::fs::mkdirat(self.dir, &self.cn, Mode::from_raw_mode(0o700))?;
+        }
+        let fd = rustix::fs::openat(
+            self.dir,
+            &self.cn,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        set_owner_xattrs(&fd, self.meta, libc::S_IFDIR, 0, self.t)?;
+        Ok(())
+    }
+
+    /// A regular file, its content hashed as it is written (the record's digest).
+    fn file<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        path: Vec<u8>,
+        out: &mut Unpacked,
+    ) -> Result<(), EntryError> {
+        let fd = rustix::fs::openat(
+            self.dir,
+            &self.cn,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let mut w = HashingWriter {
+            inner: std::fs::File::from(fd),
+            hasher: ContentHasher::default(),
+        };
+        io::copy(entry, &mut w)?;
+        let f = w.inner;
+        out.digests.insert(path, w.hasher.finish());
+        set_owner_xattrs(f.as_fd(), self.meta, libc::S_IFREG, 0, self.t)?;
+        rustix::fs::fchmod(&f, Mode::from_raw_mode(self.meta.mode))?;
+        rustix::fs::futimens(&f, &times(self.meta))?;
+        Ok(())
+    }
+
+    fn symlink<R: Read>(&self, entry: &tar::Entry<'_, R>) -> Result<(), EntryError> {
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| EntryError::Unsafe("symlink without a target".into()))?;
+        rustix::fs::symlinkat(cstr(&target)?, self.dir, &self.cn)?;
+        if self.t.privileged {
+            chown_at(self.dir, &self.cn, self.meta)?;
+        }
+        rustix::fs::utimensat(
+            self.dir,
+            &self.cn,
+            &times(self.meta),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    /// A hard link to a file of this layer, looked up beneath the layer's root. A target
+    /// not (yet) in this layer is one of a lower layer: the link is made once every layer is
+    /// in place (`deferred_links`).
+    fn hard_link<R: Read>(
+        &self,
+        entry: &tar::Entry<'_, R>,
+        path: Vec<u8>,
+        out: &mut Unpacked,
+    ) -> Result<(), EntryError> {
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| EntryError::Unsafe("hard link without a target".into()))?
+            .into_owned();
+        let tcomps = components(&target)
+            .map_err(|r| EntryError::Unsafe(format!("hard link target: {r}")))?;
+        let Some((tlast, tparents)) = tcomps.split_last() else {
+            return Err(EntryError::Unsafe("hard link to the layer root".into()));
+        };
+        let linked = open_beneath(self.root, tparents, false).and_then(|tdir| {
+            Ok(rustix::fs::linkat(
+                &tdir,
+                cstr(tlast)?,
+                self.dir,
+                &self.cn,
+                AtFlags::empty(),
+            )?)
+        });
+        let target_shown = || String::from_utf8_lossy(&target).into_owned();
+        match linked.map_err(|e| e.raw_os_error()) {
+            Ok(()) => {
+                if let Some(d) = out.digests.get(&tcomps.join(&b'/')).cloned() {
+                    out.digests.insert(path, d);
+                }
+                Ok(())
+            }
+            Err(Some(libc::ENOENT)) => {
+                out.files -= 1;
+                out.deferred_links.push((path, tcomps.join(&b'/')));
+                Ok(())
+            }
+            Err(Some(libc::EPERM)) => Err(EntryError::Unsafe(format!(
+                "hard link to '{}', a directory",
+                target_shown()
+            ))),
+            Err(Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR)) => {
+                Err(EntryError::Unsafe(format!(
+                    "hard link target '{}' goes through a symlink or a non-directory",
+                    target_shown()
+                )))
+            }
+            Err(e) => Err(EntryError::Io(io::Error::from_raw_os_error(
+                e.unwrap_or(libc::EIO),
+            ))),
+        }
+    }
+
+    /// A device node or fifo. Without privilege a device is an empty file whose override
+    /// xattr says what it is, as containers/storage does for rootless images.
+    fn special(&self, h: &tar::Header, kind: tar::EntryType) -> Result<(), EntryError> {
+        use tar::EntryType as E;
+        let (ma, mi) = (
+            h.device_major().ok().flatten().unwrap_or(0),
+            h.device_minor().ok().flatten().unwrap_or(0),
+        );
+        let (ifmt, ft) = match kind {
+            E::Char => (libc::S_IFCHR, rustix::fs::FileType::CharacterDevice),
+            E::Block => (libc::S_IFBLK, rustix::fs::FileType::BlockDevice),
+            _ => (libc::S_IFIFO, rustix::fs::FileType::Fifo),
+        };
+        let rdev = libc::makedev(ma, mi);
+        let meta = self.meta;
+        if ifmt == libc::S_IFIFO || self.t.privileged {
+            rustix::fs::mknodat(self.dir, &self.cn, ft, Mode::from_raw_mode(0o600), rdev)?;
+            if self.t.privileged {
+                chown_at(self.dir, &self.cn, meta)?;
+            } else if meta.uid != own_uid() || meta.gid != own_gid() {
+                // user.* xattrs cannot be set on a fifo: the owner is lost.
+                warn!(image = self.t.image, layer = self.t.layer,
+                    entry = %String::from_utf8_lossy(self.name),
+                    "fifo owner {}:{} not kept", meta.uid, meta.gid);
+            }
+        } else {
+            let fd = rustix::fs::openat(
+                self.dir,
+                &self.cn,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            set_override(&fd, meta, ifmt, rdev)?;
+        }
+        rustix::fs::chmodat(
+            self.dir,
+            &self.cn,
+            Mode::from_raw_mode(meta.mode),
+            AtFlags::empty(),
+        )?;
+        rustix::fs::utimensat(self.dir, &self.cn, &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(())
+    }
+}
+
 fn chown_at(dir: &OwnedFd, name: &CString, m: &Meta) -> io::Result<()> {
     Ok(rustix::fs::chownat(
         dir,
