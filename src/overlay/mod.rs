@@ -15,6 +15,7 @@ use parking_lot::{Mutex, RwLock};
 pub mod acl;
 pub mod atime;
 pub mod attrs;
+mod config;
 pub mod copyup;
 pub mod dir;
 pub mod error;
@@ -35,6 +36,7 @@ pub use error::Error;
 use crate::stack::resolve;
 use crate::stack::whiteout::{self, Marker};
 use crate::stack::{Layer, LayerError, join};
+use config::{verified_cache, verifier_of};
 use dir::Listing;
 use idmap::IdMap;
 use inode::{Attr, Ino, LayerList, Node, NodeState, ROOT_INO};
@@ -50,27 +52,8 @@ pub const DEFAULT_OPEN_FILES: usize = 1024;
 /// Writable-layer directories kept open (an untar or rm -rf works in a few at a time).
 const UPPER_DIRS_OPEN: usize = 64;
 
+pub use config::{Config, VerifyConfig};
 pub use namespace::Stale;
-
-/// What a mount is made of.
-#[derive(Debug, Clone, Default)]
-pub struct Config {
-    /// Read-only layers, top first.
-    pub lowerdirs: Vec<PathBuf>,
-    /// The writable layer and its work directory.
-    pub upper: Option<(PathBuf, PathBuf)>,
-    /// Refuse every change with EROFS even with a writable layer (`ro`).
-    pub read_only: bool,
-    /// fsync copy-ups and fsync(2) calls (off: `fsync=0`, `volatile`).
-    pub fsync: bool,
-    pub ids: IdMap,
-    /// A server taking over a live mount from a dead one: what that one parked in W stays.
-    pub resume: bool,
-    /// When an access updates an atime on the writable layer.
-    pub atime: atime::AtimePolicy,
-    /// Check every lower layer against its record (`verify=on`).
-    pub verify: Option<VerifyConfig>,
-}
 
 /// How reads of a lower file are checked under `verify=on`: against record entry `entry` of
 /// layer `layer` (the name `rel` it was opened by), for the file `file` (device, inode) that
@@ -81,15 +64,6 @@ pub(crate) struct ReadPlan {
     pub entry: u32,
     pub rel: Arc<[u8]>,
     pub file: (u64, u64),
-}
-
-/// How a verifying mount checks its layers.
-#[derive(Debug, Clone, Default)]
-pub struct VerifyConfig {
-    /// The node's table of content already checked; `None`: none.
-    pub cache: Option<PathBuf>,
-    /// Public keys: each layer's record must be signed by one (`verify_trust=`).
-    pub trust: Vec<PathBuf>,
 }
 
 pub struct Overlay {
@@ -153,72 +127,6 @@ impl std::fmt::Debug for Overlay {
             .field("nodes", &self.names.table.len())
             .finish()
     }
-}
-
-/// The node's table of checked content, when it can be used (else checks are not shared).
-fn verified_cache(v: &VerifyConfig) -> Option<Arc<crate::stack::verified::VerifiedCache>> {
-    let path = v.cache.as_ref()?;
-    match crate::stack::verified::VerifiedCache::open(path) {
-        Ok(c) => Some(Arc::new(c)),
-        Err(e) => {
-            tracing::warn!("verify: content checks not shared between mounts: {e}");
-            None
-        }
-    }
-}
-
-/// The checker of layer `l`: its record, found beside it, must be the record of the layer
-/// its directory is named for.
-fn verifier_of(
-    l: &Layer,
-    cache: Option<Arc<crate::stack::verified::VerifiedCache>>,
-    trust: Option<&crate::stack::trust::TrustedKeys>,
-) -> Result<crate::stack::verify::Verifier, Error> {
-    use crate::stack::{layout, record};
-    // The path the layer was given as may be a descriptor's (/proc/self/fd/N): name the
-    // directory itself.
-    let real = std::fs::canonicalize(&l.path).unwrap_or_else(|_| l.path.clone());
-    let refuse = |reason: String| Error::Unverifiable {
-        layer: real.clone(),
-        reason,
-    };
-    // The name the layer was given by decides which layer it must be (a symlinked layer
-    // directory does not make another layer this one); a descriptor's path, by what it is.
-    let (file, hex) = layout::record_for(&l.path)
-        .or_else(|| layout::record_for(&real))
-        .ok_or_else(|| refuse("not a repository's layer or flat root: no record".into()))?;
-    if !file.exists() {
-        return Err(refuse(format!(
-            "no record at {} (converted before records existed: see stratafs convert --repair)",
-            file.display()
-        )));
-    }
-    // With keys to trust, the record is read whole before its signature is checked, so that
-    // a change to the file afterwards cannot change what was checked.
-    let rec = match trust {
-        Some(_) => std::fs::read(&file)
-            .map_err(|e| refuse(format!("{}: {e}", file.display())))
-            .and_then(|b| record::Record::from_vec(b, &file).map_err(|e| refuse(e.to_string())))?,
-        None => record::Record::open(&file).map_err(|e| refuse(e.to_string()))?,
-    };
-    let found = record::hex(&rec.layer().0);
-    if found != hex {
-        return Err(refuse(format!(
-            "{}: the record of layer {found}, not of this one",
-            file.display()
-        )));
-    }
-    if let Some(keys) = trust {
-        keys.check(&rec, &layout::sig_of(&file))
-            .map_err(|e| refuse(e.to_string()))?;
-    }
-    let check_owner = l.cvmfs.is_none();
-    Ok(crate::stack::verify::Verifier::new(
-        rec,
-        real.display().to_string(),
-        check_owner,
-        cache,
-    ))
 }
 
 impl Overlay {
@@ -852,76 +760,5 @@ impl Overlay {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The core without any front end: layers on disk, lookups and listings in process.
-    use super::*;
-
-    fn stack() -> (tempfile::TempDir, Overlay) {
-        let t = tempfile::tempdir().unwrap();
-        let (top, bottom) = (t.path().join("top"), t.path().join("bottom"));
-        for d in ["d", "opq", "gone"] {
-            std::fs::create_dir_all(bottom.join(d)).unwrap();
-        }
-        std::fs::write(bottom.join("d/low"), "low").unwrap();
-        std::fs::write(bottom.join("d/shadowed"), "bottom").unwrap();
-        std::fs::write(bottom.join("opq/hidden"), "").unwrap();
-        std::fs::create_dir_all(top.join("d")).unwrap();
-        std::fs::create_dir_all(top.join("opq")).unwrap();
-        std::fs::write(top.join("d/shadowed"), "top").unwrap();
-        std::fs::write(top.join("opq/.wh..wh..opq"), "").unwrap();
-        std::fs::write(top.join("opq/mine"), "").unwrap();
-        std::fs::write(top.join(".wh.gone"), "").unwrap();
-        let ov = Overlay::new(&[top, bottom]).unwrap();
-        (t, ov)
-    }
-
-    fn names(ov: &Overlay, dir: &Arc<Node>) -> Vec<String> {
-        let mut v: Vec<String> = ov
-            .with_listing(dir, |l| {
-                l.entries()
-                    .iter()
-                    .filter(|e| !e.removed)
-                    .map(|e| String::from_utf8_lossy(&e.name).into_owned())
-                    .collect()
-            })
-            .unwrap();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn merges_shadows_and_hides() {
-        let (_t, ov) = stack();
-        let root = ov.node(ROOT_INO).unwrap();
-        assert_eq!(names(&ov, &root), ["d", "opq"]);
-        assert!(ov.lookup(ROOT_INO, b"gone").unwrap().is_none());
-        assert!(ov.lookup(ROOT_INO, b".wh.gone").unwrap().is_none());
-        let d = ov.lookup(ROOT_INO, b"d").unwrap().unwrap();
-        assert_eq!(d.layers().len(), 2);
-        assert_eq!(names(&ov, &d), ["low", "shadowed"]);
-        let opq = ov.lookup(ROOT_INO, b"opq").unwrap().unwrap();
-        assert_eq!(opq.layers().len(), 1, "opaque dir must not merge");
-        assert_eq!(names(&ov, &opq), ["mine"]);
-        let f = ov.lookup(d.ino, b"shadowed").unwrap().unwrap();
-        let fd = ov.open_file(&f).unwrap();
-        let mut buf = [0u8; 16];
-        let n = Overlay::read_at(&fd, &mut buf, 0).unwrap();
-        assert_eq!(&buf[..n], b"top");
-    }
-
-    #[test]
-    fn nodes_live_until_forgotten_and_keep_their_number() {
-        let (_t, ov) = stack();
-        let d1 = ov.lookup(ROOT_INO, b"d").unwrap().unwrap();
-        let d2 = ov.lookup(ROOT_INO, b"d").unwrap().unwrap();
-        assert!(Arc::ptr_eq(&d1, &d2));
-        let ino = d1.ino;
-        let before = ov.live_nodes();
-        ov.forget(ino, 1);
-        assert_eq!(ov.live_nodes(), before, "one reference left");
-        ov.forget(ino, 1);
-        assert_eq!(ov.live_nodes(), before - 1);
-        let again = ov.lookup(ROOT_INO, b"d").unwrap().unwrap();
-        assert_eq!(again.ino, ino, "inode numbers are stable across forget");
-    }
-}
+#[path = "core_tests.rs"]
+mod tests;
