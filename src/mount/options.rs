@@ -264,6 +264,9 @@ impl MountOptions {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
         };
+        if self.apply_ids(opt, key, val)? || self.apply_kernel_flag(key) {
+            return Ok(());
+        }
         match key {
             "lowerdir" => {
                 let dirs = split_lowerdir(&nonempty(key, val)?);
@@ -304,29 +307,18 @@ impl MountOptions {
             "failover" => self.failover = on_off(opt, val)?,
             "lookahead" => self.lookahead = on_off(opt, val)?,
             "readdirplus" => {
-                self.readdirplus_lazy = match val {
-                    Some("lazy") => true,
-                    Some("full") => false,
-                    v => {
-                        return Err(Error::BadOption {
-                            option: opt.into(),
-                            reason: format!("expected lazy or full, got '{}'", v.unwrap_or("")),
-                        });
-                    }
-                }
+                self.readdirplus_lazy = choice(opt, val, &[("lazy", true), ("full", false)])?
             }
             "io_uring" => {
-                self.io_uring = match val {
-                    Some("auto") => IoUring::Auto,
-                    Some("on") | None => IoUring::On,
-                    Some("off") => IoUring::Off,
-                    Some(v) => {
-                        return Err(Error::BadOption {
-                            option: opt.into(),
-                            reason: format!("expected on, off or auto, got '{v}'"),
-                        });
-                    }
-                }
+                self.io_uring = choice(
+                    opt,
+                    val.or(Some("on")),
+                    &[
+                        ("auto", IoUring::Auto),
+                        ("on", IoUring::On),
+                        ("off", IoUring::Off),
+                    ],
+                )?
             }
             "prefetch" => {
                 self.prefetch = match nonempty(key, val)?.as_str() {
@@ -347,18 +339,7 @@ impl MountOptions {
                     })?;
                 self.threads = Some(n);
             }
-            "fsync" => {
-                self.fsync = match val {
-                    Some("0") => false,
-                    Some("1") | None => true,
-                    Some(v) => {
-                        return Err(Error::BadOption {
-                            option: opt.into(),
-                            reason: format!("expected 0 or 1, got '{v}'"),
-                        });
-                    }
-                }
-            }
+            "fsync" => self.fsync = choice(opt, val.or(Some("1")), &[("0", false), ("1", true)])?,
             "volatile" => self.fsync = false,
             "verify" => self.verify = on_off(opt, val)?,
             "verify_cache" => self.verify_cache = Some(PathBuf::from(nonempty(key, val)?)),
@@ -366,43 +347,6 @@ impl MountOptions {
                 self.verify_trust.push(PathBuf::from(nonempty(key, val)?));
                 self.verify = true;
             }
-            "uidmapping" => self.ids.uids = parse_mapping(key, &nonempty(key, val)?)?,
-            "gidmapping" => self.ids.gids = parse_mapping(key, &nonempty(key, val)?)?,
-            "squash_to_root" => {
-                self.ids.squash_uid = Some(0);
-                self.ids.squash_gid = Some(0);
-            }
-            "squash_to_uid" => self.ids.squash_uid = Some(number(opt, val)?),
-            "squash_to_gid" => self.ids.squash_gid = Some(number(opt, val)?),
-            "xattr_permissions" => {
-                self.ids.override_xattr = match val {
-                    Some("0") => None,
-                    Some("1") => Some(OverrideXattr::Privileged),
-                    Some("2") => Some(OverrideXattr::User),
-                    _ => {
-                        return Err(Error::BadOption {
-                            option: opt.into(),
-                            reason: "expected 0, 1 or 2".into(),
-                        });
-                    }
-                }
-            }
-            // SELinux labels are the kernel's business; FUSE mounts get theirs from policy.
-            "context" | "fscontext" | "defcontext" | "rootcontext" => {}
-            "ro" | "rw" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
-            | "noatime" | "relatime" | "sync" | "async" | "dirsync" => {
-                use crate::overlay::atime::Atime;
-                match key {
-                    "noatime" => self.atime.mode = Atime::Never,
-                    "relatime" | "atime" => self.atime.mode = Atime::Relative,
-                    _ => {}
-                }
-                self.flags.push(key.to_string())
-            }
-            "strictatime" => self.atime.mode = crate::overlay::atime::Atime::Strict,
-            "nostrictatime" => self.atime.mode = crate::overlay::atime::Atime::Relative,
-            "nodiratime" => self.atime.nodiratime = true,
-            "diratime" => self.atime.nodiratime = false,
             // Always on: the kernel checks permissions against the merged attributes.
             "default_permissions" => {}
             k if NOT_APPLICABLE.contains(&k) || k.starts_with("x-") => {
@@ -425,6 +369,76 @@ impl MountOptions {
         }
         Ok(())
     }
+
+    /// The owner options (`uidmapping=`, squashing, the override xattr); false for others.
+    fn apply_ids(&mut self, opt: &str, key: &str, val: Option<&str>) -> Result<bool, Error> {
+        match key {
+            "uidmapping" => self.ids.uids = parse_mapping(key, &nonempty(key, val)?)?,
+            "gidmapping" => self.ids.gids = parse_mapping(key, &nonempty(key, val)?)?,
+            "squash_to_root" => {
+                self.ids.squash_uid = Some(0);
+                self.ids.squash_gid = Some(0);
+            }
+            "squash_to_uid" => self.ids.squash_uid = Some(number(opt, val)?),
+            "squash_to_gid" => self.ids.squash_gid = Some(number(opt, val)?),
+            "xattr_permissions" => {
+                self.ids.override_xattr = choice(
+                    opt,
+                    val,
+                    &[
+                        ("0", None),
+                        ("1", Some(OverrideXattr::Privileged)),
+                        ("2", Some(OverrideXattr::User)),
+                    ],
+                )?
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Options for the kernel's mount (flags, atime modes, labels); false for others.
+    fn apply_kernel_flag(&mut self, key: &str) -> bool {
+        match key {
+            // SELinux labels are the kernel's business; FUSE mounts get theirs from policy.
+            "context" | "fscontext" | "defcontext" | "rootcontext" => {}
+            "ro" | "rw" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
+            | "noatime" | "relatime" | "sync" | "async" | "dirsync" => {
+                use crate::overlay::atime::Atime;
+                match key {
+                    "noatime" => self.atime.mode = Atime::Never,
+                    "relatime" | "atime" => self.atime.mode = Atime::Relative,
+                    _ => {}
+                }
+                self.flags.push(key.to_string())
+            }
+            "strictatime" => self.atime.mode = crate::overlay::atime::Atime::Strict,
+            "nostrictatime" => self.atime.mode = crate::overlay::atime::Atime::Relative,
+            "nodiratime" => self.atime.nodiratime = true,
+            "diratime" => self.atime.nodiratime = false,
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// `val` as one of `words`, each with what it means; anything else is one line naming `opt`.
+fn choice<T: Clone>(opt: &str, val: Option<&str>, words: &[(&str, T)]) -> Result<T, Error> {
+    words
+        .iter()
+        .find(|(w, _)| Some(*w) == val)
+        .map(|(_, t)| t.clone())
+        .ok_or_else(|| {
+            let names: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
+            let list = match names.split_last() {
+                Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+                _ => names.concat(),
+            };
+            Error::BadOption {
+                option: opt.into(),
+                reason: format!("expected {list}, got '{}'", val.unwrap_or("")),
+            }
+        })
 }
 
 /// Every option [`MountOptions::apply`] knows, for suggestions.
