@@ -62,7 +62,7 @@ log() { echo "fleet: $*" >&2; }
 die() { echo "fleet.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (CernVM-FS server and clients, containerd)"
 for t in cvmfs_server cvmfs2 cvmfs_talk squid apache2 containerd runc ctr docker-registry skopeo \
-  umoci bwrap busybox curl python3; do
+  umoci bwrap busybox curl python3 bc; do
   command -v $t >/dev/null || die "$t is missing (bash scripts/setup.sh installs it)"
 done
 [ -f "$KIT/cvmfs-up.sh" ] || die "$KIT/cvmfs-up.sh: the CernVM-FS kit is missing (STRATAFS_CVMFS_KIT)"
@@ -92,7 +92,7 @@ BIN=$STRATAFS_BIN
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("executable") and m["target"]["name"] == "cri_pod":
-        print(m["executable"])')
+        print(m["executable"])') || die "could not build benches/cri_pod.rs"
 [ -x "$CRI_POD" ] || die "could not build benches/cri_pod.rs"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -112,6 +112,7 @@ cleanup() {
   fi
   declare -F squid_down >/dev/null && squid_down
   declare -F s1_down >/dev/null && s1_down
+  mountpoint -q "$F/local/mnt" 2>/dev/null && umount -l "$F/local/mnt"
   for p in "${pids[@]}" "${delays[@]}"; do kill "$p" 2>/dev/null; done
   wait 2>/dev/null
 }
@@ -245,6 +246,7 @@ s1_down() {
   p=$(cat "$F/s1/httpd.pid" 2>/dev/null) || return 0
   kill "$p" 2>/dev/null || true
   for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+  pkill -9 -f "apache2 -f $F/s1/httpd.conf" 2>/dev/null || true
   rm -f "$F/s1/httpd.pid"
 }
 s1_down || true
@@ -352,13 +354,24 @@ EOF
   PATH=$d/bin:$PATH containerd --config "$d/containerd.toml" >"$d/containerd.log" 2>&1 &
   echo $! > "$d/containerd.pid"
   wait_for "node $i's containerd" test -S "$d/containerd.sock"
-  # The sandbox image, as a node has it before any pod of the image is scheduled.
-  "$CRI_POD" pull "$d/containerd.sock" "$R/fleet/pause:t" >/dev/null 2>"$d/pause.log" ||
-    die "node $i: pulling the sandbox image failed: $(tail -3 "$d/pause.log")"
+  # The sandbox image, as a node has it before any pod of the image is scheduled (CRI answers
+  # a moment after the socket appears: retried).
+  local n
+  for n in $(seq 20); do
+    "$CRI_POD" pull "$d/containerd.sock" "$R/fleet/pause:t" >/dev/null 2>"$d/pause.log" && break
+    [ "$n" = 20 ] && die "node $i: pulling the sandbox image failed: $(tail -3 "$d/pause.log")"
+    sleep 0.5
+  done
 }
 node_down() { # I
-  local d=$F/node-$1 p
+  local d=$F/node-$1 p t
   [ -d "$d" ] || return 0
+  # Containers a failed start left (pods are removed by cri_pod when it succeeds).
+  if [ -S "$d/containerd.sock" ]; then
+    for t in $(ctr -a "$d/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
+      ctr -a "$d/containerd.sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+    done
+  fi
   for p in containerd snapshotter; do
     if [ -f "$d/$p.pid" ]; then
       kill "$(cat "$d/$p.pid")" 2>/dev/null || true
@@ -386,7 +399,8 @@ working_set() { # S1_MARK S0_MARK
     since "$F/s1/access.log" "$1" | awk '$NF == "\"-\"" {print $5}'
     since "$S0_LOG" "$2" | awk '{print $5}'
   } | grep -o "/cvmfs/$REPO/data/[0-9a-f]*/[0-9a-zA-Z]*" | sort -u |
-    sed "s|^/cvmfs/$REPO/|/srv/cvmfs/$REPO/|" | xargs -r stat -c %s | awk '{s += $1} END {print s + 0}'
+    sed "s|^/cvmfs/$REPO/|/srv/cvmfs/$REPO/|" | { xargs -r stat -c %s 2>/dev/null || true; } |
+    awk '{s += $1} END {print s + 0}'
 }
 proxy_data_bytes() { awk '$7 ~ "/data/" {s += $5} END {print s + 0}' "$F/squid/access.log" 2>/dev/null || echo 0; }
 
@@ -435,6 +449,7 @@ fleet_start() {
       slowest=$(echo "if ($t > $slowest) $t else $slowest" | bc)
     else
       log "$label: node $i failed: $(tail -2 "$F/node-$i/run.log" | tr '\n' ' ')"
+      echo "$i" >> "$F/failed-nodes"
     fi
     echo "$label" > "$F/node-$i/run.label"
   done
@@ -458,6 +473,7 @@ fleet_start() {
 
 rows=()
 : > "$F/results.tsv"
+: > "$F/failed-nodes"
 for mode in $MODES; do
   for r in $(seq "$RUNS"); do fleet_start "$mode" none "$mode-$r"; done
   rows+=("$mode")
@@ -483,7 +499,7 @@ for row in "${rows[@]}"; do
     "$(mb "$s1b")" "$(mb "$pb")" "$(mb "$s0b")" "$(mb "$rb")" "$(mb "$ws")"
 done
 echo
-k=$(awk -F'\t' -v n="$N" 'BEGIN {k = n} {if ($4 < k) k = $4} END {print k}' "$F/results.tsv")
+k=$((N - $(sort -u "$F/failed-nodes" | wc -l)))
 first=$(awk -F'\t' '$2 == "cvmfs" && $3 == "none" {print; exit}' "$F/results.tsv")
 [ -n "$first" ] || first=$(head -1 "$F/results.tsv")
 IFS=$'\t' read -r _ _ _ _ _ _ s1b _ _ _ ws <<<"$first"

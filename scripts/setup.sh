@@ -19,6 +19,7 @@ packages=(
   prometheus                                       # scrapes the metrics in tests (promtool checks them)
   squid libapache2-mod-wsgi-py3                    # the fleet on CernVM-FS: site proxy, stratum-1 (benches/fleet.sh)
   qemu-utils xfsprogs                              # power cuts replayed: a logged block device, xfs uppers
+  bc                                               # arithmetic in the benchmark scripts
   # CernVM-FS 2.12's runtime (the build itself comes from the kit below) and its stratum-0's web server
   libfuse3-3 libfuse2 libssl3 uuid libcap2 zlib1g libsqlite3-0 sqlite3 gawk psmisc lsof curl rsync jq
   libcap2-bin apache2 iproute2 kmod python3 usbutils

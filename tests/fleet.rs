@@ -214,7 +214,7 @@ fn three_nodes_start_one_pod_from_one_stratum1_through_a_proxy() {
             s.proxy,
             s.stratum1
         );
-        // Nine 256 KiB parts of the job, at least: they are in the working set.
+        // The twelve 256 KiB parts of the job, at least: they are in the working set.
         assert!(
             s.stratum1 >= 12 * 256 * 1024,
             "{label}: stratum-1 bytes {}",
@@ -238,6 +238,11 @@ fn three_nodes_start_one_pod_from_one_stratum1_through_a_proxy() {
         .collect();
     for label in ["cvmfs-1", "cvmfs+trace-1", "s1-stops-1", "proxy-stops-1"] {
         let reg = std::fs::read_to_string(f.join(format!("registry-{label}.log"))).unwrap();
+        // The log is there to be read: the pull asked for the manifest.
+        assert!(
+            reg.contains("/manifests/"),
+            "{label}: no manifest request in the registry's log:\n{reg}"
+        );
         for l in &layers {
             assert!(
                 !reg.contains(l),
