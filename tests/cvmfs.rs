@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use common::image::busybox_base_tar;
+use common::image::{busybox_base_tar, busybox_with_layer};
 use common::layout::*;
 use common::podman::Store;
 use common::*;
@@ -201,7 +201,6 @@ fn layer_file_hashes(layers: &[PathBuf]) -> Vec<(PathBuf, String)> {
 /// Busybox plus an application layer with what a real image has and publishing changes: a
 /// hard link, a directory owned by an ordinary user, nested directories.
 fn app_image(dir: &Path) -> PathBuf {
-    let base = std::fs::read(busybox_base_tar(dir)).unwrap();
     let root = dir.join("app-root");
     for d in ["proc", "dev", "etc", "opt/app/data", "home/user"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
@@ -230,19 +229,7 @@ fn app_image(dir: &Path) -> PathBuf {
             .args(["1000:1000"])
             .arg(root.join("home/user")),
     );
-    let tar = dir.join("app.tar");
-    run_ok(
-        Command::new("tar")
-            .arg("--numeric-owner")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."),
-    );
-    let layout = dir.join("layout");
-    make_layout(&layout, "v1", &[base, std::fs::read(tar).unwrap()]);
-    layout
+    busybox_with_layer(dir, &root)
 }
 
 fn convert(repo: &Path, layout: &Path, name: &str, extra: &[&str]) -> std::process::Output {

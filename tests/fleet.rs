@@ -17,8 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::image::busybox_base_tar;
-use common::layout::make_layout;
+use common::image::busybox_with_layer;
 use common::*;
 
 const EXPECT: &str = "fleet job read 12 files";
@@ -26,7 +25,6 @@ const EXPECT: &str = "fleet job read 12 files";
 /// Busybox plus a layer of a job that reads twelve files of 256 KiB (incompressible, so each
 /// is a data object of its own) and says so.
 fn job_image(dir: &Path) -> PathBuf {
-    let base = std::fs::read(busybox_base_tar(dir)).unwrap();
     let root = dir.join("job-root");
     std::fs::create_dir_all(root.join("opt/job")).unwrap();
     for d in ["proc", "dev", "sys", "etc"] {
@@ -49,19 +47,7 @@ fn job_image(dir: &Path) -> PathBuf {
          echo fleet job read $n files\n",
     )
     .unwrap();
-    let tar = dir.join("job.tar");
-    run_ok(
-        Command::new("tar")
-            .arg("--numeric-owner")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."),
-    );
-    let layout = dir.join("layout");
-    make_layout(&layout, "v1", &[base, std::fs::read(tar).unwrap()]);
-    layout
+    busybox_with_layer(dir, &root)
 }
 
 /// The CRI client of benches/cri_pod.rs, as `cargo test --all-targets` built it beside this

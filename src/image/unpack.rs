@@ -395,6 +395,16 @@ struct At<'a> {
 }
 
 impl At<'_> {
+    /// A new empty file, private until its metadata is set.
+    fn create(&self) -> Result<OwnedFd, Errno> {
+        rustix::fs::openat(
+            self.dir,
+            &self.cn,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+    }
+
     /// A directory, made unless it is there; replacing a non-directory (`replace`). Its
     /// mode and times are applied at the end, once nothing more is written into it.
     fn dir(&self, replace: bool, exists: bool) -> Result<(), EntryError> {
@@ -421,12 +431,7 @@ impl At<'_> {
         path: Vec<u8>,
         out: &mut Unpacked,
     ) -> Result<(), EntryError> {
-        let fd = rustix::fs::openat(
-            self.dir,
-            &self.cn,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )?;
+        let fd = self.create()?;
         let mut w = HashingWriter {
             inner: std::fs::File::from(fd),
             hasher: ContentHasher::default(),
@@ -539,12 +544,7 @@ impl At<'_> {
                     "fifo owner {}:{} not kept", meta.uid, meta.gid);
             }
         } else {
-            let fd = rustix::fs::openat(
-                self.dir,
-                &self.cn,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )?;
+            let fd = self.create()?;
             set_override(&fd, meta, ifmt, rdev)?;
         }
         rustix::fs::chmodat(

@@ -124,6 +124,25 @@ pub fn busybox_base_tar(dir: &Path) -> PathBuf {
     tar
 }
 
+/// An OCI layout `dir/layout` (tag `v1`) of two layers: the busybox base and the tree at
+/// `root` (owners kept as numbers), as an application image has them.
+pub fn busybox_with_layer(dir: &Path, root: &Path) -> PathBuf {
+    let base = std::fs::read(busybox_base_tar(dir)).unwrap();
+    let tar = dir.join("app-layer.tar");
+    run_ok(
+        Command::new("tar")
+            .arg("--numeric-owner")
+            .arg("-C")
+            .arg(root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+    );
+    let layout = dir.join("layout");
+    super::layout::make_layout(&layout, "v1", &[base, std::fs::read(tar).unwrap()]);
+    layout
+}
+
 pub fn which(tool: &str) -> PathBuf {
     std::env::split_paths(&std::env::var_os("PATH").unwrap())
         .map(|d| d.join(tool))
