@@ -57,6 +57,30 @@ fn io(p: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
 /// Rewrite `podmanStore/` for every image stratafs converted into the repository.
 pub fn write(repo: &Repo) -> Result<usize, ImageError> {
     let root = repo.root.join(STORE);
+    skeleton(&root)?;
+    let by_cfg = images_by_config(repo)?;
+    let mut images = Vec::new();
+    let mut layers = Vec::new();
+    for (cfg, e) in &by_cfg {
+        let (image, layer) = write_image(&root, cfg, e)?;
+        images.push(image);
+        layers.push(layer);
+    }
+    // Layers before the images that name them.
+    write_atomic(
+        &root.join("overlay-layers/layers.json"),
+        &serde_json::to_vec(&layers).expect("serialisable"),
+    )?;
+    write_atomic(
+        &root.join("overlay-images/images.json"),
+        &serde_json::to_vec(&images).expect("serialisable"),
+    )?;
+    remove_unnamed(&root, &by_cfg)?;
+    Ok(by_cfg.len())
+}
+
+/// The store's directories, lock files and catalog markers.
+fn skeleton(root: &Path) -> Result<(), ImageError> {
     for d in [
         "",
         "overlay",
@@ -72,14 +96,19 @@ pub fn write(repo: &Repo) -> Result<usize, ImageError> {
     }
     touch(&root.join("overlay-images/images.lock"))?;
     touch(&root.join("overlay-layers/layers.lock"))?;
+    Ok(())
+}
 
-    // One store image per config (several tags may name it).
-    struct Entry {
-        names: Vec<String>,
-        manifest: Vec<u8>,
-        config: Vec<u8>,
-        size: u64,
-    }
+/// One store image per config (several tags may name it).
+struct Entry {
+    names: Vec<String>,
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+    size: u64,
+}
+
+/// The repository's images that have a config blob and a flat root, by config.
+fn images_by_config(repo: &Repo) -> Result<BTreeMap<Digest, Entry>, ImageError> {
     let mut by_cfg: BTreeMap<Digest, Entry> = BTreeMap::new();
     for img in repo.images()? {
         let cfg = img.manifest.config.digest.clone();
@@ -113,87 +142,87 @@ pub fn write(repo: &Repo) -> Result<usize, ImageError> {
             e.names.push(img.name.clone());
         }
     }
+    Ok(by_cfg)
+}
 
-    let mut images = Vec::new();
-    let mut layers = Vec::new();
-    let mut live = Vec::new();
-    for (cfg, e) in &by_cfg {
-        let lid = layer_id(cfg);
-        live.push(lid.clone());
-        let ldir = root.join("overlay").join(&lid);
-        if !ldir.join("diff").exists() {
-            let tmp = root.join("overlay").join(format!(".tmp-{lid}"));
-            let _ = fs::remove_dir_all(&tmp);
-            fs::create_dir(&tmp).map_err(io(&tmp))?;
-            std::os::unix::fs::symlink(
-                format!("../../../.flat/{}/{}", cfg.xx(), cfg.hex()),
-                tmp.join("diff"),
-            )
-            .map_err(io(&tmp))?;
-            fs::write(tmp.join("link"), short_link(&lid)).map_err(io(&tmp))?;
-            let _ = fs::remove_dir_all(&ldir);
-            fs::rename(&tmp, &ldir).map_err(io(&ldir))?;
-        }
-        let l = root.join("overlay/l").join(short_link(&lid));
-        if fs::read_link(&l).is_err() {
-            std::os::unix::fs::symlink(format!("../{lid}/diff"), &l).map_err(io(&l))?;
-        }
-        let idir = root.join("overlay-images").join(cfg.hex());
-        fs::create_dir_all(&idir).map_err(io(&idir))?;
-        let cfg_key = cfg.to_string();
-        let cfg_file = format!(
-            "={}",
-            base64::engine::general_purpose::STANDARD.encode(cfg_key.as_bytes())
-        );
-        write_atomic(&idir.join("manifest"), &e.manifest)?;
-        write_atomic(&idir.join(&cfg_file), &e.config)?;
-        let created = ImageConfig::parse("config", &e.config)
-            .ok()
-            .and_then(|c| c.created)
-            .unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
-        let mdigest = Digest::of(&e.manifest).to_string();
-        images.push(json!({
-            "id": cfg.hex(),
-            "digest": mdigest,
-            "names": e.names,
-            "layer": lid,
-            "metadata": "{}",
-            "big-data-names": ["manifest", cfg_key],
-            "big-data-sizes": {"manifest": e.manifest.len(), cfg_key.clone(): e.config.len()},
-            "big-data-digests": {"manifest": mdigest, cfg_key.clone(): cfg_key},
-            "created": created,
-        }));
-        layers.push(json!({
-            "id": lid,
-            "created": created,
-            "diff-digest": format!("sha256:{lid}"),
-            "diff-size": e.size,
-        }));
+/// The store's layer of image `cfg` (a `diff` link to its flat root, and the short link),
+/// its image directory (manifest and config), and their entries in images.json and
+/// layers.json.
+fn write_image(
+    root: &Path,
+    cfg: &Digest,
+    e: &Entry,
+) -> Result<(serde_json::Value, serde_json::Value), ImageError> {
+    let lid = layer_id(cfg);
+    let ldir = root.join("overlay").join(&lid);
+    if !ldir.join("diff").exists() {
+        let tmp = root.join("overlay").join(format!(".tmp-{lid}"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(io(&tmp))?;
+        std::os::unix::fs::symlink(
+            format!("../../../.flat/{}/{}", cfg.xx(), cfg.hex()),
+            tmp.join("diff"),
+        )
+        .map_err(io(&tmp))?;
+        fs::write(tmp.join("link"), short_link(&lid)).map_err(io(&tmp))?;
+        let _ = fs::remove_dir_all(&ldir);
+        fs::rename(&tmp, &ldir).map_err(io(&ldir))?;
     }
-    // Layers before the images that name them.
-    write_atomic(
-        &root.join("overlay-layers/layers.json"),
-        &serde_json::to_vec(&layers).expect("serialisable"),
-    )?;
-    write_atomic(
-        &root.join("overlay-images/images.json"),
-        &serde_json::to_vec(&images).expect("serialisable"),
-    )?;
-    // What no image names any more.
-    for e in fs::read_dir(root.join("overlay")).map_err(io(&root))? {
-        let e = e.map_err(io(&root))?;
+    let l = root.join("overlay/l").join(short_link(&lid));
+    if fs::read_link(&l).is_err() {
+        std::os::unix::fs::symlink(format!("../{lid}/diff"), &l).map_err(io(&l))?;
+    }
+    let idir = root.join("overlay-images").join(cfg.hex());
+    fs::create_dir_all(&idir).map_err(io(&idir))?;
+    let cfg_key = cfg.to_string();
+    let cfg_file = format!(
+        "={}",
+        base64::engine::general_purpose::STANDARD.encode(cfg_key.as_bytes())
+    );
+    write_atomic(&idir.join("manifest"), &e.manifest)?;
+    write_atomic(&idir.join(&cfg_file), &e.config)?;
+    let created = ImageConfig::parse("config", &e.config)
+        .ok()
+        .and_then(|c| c.created)
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
+    let mdigest = Digest::of(&e.manifest).to_string();
+    let image = json!({
+        "id": cfg.hex(),
+        "digest": mdigest,
+        "names": e.names,
+        "layer": lid,
+        "metadata": "{}",
+        "big-data-names": ["manifest", cfg_key],
+        "big-data-sizes": {"manifest": e.manifest.len(), cfg_key.clone(): e.config.len()},
+        "big-data-digests": {"manifest": mdigest, cfg_key.clone(): cfg_key},
+        "created": created,
+    });
+    let layer = json!({
+        "id": lid,
+        "created": created,
+        "diff-digest": format!("sha256:{lid}"),
+        "diff-size": e.size,
+    });
+    Ok((image, layer))
+}
+
+/// Remove the store's layers and image directories that no image names any more.
+fn remove_unnamed(root: &Path, by_cfg: &BTreeMap<Digest, Entry>) -> Result<(), ImageError> {
+    let live: Vec<String> = by_cfg.keys().map(layer_id).collect();
+    for e in fs::read_dir(root.join("overlay")).map_err(io(root))? {
+        let e = e.map_err(io(root))?;
         let n = e.file_name().to_string_lossy().into_owned();
         if n.len() == 64 && !live.contains(&n) {
             let _ = fs::remove_file(root.join("overlay/l").join(short_link(&n)));
             let _ = fs::remove_dir_all(e.path());
         }
     }
-    for e in fs::read_dir(root.join("overlay-images")).map_err(io(&root))? {
-        let e = e.map_err(io(&root))?;
+    for e in fs::read_dir(root.join("overlay-images")).map_err(io(root))? {
+        let e = e.map_err(io(root))?;
         let n = e.file_name().to_string_lossy().into_owned();
         if n.len() == 64 && !by_cfg.keys().any(|c| c.hex() == n) {
             let _ = fs::remove_dir_all(e.path());
         }
     }
-    Ok(by_cfg.len())
+    Ok(())
 }
