@@ -6,7 +6,7 @@ use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, Metr
 
 use crate::exposition::{counter, counters, family, gauge, gauges, label};
 
-use super::page::{BUCKETS, Page, Scalar};
+use super::page::{BUCKETS, OpFigures, Page, Scalar};
 use crate::mount::keeper::Status;
 use crate::mount::stats::NAMES;
 
@@ -23,23 +23,61 @@ fn mount_labels(s: &Seen) -> Vec<LabelPair> {
 /// The families of `mounts`: every sample labelled with its mountpoint; opcodes only once a
 /// request of theirs came (a counter, once there, stays).
 pub fn mount_families(mounts: &[Seen]) -> Vec<MetricFamily> {
-    let mut info = Vec::new();
-    let mut started = Vec::new();
-    let mut restarts = Vec::new();
-    let mut requests = Vec::new();
-    let mut errors = Vec::new();
-    let mut latency = Vec::new();
-    let mut opened = Vec::new();
-    let mut read = Vec::new();
-    let mut scalars: [Vec<Metric>; 6] = Default::default();
+    let mut samples = Samples::default();
     for s in mounts {
+        samples.add(s);
+    }
+    samples.families(mounts.len())
+}
+
+/// The samples of every family, gathered mount by mount.
+#[derive(Default)]
+struct Samples {
+    info: Vec<Metric>,
+    started: Vec<Metric>,
+    restarts: Vec<Metric>,
+    requests: Vec<Metric>,
+    errors: Vec<Metric>,
+    latency: Vec<Metric>,
+    opened: Vec<Metric>,
+    read: Vec<Metric>,
+    scalars: [Vec<Metric>; 6],
+}
+
+/// A histogram of request latencies from the page's buckets (counts per bucket, made
+/// cumulative as Prometheus wants them).
+fn latency_metric(labels: Vec<LabelPair>, f: &OpFigures) -> Metric {
+    let mut h = Histogram::default();
+    let mut cum = 0;
+    let buckets = BUCKETS
+        .iter()
+        .zip(&f.buckets)
+        .map(|(le, n)| {
+            cum += n;
+            let mut b = Bucket::default();
+            b.set_upper_bound(*le);
+            b.set_cumulative_count(cum);
+            b
+        })
+        .collect();
+    h.set_bucket(buckets);
+    h.set_sample_count(f.count);
+    h.set_sample_sum(f.nanos as f64 / 1e9);
+    let mut m = Metric::from_label(labels);
+    m.set_histogram(h);
+    m
+}
+
+impl Samples {
+    fn add(&mut self, s: &Seen) {
         let ml = mount_labels(s);
         let mut il = ml.clone();
         il.push(label("transport", &s.status.transport));
         il.push(label("group", s.status.group.as_deref().unwrap_or("")));
-        info.push(gauge(il, 1.0));
-        started.push(gauge(ml.clone(), s.page.started() as f64));
-        restarts.push(counter(ml.clone(), s.page.restarts()));
+        self.info.push(gauge(il, 1.0));
+        self.started
+            .push(gauge(ml.clone(), s.page.started() as f64));
+        self.restarts.push(counter(ml.clone(), s.page.restarts()));
         for (i, name) in NAMES.iter().enumerate() {
             let f = s.page.op(i);
             if f.count == 0 {
@@ -47,27 +85,9 @@ pub fn mount_families(mounts: &[Seen]) -> Vec<MetricFamily> {
             }
             let mut ol = ml.clone();
             ol.push(label("op", name));
-            requests.push(counter(ol.clone(), f.count));
-            errors.push(counter(ol.clone(), f.errors));
-            let mut h = Histogram::default();
-            let mut cum = 0;
-            let buckets = BUCKETS
-                .iter()
-                .zip(&f.buckets)
-                .map(|(le, n)| {
-                    cum += n;
-                    let mut b = Bucket::default();
-                    b.set_upper_bound(*le);
-                    b.set_cumulative_count(cum);
-                    b
-                })
-                .collect();
-            h.set_bucket(buckets);
-            h.set_sample_count(f.count);
-            h.set_sample_sum(f.nanos as f64 / 1e9);
-            let mut m = Metric::from_label(ol);
-            m.set_histogram(h);
-            latency.push(m);
+            self.requests.push(counter(ol.clone(), f.count));
+            self.errors.push(counter(ol.clone(), f.errors));
+            self.latency.push(latency_metric(ol, &f));
         }
         for i in 0..s.page.layers() {
             let mut ll = ml.clone();
@@ -77,8 +97,8 @@ pub fn mount_families(mounts: &[Seen]) -> Vec<MetricFamily> {
                 &name.unwrap_or_else(|| format!("layer {i}")),
             ));
             let f = s.page.layer(i);
-            opened.push(counter(ll.clone(), f.files_opened));
-            read.push(counter(ll, f.bytes_read));
+            self.opened.push(counter(ll.clone(), f.files_opened));
+            self.read.push(counter(ll, f.bytes_read));
         }
         for (k, sc) in [
             Scalar::CopyUps,
@@ -91,88 +111,103 @@ pub fn mount_families(mounts: &[Seen]) -> Vec<MetricFamily> {
         .into_iter()
         .enumerate()
         {
-            scalars[k].push(counter(ml.clone(), s.page.scalar(sc)));
+            self.scalars[k].push(counter(ml.clone(), s.page.scalar(sc)));
         }
     }
-    let [copy_ups, hits, misses, ring, verify_failures, verified] = scalars;
-    vec![
-        gauges(
-            "stratafs_mounts",
-            "Mounts alive that this endpoint reports.",
-            vec![gauge(vec![], mounts.len() as f64)],
-        ),
-        gauges(
-            "stratafs_mount_info",
-            "One per mount: its transport and metrics group.",
+
+    /// The families, named and described; `mounts`: how many mounts were added.
+    fn families(self, mounts: usize) -> Vec<MetricFamily> {
+        let Samples {
             info,
-        ),
-        gauges(
-            "stratafs_mount_start_time_seconds",
-            "When the mount was made, in seconds since the epoch.",
             started,
-        ),
-        counters(
-            "stratafs_server_restarts_total",
-            "Servers the keeper started again after one died or was upgraded.",
             restarts,
-        ),
-        counters(
-            "stratafs_fuse_requests_total",
-            "FUSE requests answered, by opcode.",
             requests,
-        ),
-        counters(
-            "stratafs_fuse_request_errors_total",
-            "FUSE requests answered with an error, by opcode.",
             errors,
-        ),
-        family(
-            "stratafs_fuse_request_duration_seconds",
-            "Time from a request's arrival to its reply, by opcode.",
-            MetricType::HISTOGRAM,
             latency,
-        ),
-        counters(
-            "stratafs_layer_files_opened_total",
-            "Files opened for their content, by the layer that holds them.",
             opened,
-        ),
-        counters(
-            "stratafs_layer_read_bytes_total",
-            "Bytes the server read for callers, by layer (passthrough reads bypass it).",
             read,
-        ),
-        counters(
-            "stratafs_verify_failures_total",
-            "Answers of a layer refused because they differ from its record (verify=on).",
-            verify_failures,
-        ),
-        counters(
-            "stratafs_verified_bytes_total",
-            "Bytes of layer files hashed to check them against their records (verify=on).",
-            verified,
-        ),
-        counters(
-            "stratafs_copy_ups_total",
-            "Entries copied up into the writable layer.",
-            copy_ups,
-        ),
-        counters(
-            "stratafs_prefetch_hits_total",
-            "Files first read after the prefetch had read them.",
-            hits,
-        ),
-        counters(
-            "stratafs_prefetch_misses_total",
-            "Files first read before the prefetch had read them (or not in its trace).",
-            misses,
-        ),
-        counters(
-            "stratafs_io_uring_requests_total",
-            "Requests that came through FUSE over io_uring.",
-            ring,
-        ),
-    ]
+            scalars,
+        } = self;
+        let [copy_ups, hits, misses, ring, verify_failures, verified] = scalars;
+        vec![
+            gauges(
+                "stratafs_mounts",
+                "Mounts alive that this endpoint reports.",
+                vec![gauge(vec![], mounts as f64)],
+            ),
+            gauges(
+                "stratafs_mount_info",
+                "One per mount: its transport and metrics group.",
+                info,
+            ),
+            gauges(
+                "stratafs_mount_start_time_seconds",
+                "When the mount was made, in seconds since the epoch.",
+                started,
+            ),
+            counters(
+                "stratafs_server_restarts_total",
+                "Servers the keeper started again after one died or was upgraded.",
+                restarts,
+            ),
+            counters(
+                "stratafs_fuse_requests_total",
+                "FUSE requests answered, by opcode.",
+                requests,
+            ),
+            counters(
+                "stratafs_fuse_request_errors_total",
+                "FUSE requests answered with an error, by opcode.",
+                errors,
+            ),
+            family(
+                "stratafs_fuse_request_duration_seconds",
+                "Time from a request's arrival to its reply, by opcode.",
+                MetricType::HISTOGRAM,
+                latency,
+            ),
+            counters(
+                "stratafs_layer_files_opened_total",
+                "Files opened for their content, by the layer that holds them.",
+                opened,
+            ),
+            counters(
+                "stratafs_layer_read_bytes_total",
+                "Bytes the server read for callers, by layer (passthrough reads bypass it).",
+                read,
+            ),
+            counters(
+                "stratafs_verify_failures_total",
+                "Answers of a layer refused because they differ from its record (verify=on).",
+                verify_failures,
+            ),
+            counters(
+                "stratafs_verified_bytes_total",
+                "Bytes of layer files hashed to check them against their records (verify=on).",
+                verified,
+            ),
+            counters(
+                "stratafs_copy_ups_total",
+                "Entries copied up into the writable layer.",
+                copy_ups,
+            ),
+            counters(
+                "stratafs_prefetch_hits_total",
+                "Files first read after the prefetch had read them.",
+                hits,
+            ),
+            counters(
+                "stratafs_prefetch_misses_total",
+                "Files first read before the prefetch had read them (or not in its trace).",
+                misses,
+            ),
+            counters(
+                "stratafs_io_uring_requests_total",
+                "Requests that came through FUSE over io_uring.",
+                ring,
+            ),
+        ]
+    }
 }
 
 /// Every runtime directory this process may read mounts' pages from: its own, and for root
