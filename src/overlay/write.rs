@@ -289,90 +289,22 @@ impl Overlay {
         let work = upper.work();
         let tmp = upper.temp();
         let mut perm = inherited.perm;
-        let mut file = None;
-        // With an override xattr the presented mode lives there; the file itself stays
-        // usable by the daemon.
-        let disk_perm = |p: u32| {
-            if override_x.is_some() {
-                p | if is_dir { 0o700 } else { 0o600 }
-            } else {
-                p
-            }
-        };
-        match what {
-            NewEntry::File => {
-                file = Some(rustix::fs::openat(
-                    work,
-                    &*tmp,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )?);
-            }
-            NewEntry::Dir => {
-                if sgid {
-                    perm |= libc::S_ISGID;
-                }
-                rustix::fs::mkdirat(work, &*tmp, Mode::from_raw_mode(0o700))?;
-                if opaque {
-                    // A directory over a whiteout must not show what lies below.
-                    let d = rustix::fs::openat(
-                        work,
-                        &*tmp,
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )?;
-                    upper.make_opaque(&d)?;
-                }
-            }
-            NewEntry::Symlink(target) => {
-                rustix::fs::symlinkat(cname(target)?.as_c_str(), work, &*tmp)?;
-            }
-            NewEntry::Node(rdev) => {
-                let ft = FileType::from_raw_mode(mode);
-                let disk_rdev = if override_x.is_some() { 0 } else { rdev };
-                let ft = if override_x.is_some()
-                    && matches!(ft, FileType::CharacterDevice | FileType::BlockDevice)
-                {
-                    FileType::RegularFile
-                } else {
-                    ft
-                };
-                rustix::fs::mknodat(work, &*tmp, ft, Mode::from_raw_mode(0o600), disk_rdev)?;
-            }
+        if is_dir && sgid {
+            perm |= libc::S_ISGID;
         }
-        let is_link = matches!(what, NewEntry::Symlink(_));
-        self.set_owner_at(work, &tmp, uid, gid, override_x.is_some())?;
-        if let Some(x) = override_x {
-            let kind = match what {
-                NewEntry::Node(rdev) => Some((mode & libc::S_IFMT, rdev)),
-                _ => None,
-            };
-            let o = Override {
-                uid: uid.unwrap_or(0),
-                gid: gid.unwrap_or(0),
+        let file = make_in_work(upper, &tmp, &what, mode, opaque, override_x.is_some())?;
+        self.set_new_metadata(
+            work,
+            &tmp,
+            &what,
+            New {
+                mode,
+                uid,
+                gid,
                 perm,
-                kind,
-            };
-            let p = crate::confined::proc_path(work, tmp.as_bytes())?;
-            rustix::fs::lsetxattr(
-                &p,
-                x.name(),
-                o.format().as_bytes(),
-                rustix::fs::XattrFlags::empty(),
-            )?;
-        }
-        if !is_link {
-            rustix::fs::chmodat(
-                work,
-                &*tmp,
-                Mode::from_raw_mode(disk_perm(perm)),
-                AtFlags::empty(),
-            )?;
-            let p = crate::confined::proc_path(work, tmp.as_bytes())?;
-            acl::apply(&inherited, |name, value| {
-                rustix::fs::lsetxattr(&p, name, value, rustix::fs::XattrFlags::empty())
-            })?;
-        }
+            },
+            &inherited,
+        )?;
         upper.install(&tmp, &pdir, name, is_dir)?;
         let node = self.entered(&dir, name)?;
         if is_dir {
@@ -381,6 +313,55 @@ impl Overlay {
             self.ensure_listing_locked(&node)?;
         }
         Ok((node, file))
+    }
+
+    /// Owner, override xattr, mode and inherited ACL of the entry made as `tmp` in the work
+    /// directory, before it is installed under its name.
+    fn set_new_metadata(
+        &self,
+        work: &OwnedFd,
+        tmp: &std::ffi::CStr,
+        what: &NewEntry<'_>,
+        new: New,
+        inherited: &acl::Inherited,
+    ) -> io::Result<()> {
+        let override_x = self.ids.override_xattr;
+        let is_dir = matches!(what, NewEntry::Dir);
+        self.set_owner_at(work, tmp, new.uid, new.gid, override_x.is_some())?;
+        if let Some(x) = override_x {
+            let kind = match what {
+                NewEntry::Node(rdev) => Some((new.mode & libc::S_IFMT, *rdev)),
+                _ => None,
+            };
+            let o = Override {
+                uid: new.uid.unwrap_or(0),
+                gid: new.gid.unwrap_or(0),
+                perm: new.perm,
+                kind,
+            };
+            let p = crate::confined::proc_path(work, tmp.to_bytes())?;
+            rustix::fs::lsetxattr(
+                &p,
+                x.name(),
+                o.format().as_bytes(),
+                rustix::fs::XattrFlags::empty(),
+            )?;
+        }
+        if matches!(what, NewEntry::Symlink(_)) {
+            return Ok(());
+        }
+        // With an override xattr the presented mode lives there; the file itself stays
+        // usable by the daemon.
+        let disk_perm = match override_x {
+            Some(_) => new.perm | if is_dir { 0o700 } else { 0o600 },
+            None => new.perm,
+        };
+        rustix::fs::chmodat(work, tmp, Mode::from_raw_mode(disk_perm), AtFlags::empty())?;
+        let p = crate::confined::proc_path(work, tmp.to_bytes())?;
+        acl::apply(inherited, |name, value| {
+            rustix::fs::lsetxattr(&p, name, value, rustix::fs::XattrFlags::empty())
+        })?;
+        Ok(())
     }
 
     /// A new regular file made whole before it has a name: an unnamed inode (O_TMPFILE) in
@@ -686,4 +667,65 @@ impl Overlay {
         let n = self.entered(&newdir, newname)?;
         Ok(n)
     }
+}
+
+/// What a created entry gets beyond its kind: the mode asked for (its type bits for a
+/// device), owner (None: the daemon's own) and permission bits to present.
+struct New {
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    perm: u32,
+}
+
+/// Make the new entry as `tmp` in the upper layer's work directory, private to the daemon
+/// (0600/0700) until its metadata is set; a new regular file comes back open. A directory
+/// over a whiteout (`opaque`) must not show what lies below. With the override xattr
+/// (`overridden`), a device is a plain file and the xattr says what it is.
+fn make_in_work(
+    upper: &Upper,
+    tmp: &std::ffi::CStr,
+    what: &NewEntry<'_>,
+    mode: u32,
+    opaque: bool,
+    overridden: bool,
+) -> io::Result<Option<OwnedFd>> {
+    let work = upper.work();
+    match what {
+        NewEntry::File => {
+            return Ok(Some(rustix::fs::openat(
+                work,
+                tmp,
+                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?));
+        }
+        NewEntry::Dir => {
+            rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
+            if opaque {
+                let d = rustix::fs::openat(
+                    work,
+                    tmp,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                upper.make_opaque(&d)?;
+            }
+        }
+        NewEntry::Symlink(target) => {
+            rustix::fs::symlinkat(cname(target)?.as_c_str(), work, tmp)?;
+        }
+        NewEntry::Node(rdev) => {
+            let ft = FileType::from_raw_mode(mode);
+            let (ft, disk_rdev) = match ft {
+                FileType::CharacterDevice | FileType::BlockDevice if overridden => {
+                    (FileType::RegularFile, 0)
+                }
+                _ if overridden => (ft, 0),
+                _ => (ft, *rdev),
+            };
+            rustix::fs::mknodat(work, tmp, ft, Mode::from_raw_mode(0o600), disk_rdev)?;
+        }
+    }
+    Ok(None)
 }
