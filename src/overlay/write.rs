@@ -523,48 +523,22 @@ impl Overlay {
         if parent == newparent && name == newname {
             return Ok(());
         }
-        if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
-            return Err(errno(libc::EEXIST));
-        }
-        if exchange && dst.is_none() {
-            return Err(errno(libc::ENOENT));
-        }
-        if src.is_dir() && src.has_lower() {
-            return Err(errno(libc::EXDEV));
-        }
-        if let Some(d) = &dst {
-            if exchange && d.is_dir() && d.has_lower() {
-                return Err(errno(libc::EXDEV));
-            }
-            if !exchange {
-                match (src.is_dir(), d.is_dir()) {
-                    (true, false) => return Err(errno(libc::ENOTDIR)),
-                    (false, true) => return Err(errno(libc::EISDIR)),
-                    (true, true) if !self.merged_empty(&self.node_of(&newdir, newname, d))? => {
-                        return Err(errno(libc::ENOTEMPTY));
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.may_rename(&src, dst.as_ref(), (&newdir, newname), flags)?;
         let snode = self.node_of(&dir, name, &src);
         self.copy_up(&snode, Data::Copy)?;
         let spdir = self.upper_dir(&dir)?;
         let dpdir = self.upper_dir(&newdir)?;
         let (cs, cd) = (cname(name)?, cname(newname)?);
         if exchange {
-            let dnode = self.node_of(&newdir, newname, dst.as_ref().expect("checked"));
+            let dst = dst.as_ref().expect("may_rename checked it");
+            let dnode = self.node_of(&newdir, newname, dst);
             self.copy_up(&dnode, Data::Copy)?;
             rustix::fs::renameat_with(&spdir, &cs, &dpdir, &cd, RenameFlags::EXCHANGE)?;
-            let (sk, dk) = (
-                src.st.st_mode & libc::S_IFMT,
-                dst.as_ref().expect("checked").st.st_mode & libc::S_IFMT,
-            );
             if let Some(l) = dir.listing.write().as_mut() {
-                l.add(name, dk, dnode.ino, 0);
+                l.add(name, dst.st.st_mode & libc::S_IFMT, dnode.ino, 0);
             }
             if let Some(l) = newdir.listing.write().as_mut() {
-                l.add(newname, sk, snode.ino, 0);
+                l.add(newname, src.st.st_mode & libc::S_IFMT, snode.ino, 0);
             }
             snode.rename((dir.ino, name), (&newdir, newname));
             dnode.rename((newdir.ino, newname), (&dir, name));
@@ -622,8 +596,22 @@ impl Overlay {
         }
         upper.drop_wh_file(&dpdir, newname)?;
         let kind = src.st.st_mode & libc::S_IFMT;
-        if let Some(d) = &dst {
-            self.removed(&newdir, newname, d.node.as_ref());
+        self.moved((&dir, name), (&newdir, newname), &snode, kind, dst.as_ref());
+        Ok(())
+    }
+
+    /// The tables after `snode` (of type `kind`) moved from `from` to `to` over `dst`: what
+    /// it replaced is gone, both listings know, and the node has its new name.
+    fn moved(
+        &self,
+        (dir, name): (&Arc<Node>, &[u8]),
+        (newdir, newname): (&Arc<Node>, &[u8]),
+        snode: &Arc<Node>,
+        kind: u32,
+        dst: Option<&Found>,
+    ) {
+        if let Some(d) = dst {
+            self.removed(newdir, newname, d.node.as_ref());
         }
         if let Some(l) = dir.listing.write().as_mut() {
             l.remove(name);
@@ -631,8 +619,46 @@ impl Overlay {
         if let Some(l) = newdir.listing.write().as_mut() {
             l.add(newname, kind, snode.ino, 0);
         }
-        snode.rename((dir.ino, name), (&newdir, newname));
-        Ok(())
+        snode.rename((dir.ino, name), (newdir, newname));
+    }
+
+    /// What rename(2) refuses before anything moves: a name taken under RENAME_NOREPLACE, a
+    /// missing one under RENAME_EXCHANGE, a directory with lower entries (EXDEV), a file over
+    /// a directory or the reverse, a directory over a non-empty one.
+    fn may_rename(
+        &self,
+        src: &Found,
+        dst: Option<&Found>,
+        (newdir, newname): (&Arc<Node>, &[u8]),
+        flags: u32,
+    ) -> io::Result<()> {
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        if exchange && dst.is_none() {
+            return Err(errno(libc::ENOENT));
+        }
+        if src.is_dir() && src.has_lower() {
+            return Err(errno(libc::EXDEV));
+        }
+        let Some(d) = dst else {
+            return Ok(());
+        };
+        if exchange {
+            return match d.is_dir() && d.has_lower() {
+                true => Err(errno(libc::EXDEV)),
+                false => Ok(()),
+            };
+        }
+        match (src.is_dir(), d.is_dir()) {
+            (true, false) => Err(errno(libc::ENOTDIR)),
+            (false, true) => Err(errno(libc::EISDIR)),
+            (true, true) if !self.merged_empty(&self.node_of(newdir, newname, d))? => {
+                Err(errno(libc::ENOTEMPTY))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// link(2): a new name for a non-directory.
