@@ -405,46 +405,21 @@ fn run_convert(
         images,
     }: ConvertArgs,
 ) -> Result<(), Error> {
-    if timeout == 0 {
-        return Err(Error::Usage(
-            "option --timeout: must be at least 1 second".into(),
-        ));
-    }
-    crate::image::registry::configure(crate::image::registry::Network {
-        idle_timeout: std::time::Duration::from_secs(timeout),
-        retries,
-        ..Default::default()
-    });
+    network(timeout, retries)?;
     let platform = Platform::parse(&platform)?;
-    let mut sources: Vec<Source> = images
-        .iter()
-        .map(|i| Source::parse(i))
-        .collect::<Result<_, _>>()?;
-    let mut format = "$(registry)/$(repository)_thin:$(tag)".to_string();
-    let mut recipe_repo = None;
-    if let Some(r) = &recipe {
-        let rec = Recipe::load(r)?;
-        sources.extend(rec.sources(r)?);
-        if let Some(f) = rec.output_format.clone() {
-            format = f;
-        }
-        recipe_repo = rec.cvmfs_repo.clone();
-    }
-    if sources.is_empty() {
-        return Err(Error::Usage(
-            "nothing to convert: give IMAGE arguments or --recipe".into(),
-        ));
-    }
-    let name =
-        match name {
-            Some(n) => Some(ImageName::parse_bare(&n, false).map_err(|reason| {
-                ImageError::BadReference {
-                    reference: n.clone(),
-                    reason: format!("option --name: {reason}"),
-                }
-            })?),
-            None => None,
-        };
+    let Wanted {
+        sources,
+        format,
+        recipe_repo,
+    } = Wanted::gather(&images, recipe.as_deref())?;
+    let name = name
+        .map(|n| {
+            ImageName::parse_bare(&n, false).map_err(|reason| ImageError::BadReference {
+                reference: n.clone(),
+                reason: format!("option --name: {reason}"),
+            })
+        })
+        .transpose()?;
     if name.is_some() && sources.len() != 1 {
         return Err(Error::Usage("option --name needs exactly one IMAGE".into()));
     }
@@ -500,14 +475,7 @@ fn run_convert(
             return Err(e);
         }
     };
-    let n = crate::image::podman_store::write(&repo)?;
-    info!(images = n, "podmanStore updated");
-    if repair {
-        for l in repo.layers_without_record()? {
-            warn!(layer = %l.display(), "no record: no image given holds this layer; verify=on mounts refuse it");
-        }
-    }
-    info!("{}", convert::describe(&s));
+    converted_into(&repo, &s, repair)?;
     if publish.is_some() {
         repo.close_clean()?;
     }
@@ -517,6 +485,70 @@ fn run_convert(
             serde_json::to_string_pretty(&s).expect("serialisable")
         );
     }
+    Ok(())
+}
+
+/// `--timeout` and `--retries`, for every registry the run talks to.
+fn network(timeout: u64, retries: u32) -> Result<(), Error> {
+    if timeout == 0 {
+        return Err(Error::Usage(
+            "option --timeout: must be at least 1 second".into(),
+        ));
+    }
+    crate::image::registry::configure(crate::image::registry::Network {
+        idle_timeout: std::time::Duration::from_secs(timeout),
+        retries,
+        ..Default::default()
+    });
+    Ok(())
+}
+
+/// What `convert` is asked for: its images, from the arguments and the recipe, and the
+/// recipe's settings for thin images.
+struct Wanted {
+    sources: Vec<Source>,
+    format: String,
+    recipe_repo: Option<String>,
+}
+
+impl Wanted {
+    fn gather(images: &[String], recipe: Option<&std::path::Path>) -> Result<Wanted, Error> {
+        let mut w = Wanted {
+            sources: images
+                .iter()
+                .map(|i| Source::parse(i))
+                .collect::<Result<_, _>>()?,
+            format: "$(registry)/$(repository)_thin:$(tag)".to_string(),
+            recipe_repo: None,
+        };
+        if let Some(r) = recipe {
+            let rec = Recipe::load(r)?;
+            w.sources.extend(rec.sources(r)?);
+            if let Some(f) = rec.output_format.clone() {
+                w.format = f;
+            }
+            w.recipe_repo = rec.cvmfs_repo.clone();
+        }
+        if w.sources.is_empty() {
+            return Err(Error::Usage(
+                "nothing to convert: give IMAGE arguments or --recipe".into(),
+            ));
+        }
+        Ok(w)
+    }
+}
+
+/// After a convert: the podman store written again, layers `--repair` found without a record
+/// named, the summary logged.
+fn converted_into(repo: &Repo, s: &convert::Summary, repair: bool) -> Result<(), Error> {
+    let n = crate::image::podman_store::write(repo)?;
+    info!(images = n, "podmanStore updated");
+    if repair {
+        for l in repo.layers_without_record()? {
+            warn!(layer = %l.display(), "no record: no image given holds this layer; verify=on mounts refuse it");
+        }
+    }
+    info!("{}", convert::describe(s));
     Ok(())
 }
 

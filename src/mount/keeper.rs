@@ -346,7 +346,7 @@ impl Keeper {
         let page_fd = page.as_ref().map(|(_, f)| f.as_raw_fd());
         let mut metrics = self.metrics.take();
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
-        let mut starts: VecDeque<Instant> = VecDeque::new();
+        let mut starts = Starts::default();
         let mut restarts = 0u32;
         let mut first = true;
         let mut program = self.program.clone();
@@ -372,49 +372,31 @@ impl Keeper {
             let mut said = String::new();
             let _ = pipe.read_to_string(&mut said);
             let line = said.lines().next().unwrap_or("").to_string();
-            // The status file before the mount command returns: `stratafs status` right
-            // after a mount must find it.
             // Only the INIT: the keeper stays small whatever the journal holds.
             let on_rings = self
                 .journal
                 .saved_init()
                 .and_then(|i| i.negotiated())
                 .is_some_and(|n| n.has(init::OVER_IO_URING));
-            if !first || line == "ok" {
-                let st = Status {
-                    keeper: std::process::id(),
-                    server: child.id(),
-                    restarts,
-                    transport: if on_rings { "io_uring" } else { "dev" }.to_string(),
-                    upper: self.upper.clone(),
-                    mountpoint: self.mountpoint.clone(),
-                    layers: self.labels.clone(),
-                    group: self.group.clone(),
-                    metrics: metrics_addr,
-                };
-                if let Some(p) = &status {
-                    st.write(p);
-                }
+            // The status file before the mount command returns: `stratafs status` right
+            // after a mount must find it.
+            if let (Some(p), true) = (&status, !first || line == "ok") {
+                let transport = if on_rings { "io_uring" } else { "dev" };
+                self.status(&child, restarts, transport, metrics_addr)
+                    .write(p);
             }
             if first {
-                if line == "ok" {
-                    let daemon = ready.is_daemon();
-                    ready.ok();
-                    if daemon {
-                        super::daemon::detach_stdio();
-                    }
-                    if let (Some(l), Some(p)) = (metrics.take(), &status) {
-                        super::metrics::http::serve(l, mount_metrics(p.clone()));
-                    }
-                } else {
+                if line != "ok" {
                     let _ = child.wait();
-                    super::kernel::unmount(&self.mountpoint);
-                    let reason = line
-                        .strip_prefix("err:")
-                        .unwrap_or("the server exited before the mount was live")
-                        .to_string();
-                    ready.fail(&reason);
-                    return Err(super::Error::Daemon(reason));
+                    return Err(self.first_failed(&line, &mut ready));
+                }
+                let daemon = ready.is_daemon();
+                ready.ok();
+                if daemon {
+                    super::daemon::detach_stdio();
+                }
+                if let (Some(l), Some(p)) = (metrics.take(), &status) {
+                    super::metrics::http::serve(l, mount_metrics(p.clone()));
                 }
                 first = false;
             }
@@ -432,28 +414,13 @@ impl Keeper {
                 },
                 Err(e) => e.to_string(),
             };
-            if let Some(p) = &status {
-                if let Some(next) = take_upgrade(p) {
-                    info!(mountpoint = %self.mountpoint.display(), binary = %next.display(), "upgrade: the server is handed over");
-                    program = next;
-                    restarts += 1;
-                    continue;
-                }
+            if let Some(next) = status.as_deref().and_then(take_upgrade) {
+                info!(mountpoint = %self.mountpoint.display(), binary = %next.display(), "upgrade: the server is handed over");
+                program = next;
+                restarts += 1;
+                continue;
             }
-            let now = Instant::now();
-            starts.push_back(now);
-            while starts
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > WINDOW)
-            {
-                starts.pop_front();
-            }
-            if on_rings || starts.len() > MAX_RESTARTS {
-                let why = if on_rings {
-                    "a mount served over io_uring cannot be taken over".to_string()
-                } else {
-                    format!("{} restarts within {} s", starts.len(), WINDOW.as_secs())
-                };
+            if let Some(why) = starts.refuse(on_rings) {
                 let msg = format!(
                     "{}: the server died ({how}); {why}: mount ended",
                     self.mountpoint.display()
@@ -467,6 +434,69 @@ impl Keeper {
             }
             restarts += 1;
             warn!(mountpoint = %self.mountpoint.display(), restarts, "the server died ({how}); starting another on the same connection");
+        }
+    }
+
+    /// The status of a mount whose server is `child`.
+    fn status(
+        &self,
+        child: &ServerPid,
+        restarts: u32,
+        transport: &str,
+        metrics: Option<std::net::SocketAddr>,
+    ) -> Status {
+        Status {
+            keeper: std::process::id(),
+            server: child.id(),
+            restarts,
+            transport: transport.to_string(),
+            upper: self.upper.clone(),
+            mountpoint: self.mountpoint.clone(),
+            layers: self.labels.clone(),
+            group: self.group.clone(),
+            metrics,
+        }
+    }
+
+    /// The first server did not say "ok": nothing is left mounted and the mount command
+    /// fails with what the server said.
+    fn first_failed(&self, line: &str, ready: &mut Ready) -> super::Error {
+        super::kernel::unmount(&self.mountpoint);
+        let reason = line
+            .strip_prefix("err:")
+            .unwrap_or("the server exited before the mount was live")
+            .to_string();
+        ready.fail(&reason);
+        super::Error::Daemon(reason)
+    }
+}
+
+/// When servers started after a death, over the last [`WINDOW`].
+#[derive(Default)]
+struct Starts(VecDeque<Instant>);
+
+impl Starts {
+    /// Count a start now; why no server may be started again, if none may.
+    fn refuse(&mut self, on_rings: bool) -> Option<String> {
+        let now = Instant::now();
+        self.0.push_back(now);
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > WINDOW)
+        {
+            self.0.pop_front();
+        }
+        if on_rings {
+            Some("a mount served over io_uring cannot be taken over".to_string())
+        } else if self.0.len() > MAX_RESTARTS {
+            Some(format!(
+                "{} restarts within {} s",
+                self.0.len(),
+                WINDOW.as_secs()
+            ))
+        } else {
+            None
         }
     }
 }

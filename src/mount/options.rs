@@ -212,6 +212,33 @@ pub fn split_lowerdir(v: &str) -> Vec<PathBuf> {
     crate::stack::lowerdir::split(v)
 }
 
+/// `threads=N`: from 1 to 256.
+fn threads(opt: &str, v: &str) -> Result<usize, Error> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=256).contains(n))
+        .ok_or_else(|| Error::BadOption {
+            option: opt.into(),
+            reason: "expected a number of threads from 1 to 256".into(),
+        })
+}
+
+/// An option nobody knows, with the known one it is nearest to when it looks like a typo.
+fn unknown(opt: &str, key: &str) -> Error {
+    let near = KNOWN
+        .iter()
+        .map(|o| (strsim::levenshtein(key, o), *o))
+        .filter(|&(d, o)| d <= 2 && d < o.len())
+        .min();
+    Error::BadOption {
+        option: opt.into(),
+        reason: match near {
+            Some((_, o)) => format!("unknown option (did you mean {o}?)"),
+            None => "unknown option".into(),
+        },
+    }
+}
+
 fn nonempty(key: &str, v: Option<&str>) -> Result<String, Error> {
     match v {
         Some(v) if !v.is_empty() => Ok(v.to_string()),
@@ -259,6 +286,7 @@ impl MountOptions {
         self.flags.iter().any(|x| x == f)
     }
 
+    /// One option of `-o`. A table, one arm per option.
     fn apply(&mut self, opt: &str) -> Result<(), Error> {
         let (key, val) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -327,18 +355,7 @@ impl MountOptions {
                     f => Prefetch::File(PathBuf::from(f)),
                 }
             }
-            "threads" => {
-                let v = nonempty(key, val)?;
-                let n: usize = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| (1..=256).contains(&n))
-                    .ok_or_else(|| Error::BadOption {
-                        option: opt.into(),
-                        reason: "expected a number of threads from 1 to 256".into(),
-                    })?;
-                self.threads = Some(n);
-            }
+            "threads" => self.threads = Some(threads(opt, &nonempty(key, val)?)?),
             "fsync" => self.fsync = choice(opt, val.or(Some("1")), &[("0", false), ("1", true)])?,
             "volatile" => self.fsync = false,
             "verify" => self.verify = on_off(opt, val)?,
@@ -352,20 +369,7 @@ impl MountOptions {
             k if NOT_APPLICABLE.contains(&k) || k.starts_with("x-") => {
                 self.ignored.push(opt.to_string())
             }
-            k => {
-                let near = KNOWN
-                    .iter()
-                    .map(|o| (strsim::levenshtein(k, o), *o))
-                    .filter(|&(d, o)| d <= 2 && d < o.len())
-                    .min();
-                return Err(Error::BadOption {
-                    option: opt.into(),
-                    reason: match near {
-                        Some((_, o)) => format!("unknown option (did you mean {o}?)"),
-                        None => "unknown option".into(),
-                    },
-                });
-            }
+            k => return Err(unknown(opt, k)),
         }
         Ok(())
     }

@@ -400,6 +400,96 @@ impl Own {
     }
 }
 
+/// What a server writes beside serving: the access log, the statistics and, for a mount
+/// without a keeper, its status file.
+struct Outputs {
+    access: Option<Arc<crate::mount::access::AccessLog>>,
+    stats: Arc<Stats>,
+    status: Option<PathBuf>,
+}
+
+impl Outputs {
+    /// Open them before the mount is live, so that a file an option names that cannot be made
+    /// fails the mount. A restart leaves the earlier server's access log alone; it writes the
+    /// statistics at unmount as the first server would have: the page holds every server's
+    /// counts.
+    fn open(
+        plan: &MountPlan,
+        mountpoint: &Path,
+        ready: &mut Ready,
+        restart: bool,
+        page: Option<std::os::fd::OwnedFd>,
+        own: Option<Own>,
+    ) -> Result<Outputs, Error> {
+        let opts = &plan.options;
+        let access = match &opts.access_log {
+            Some(f) if !restart => {
+                let layers: Vec<PathBuf> = plan
+                    .layer_dirs()
+                    .into_iter()
+                    .map(|p| std::path::absolute(&p).unwrap_or(p))
+                    .collect();
+                let log = crate::mount::access::AccessLog::create(f, mountpoint, layers);
+                Some(Arc::new(or_fail(ready, "access_log", f, log)?))
+            }
+            _ => None,
+        };
+        let layers = plan.layer_dirs().len();
+        let (page, status) = match (page, own) {
+            (Some(fd), _) => match Page::from_fd(fd) {
+                Ok(p) => (p, None),
+                Err(e) => {
+                    warn!("metrics page: {e}");
+                    (anonymous_page(layers)?, None)
+                }
+            },
+            (None, Some(own)) => own.publish(plan, mountpoint),
+            (None, None) => (anonymous_page(layers)?, None),
+        };
+        let file = opts.stats.as_deref();
+        let stats = Stats::new(page, file, mountpoint);
+        let stats = Arc::new(match file {
+            Some(f) => or_fail(ready, "stats", f, stats)?,
+            None => stats.map_err(|e| Error::Daemon(format!("statistics: {e}")))?,
+        });
+        Ok(Outputs {
+            access,
+            stats,
+            status,
+        })
+    }
+
+    /// A status file of our own says so once the rings serve.
+    fn on_rings(&self) {
+        let Some(p) = &self.status else { return };
+        if let Some(mut st) = std::fs::read(p)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<super::keeper::Status>(&t).ok())
+        {
+            st.transport = "io_uring".into();
+            st.write(p);
+        }
+    }
+
+    /// At unmount: write what was asked for, take the status file away.
+    fn close(&self, plan: &MountPlan, mountpoint: &Path) {
+        if plan.options.stats.is_some() {
+            info!(mountpoint = %mountpoint.display(), "{}", self.stats.summary());
+            if let Err(e) = self.stats.write() {
+                warn!("stats: {e}");
+            }
+        }
+        if let Some(log) = &self.access {
+            if let Err(e) = log.write() {
+                warn!("access log: {e}");
+            }
+        }
+        if let Some(p) = &self.status {
+            super::keeper::Status::remove(p);
+        }
+    }
+}
+
 impl Server {
     fn serve(self, plan: &MountPlan) -> Result<(), Error> {
         let Server {
@@ -415,44 +505,11 @@ impl Server {
         let opts = &plan.options;
         overlay.set_open_file_limit(open_file_budget());
         let restart = journal.as_ref().is_some_and(|(_, r)| *r);
-        // A restart leaves the earlier server's access log and statistics alone.
-        let access = match &opts.access_log {
-            Some(f) if !restart => {
-                let layers: Vec<PathBuf> = plan
-                    .layer_dirs()
-                    .into_iter()
-                    .map(|p| std::path::absolute(&p).unwrap_or(p))
-                    .collect();
-                let log = crate::mount::access::AccessLog::create(f, &mountpoint, layers);
-                Some(Arc::new(or_fail(&mut ready, "access_log", f, log)?))
-            }
-            _ => None,
-        };
-        let layers = plan.layer_dirs().len();
-        let (page, own_status) = match (page, own) {
-            (Some(fd), _) => match Page::from_fd(fd) {
-                Ok(p) => (p, None),
-                Err(e) => {
-                    warn!("metrics page: {e}");
-                    (anonymous_page(layers)?, None)
-                }
-            },
-            (None, Some(own)) => own.publish(plan, &mountpoint),
-            (None, None) => (anonymous_page(layers)?, None),
-        };
-        // A restart writes the statistics file at unmount, as the first server would have:
-        // the page holds every server's counts.
-        let file = opts.stats.as_deref();
-        let stats = Stats::new(page, file, &mountpoint);
-        let stats = Some(Arc::new(match file {
-            Some(f) => or_fail(&mut ready, "stats", f, stats)?,
-            None => stats.map_err(|e| Error::Daemon(format!("statistics: {e}")))?,
-        }));
-        let acl = super::kernel::acl(plan);
+        let out = Outputs::open(plan, &mountpoint, &mut ready, restart, page, own)?;
         let mut session = Session::new(Arc::clone(&overlay), Arc::clone(&dev), opts.passthrough)
-            .with_acl(acl)
-            .with_access_log(access.clone())
-            .with_stats(stats.clone())
+            .with_acl(super::kernel::acl(plan))
+            .with_access_log(out.access.clone())
+            .with_stats(Some(Arc::clone(&out.stats)))
             .with_writeback(opts.writeback)
             .with_bare_entries(if opts.readdirplus_lazy {
                 Bare::Lazy
@@ -467,52 +524,20 @@ impl Server {
         }
         let on_rings = match (restart, saved) {
             (true, Some(init)) => {
-                let Some(n) = init.negotiated() else {
-                    let e = Error::Daemon("the journal's INIT cannot be read".into());
-                    ready.fail(&e.to_string());
-                    return Err(e);
-                };
-                session.resume(&n);
-                // What the dead server read and never answered comes again.
-                if let Err(e) = session.request_resend() {
-                    warn!(error = %e, "FUSE_NOTIFY_RESEND not sent: requests in flight wait for ever");
-                }
-                info!(mountpoint = %mountpoint.display(), "serving again after a server died");
+                resume(&session, &init, &mut ready, &mountpoint)?;
                 false
             }
-            _ => {
-                let rings = rings(opts);
-                let init = match devfuse::handshake(&dev, &session, rings.is_some()) {
-                    Ok(init) => init,
-                    Err(e) => {
-                        // Nothing is left mounted when the handshake fails.
-                        super::kernel::unmount(&mountpoint);
-                        return Err(mount_failed(&mut ready, &mountpoint, e));
-                    }
-                };
-                if let Some((j, _)) = &journal {
-                    j.init(&init);
-                }
-                let on_rings = init
-                    .negotiated()
-                    .is_some_and(|n| n.has(crate::mount::wire::init::OVER_IO_URING));
-                match (on_rings, rings) {
-                    (true, Some(r)) => {
-                        r.start(Arc::clone(&dev), session.clone());
-                        true
-                    }
-                    _ => false,
-                }
-            }
+            _ => connect(
+                &session,
+                &dev,
+                opts,
+                journal.as_ref(),
+                &mut ready,
+                &mountpoint,
+            )?,
         };
-        if let (Some(p), true) = (&own_status, on_rings) {
-            if let Some(mut st) = std::fs::read(p)
-                .ok()
-                .and_then(|t| serde_json::from_slice::<super::keeper::Status>(&t).ok())
-            {
-                st.transport = "io_uring".into();
-                st.write(p);
-            }
+        if on_rings {
+            out.on_rings();
         }
         if !restart {
             info!(mountpoint = %mountpoint.display(), layers = plan.lowerdirs.len(), "mounted");
@@ -529,7 +554,7 @@ impl Server {
         let prefetch = trace.map(|(t, from)| {
             let p = Prefetcher::start(Arc::clone(&overlay), t, from, PREFETCH_THREADS);
             session.set_prefetch(Arc::clone(&p));
-            if let Some(log) = &access {
+            if let Some(log) = &out.access {
                 log.watch_prefetch(Arc::clone(&p));
             }
             p
@@ -551,22 +576,64 @@ impl Server {
         if let Some(p) = &prefetch {
             p.stop("unmounted");
         }
-        if let Some(s) = stats.as_ref().filter(|_| opts.stats.is_some()) {
-            info!(mountpoint = %mountpoint.display(), "{}", s.summary());
-            if let Err(e) = s.write() {
-                warn!("stats: {e}");
-            }
-        }
-        if let Some(log) = &access {
-            if let Err(e) = log.write() {
-                warn!("access log: {e}");
-            }
-        }
-        if let Some(p) = &own_status {
-            super::keeper::Status::remove(p);
-        }
+        out.close(plan, &mountpoint);
         ran?;
         info!(mountpoint = %mountpoint.display(), "unmounted");
         Ok(())
+    }
+}
+
+/// Take over a connection whose server died: answer as the INIT the journal kept, and ask the
+/// kernel to send again what the dead server read and never answered.
+fn resume(
+    session: &Session,
+    init: &super::session::init::SavedInit,
+    ready: &mut Ready,
+    mountpoint: &Path,
+) -> Result<(), Error> {
+    let Some(n) = init.negotiated() else {
+        let e = Error::Daemon("the journal's INIT cannot be read".into());
+        ready.fail(&e.to_string());
+        return Err(e);
+    };
+    session.resume(&n);
+    if let Err(e) = session.request_resend() {
+        warn!(error = %e, "FUSE_NOTIFY_RESEND not sent: requests in flight wait for ever");
+    }
+    info!(mountpoint = %mountpoint.display(), "serving again after a server died");
+    Ok(())
+}
+
+/// Answer a new connection's INIT, keep it in the journal, and start the rings when the kernel
+/// took them. Whether requests come over io_uring.
+fn connect(
+    session: &Session,
+    dev: &Arc<std::os::fd::OwnedFd>,
+    opts: &MountOptions,
+    journal: Option<&(Arc<Journal>, bool)>,
+    ready: &mut Ready,
+    mountpoint: &Path,
+) -> Result<bool, Error> {
+    let rings = rings(opts);
+    let init = match devfuse::handshake(dev, session, rings.is_some()) {
+        Ok(init) => init,
+        Err(e) => {
+            // Nothing is left mounted when the handshake fails.
+            super::kernel::unmount(mountpoint);
+            return Err(mount_failed(ready, mountpoint, e));
+        }
+    };
+    if let Some((j, _)) = journal {
+        j.init(&init);
+    }
+    let on_rings = init
+        .negotiated()
+        .is_some_and(|n| n.has(crate::mount::wire::init::OVER_IO_URING));
+    match (on_rings, rings) {
+        (true, Some(r)) => {
+            r.start(Arc::clone(dev), session.clone());
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }

@@ -139,40 +139,13 @@ impl Session {
         let ttl = TTL.as_secs();
         let ino = h.nodeid;
         let r = match args {
-            Args::Open { flags } => self
-                .open_handle(ino, flags as i32, lacks_fsetid(h))
-                .map(|fh| {
-                    if let Some(j) = self.journal() {
-                        j.open(fh, ino, flags);
-                    }
-                    // An open to read is the access the kernel would stamp on read (FUSE
-                    // leaves atimes to us; cached pages are read without asking).
-                    if flags as i32 & libc::O_ACCMODE != libc::O_WRONLY {
-                        self.accessed(ino, fh);
-                    }
-                    out.open_out(fh, wire::FOPEN_KEEP_CACHE)
-                })
-                .map_err(errno),
+            Args::Open { flags } => self.on_open(h, flags, out),
             Args::Create {
                 name,
                 mode,
                 umask,
                 flags,
-            } => match self
-                .create_file(ino, name, mode, caller(h, umask))
-                .or_else(|e| self.created_before(h, e, ino, name, flags))
-            {
-                Ok((a, fh)) => {
-                    self.note_node(a.ino, ino, name);
-                    if let Some(j) = self.journal() {
-                        j.open(fh, a.ino, flags);
-                    }
-                    out.entry(Some(&a), ttl);
-                    out.open_out(fh, super::create_open_flags(flags));
-                    Ok(())
-                }
-                Err(e) => Err(errno(e)),
-            },
+            } => self.on_create(h, (name, mode, umask), flags, out),
             Args::Mkdir { name, mode, umask } => {
                 let r = self.make(ino, name, NewEntry::Dir, mode, caller(h, umask));
                 self.entry(out, self.made_before(h, r, ino, name), ino, name)
@@ -214,19 +187,7 @@ impl Session {
                 name,
                 newname,
                 flags,
-            } => {
-                let (src, dst) = (self.peek(ino, name), self.peek(newdir, newname));
-                let r = self
-                    .rename_entry((ino, name), (newdir, newname), flags)
-                    .map_err(errno);
-                if r.is_err() {
-                } else if flags & libc::RENAME_EXCHANGE != 0 {
-                    self.note_moves(&[(src, newdir, newname), (dst, ino, name)], &[]);
-                } else {
-                    self.note_moves(&[(src, newdir, newname)], &[dst]);
-                }
-                r
-            }
+            } => self.on_rename((ino, name), (newdir, newname), flags),
             Args::Setattr(a) => {
                 let fh = (a.valid & fattr::FH != 0).then_some(a.fh);
                 self.set_attr(ino, &set_attr(&a, h), fh)
@@ -260,6 +221,57 @@ impl Session {
             _ => return None,
         };
         Some(r)
+    }
+
+    fn on_open(&self, h: &InHeader, flags: u32, out: &mut Out<'_>) -> Answer {
+        let ino = h.nodeid;
+        let fh = self
+            .open_handle(ino, flags as i32, lacks_fsetid(h))
+            .map_err(errno)?;
+        if let Some(j) = self.journal() {
+            j.open(fh, ino, flags);
+        }
+        // An open to read is the access the kernel would stamp on read (FUSE leaves atimes
+        // to us; cached pages are read without asking).
+        if flags as i32 & libc::O_ACCMODE != libc::O_WRONLY {
+            self.accessed(ino, fh);
+        }
+        out.open_out(fh, wire::FOPEN_KEEP_CACHE);
+        Ok(())
+    }
+
+    /// CREATE: the name, mode and umask, then the open flags.
+    fn on_create(
+        &self,
+        h: &InHeader,
+        (name, mode, umask): (&[u8], u32, u32),
+        flags: u32,
+        out: &mut Out<'_>,
+    ) -> Answer {
+        let ino = h.nodeid;
+        let (a, fh) = self
+            .create_file(ino, name, mode, caller(h, umask))
+            .or_else(|e| self.created_before(h, e, ino, name, flags))
+            .map_err(errno)?;
+        self.note_node(a.ino, ino, name);
+        if let Some(j) = self.journal() {
+            j.open(fh, a.ino, flags);
+        }
+        out.entry(Some(&a), TTL.as_secs());
+        out.open_out(fh, super::create_open_flags(flags));
+        Ok(())
+    }
+
+    /// RENAME and RENAME2, and what the moves mean for the nodes the kernel knows.
+    fn on_rename(&self, from: (u64, &[u8]), to: (u64, &[u8]), flags: u32) -> Answer {
+        let (src, dst) = (self.peek(from.0, from.1), self.peek(to.0, to.1));
+        self.rename_entry(from, to, flags).map_err(errno)?;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            self.note_moves(&[(src, to.0, to.1), (dst, from.0, from.1)], &[]);
+        } else {
+            self.note_moves(&[(src, to.0, to.1)], &[dst]);
+        }
+        Ok(())
     }
 
     fn answer_read(&self, h: &InHeader, args: Args<'_>, out: &mut Out<'_>) -> Answer {

@@ -172,6 +172,7 @@ pub enum Args<'a> {
 
 /// Decode `opcode`'s arguments from its fixed part `op_in` (zero-padded to at least
 /// [`fixed_len`]) and its variable `data`. EINVAL when the data is shorter than its sizes say.
+/// Over 100 lines because it is the table of opcodes, one arm each: it reads best whole.
 pub fn decode<'a>(opcode: u32, op_in: &[u8], data: &'a [u8]) -> Result<Args<'a>, i32> {
     let u32_ = |at| u32_at(op_in, at);
     let u64_ = |at| u64_at(op_in, at);
