@@ -97,7 +97,7 @@ impl Overlay {
             return;
         }
         // A directory being written in has its descriptor open already.
-        let cached = self.upper_dirs.lock().peek(&ino).cloned();
+        let cached = self.upper.as_ref().and_then(|u| u.peek_dir(ino));
         match cached {
             Some(fd) => self.accessed(&node, &fd),
             None => {

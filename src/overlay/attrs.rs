@@ -88,11 +88,11 @@ impl Overlay {
         // have just written. A truncate needs a descriptor open for writing: the caller's.
         if self.ids.override_xattr.is_none() && (sa.size.is_none() || fd.is_some()) {
             if let Some(open) = node.upper_fd() {
-                let _ns = self.ns_write();
+                let _ns = self.names.change();
                 return self.setattr_fd(&node, sa, &open, fd.unwrap_or(&open));
             }
         }
-        let _ns = self.ns_write();
+        let _ns = self.names.change();
         let data = if sa.size == Some(0) {
             Data::Skip
         } else {
@@ -253,7 +253,7 @@ impl Overlay {
         }
         let node = self.node(ino)?;
         self.upper()?;
-        let _ns = self.ns_write();
+        let _ns = self.names.change();
         self.copy_up(&node, Data::Copy)?;
         self.layers[0].set_xattr(&node.path(), name, value, flags)?;
         if name == acl::ACCESS.as_bytes() {
@@ -288,7 +288,7 @@ impl Overlay {
         }
         let node = self.node(ino)?;
         self.upper()?;
-        let _ns = self.ns_write();
+        let _ns = self.names.change();
         self.copy_up(&node, Data::Copy)?;
         let r = self.layers[0].remove_xattr(&node.path(), name);
         node.xattrs_changed();
@@ -322,7 +322,7 @@ impl Overlay {
         }
         self.upper()?;
         {
-            let _ns = self.ns_write();
+            let _ns = self.names.change();
             self.copy_up(&node, if trunc { Data::Skip } else { Data::Copy })?;
         }
         let fd = self.layers[0].open_rw(&node.path())?;

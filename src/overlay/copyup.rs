@@ -90,7 +90,7 @@ pub fn copy_data(src: &OwnedFd, dst: &OwnedFd, len: u64) -> io::Result<()> {
 impl Overlay {
     /// Make sure `node` (and every directory above it) has an entry in the writable layer.
     /// Callers hold the namespace lock exclusively.
-    pub(crate) fn copy_up(&self, node: &Arc<Node>, data: Data) -> io::Result<()> {
+    pub(super) fn copy_up(&self, node: &Arc<Node>, data: Data) -> io::Result<()> {
         let Some(upper) = &self.upper else {
             return Err(errno(libc::EROFS));
         };

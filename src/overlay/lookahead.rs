@@ -9,7 +9,7 @@
 //! one request at a time on such walks; the disk need not wait on it.
 //!
 //! A listing built ahead holds no lock while it reads the layers; it is stored only if no
-//! change to the writable layer's namespace happened meanwhile (the count in `Overlay::ns`).
+//! change to the writable layer's namespace happened meanwhile (the count the namespace lock keeps, see `Namespace::change`).
 //!
 //! Nothing waits for this: jobs are offered to a bounded queue and dropped when it is full,
 //! the threads run at the lowest CPU priority, take no lock the request path takes, and stop
@@ -48,7 +48,7 @@ pub struct Lookahead {
 
 impl Lookahead {
     /// Offer a directory of a lower layer; dropped when the queue is full.
-    pub(crate) fn offer(&self, job: Job) {
+    pub(super) fn offer(&self, job: Job) {
         match self.tx.try_send(job) {
             Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
         }

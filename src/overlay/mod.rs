@@ -3,14 +3,10 @@
 //! drives it through [`Overlay`].
 
 use std::io;
-use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use lru::LruCache;
-use parking_lot::{Mutex, RwLock};
 
 pub mod acl;
 pub mod atime;
@@ -49,60 +45,29 @@ pub(crate) fn errno(e: i32) -> io::Error {
 
 /// Default bound on layer files kept open for reading.
 pub const DEFAULT_OPEN_FILES: usize = 1024;
-/// Writable-layer directories kept open (an untar or rm -rf works in a few at a time).
-const UPPER_DIRS_OPEN: usize = 64;
 
 pub use config::{Config, VerifyConfig};
 pub use namespace::Stale;
 
-/// How reads of a lower file are checked under `verify=on`: against record entry `entry` of
-/// layer `layer` (the name `rel` it was opened by), for the file `file` (device, inode) that
-/// was opened; a read through a descriptor of another file plans afresh.
-#[derive(Debug, Clone)]
-pub(crate) struct ReadPlan {
-    pub layer: u16,
-    pub entry: u32,
-    pub rel: Arc<[u8]>,
-    pub file: (u64, u64),
-}
-
 pub struct Overlay {
     /// The stack, top first; with a writable layer it is `layers[0]`.
-    pub(crate) layers: Vec<Layer>,
-    pub(crate) upper: Option<Upper>,
+    layers: Vec<Layer>,
+    upper: Option<Upper>,
     read_only: bool,
-    pub(crate) ids: IdMap,
-    /// Taken shared by lookups and listings, exclusively by anything that changes the upper
-    /// layer's namespace, so a lookup never sees half of a rename or copy-up. It counts those
-    /// changes (see [`Overlay::ns_write`]): a listing built ahead without the lock is kept
-    /// only if the count did not move meanwhile.
-    pub(crate) ns: RwLock<u64>,
-    /// Inode table, number remaps and what the kernel must forget (a copy-up makes a
-    /// directory merged, or separates hard links).
-    pub(crate) names: Namespace,
+    ids: IdMap,
+    /// Inode table, number remaps, what the kernel must forget (a copy-up makes a directory
+    /// merged, or separates hard links) and the namespace lock.
+    names: Namespace,
     /// Per layer: index of its filesystem among the distinct ones of the stack.
     dev_index: Vec<u64>,
     single_dev: bool,
-    /// Layer files opened for reads, bounded: the kernel does not send OPEN in no-open mode,
-    /// so reads find their descriptor here.
-    files: Mutex<LruCache<Ino, Arc<OwnedFd>>>,
-    /// Open writable-layer directories by node, for the entries made and removed in them:
-    /// a descriptor follows its directory through renames; dropped when the kernel forgets
-    /// the node, never used for a removed one.
-    pub(crate) upper_dirs: Mutex<LruCache<Ino, Arc<OwnedFd>>>,
+    /// Layer files open for reads, and how reads are checked under `verify=on`.
+    reads: reads::Reads,
     forgotten: AtomicU64,
     /// Background readers of subdirectories of listed directories, when started.
-    pub(crate) lookahead: std::sync::OnceLock<lookahead::Lookahead>,
-    /// Nodes whose upper file was removed while open: kept in W until the last release, so a
-    /// server that takes over can open it again.
-    pub(crate) parked: dashmap::DashSet<Ino>,
+    lookahead: std::sync::OnceLock<lookahead::Lookahead>,
     /// The mount's atime options.
-    pub(crate) atime: atime::AtimePolicy,
-    /// Lower layers are checked against their records (`verify=on`).
-    pub(crate) verifying: bool,
-    /// Under `verify=on`, how each lower file read so far is checked as read (see
-    /// [`Layer::read_plan`]): found once per file, not per read.
-    pub(crate) read_plans: dashmap::DashMap<Ino, ReadPlan>,
+    atime: atime::AtimePolicy,
     /// Whoever counts what the overlay does (a mount's metrics), once set.
     tally: std::sync::OnceLock<Arc<dyn Tally>>,
 }
@@ -124,7 +89,7 @@ impl std::fmt::Debug for Overlay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Overlay")
             .field("layers", &self.layers)
-            .field("nodes", &self.names.table.len())
+            .field("nodes", &self.names.live())
             .finish()
     }
 }
@@ -206,21 +171,12 @@ impl Overlay {
             upper,
             read_only: cfg.read_only,
             ids: cfg.ids.clone(),
-            ns: RwLock::new(0),
             dev_index,
             forgotten: AtomicU64::new(0),
             names: Namespace::new(root),
-            files: Mutex::new(LruCache::new(
-                NonZeroUsize::new(DEFAULT_OPEN_FILES).expect("nonzero"),
-            )),
-            upper_dirs: Mutex::new(LruCache::new(
-                NonZeroUsize::new(UPPER_DIRS_OPEN).expect("nonzero"),
-            )),
+            reads: reads::Reads::new(cfg.verify.is_some()),
             lookahead: std::sync::OnceLock::new(),
-            verifying: cfg.verify.is_some(),
-            read_plans: dashmap::DashMap::new(),
             tally: std::sync::OnceLock::new(),
-            parked: dashmap::DashSet::new(),
             atime: if cfg.read_only {
                 atime::AtimePolicy {
                     mode: atime::Atime::Never,
@@ -250,7 +206,7 @@ impl Overlay {
     }
 
     /// Whether stack index `l` is a read-only layer (not the writable one).
-    pub(crate) fn is_lower(&self, l: u16) -> bool {
+    fn is_lower(&self, l: u16) -> bool {
         !(self.upper.is_some() && l == 0)
     }
 
@@ -268,14 +224,12 @@ impl Overlay {
         let _ = self.tally.set(t);
     }
 
-    pub(crate) fn tally(&self) -> Option<&dyn Tally> {
+    fn tally(&self) -> Option<&dyn Tally> {
         self.tally.get().map(|t| t.as_ref())
     }
 
     pub fn set_open_file_limit(&self, n: usize) {
-        self.files
-            .lock()
-            .resize(NonZeroUsize::new(n.max(1)).expect("nonzero"));
+        self.reads.set_limit(n);
     }
 
     /// The mount's inode number for a real inode of `layer`, overlayfs "xino" style: with all
@@ -301,11 +255,11 @@ impl Overlay {
     }
 
     pub fn node(&self, ino: Ino) -> io::Result<Arc<Node>> {
-        self.names.table.get(ino).ok_or_else(|| errno(libc::ESTALE))
+        self.names.node(ino).ok_or_else(|| errno(libc::ESTALE))
     }
 
     pub fn live_nodes(&self) -> usize {
-        self.names.table.len()
+        self.names.live()
     }
 
     pub fn getattr(&self, ino: Ino) -> io::Result<Attr> {
@@ -328,7 +282,7 @@ impl Overlay {
                 Some(fd) => {
                     // A parked file's link in W is not one the caller can see.
                     let mut st = rustix::fs::fstat(&*fd)?;
-                    if self.parked.contains(&node.ino) {
+                    if self.is_parked(node.ino) {
                         st.st_nlink = 0;
                     }
                     st
@@ -337,7 +291,7 @@ impl Overlay {
             }
         } else if let Some(fd) = cached
             .is_dir()
-            .then(|| self.upper_dirs.lock().peek(&node.ino).cloned())
+            .then(|| self.upper.as_ref().and_then(|u| u.peek_dir(node.ino)))
             .flatten()
         {
             // A directory being written in (an untar's, an rm -rf's): the kernel re-reads its
@@ -353,7 +307,7 @@ impl Overlay {
     }
 
     /// The attributes of a writable-layer entry read through `fd`, an open descriptor of it.
-    pub(crate) fn attr_by_fd(&self, node: &Node, fd: &OwnedFd) -> io::Result<Attr> {
+    fn attr_by_fd(&self, node: &Node, fd: &OwnedFd) -> io::Result<Attr> {
         let merged = node.state.read().layers.len() > 1;
         Ok(self.fresh_attr(node, &rustix::fs::fstat(fd)?, merged))
     }
@@ -370,7 +324,7 @@ impl Overlay {
     }
 
     /// Apply the mount's ownership view to attributes of `rel` in layer `layer`.
-    pub(crate) fn present(&self, a: &mut Attr, layer: u16, rel: &[u8]) {
+    fn present(&self, a: &mut Attr, layer: u16, rel: &[u8]) {
         if self.ids.is_identity() {
             return;
         }
@@ -401,16 +355,12 @@ impl Overlay {
         if whiteout::classify(name) != Marker::Entry || name == b"." || name == b".." {
             return Ok(None);
         }
-        let _ns = self.ns.read_recursive();
+        let _ns = self.names.reading();
         self.lookup_locked(dir, name)
     }
 
     /// `lookup_in` for callers that hold the namespace lock.
-    pub(crate) fn lookup_locked(
-        &self,
-        dir: &Arc<Node>,
-        name: &[u8],
-    ) -> io::Result<Option<Arc<Node>>> {
+    fn lookup_locked(&self, dir: &Arc<Node>, name: &[u8]) -> io::Result<Option<Arc<Node>>> {
         let Some((layers, st)) = self.resolve(dir, name, false)? else {
             return Ok(None);
         };
@@ -419,7 +369,7 @@ impl Overlay {
 
     /// The node of `name` under `dir`, found in `layers` (top first) with the top entry's
     /// stat `st`; one more kernel reference.
-    pub(crate) fn node_for(
+    fn node_for(
         &self,
         dir: &Arc<Node>,
         name: &[u8],
@@ -452,7 +402,7 @@ impl Overlay {
                     && !n.is_detached()
                     && self.same_in_record(layers[0], n, dir, name)
             };
-            if let Some(node) = self.names.table.lookup_ref(ino, make, accept) {
+            if let Some(node) = self.names.find_or_make(ino, make, accept) {
                 if !node.attr().is_dir() {
                     node.add_name(dir, name); // a hard link seen under another name
                 }
@@ -481,7 +431,7 @@ impl Overlay {
     /// The layers holding `name` under `dir` (top first) and the top entry's stat.
     /// With `lower_only`, as if the writable layer did not hold `name`: what a removal of the
     /// upper entry would uncover.
-    pub(crate) fn resolve(
+    fn resolve(
         &self,
         dir: &Arc<Node>,
         name: &[u8],
@@ -518,7 +468,7 @@ impl Overlay {
 
     /// Drop `n` kernel references to `ino`; whether the node went.
     pub fn forget(&self, ino: Ino, n: u64) -> bool {
-        let gone = self.names.table.forget(ino, n);
+        let gone = self.names.forget(ino, n);
         if gone {
             self.evict_file(ino);
             // After the kernel drops its caches, give the freed nodes and listings back to the
@@ -535,7 +485,7 @@ impl Overlay {
     /// with no name, and the file opened read-write for the handle being restored.
     pub fn adopt_parked(&self, ino: Ino) -> io::Result<OwnedFd> {
         let upper = self.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        let fd = upper.open_parked(ino).map_err(|_| errno(libc::ESTALE))?;
+        let fd = upper.adopt_parked(ino).map_err(|_| errno(libc::ESTALE))?;
         let st = rustix::fs::fstat(&fd)?;
         let real = self.compose_ino(&self.layers[0], st.st_ino);
         let made = || {
@@ -551,29 +501,26 @@ impl Overlay {
             node.set_detached();
             node
         };
-        if let Some(node) = self.names.table.lookup_ref(ino, made, |_| true) {
-            self.names.table.add_refs(&node, 1 << 40);
+        if let Some(node) = self.names.find_or_make(ino, made, |_| true) {
+            self.names.hold(&node);
         }
-        self.parked.insert(ino);
         Ok(fd)
     }
 
     /// No handle of `ino` is left: a parked file goes.
     pub fn unpark(&self, ino: Ino) {
-        if self.parked.remove(&ino).is_some() {
-            if let Some(u) = &self.upper {
-                u.unpark(ino);
-            }
+        if let Some(u) = &self.upper {
+            u.unpark(ino);
         }
     }
 
     pub fn is_parked(&self, ino: Ino) -> bool {
-        self.parked.contains(&ino)
+        self.upper.as_ref().is_some_and(|u| u.is_parked(ino))
     }
 
     /// Whether the kernel's node `ino` is live here.
     pub fn has_node(&self, ino: Ino) -> bool {
-        self.names.table.get(ino).is_some()
+        self.names.node(ino).is_some()
     }
 
     /// Take up node `ino`, which an earlier server told the kernel is `name` in `parent`
@@ -582,7 +529,7 @@ impl Overlay {
     /// kernel still uses). ESTALE when the name is gone or is another file now.
     pub fn adopt(&self, parent: Ino, name: &[u8], ino: Ino) -> io::Result<()> {
         let dir = self.node(parent)?;
-        let _ns = self.ns.read_recursive();
+        let _ns = self.names.reading();
         let Some((layers, st)) = self.resolve(&dir, name, false)? else {
             return Err(errno(libc::ESTALE));
         };
@@ -595,7 +542,7 @@ impl Overlay {
             self.forget(node.ino, 1);
             return Err(errno(libc::ESTALE));
         }
-        self.names.table.add_refs(&node, 1 << 40);
+        self.names.hold(&node);
         Ok(())
     }
 
@@ -605,11 +552,11 @@ impl Overlay {
         if dir.listing.read_recursive().is_some() {
             return Ok(());
         }
-        let _ns = self.ns.read_recursive();
+        let _ns = self.names.reading();
         self.ensure_listing_locked(dir)
     }
 
-    pub(crate) fn ensure_listing_locked(&self, dir: &Node) -> io::Result<()> {
+    fn ensure_listing_locked(&self, dir: &Node) -> io::Result<()> {
         if dir.listing.read_recursive().is_some() {
             return Ok(());
         }
@@ -632,18 +579,11 @@ impl Overlay {
         })
     }
 
-    /// Take the namespace lock to change the upper layer's namespace, and count the change.
-    pub(crate) fn ns_write(&self) -> parking_lot::RwLockWriteGuard<'_, u64> {
-        let mut ns = self.ns.write();
-        *ns += 1;
-        ns
-    }
-
     /// Build `dir`'s merged listing for look-ahead, without the namespace lock (so no write
     /// waits on it): the namespace count it started from, and the listing. `None` if the
     /// directory has one already or cannot be listed.
-    pub(crate) fn listing_ahead(&self, dir: &Node) -> Option<(u64, Listing)> {
-        let before = *self.ns.read_recursive();
+    fn listing_ahead(&self, dir: &Node) -> Option<(u64, Listing)> {
+        let before = *self.names.reading();
         if dir.listing.read_recursive().is_some() {
             return None;
         }
@@ -652,8 +592,8 @@ impl Overlay {
 
     /// Store a listing built by [`Self::listing_ahead`] unless the namespace changed since
     /// (it may be stale then) or the directory got one meanwhile. Never waits for the lock.
-    pub(crate) fn keep_listing_ahead(&self, dir: &Node, before: u64, listing: Listing) -> bool {
-        let Some(ns) = self.ns.try_read_recursive() else {
+    fn keep_listing_ahead(&self, dir: &Node, before: u64, listing: Listing) -> bool {
+        let Some(ns) = self.names.try_reading() else {
             return false;
         };
         if *ns != before {
@@ -670,7 +610,7 @@ impl Overlay {
     /// `dir` was just listed in its parent: have look-ahead build its listing, and when
     /// `stats` (the listing's entries will carry attributes) read its lower directories and
     /// stat their entries, so the next READDIRPLUS finds all of it done or cached.
-    pub(crate) fn offer_lookahead(&self, dir: &Arc<Node>, stats: bool) {
+    fn offer_lookahead(&self, dir: &Arc<Node>, stats: bool) {
         let Some(la) = self.lookahead.get() else {
             return;
         };
@@ -721,7 +661,7 @@ impl Overlay {
         }
     }
 
-    pub(crate) fn top_layer(&self, node: &Node) -> &Layer {
+    fn top_layer(&self, node: &Node) -> &Layer {
         &self.layers[node.state.read().layers[0] as usize]
     }
 

@@ -1,11 +1,14 @@
 //! The mount's namespace state: which inode numbers the kernel holds (the inode table), the
 //! numbers that no longer follow from disk (kept across copy-up, or reassigned while an
-//! unlinked file still holds the derived one), and what the kernel must forget.
+//! unlinked file still holds the derived one), what the kernel must forget, and the lock that
+//! keeps lookups from seeing half of a change.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use std::sync::Arc;
 
 use super::inode::{Ino, InodeTable, Node};
 
@@ -18,7 +21,12 @@ pub struct Stale {
 
 #[derive(Debug)]
 pub struct Namespace {
-    pub(super) table: InodeTable,
+    table: InodeTable,
+    /// Taken shared by lookups and listings, exclusively by anything that changes the upper
+    /// layer's namespace, so a lookup never sees half of a rename or copy-up. It counts those
+    /// changes (see [`Namespace::change`]): a listing built ahead without the lock is kept
+    /// only if the count did not move meanwhile.
+    lock: RwLock<u64>,
     /// Composed real number -> node number, where they differ.
     remap: DashMap<Ino, Ino>,
     /// Whether `remap` was ever written: until then a listing looks nothing up in it.
@@ -31,11 +39,62 @@ impl Namespace {
     pub fn new(root: Node) -> Namespace {
         Namespace {
             table: InodeTable::new(root),
+            lock: RwLock::new(0),
             remap: DashMap::new(),
             remapped: AtomicBool::new(false),
             alt_seq: AtomicU64::new(0),
             stale: Mutex::new(Stale::default()),
         }
+    }
+
+    /// The live node `ino`, if the kernel holds it.
+    pub fn node(&self, ino: Ino) -> Option<Arc<Node>> {
+        self.table.get(ino)
+    }
+
+    /// How many nodes are live.
+    pub fn live(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The live node `ino`, made by `make` if there is none, with one more kernel reference;
+    /// `None` when the live one is another file (`accept` refuses it). See
+    /// [`InodeTable::lookup_ref`].
+    pub fn find_or_make(
+        &self,
+        ino: Ino,
+        make: impl FnOnce() -> Node,
+        accept: impl FnOnce(&Node) -> bool,
+    ) -> Option<Arc<Node>> {
+        self.table.lookup_ref(ino, make, accept)
+    }
+
+    /// A node taken over from an earlier server: as many references as the kernel may hold
+    /// (over-counting keeps a node longer; under-counting would drop one the kernel uses).
+    pub fn hold(&self, node: &Node) {
+        self.table.add_refs(node, 1 << 40);
+    }
+
+    /// Drop `n` kernel references to `ino`; whether the node went.
+    pub fn forget(&self, ino: Ino, n: u64) -> bool {
+        self.table.forget(ino, n)
+    }
+
+    /// The lock shared, for a lookup or a listing.
+    pub fn reading(&self) -> RwLockReadGuard<'_, u64> {
+        self.lock.read_recursive()
+    }
+
+    /// The lock taken to change the upper layer's namespace; the change is counted.
+    pub fn change(&self) -> RwLockWriteGuard<'_, u64> {
+        let mut ns = self.lock.write();
+        *ns += 1;
+        ns
+    }
+
+    /// The lock shared if nobody is changing the namespace now; never waits.
+    pub fn try_reading(&self) -> Option<RwLockReadGuard<'_, u64>> {
+        self.lock.try_read_recursive()
     }
 
     /// The node number an entry whose real (composed) number is `real` has.

@@ -216,7 +216,7 @@ fn fetch(ov: &Overlay, f: &TraceFile, buf: &mut [u8]) -> io::Result<Option<u64>>
 }
 
 /// Background work must not take CPU from the workload.
-pub(crate) fn lowest_priority() {
+pub(super) fn lowest_priority() {
     // SAFETY: setpriority on this thread's id only changes its nice value.
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
@@ -225,7 +225,7 @@ pub(crate) fn lowest_priority() {
 
 /// Whether less than MIN_AVAILABLE_PCT of memory is available (page cache the prefetch fills
 /// competes with the workload).
-pub(crate) fn memory_short() -> bool {
+pub(super) fn memory_short() -> bool {
     let Ok(text) = std::fs::read_to_string("/proc/meminfo") else {
         return false;
     };

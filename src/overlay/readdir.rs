@@ -176,7 +176,7 @@ impl Overlay {
                 (batch, listing.entries().len() > pos + BATCH)
             };
             for (i, name, ino, kind) in batch {
-                if lazy && kind != libc::S_IFDIR && self.names.table.get(ino).is_none() {
+                if lazy && kind != libc::S_IFDIR && self.names.node(ino).is_none() {
                     node.listed_bare.store(true, Ordering::Relaxed);
                     let item = PlusItem {
                         next: i as u64 + 3,

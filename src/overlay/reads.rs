@@ -2,13 +2,67 @@
 //! file, kept in a small cache, and small siblings read ahead) and extended attributes.
 
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use dashmap::DashMap;
+use lru::LruCache;
+use parking_lot::Mutex;
+
 use super::inode::Node;
-use super::{Ino, Overlay, ReadPlan, errno, lookahead};
+use super::{DEFAULT_OPEN_FILES, Ino, Overlay, errno, lookahead};
 use crate::stack::whiteout;
+
+/// How reads of a lower file are checked under `verify=on`: against record entry `entry` of
+/// layer `layer` (the name `rel` it was opened by), for the file `file` (device, inode) that
+/// was opened; a read through a descriptor of another file plans afresh.
+#[derive(Debug, Clone)]
+struct ReadPlan {
+    layer: u16,
+    entry: u32,
+    rel: Arc<[u8]>,
+    file: (u64, u64),
+}
+
+/// What reads keep between requests.
+#[derive(Debug)]
+pub(super) struct Reads {
+    /// Layer files opened for reads, bounded: the kernel does not send OPEN in no-open mode,
+    /// so reads find their descriptor here.
+    files: Mutex<LruCache<Ino, Arc<OwnedFd>>>,
+    /// Under `verify=on`, how each lower file read so far is checked as read (see
+    /// [`crate::stack::layer::Layer::read_plan`]): found once per file, not per read.
+    plans: DashMap<Ino, ReadPlan>,
+    /// Lower layers are checked against their records (`verify=on`).
+    verifying: bool,
+}
+
+impl Reads {
+    pub(super) fn new(verifying: bool) -> Reads {
+        Reads {
+            files: Mutex::new(LruCache::new(
+                NonZeroUsize::new(DEFAULT_OPEN_FILES).expect("nonzero"),
+            )),
+            plans: DashMap::new(),
+            verifying,
+        }
+    }
+
+    /// Keep at most `n` files open.
+    pub(super) fn set_limit(&self, n: usize) {
+        self.files
+            .lock()
+            .resize(NonZeroUsize::new(n.max(1)).expect("nonzero"));
+    }
+
+    /// The node went: its descriptor and plan go with it.
+    pub(super) fn evict(&self, ino: Ino) {
+        self.files.lock().pop(&ino);
+        self.plans.remove(&ino);
+    }
+}
 
 impl Overlay {
     pub fn readlink(&self, ino: Ino) -> io::Result<Vec<u8>> {
@@ -25,7 +79,7 @@ impl Overlay {
             libc::S_IFREG => {
                 let layer = self.top_layer(node);
                 let fd = layer.open_read(&node.path())?;
-                if self.verifying && self.is_lower(node.top()) {
+                if self.reads.verifying && self.is_lower(node.top()) {
                     self.plan_reads(node, &fd)?;
                 }
                 if let Some(t) = self.tally() {
@@ -40,19 +94,19 @@ impl Overlay {
 
     /// A descriptor for reading `ino`, from the bounded cache.
     pub fn cached_file(&self, ino: Ino) -> io::Result<Arc<OwnedFd>> {
-        if let Some(fd) = self.files.lock().get(&ino) {
+        if let Some(fd) = self.reads.files.lock().get(&ino) {
             return Ok(Arc::clone(fd));
         }
         let node = self.node(ino)?;
         let fd = Arc::new(self.open_file(&node)?);
-        self.files.lock().put(ino, Arc::clone(&fd));
+        self.reads.files.lock().put(ino, Arc::clone(&fd));
         self.offer_siblings(&node);
         Ok(fd)
     }
 
     /// A file of a lower layer is read for the first time: have look-ahead read its small
     /// siblings, once per directory.
-    pub(crate) fn offer_siblings(&self, node: &Node) {
+    pub(super) fn offer_siblings(&self, node: &Node) {
         let Some(la) = self.lookahead.get() else {
             return;
         };
@@ -77,9 +131,10 @@ impl Overlay {
 
     /// Drop a cached descriptor (the node was forgotten).
     pub fn evict_file(&self, ino: Ino) {
-        self.files.lock().pop(&ino);
-        self.read_plans.remove(&ino);
-        self.upper_dirs.lock().pop(&ino);
+        self.reads.evict(ino);
+        if let Some(u) = &self.upper {
+            u.drop_dir(ino);
+        }
     }
 
     /// Read from `fd` at `offset` until `buf` is full or the file ends.
@@ -97,11 +152,11 @@ impl Overlay {
         buf: &mut [u8],
         offset: u64,
     ) -> io::Result<usize> {
-        if !self.verifying {
+        if !self.reads.verifying {
             return Self::read_at(fd, buf, offset);
         }
         let st = rustix::fs::fstat(fd)?;
-        let plan = self.read_plans.get(&ino).map(|p| p.clone());
+        let plan = self.reads.plans.get(&ino).map(|p| p.clone());
         let planned = |p: &ReadPlan, buf: &mut [u8]| {
             self.layers[p.layer as usize].read_planned(p.entry, &p.rel, (fd, &st), buf, offset)
         };
@@ -135,7 +190,7 @@ impl Overlay {
 
     /// Under `verify=on`, note how reads of the lower file `node` opened as `fd` are checked:
     /// against the record entry of its name now, in its top layer.
-    pub(crate) fn plan_reads(&self, node: &Node, fd: &OwnedFd) -> io::Result<ReadPlan> {
+    fn plan_reads(&self, node: &Node, fd: &OwnedFd) -> io::Result<ReadPlan> {
         let top = node.top();
         let rel = node.path();
         let st = rustix::fs::fstat(fd)?;
@@ -148,14 +203,14 @@ impl Overlay {
             rel: Arc::from(rel.as_slice()),
             file: (st.st_dev, st.st_ino),
         };
-        self.read_plans.insert(node.ino, p.clone());
+        self.reads.plans.insert(node.ino, p.clone());
         Ok(p)
     }
 
     /// Whether the kernel may read `node`'s open file straight from its layer (passthrough):
     /// not when its blocks are still to be checked as they are read.
     pub fn may_pass_through(&self, node: &Node) -> bool {
-        !self.verifying || self.top_layer(node).may_pass_through(&node.path())
+        !self.reads.verifying || self.top_layer(node).may_pass_through(&node.path())
     }
 
     /// Xattr names of a node, overlay-internal ones removed; NUL-separated.
@@ -173,7 +228,7 @@ impl Overlay {
     }
 
     /// Overlay-internal xattrs, and the override xattr where it carries the presented stat.
-    pub(crate) fn is_hidden_xattr(&self, name: &[u8]) -> bool {
+    pub(super) fn is_hidden_xattr(&self, name: &[u8]) -> bool {
         whiteout::is_internal_xattr(name)
             || self.ids.override_xattr.is_some_and(|x| x.name() == name)
     }

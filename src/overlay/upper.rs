@@ -1,5 +1,5 @@
-//! The writable upper layer's on-disk primitives: the work directory, whiteouts, opaque
-//! markers and atomic replacement. Everything is built under W first and renamed into U, so
+//! The writable upper layer: its on-disk primitives (the work directory, whiteouts, opaque
+//! markers and atomic replacement), the directories it keeps open and the files it parks. Everything is built under W first and renamed into U, so
 //! a daemon killed at any point leaves U holding either the old or the new entry, never a
 //! partial one; the next mount empties W.
 //!
@@ -11,12 +11,16 @@
 
 use std::ffi::CString;
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 
+use dashmap::DashSet;
+use lru::LruCache;
 use parking_lot::Mutex;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
@@ -35,6 +39,9 @@ pub enum WhiteoutForm {
     /// A `.wh.<name>` file beside it (OCI/AUFS).
     WhFile,
 }
+
+/// Directories kept open (an untar or rm -rf works in a few at a time).
+const DIRS_OPEN: usize = 64;
 
 /// Prefix of parked files in W.
 const PARKED: &str = "stratafs-open-";
@@ -57,6 +64,13 @@ pub struct Upper {
     seq: AtomicU64,
     /// Deletes removed directory trees moved into W, off the request path.
     reaper: Mutex<Option<Reaper>>,
+    /// Open directories by node, for the entries made and removed in them: a descriptor
+    /// follows its directory through renames; dropped when the kernel forgets the node, never
+    /// used for a removed one.
+    dirs: Mutex<LruCache<u64, Arc<OwnedFd>>>,
+    /// Nodes whose file was removed while open: kept in W until the last release, so a
+    /// server that takes over can open it again.
+    parked: DashSet<u64>,
 }
 
 /// A thread deleting the trees in W it is sent the names of; joined at unmount.
@@ -124,6 +138,10 @@ impl Upper {
             ),
             seq: AtomicU64::new(0),
             reaper: Mutex::new(None),
+            dirs: Mutex::new(LruCache::new(
+                NonZeroUsize::new(DIRS_OPEN).expect("nonzero"),
+            )),
+            parked: DashSet::new(),
         };
         up.clean(resume)
             .map_err(|e| bad(format!("cleaning work/: {e}")))?;
@@ -395,22 +413,53 @@ impl Upper {
         let cn =
             std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         rustix::fs::renameat(dir, &*cn, &self.work, Upper::parked_name(ino))?;
+        self.parked.insert(ino);
         Ok(())
     }
 
-    /// The parked file of node `ino`, opened read-write.
-    pub fn open_parked(&self, ino: u64) -> io::Result<OwnedFd> {
-        Ok(rustix::fs::openat(
+    /// The file a dead server parked for node `ino`, opened read-write; it is this server's
+    /// to unpark from now on.
+    pub fn adopt_parked(&self, ino: u64) -> io::Result<OwnedFd> {
+        let fd = rustix::fs::openat(
             &self.work,
             Upper::parked_name(ino),
             OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        )?)
+        )?;
+        self.parked.insert(ino);
+        Ok(fd)
     }
 
-    /// The last handle of node `ino` went: its parked file goes.
+    /// Whether node `ino`'s file is parked.
+    pub fn is_parked(&self, ino: u64) -> bool {
+        self.parked.contains(&ino)
+    }
+
+    /// The last handle of node `ino` went: its parked file, if it has one, goes.
     pub fn unpark(&self, ino: u64) {
-        let _ = rustix::fs::unlinkat(&self.work, Upper::parked_name(ino), AtFlags::empty());
+        if self.parked.remove(&ino).is_some() {
+            let _ = rustix::fs::unlinkat(&self.work, Upper::parked_name(ino), AtFlags::empty());
+        }
+    }
+
+    /// The open directory of node `ino`, if it is kept.
+    pub fn dir(&self, ino: u64) -> Option<Arc<OwnedFd>> {
+        self.dirs.lock().get(&ino).cloned()
+    }
+
+    /// As [`Upper::dir`], without making it the most recently used.
+    pub fn peek_dir(&self, ino: u64) -> Option<Arc<OwnedFd>> {
+        self.dirs.lock().peek(&ino).cloned()
+    }
+
+    /// Keep `fd` open as node `ino`'s directory.
+    pub fn keep_dir(&self, ino: u64, fd: &Arc<OwnedFd>) {
+        self.dirs.lock().put(ino, Arc::clone(fd));
+    }
+
+    /// The kernel forgot node `ino`.
+    pub fn drop_dir(&self, ino: u64) {
+        self.dirs.lock().pop(&ino);
     }
 
     /// Make (or replace) W's shared whiteout.

@@ -87,8 +87,7 @@ impl Overlay {
         let ino = self.names.number_of(real);
         let node = self
             .names
-            .table
-            .get(ino)
+            .node(ino)
             .filter(|n| n.state.read().real == real && !n.is_detached());
         Ok(Some(Found { layers, st, node }))
     }
@@ -111,16 +110,14 @@ impl Overlay {
 
     /// The directory `dir` in the writable layer (copied up if needed), opened.
     fn upper_dir(&self, dir: &Arc<Node>) -> io::Result<Arc<OwnedFd>> {
-        let live = !dir.is_detached();
-        if live {
-            if let Some(fd) = self.upper_dirs.lock().get(&dir.ino) {
-                return Ok(Arc::clone(fd));
-            }
+        let kept = self.upper.as_ref().filter(|_| !dir.is_detached());
+        if let Some(fd) = kept.and_then(|u| u.dir(dir.ino)) {
+            return Ok(fd);
         }
         self.copy_up(dir, Data::Copy)?;
         let fd = Arc::new(self.layers[0].open_dir(&dir.path())?);
-        if live {
-            self.upper_dirs.lock().put(dir.ino, Arc::clone(&fd));
+        if let Some(u) = kept {
+            u.keep_dir(dir.ino, &fd);
         }
         Ok(fd)
     }
@@ -244,7 +241,7 @@ impl Overlay {
         }
         let dir = self.node(parent)?;
         let upper = self.upper()?;
-        let _ns = self.ns_write();
+        let _ns = self.names.change();
         if dir.is_detached() {
             return Err(errno(libc::ENOENT));
         }
@@ -450,7 +447,7 @@ impl Overlay {
     pub fn remove(&self, parent: u64, name: &[u8], rmdir: bool) -> io::Result<()> {
         let dir = self.node(parent)?;
         let upper = self.upper()?;
-        let _ns = self.ns_write();
+        let _ns = self.names.change();
         let f = self.peek(&dir, name)?.ok_or_else(|| errno(libc::ENOENT))?;
         match (rmdir, f.is_dir()) {
             (true, false) => return Err(errno(libc::ENOTDIR)),
@@ -466,7 +463,6 @@ impl Overlay {
         let pdir = self.upper_dir(&dir)?;
         if let Some(ino) = self.parkable(&f, &pdir, name).filter(|_| !rmdir) {
             upper.park(&pdir, name, ino)?;
-            self.parked.insert(ino);
             if self.lower_visible(&dir, name)? {
                 upper.whiteout_fresh(&pdir, name)?;
             }
@@ -516,7 +512,7 @@ impl Overlay {
         let dir = self.node(parent)?;
         let newdir = self.node(newparent)?;
         let upper = self.upper()?;
-        let _ns = self.ns_write();
+        let _ns = self.names.change();
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let src = self.peek(&dir, name)?.ok_or_else(|| errno(libc::ENOENT))?;
         let dst = self.peek(&newdir, newname)?;
@@ -546,7 +542,6 @@ impl Overlay {
         }
         if let Some(ino) = dst.as_ref().and_then(|d| self.parkable(d, &dpdir, newname)) {
             upper.park(&dpdir, newname, ino)?;
-            self.parked.insert(ino);
         }
         let src_lower = self.lower_visible(&dir, name)?;
         let dst_lower = dst.is_some() && self.lower_visible(&newdir, newname)?;
@@ -667,7 +662,7 @@ impl Overlay {
         let node = self.node(ino)?;
         let newdir = self.node(newparent)?;
         let upper = self.upper()?;
-        let _ns = self.ns_write();
+        let _ns = self.names.change();
         if node.attr().is_dir() {
             return Err(errno(libc::EPERM));
         }
