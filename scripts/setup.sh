@@ -46,7 +46,7 @@ fi
 chmod 0666 /dev/fuse
 grep -qx 'user_allow_other' /etc/fuse.conf 2>/dev/null || echo 'user_allow_other' >> /etc/fuse.conf
 
-# CernVM-FS 2.12 (client and stratum-0) for tests/cvmfs.rs: no registry has it, so it comes
+# CernVM-FS 2.12 (client and stratum-0) for tests/cvmfs/: no registry has it, so it comes
 # from the kit beside the checkout (../shared/cvmfs) or $STRATAFS_CVMFS_KIT.
 here=$(cd "$(dirname "$0")/.." && pwd)
 kit=""
@@ -54,8 +54,8 @@ for k in "${STRATAFS_CVMFS_KIT:-}" "$here/../shared/cvmfs" /work/shared/cvmfs; d
   if [ -n "$k" ] && [ -f "$k/cvmfs-up.sh" ]; then kit=$(cd "$k" && pwd); break; fi
 done
 if [ -z "$kit" ] && ! command -v cvmfs2 >/dev/null; then
-  # The demo does not need it; tests/cvmfs.rs fails saying the same.
-  echo "setup.sh: warning: the CernVM-FS kit is missing (../shared/cvmfs beside the checkout, or STRATAFS_CVMFS_KIT): tests/cvmfs.rs will fail" >&2
+  # The demo does not need it; tests/cvmfs/ fails saying the same.
+  echo "setup.sh: warning: the CernVM-FS kit is missing (../shared/cvmfs beside the checkout, or STRATAFS_CVMFS_KIT): tests/cvmfs/ will fail" >&2
 fi
 # A plain tar -x of the kit would turn the /sbin symlink of a merged-/usr system into a
 # directory (and mount(8) would then miss /usr/sbin/mount.fuse): mend that, keep symlinks.

@@ -1,5 +1,5 @@
 //! The pipeline on temporary directories with an image held in memory: no root, no
-//! network. (Real sources and registries are in `tests/convert.rs`.)
+//! network. (Real sources and registries are in `tests/convert/`.)
 
 use super::*;
 use crate::image::digest::Digest;

@@ -1,7 +1,7 @@
 //! The writable layer without a mount: the core on temporary directories, as an ordinary
 //! user. What lands in the upper directory is checked on disk, in the format kernel
 //! overlayfs reads. (The same operations against kernel overlayfs, through real mounts, are in
-//! `tests/write_differential.rs` and `tests/posix.rs`.)
+//! `tests/write_differential/` and `tests/posix.rs`.)
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};

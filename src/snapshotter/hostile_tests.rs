@@ -5,7 +5,7 @@
 //! value or an error, never a panic; nothing may be written outside the state directory; the
 //! state on disk must reopen to what the service answers; every parent named must exist; and
 //! every mount handed out may only name directories of the state or of the repository (roots
-//! are not mounted here: `tests/snapshotter.rs` mounts them).
+//! are not mounted here: `tests/snapshotter/` mounts them).
 
 use std::collections::HashMap;
 use std::path::Path;

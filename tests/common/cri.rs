@@ -1,5 +1,5 @@
 //! A CRI (v1) client that drives containerd as kubelet does: pull, a pod sandbox on the host
-//! network, one container, its log, stop and remove. Used by tests/snapshotter.rs and
+//! network, one container, its log, stop and remove. Used by tests/snapshotter/ and
 //! benches/cri_pod.rs (included by path, so it is not part of `common`).
 #![allow(dead_code)] // each includer uses part of it
 
