@@ -164,6 +164,8 @@ fn read_in(fh: u64, offset: u64, size: u32) -> Vec<u8> {
     ])
 }
 
+/// Over 100 lines because it is one script of requests, each with the bytes it must get:
+/// the script reads best whole.
 #[test]
 fn requests_that_change_nothing_get_the_same_bytes_through_both_framings() {
     let t = tempfile::tempdir().unwrap();
@@ -315,6 +317,8 @@ fn mask(opcode: u32, reply: &[u8]) -> Vec<u8> {
     r
 }
 
+/// Over 100 lines because it is one script of requests, each with the bytes it must get:
+/// the script reads best whole.
 #[test]
 fn requests_that_change_the_upper_layer_get_the_same_bytes_through_both_framings() {
     let t = tempfile::tempdir().unwrap();
