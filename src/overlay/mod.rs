@@ -485,8 +485,7 @@ impl Overlay {
     /// with no name, and the file opened read-write for the handle being restored.
     pub fn adopt_parked(&self, ino: Ino) -> io::Result<OwnedFd> {
         let upper = self.upper.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-        let fd = upper.adopt_parked(ino).map_err(|_| errno(libc::ESTALE))?;
-        let st = rustix::fs::fstat(&fd)?;
+        let (fd, st) = upper.adopt_parked(ino).map_err(|_| errno(libc::ESTALE))?;
         let real = self.compose_ino(&self.layers[0], st.st_ino);
         let made = || {
             let node = Node::new(

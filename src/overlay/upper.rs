@@ -417,17 +417,18 @@ impl Upper {
         Ok(())
     }
 
-    /// The file a dead server parked for node `ino`, opened read-write; it is this server's
-    /// to unpark from now on.
-    pub fn adopt_parked(&self, ino: u64) -> io::Result<OwnedFd> {
+    /// The file a dead server parked for node `ino`, opened read-write, and its stat; it is
+    /// this server's to unpark from now on.
+    pub fn adopt_parked(&self, ino: u64) -> io::Result<(OwnedFd, rustix::fs::Stat)> {
         let fd = rustix::fs::openat(
             &self.work,
             Upper::parked_name(ino),
             OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        let st = rustix::fs::fstat(&fd)?;
         self.parked.insert(ino);
-        Ok(fd)
+        Ok((fd, st))
     }
 
     /// Whether node `ino`'s file is parked.
