@@ -75,6 +75,9 @@ def warm(fs, stack, mnt, cmd):
 
 
 def daemon_pid(mnt):
+    """The process serving `mnt`: with a keeper (stratafs's failover), the server is its
+    child with the same command line, and the keeper holds no caches."""
+    found = []
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
@@ -82,8 +85,11 @@ def daemon_pid(mnt):
             except OSError:
                 continue
             if mnt.encode() in args:
-                return p
-    return None
+                found.append(p)
+    for p in found:
+        if rss_kb(p, "PPid") in [int(q) for q in found]:
+            return p
+    return found[0] if found else None
 
 
 def rss_kb(pid, field):
