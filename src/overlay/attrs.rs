@@ -421,7 +421,7 @@ impl Overlay {
 
     /// fsync(2) of an open file, unless the mount was asked not to (`fsync=0`, `volatile`).
     pub fn fsync(&self, fd: &OwnedFd, datasync: bool) -> io::Result<()> {
-        if self.upper.as_ref().is_some_and(|u| !u.fsync) {
+        if self.upper.as_ref().is_some_and(|u| !u.syncs()) {
             return Ok(());
         }
         if datasync {

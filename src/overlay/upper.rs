@@ -50,12 +50,12 @@ const PARKED: &str = "stratafs-open-";
 pub struct Upper {
     /// `W/work`: scratch space on the upper filesystem.
     work: OwnedFd,
-    pub whiteouts: WhiteoutForm,
+    whiteouts: WhiteoutForm,
     /// Set trusted.* xattrs (opaque marks)? Needs CAP_SYS_ADMIN in the initial namespace.
-    pub trusted_xattrs: bool,
+    trusted_xattrs: bool,
     /// Make copied-up data safe before it becomes visible, and pass fsync(2) on (off with
     /// `fsync=0` or `volatile`).
-    pub fsync: bool,
+    fsync: bool,
     /// The upper filesystem journals its metadata in order (ext4, xfs, btrfs): writing a new
     /// file's data out before it is linked in is enough, no journal commit per copy-up.
     ordered: bool,
@@ -441,6 +441,16 @@ impl Upper {
         if self.parked.remove(&ino).is_some() {
             let _ = rustix::fs::unlinkat(&self.work, Upper::parked_name(ino), AtFlags::empty());
         }
+    }
+
+    /// The form new whiteouts take here.
+    pub fn whiteout_form(&self) -> WhiteoutForm {
+        self.whiteouts
+    }
+
+    /// Whether copied-up data is made safe before it shows, and fsync(2) passed on.
+    pub fn syncs(&self) -> bool {
+        self.fsync
     }
 
     /// The open directory of node `ino`, if it is kept.

@@ -575,7 +575,7 @@ impl Overlay {
                 upper.remove(&spdir, name)?;
             }
             src_done = true;
-        } else if src_lower && upper.whiteouts == WhiteoutForm::CharDevice {
+        } else if src_lower && upper.whiteout_form() == WhiteoutForm::CharDevice {
             match rustix::fs::renameat_with(&spdir, &cs, &dpdir, &cd, RenameFlags::WHITEOUT) {
                 Ok(()) => src_done = true,
                 Err(Errno::INVAL | Errno::PERM | Errno::NOSYS) => {

@@ -202,7 +202,7 @@ fn whiteout_forms_and_the_work_dir() {
     let u = f.ov.upper.as_ref().unwrap();
     // Whatever this machine allows, the form is one the kernel reads.
     assert!(matches!(
-        u.whiteouts,
+        u.whiteout_form(),
         WhiteoutForm::CharDevice | WhiteoutForm::WhFile
     ));
     f.ov.remove(ROOT_INO, b"top", false).unwrap();
@@ -215,7 +215,7 @@ fn whiteout_forms_and_the_work_dir() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    if u.whiteouts == WhiteoutForm::CharDevice {
+    if u.whiteout_form() == WhiteoutForm::CharDevice {
         assert_eq!(left, ["whiteout"]);
         let shared = work.join("whiteout").symlink_metadata().unwrap();
         for w in [f.upper.join("top"), f.upper.join("dir/file")] {
