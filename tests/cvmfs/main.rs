@@ -362,6 +362,16 @@ fn client_layers(client_repo: &Path) -> Vec<PathBuf> {
 }
 
 /// Where the file at merged path `rel` lives on the client (the topmost layer holding it).
+/// One test at a time on the client, with the tools a job on it needs and the kit up.
+fn job_on_the_client() -> std::sync::MutexGuard<'static, ()> {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for t in ["bwrap", "runuser", "cvmfs_talk", "fusermount3"] {
+        require_tool(t);
+    }
+    cvmfs_up();
+    serial
+}
+
 fn on_client(layers: &[PathBuf], rel: &str) -> PathBuf {
     layers
         .iter()
@@ -372,11 +382,7 @@ fn on_client(layers: &[PathBuf], rel: &str) -> PathBuf {
 
 #[test]
 fn an_image_from_a_real_cernvm_fs_client() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for t in ["bwrap", "runuser", "cvmfs_talk", "fusermount3"] {
-        require_tool(t);
-    }
-    cvmfs_up();
+    let _serial = job_on_the_client();
     let tmp = shared_tempdir();
     let layout = app_image(tmp.path());
     let (repo, sub, client_repo) =

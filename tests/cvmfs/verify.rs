@@ -20,11 +20,7 @@ fn chunk_downloads_since(mark: usize) -> BTreeSet<String> {
 /// from the middle of a big file downloads the chunk that holds them, not the whole file.
 #[test]
 fn a_published_image_verifies_on_the_client() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for t in ["bwrap", "runuser", "cvmfs_talk", "fusermount3"] {
-        require_tool(t);
-    }
-    cvmfs_up();
+    let _serial = job_on_the_client();
     let tmp = shared_tempdir();
     let base = std::fs::read(busybox_base_tar(tmp.path())).unwrap();
     // 40 MiB that do not compress: CernVM-FS cuts it into chunks of 4 to 16 MiB.
