@@ -15,6 +15,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 RUNS=${RUNS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/containerd-config.sh"
 B=/var/tmp/stratafs-bench
 I=$B/repo-run
 W=$B/containerd
@@ -58,27 +59,7 @@ $BIN snapshotter --repo $W/repo --root $W/snap-state --address $W/snap.sock \
 start_containerd() { # NAME SNAPSHOTTER
   local d=$W/ctrd-$1
   mkdir -p $d
-  cat > $d/config.toml <<TOML
-version = 2
-root = "$d/root"
-state = "$d/state"
-[grpc]
-  address = "$d/containerd.sock"
-[proxy_plugins.stratafs]
-  type = "snapshot"
-  address = "$W/snap.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$R/bench/pause:t"
-  restrict_oom_score_adj = true
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  snapshotter = "$2"
-  disable_snapshot_annotations = false
-[plugins."io.containerd.grpc.v1.cri".cni]
-  bin_dir = "$d/cni-bin"
-  conf_dir = "$d/cni-conf"
-[plugins."io.containerd.grpc.v1.cri".registry.mirrors."$R"]
-  endpoint = ["http://$R"]
-TOML
+  containerd_config $d $W/snap.sock $R/bench/pause:t $2 $R $R > $d/config.toml
   PATH=$W/bin:$PATH containerd --config $d/config.toml > $d/containerd.log 2>&1 & pids+=($!)
   for _ in $(seq 100); do [ -S $d/containerd.sock ] && break; sleep 0.1; done
 }

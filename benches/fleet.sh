@@ -51,6 +51,7 @@ MODES=${MODES:-"cvmfs cvmfs+trace registry"}
 FAULTS=${FAULTS:-"s1-stops proxy-stops"}
 DELAY=${DELAY:-0}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/containerd-config.sh"
 KIT=${STRATAFS_CVMFS_KIT:-$ROOT/../shared/cvmfs}
 B=/var/tmp/stratafs-bench
 F=${FLEET_DIR:-$B/fleet}
@@ -330,27 +331,8 @@ EOF
       "${snap_opts[@]}" 2>"$d/snapshotter.log" & echo $! > "$d/snapshotter.pid"
     wait_for "node $i's snapshotter" test -S "$d/snap.sock"
   fi
-  cat > "$d/containerd.toml" <<EOF
-version = 2
-root = "$d/root"
-state = "$d/state"
-[grpc]
-  address = "$d/containerd.sock"
-[proxy_plugins.stratafs]
-  type = "snapshot"
-  address = "$d/snap.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$R/fleet/pause:t"
-  restrict_oom_score_adj = true
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  snapshotter = "$snapshotter"
-  disable_snapshot_annotations = false
-[plugins."io.containerd.grpc.v1.cri".cni]
-  bin_dir = "$d/cni-bin"
-  conf_dir = "$d/cni-conf"
-[plugins."io.containerd.grpc.v1.cri".registry.mirrors."$R"]
-  endpoint = ["http://$RN"]
-EOF
+  containerd_config "$d" "$d/snap.sock" "$R/fleet/pause:t" "$snapshotter" "$R" "$RN" \
+    >"$d/containerd.toml"
   PATH=$d/bin:$PATH containerd --config "$d/containerd.toml" >"$d/containerd.log" 2>&1 &
   echo $! > "$d/containerd.pid"
   wait_for "node $i's containerd" test -S "$d/containerd.sock"

@@ -158,14 +158,24 @@ fn log_lines() -> usize {
         .unwrap_or(0)
 }
 
-/// Content objects (hashes, no suffix) the client downloaded after line `mark` of the log.
-fn downloads_since(mark: usize) -> BTreeSet<String> {
+/// The data objects (`xx/hash[suffix]`) the client downloaded after line `mark` of the log.
+fn data_objects_since(mark: usize) -> Vec<String> {
     let text = std::fs::read_to_string(CLIENT_LOG).unwrap();
     text.lines()
         .skip(mark)
         .filter_map(|l| {
             let path = l.split('"').nth(1)?.split(' ').nth(1)?;
             let rest = path.strip_prefix(&format!("/cvmfs/{REPO}/data/"))?;
+            Some(rest.to_string())
+        })
+        .collect()
+}
+
+/// Content objects (hashes, no suffix) the client downloaded after line `mark` of the log.
+fn downloads_since(mark: usize) -> BTreeSet<String> {
+    data_objects_since(mark)
+        .into_iter()
+        .filter_map(|rest| {
             let (xx, h) = rest.split_once('/')?;
             // Catalogs (C), chunks (P) and the like carry a suffix; whole files do not.
             h.bytes()

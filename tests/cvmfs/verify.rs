@@ -4,14 +4,9 @@ use super::*;
 
 /// Chunk objects (suffix P) the client downloaded after line `mark` of the log.
 fn chunk_downloads_since(mark: usize) -> BTreeSet<String> {
-    let text = std::fs::read_to_string(CLIENT_LOG).unwrap();
-    text.lines()
-        .skip(mark)
-        .filter_map(|l| {
-            let path = l.split('"').nth(1)?.split(' ').nth(1)?;
-            let rest = path.strip_prefix(&format!("/cvmfs/{REPO}/data/"))?;
-            rest.ends_with('P').then(|| rest.to_string())
-        })
+    data_objects_since(mark)
+        .into_iter()
+        .filter(|rest| rest.ends_with('P'))
         .collect()
 }
 
