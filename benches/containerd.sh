@@ -15,7 +15,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 RUNS=${RUNS:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-. "$ROOT/benches/containerd-config.sh"
+. "$ROOT/benches/lib.sh"
 B=/var/tmp/stratafs-bench
 I=$B/repo-run
 W=$B/containerd

@@ -13,6 +13,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 COUNTS=${COUNTS:-1 10 100}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/lib.sh"
 B=/var/tmp/stratafs-bench
 I=$B/repo-run
 W=$B/density
@@ -34,7 +35,6 @@ cleanup() {
 }
 trap cleanup EXIT
 rm -rf $W && mkdir -p $W/bin
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 R=127.0.0.1:$(free_port)
 M=127.0.0.1:$(free_port)
 printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/registry\nhttp:\n  addr: %s\n' $W $R > $W/registry.yml

@@ -51,7 +51,7 @@ MODES=${MODES:-"cvmfs cvmfs+trace registry"}
 FAULTS=${FAULTS:-"s1-stops proxy-stops"}
 DELAY=${DELAY:-0}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-. "$ROOT/benches/containerd-config.sh"
+. "$ROOT/benches/lib.sh"
 KIT=${STRATAFS_CVMFS_KIT:-$ROOT/../shared/cvmfs}
 B=/var/tmp/stratafs-bench
 F=${FLEET_DIR:-$B/fleet}
@@ -96,7 +96,6 @@ for line in sys.stdin:
         print(m["executable"])') || die "could not build benches/cri_pod.rs"
 [ -x "$CRI_POD" ] || die "could not build benches/cri_pod.rs"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 wait_for() { # WHAT COMMAND...: up to 20 s
   local what=$1; shift
@@ -147,10 +146,9 @@ umoci config --image "$F/pause-oci:t" --config.entrypoint /bin/busybox --config.
 skopeo copy -q --dest-tls-verify=false "oci:$F/pause-oci:t" "docker://$R/fleet/pause:t"
 skopeo copy -q --dest-tls-verify=false "oci:$OCI" "docker://$R/fleet/app:t"
 IMG=$R/fleet/app:t
-APP_LAYERS=$(skopeo inspect --raw --tls-verify=false "docker://$IMG" |
-  python3 -c 'import json, sys; print(" ".join(l["digest"] for l in json.load(sys.stdin)["layers"]))')
-APP_BYTES=$(skopeo inspect --raw --tls-verify=false "docker://$IMG" |
-  python3 -c 'import json, sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))')
+APP_MANIFEST=$(skopeo inspect --raw --tls-verify=false "docker://$IMG")
+APP_LAYERS=$(python3 -c 'import json, sys; print(" ".join(l["digest"] for l in json.load(sys.stdin)["layers"]))' <<<"$APP_MANIFEST")
+APP_BYTES=$(python3 -c 'import json, sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))' <<<"$APP_MANIFEST")
 
 # --- the image into the stratum-0, with a trace of the job ---
 # The same image published once: a marker names what is there.

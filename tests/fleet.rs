@@ -24,7 +24,7 @@ const EXPECT: &str = "fleet job read 12 files";
 
 /// Busybox plus a layer of a job that reads twelve files of 256 KiB (incompressible, so each
 /// is a data object of its own) and says so.
-fn job_image(dir: &Path) -> PathBuf {
+fn job_image(dir: &Path) -> (PathBuf, Vec<String>) {
     let root = dir.join("job-root");
     std::fs::create_dir_all(root.join("opt/job")).unwrap();
     for d in ["proc", "dev", "sys", "etc"] {
@@ -73,18 +73,6 @@ fn cri_pod() -> PathBuf {
                 deps.display()
             )
         })
-}
-
-fn kit() -> PathBuf {
-    [
-        std::env::var_os("STRATAFS_CVMFS_KIT").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/cvmfs")),
-        Some(PathBuf::from("/work/shared/cvmfs")),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|k| k.join("cvmfs-up.sh").is_file())
-    .expect("the CernVM-FS kit is missing: put it at ../shared/cvmfs or set STRATAFS_CVMFS_KIT")
 }
 
 /// A row of results.tsv.
@@ -139,7 +127,7 @@ fn three_nodes_start_one_pod_from_one_stratum1_through_a_proxy() {
         require_tool(t);
     }
     let tmp = shared_tempdir();
-    let layout = job_image(tmp.path());
+    let (layout, layers) = job_image(tmp.path());
     let f = tmp.path().join("fleet");
     let out = run(Command::new("bash")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/fleet.sh"))
@@ -152,7 +140,7 @@ fn three_nodes_start_one_pod_from_one_stratum1_through_a_proxy() {
         .env("FLEET_DIR", &f)
         .env("STRATAFS_BIN", BIN)
         .env("CRI_POD", cri_pod())
-        .env("STRATAFS_CVMFS_KIT", kit()));
+        .env("STRATAFS_CVMFS_KIT", cvmfs_kit()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "fleet.sh failed:\n{stdout}\n{stderr}");
@@ -209,19 +197,6 @@ fn three_nodes_start_one_pod_from_one_stratum1_through_a_proxy() {
     }
 
     // No layer blob of the image out of the registry, in any start.
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let digest = manifest["manifests"][0]["digest"].as_str().unwrap();
-    let m: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(layout.join("blobs/sha256").join(&digest["sha256:".len()..])).unwrap(),
-    )
-    .unwrap();
-    let layers: Vec<&str> = m["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap())
-        .collect();
     for label in ["cvmfs-1", "cvmfs+trace-1", "s1-stops-1", "proxy-stops-1"] {
         let reg = std::fs::read_to_string(f.join(format!("registry-{label}.log"))).unwrap();
         // The log is there to be read: the pull asked for the manifest.

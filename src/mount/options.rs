@@ -65,14 +65,7 @@ pub struct MountOptions {
 
 /// A switch: `name`, `name=on` or `name=off`.
 fn on_off(opt: &str, val: Option<&str>) -> Result<bool, Error> {
-    match val {
-        Some("on") | None => Ok(true),
-        Some("off") => Ok(false),
-        Some(v) => Err(Error::BadOption {
-            option: opt.into(),
-            reason: format!("expected on or off, got '{v}'"),
-        }),
-    }
+    choice(opt, val.or(Some("on")), &[("on", true), ("off", false)])
 }
 
 /// `metrics=HOST:PORT` (a name is resolved now, to its first address).

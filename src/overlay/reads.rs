@@ -60,7 +60,9 @@ impl Reads {
     /// The node went: its descriptor and plan go with it.
     pub(super) fn evict(&self, ino: Ino) {
         self.files.lock().pop(&ino);
-        self.plans.remove(&ino);
+        if self.verifying {
+            self.plans.remove(&ino);
+        }
     }
 }
 

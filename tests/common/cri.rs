@@ -117,12 +117,13 @@ impl Cri {
 
     /// CreateContainer + StartContainer of `command` in `pod`, wait for it to exit, remove
     /// it; returns the text of its log (CRI lines are "<time> <stream> <tag> <text>"), or an
-    /// error if it exited with another status than 0.
+    /// error if it exited with another status than 0 or ran longer than `within`.
     pub fn run_container(
         &mut self,
         pod: &Pod,
         image_ref: &str,
         command: &[&str],
+        within: Duration,
     ) -> Result<Vec<String>, String> {
         let log_name = "job.log";
         let id = self
@@ -169,9 +170,11 @@ impl Cri {
                 exit_code = status.exit_code;
                 break;
             }
-            // Long enough for a big image started on many nodes of one small machine at once.
-            if t.elapsed() > Duration::from_secs(600) {
-                return Err("the container did not exit within 600 s".into());
+            if t.elapsed() > within {
+                return Err(format!(
+                    "the container did not exit within {} s",
+                    within.as_secs()
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -126,7 +126,8 @@ pub fn busybox_base_tar(dir: &Path) -> PathBuf {
 
 /// An OCI layout `dir/layout` (tag `v1`) of two layers: the busybox base and the tree at
 /// `root` (owners kept as numbers), as an application image has them.
-pub fn busybox_with_layer(dir: &Path, root: &Path) -> PathBuf {
+/// The layout and its layers' digests (bottom first).
+pub fn busybox_with_layer(dir: &Path, root: &Path) -> (PathBuf, Vec<String>) {
     let base = std::fs::read(busybox_base_tar(dir)).unwrap();
     let tar = dir.join("app-layer.tar");
     run_ok(
@@ -139,8 +140,8 @@ pub fn busybox_with_layer(dir: &Path, root: &Path) -> PathBuf {
             .arg("."),
     );
     let layout = dir.join("layout");
-    super::layout::make_layout(&layout, "v1", &[base, std::fs::read(tar).unwrap()]);
-    layout
+    let digests = super::layout::make_layout(&layout, "v1", &[base, std::fs::read(tar).unwrap()]);
+    (layout, digests)
 }
 
 pub fn which(tool: &str) -> PathBuf {

@@ -194,16 +194,30 @@ pub fn thread_names(pid: u32) -> Vec<String> {
 /// When the suite runs over io_uring, the mount at `mountpoint` must really serve through the
 /// rings: a mount that fell back to /dev/fuse (it does, quietly, when rings cannot be set up)
 /// would pass every check of the suite without testing what it claims to.
+/// Over /dev/fuse (the default), a mount whose command line does not ask for io_uring must not
+/// serve through rings: scripts/test.sh turns the kernel's switch off for that pass, and a
+/// machine where it stayed on would run the "/dev/fuse" pass over io_uring.
 pub fn assert_transport(mountpoint: &Path) {
-    if transport_opts().is_empty() {
-        return;
-    }
     let pid = daemon_pid(mountpoint);
     let names = thread_names(pid);
+    let on_rings = names.iter().any(|n| n.starts_with("fuse-ring-"));
+    if !transport_opts().is_empty() {
+        assert!(
+            on_rings,
+            "{} asked for io_uring but serves /dev/fuse (threads {names:?})",
+            mountpoint.display()
+        );
+        return;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let asked = String::from_utf8_lossy(&cmdline)
+        .split(['\0', ','])
+        .any(|o| o == "io_uring" || o == "io_uring=on" || o == "io_uring=auto");
     assert!(
-        names.iter().any(|n| n.starts_with("fuse-ring-")),
-        "{} asked for io_uring but serves /dev/fuse (threads {names:?})",
-        mountpoint.display()
+        asked || !on_rings,
+        "{} runs in the /dev/fuse pass but serves through io_uring (is {} Y?)",
+        mountpoint.display(),
+        "/sys/module/fuse/parameters/enable_uring"
     );
 }
 
@@ -486,4 +500,22 @@ pub fn traced_mount(syscalls: &str, log: &Path, options: &str, mnt: &Path) -> st
         .unwrap();
     wait_until("mount under strace", || is_mountpoint(mnt));
     child
+}
+
+/// The CernVM-FS kit (a stratum-0, a client and the scripts that start them), for the tests
+/// that publish to or read from a real one.
+pub fn cvmfs_kit() -> PathBuf {
+    let candidates = [
+        std::env::var_os("STRATAFS_CVMFS_KIT").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/cvmfs")),
+        Some(PathBuf::from("/work/shared/cvmfs")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|k| k.join("cvmfs-up.sh").is_file())
+        .expect(
+            "the CernVM-FS kit (cvmfs-up.sh, cvmfs-publish.sh) is missing: put it at \
+             ../shared/cvmfs beside the checkout or set STRATAFS_CVMFS_KIT",
+        )
 }

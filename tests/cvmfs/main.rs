@@ -38,22 +38,6 @@ const CLIENT_LOG: &str = "/var/log/apache2/cvmfs-client-access.log";
 /// One stratum-0 and one client: the tests take turns.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn kit() -> PathBuf {
-    let candidates = [
-        std::env::var_os("STRATAFS_CVMFS_KIT").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/cvmfs")),
-        Some(PathBuf::from("/work/shared/cvmfs")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|k| k.join("cvmfs-up.sh").is_file())
-        .expect(
-            "the CernVM-FS kit (cvmfs-up.sh, cvmfs-publish.sh) is missing: put it at \
-             ../shared/cvmfs beside the checkout or set STRATAFS_CVMFS_KIT",
-        )
-}
-
 /// Start apache, the stratum-0 and the client (idempotent); remounts the client to the newest
 /// revision. Returns the client's mount of the repository.
 fn cvmfs_up() -> PathBuf {
@@ -63,7 +47,7 @@ fn cvmfs_up() -> PathBuf {
         first = true;
         detach_dead_mounts();
     });
-    let out = run_ok(Command::new("bash").arg(kit().join("cvmfs-up.sh")));
+    let out = run_ok(Command::new("bash").arg(cvmfs_kit().join("cvmfs-up.sh")));
     let client = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     assert!(
         is_mountpoint(&client),
@@ -121,7 +105,7 @@ fn abort_stale_transaction() {
 fn publish(dir: &Path, sub: &str) -> PathBuf {
     run_ok(
         Command::new("bash")
-            .arg(kit().join("cvmfs-publish.sh"))
+            .arg(cvmfs_kit().join("cvmfs-publish.sh"))
             .arg(dir)
             .arg(sub),
     );
@@ -242,7 +226,7 @@ fn app_image(dir: &Path) -> PathBuf {
             .args(["1000:1000"])
             .arg(root.join("home/user")),
     );
-    busybox_with_layer(dir, &root)
+    busybox_with_layer(dir, &root).0
 }
 
 fn convert(repo: &Path, layout: &Path, name: &str, extra: &[&str]) -> std::process::Output {

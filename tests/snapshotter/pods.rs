@@ -45,6 +45,7 @@ fn kubernetes_cri_runs_a_pod_from_the_repository() {
                  while read dev mp type rest; do [ \"$mp\" = / ] && echo root=$type; \
                  done < /proc/mounts; true",
             ],
+            std::time::Duration::from_secs(120),
         )
         .unwrap_or_else(|e| fail(e));
     assert_eq!(log, ["hello", "two", "root=fuse.stratafs"], "container log");

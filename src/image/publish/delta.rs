@@ -125,18 +125,11 @@ impl Delta {
             let meta = std::fs::symlink_metadata(&path)?;
             let ft = meta.file_type();
             if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-                // The tar crate names a special file by its path on disk, not by the name it
-                // is given (an absolute path, which it then refuses): write its header here.
+                // The tar crate (0.4.46) names a special file by its path on disk, not by the
+                // name it is given (an absolute path, which it then refuses; tar-rs issue 327):
+                // write its header here. The metadata gives its type, mode and size 0.
                 let mut h = tar::Header::new_gnu();
                 h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-                h.set_entry_type(if ft.is_char_device() {
-                    tar::EntryType::Char
-                } else if ft.is_block_device() {
-                    tar::EntryType::Block
-                } else {
-                    tar::EntryType::Fifo
-                });
-                h.set_size(0);
                 let rdev = meta.rdev();
                 h.set_device_major(libc::major(rdev))?;
                 h.set_device_minor(libc::minor(rdev))?;
@@ -191,6 +184,16 @@ mod tests {
         )
         .unwrap();
         std::fs::write(upper.join("img/dev/file"), b"x").unwrap();
+        // Modes set, not left to the umask.
+        use std::os::unix::fs::PermissionsExt;
+        for (p, m) in [
+            ("img", 0o755),
+            ("img/dev", 0o755),
+            ("img/dev/file", 0o644),
+            ("img/dev/pipe", 0o640),
+        ] {
+            std::fs::set_permissions(upper.join(p), std::fs::Permissions::from_mode(m)).unwrap();
+        }
         let d = Delta::between(&upper, &lower).unwrap();
         let out = t.path().join("delta.tar");
         d.write_tar(&upper, &out).unwrap();

@@ -1,6 +1,9 @@
-# Sourced by the benchmarks that start containerd (containerd.sh, fleet.sh): one place for a
-# private containerd 1.6's configuration, CRI and the stratafs proxy snapshotter included.
-#
+# Sourced by the benchmarks (containerd.sh, density.sh, fleet.sh): what several of them need.
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A private containerd 1.6's configuration, CRI and the stratafs proxy snapshotter included.
 # containerd_config DIR SNAPSHOTTER_SOCKET SANDBOX_IMAGE SNAPSHOTTER REGISTRY ENDPOINT
 #   prints the config.toml of a containerd whose root, state, socket and CNI directories are
 #   under DIR, which pulls REGISTRY's images from http://ENDPOINT.
