@@ -306,11 +306,13 @@ impl Drop for UserMount {
     }
 }
 
-fn job(mnt: &Path) -> String {
-    let out = as_user(&[
+/// `script` run by /bin/sh as the ordinary user, in bubblewrap with `mnt` as its root (`bind`:
+/// `--bind` or `--ro-bind`).
+fn in_bwrap(mnt: &Path, bind: &str, script: &str) -> std::process::Output {
+    as_user(&[
         "bwrap".as_ref(),
         "--unshare-all".as_ref(),
-        "--bind".as_ref(),
+        bind.as_ref(),
         mnt.as_os_str(),
         "/".as_ref(),
         "--proc".as_ref(),
@@ -318,8 +320,12 @@ fn job(mnt: &Path) -> String {
         "--dev".as_ref(),
         "/dev".as_ref(),
         "/bin/sh".as_ref(),
-        "/opt/app/run.sh".as_ref(),
-    ]);
+        script.as_ref(),
+    ])
+}
+
+fn job(mnt: &Path) -> String {
+    let out = in_bwrap(mnt, "--bind", "/opt/app/run.sh");
     assert!(
         out.status.success(),
         "job: {}",
