@@ -29,6 +29,7 @@ impl Switch {
             panic!("{ENABLE}: {e}: this kernel has no FUSE over io_uring (Linux 6.14+)")
         });
         std::fs::write(ENABLE, if on { "Y" } else { "N" }).unwrap();
+        SWITCH_ON_BY_TEST.store(on, std::sync::atomic::Ordering::Relaxed);
         Switch(old.trim().to_string(), guard)
     }
 }
@@ -36,6 +37,7 @@ impl Switch {
 impl Drop for Switch {
     fn drop(&mut self) {
         let _ = std::fs::write(ENABLE, &self.0);
+        SWITCH_ON_BY_TEST.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
